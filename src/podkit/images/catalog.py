@@ -1,0 +1,71 @@
+"""Image name -> entry point: the only place the runtime learns about built-in images."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+# Built-in images: name -> python module run as the container's ENTRYPOINT.
+BUILTIN: dict[str, str] = {
+    "simple-webapp": "podkit.images.webapp",
+    "log-agent": "podkit.images.log_agent",
+}
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    entrypoint: list[str]  # Docker ENTRYPOINT: replaced by the container's `command`
+    cmd: list[str]  # Docker CMD: replaced by the container's `args`
+    builtin: bool
+
+
+def builtin_name(image: str) -> str | None:
+    """`log-agent`, `podkit/log-agent` and `podkit/log-agent:<tag>` all name the built-in."""
+    name = image.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    for prefix in ("docker.io/podkit/", "podkit/"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    return name if name in BUILTIN else None
+
+
+def load_user_catalog(path: Path) -> dict[str, Image]:
+    """A user catalog file maps image names to host commands:
+
+    images:
+      my-api:
+        command: ["/usr/local/bin/my-api"]
+        args: ["--port", "9000"]
+    """
+    doc = yaml.safe_load(path.read_text()) or {}
+    images = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(images, dict):
+        raise ValueError(f"{path}: field 'images': must be a mapping of image name to entry")
+    out: dict[str, Image] = {}
+    for name, entry in images.items():
+        command = entry.get("command") if isinstance(entry, dict) else None
+        args = entry.get("args", []) if isinstance(entry, dict) else None
+        if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+            raise ValueError(
+                f"{path}: field 'images.{name}.command': must be a non-empty list of strings"
+            )
+        if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+            raise ValueError(f"{path}: field 'images.{name}.args': must be a list of strings")
+        out[str(name)] = Image(str(name), list(command), list(args), builtin=False)
+    return out
+
+
+def resolve(image: str, user: dict[str, Image] | None = None) -> Image | None:
+    """The image for a container's `image:` field, or None when nothing provides it."""
+    name = builtin_name(image)
+    if name is not None:
+        return Image(name, [sys.executable, "-m", BUILTIN[name]], [], builtin=True)
+    if user and image in user:
+        return user[image]
+    return None

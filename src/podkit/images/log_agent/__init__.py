@@ -1,0 +1,1 @@
+"""log-agent: the pod's log shipper sidecar (sources -> transforms -> sinks). See README.md."""

@@ -1,0 +1,1 @@
+"""Sinks: where events leave the agent. Each has an `id`, `async write(batch)` and `close()`."""

@@ -1,0 +1,87 @@
+"""TCP source: newline-delimited text or JSON lines (Fluent Bit `tcp`, Vector `socket`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from podkit.images.log_agent.event import RawRecord
+from podkit.images.log_agent.lines import LineSplitter
+from podkit.images.log_agent.pipeline import Pipeline
+
+log = logging.getLogger("log-agent.tcp")
+READ_SIZE = 64 * 1024
+
+
+class TcpSource:
+    def __init__(
+        self, id: str, host: str, port: int, pipeline: Pipeline, *, max_line_bytes: int
+    ) -> None:
+        self.id = id
+        self._host = host
+        self._port = port
+        self._pipeline = pipeline
+        self._max_line = max_line_bytes
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def describe(self) -> str:
+        return f"{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self._port, reuse_address=True
+        )
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._writers.add(writer)
+        splitter = LineSplitter(self._max_line)
+        ingest = self._pipeline.ingest
+        counters = self._pipeline.counters
+        try:
+            while True:
+                try:
+                    data = await reader.read(READ_SIZE)
+                except (ConnectionError, OSError):
+                    break
+                if not data:
+                    break
+                lines = splitter.feed(data)
+                if splitter.cut_lines:
+                    counters.cut(self.id, splitter.cut_lines)
+                    splitter.cut_lines = 0
+                now = time.time()
+                records = [RawRecord(line.decode("utf-8", "replace"), "tcp", now) for line in lines]
+                await ingest(self.id, records, len(data))
+        finally:
+            # The sender closed the connection: its last line needs no newline to count.
+            rest = splitter.flush()
+            if rest is not None:
+                record = RawRecord(rest.decode("utf-8", "replace"), "tcp", time.time())
+                self._pipeline.ingest_nowait(self.id, [record], 0)
+            self._writers.discard(writer)
+            self._handlers.discard(task)
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Closing each connection ends its read loop, which flushes its partial line.
+        for writer in list(self._writers):
+            writer.close()
+        if self._handlers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*self._handlers, return_exceptions=True), timeout=0.5
+                )

@@ -1,0 +1,195 @@
+"""Validation against the official Kubernetes JSON schemas bundled with kubernetes-validate.
+
+We use its strict schemas (unknown fields are errors, so `imagee:` is caught) for the newest
+Kubernetes version it ships, and collect every error, not only the first as its validate() does.
+Schemas are loaded once per process and validators built once per kind. The validator is
+podkit.manifest.validator (fast to import); jsonschema is the fallback for schemas using
+keywords that module does not know.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from podkit.manifest.document import FieldPath, Manifest
+from podkit.manifest.errors import Problem
+from podkit.manifest.validator import SchemaError, UnknownKeyword, Validator
+
+_SCHEMA_FILES = {"Pod": "pod-v1.json", "ConfigMap": "configmap-v1.json", "Secret": "secret-v1.json"}
+_STRICT_DIR = re.compile(r"v(\d+)\.(\d+)\.(\d+)-local-strict\Z")
+
+
+@cache
+def _schema_dir() -> Path:
+    """kubernetes-validate's strict schemas for the newest Kubernetes version it bundles.
+
+    Found by listing its package data rather than importing kubernetes_validate.utils, whose
+    imports (jsonschema, packaging) cost more than the whole validation.
+    """
+    spec = importlib.util.find_spec("kubernetes_validate")  # locates it without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the kubernetes-validate package is not installed")
+    root = Path(spec.submodule_search_locations[0]) / "kubernetes-json-schema"
+    versions = {}
+    for entry in root.iterdir():
+        match = _STRICT_DIR.match(entry.name)
+        if match:
+            versions[tuple(int(n) for n in match.groups())] = entry
+    return versions[max(versions)]
+
+
+def kubernetes_version() -> str:
+    """The Kubernetes version whose schemas podkit validates against, e.g. 1.37.0."""
+    return _schema_dir().name.removeprefix("v").removesuffix("-local-strict")
+
+
+def _load(name: str) -> Any:
+    return json.loads((_schema_dir() / name).read_bytes())
+
+
+@cache
+def _definitions() -> dict[str, Any]:
+    return _load("_definitions.json")
+
+
+_validators: dict[str, Validator | _JsonschemaValidator] = {}
+
+
+def _validator(kind: str) -> Validator | _JsonschemaValidator:
+    if kind not in _validators:
+        _validators[kind] = Validator(_load(_SCHEMA_FILES[kind]), _definitions()["$defs"])
+    return _validators[kind]
+
+
+def _errors(kind: str, instance: dict[str, Any]) -> list[SchemaError]:
+    try:
+        return list(_validator(kind).iter_errors(instance))
+    except UnknownKeyword:
+        _validators[kind] = _JsonschemaValidator(_load(_SCHEMA_FILES[kind]), _definitions())
+        return list(_validators[kind].iter_errors(instance))
+
+
+class _JsonschemaValidator:
+    """The jsonschema package, for schemas beyond podkit.manifest.validator's keywords."""
+
+    def __init__(self, schema: dict[str, Any], definitions: dict[str, Any]) -> None:
+        import jsonschema
+        from referencing import Registry, Resource
+
+        resources = [(doc["$id"], Resource.from_contents(doc)) for doc in (schema, definitions)]
+        registry = Registry().with_resources(resources)
+        self._validator = jsonschema.Draft202012Validator(schema, registry=registry)
+
+    def iter_errors(self, instance: Any) -> Iterator[SchemaError]:
+        for e in self._validator.iter_errors(instance):
+            path = tuple(e.absolute_path)
+            yield SchemaError(path, e.validator, e.instance, e.validator_value, e.schema, e.message)
+
+
+@dataclass(frozen=True)
+class SchemaResult:
+    problems: list[Problem]  # in line order, one per field
+    rejected: list[FieldPath]  # fields holding a value the schema rejects
+
+    def pruned(self, manifest: Manifest) -> Manifest:
+        """The manifest without the rejected values, so later checks only see valid types."""
+        if not self.rejected:
+            return manifest
+        data = copy.deepcopy(manifest.data)
+        for path in self.rejected:
+            _remove(data, path)
+        return Manifest(manifest.source, data, manifest.lines, manifest.prefix)
+
+
+def check_schema(manifest: Manifest) -> SchemaResult:
+    """Every way the object breaks its kind's schema."""
+    problems: list[Problem] = []
+    rejected: list[FieldPath] = []
+    for error in _errors(manifest.kind, manifest.data):
+        path: FieldPath = error.path
+        for rel, reason in _describe(error):
+            problems.append(manifest.problem(path + rel, reason))
+            if error.validator != "required":
+                rejected.append(path + rel)
+    unique = list(dict.fromkeys(problems))  # `required` is reported once per missing field
+    return SchemaResult(sorted(unique, key=lambda p: (p.line or 0, p.path)), rejected)
+
+
+def _remove(data: Any, path: FieldPath) -> None:
+    """Drop the value at path: a mapping loses the key, a list item becomes null (indices stay)."""
+    parent = data
+    for elem in path[:-1]:
+        try:
+            parent = parent[elem]
+        except (KeyError, IndexError, TypeError):
+            return  # an ancestor was removed already
+    if not path:
+        return
+    last = path[-1]
+    if isinstance(parent, dict):
+        parent.pop(last, None)
+    elif isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+        parent[last] = None
+
+
+def _describe(error: SchemaError) -> list[tuple[FieldPath, str]]:
+    """(path below the error's instance, reason) pairs in words a manifest author knows."""
+    kind, instance, expected = error.validator, error.instance, error.validator_value
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        known = list(error.schema.get("properties", {}))
+        return [((key,), _unknown_field(key, known)) for key in instance if key not in known]
+    if kind == "required" and isinstance(instance, dict):
+        return [((key,), "required field is missing") for key in expected if key not in instance]
+    if kind == "type":
+        return [((), _wrong_type(instance, _types(expected)))]
+    if kind == "enum":
+        allowed = ", ".join(_show(v) for v in expected if v is not None)
+        return [((), f"{_show(instance)} is not one of {allowed}")]
+    if kind == "oneOf":
+        types = [t for sub in expected for t in _types(sub.get("type", []))]
+        return [((), _wrong_type(instance, types))]
+    return [((), error.message)]
+
+
+def _unknown_field(key: str, known: list[str]) -> str:
+    import difflib  # only needed when something is wrong: not paid on every start
+
+    guess = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+    hint = f' (did you mean "{guess[0]}"?)' if guess else ""
+    return f'unknown field "{key}"{hint}'
+
+
+def _types(expected: str | list[str]) -> list[str]:
+    """Schema types without "null": every Kubernetes field may be null, saying so is noise."""
+    types = [expected] if isinstance(expected, str) else list(expected)
+    return [t for t in types if t != "null"]
+
+
+def _wrong_type(instance: Any, types: list[str]) -> str:
+    names = " or ".join(f"'{t}'" for t in types)
+    if isinstance(instance, dict | list):
+        return f"expected {names}, got {_show(instance)}"
+    reason = f"{_show(instance)} is not of type {names}"
+    if "string" in types and isinstance(instance, bool | int | float):
+        reason += " (put it in quotes)"
+    return reason
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)

@@ -1,0 +1,89 @@
+"""Host -> pod TCP forwarding for published ports.
+
+The pod's network namespace has only loopback, so podkit listens on the host and, for each
+connection, opens a socket *inside* the pod's namespace (setns on this thread for the duration
+of one socket() call: sockets keep the namespace they were created in) and relays bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+
+from podkit.runtime import linux
+from podkit.runtime.ports import Published, port_holder
+
+_HOST_NETNS = os.open("/proc/self/ns/net", os.O_RDONLY)
+
+
+class PortTakenError(OSError):
+    pass
+
+
+def socket_in_netns(netns_fd: int, family: int = socket.AF_INET) -> socket.socket:
+    linux.setns(netns_fd, linux.CLONE_NEWNET)
+    try:
+        return socket.socket(family, socket.SOCK_STREAM)
+    finally:
+        linux.setns(_HOST_NETNS, linux.CLONE_NEWNET)
+
+
+def bind_listener(p: Published) -> socket.socket:
+    """Bind the host side now, before anything starts, so a taken port fails early."""
+    family = socket.AF_INET6 if ":" in p.host_ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((p.host_ip, p.host_port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            holder = port_holder(p.host_port)
+            who = f" by {holder}" if holder else ""
+            raise PortTakenError(
+                exc.errno,
+                f"host port {p.host_ip}:{p.host_port} for {p.pod} container {p.container} "
+                f"port {p.container_port} is already in use{who}; remap it with "
+                f"-p OTHER_PORT:{p.container_port} or use --no-publish",
+            ) from None
+        raise
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
+
+
+async def serve(listener: socket.socket, p: Published, netns_fd: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+
+    async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        upstream = socket_in_netns(netns_fd)
+        upstream.setblocking(False)
+        try:
+            await loop.sock_connect(upstream, ("127.0.0.1", p.container_port))
+        except OSError:
+            upstream.close()
+            c_writer.close()  # nothing listens in the pod yet: refuse, as a closed port would
+            return
+        u_reader, u_writer = await asyncio.open_connection(sock=upstream)
+        try:
+            await asyncio.gather(_pipe(c_reader, u_writer), _pipe(u_reader, c_writer))
+        finally:
+            for w in (u_writer, c_writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    return await asyncio.start_server(handle, sock=listener)

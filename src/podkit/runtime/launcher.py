@@ -1,0 +1,186 @@
+"""Start one container inside its pod: `python -m podkit.runtime.launcher SPEC.json`.
+
+The launcher joins the pod sandbox's network, UTS, IPC and mount namespaces, makes its own mount
+and PID namespaces, builds the container's root (an overlay of the host's files over a tmpfs, so
+writes vanish with the container), mounts the volumes, then forks the container's PID 1 which
+chroots and execs the command. The launcher stays as the container's parent: it forwards signals,
+reports `started` or `error ...` on the status fd, and exits with the container's exit code
+(128 + signal when killed, as Kubernetes reports it). Every process here has PDEATHSIG set, so if
+podkit dies the whole chain dies, and PID 1's death tears down the container's PID namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from podkit.runtime import linux
+
+FORWARDED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+_SKIP_PREFIXES = ("/proc", "/sys", "/dev")
+
+
+@dataclass
+class Mount:
+    source: str
+    target: str  # path inside the container
+    read_only: bool = False
+
+
+@dataclass
+class LaunchSpec:
+    sandbox_pid: int
+    scratch: str  # host dir where this container's root is assembled (a tmpfs is mounted on it)
+    argv: list[str]
+    env: dict[str, str]
+    working_dir: str | None = None
+    mounts: list[Mount] = field(default_factory=list)
+    keep_host_mounts_under: str = ""  # the state dir: never overlaid into containers
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
+        mounts = [Mount(**m) for m in raw.pop("mounts", [])]
+        return cls(mounts=mounts, **raw)
+
+
+def _host_mount_points(state_dir: str) -> list[str]:
+    """Mount points besides / whose files a container should see (e.g. a separate /home)."""
+    points: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == "/" or target.startswith(_SKIP_PREFIXES):
+                continue
+            if state_dir and (target + "/").startswith(state_dir.rstrip("/") + "/"):
+                continue
+            points.append(target)
+    return sorted(set(points), key=lambda p: p.count("/"))
+
+
+def _inside(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _overlay(lower: str, target: str, scratch: str, tag: str) -> None:
+    upper, work = f"{scratch}/upper/{tag}", f"{scratch}/work/{tag}"
+    os.makedirs(upper, exist_ok=True)
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(target, exist_ok=True)
+    linux.mount(
+        "overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}"
+    )
+
+
+def _bind(source: str, target: str, read_only: bool) -> None:
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target):
+            open(target, "a").close()
+    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
+    if read_only:
+        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
+
+
+def build_root(spec: LaunchSpec) -> str:
+    """Assemble the container's root filesystem under spec.scratch and return its path."""
+    scratch = spec.scratch
+    os.makedirs(scratch, exist_ok=True)
+    linux.mount("tmpfs", scratch, "tmpfs", 0, "mode=0700")
+    root = f"{scratch}/root"
+    _overlay("/", root, scratch, "root")
+    for i, point in enumerate(_host_mount_points(spec.keep_host_mounts_under)):
+        target = _inside(root, point)
+        try:
+            _overlay(point, target, scratch, f"m{i}")
+        except OSError:  # a filesystem overlay cannot sit on: show it read-only instead
+            with contextlib.suppress(OSError):
+                _bind(point, target, read_only=True)
+    _bind("/dev", _inside(root, "/dev"), read_only=False)
+    _bind("/sys", _inside(root, "/sys"), read_only=True)
+    os.makedirs(_inside(root, "/proc"), exist_ok=True)
+    for m in spec.mounts:
+        _bind(m.source, _inside(root, m.target), m.read_only)
+    return root
+
+
+def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
+    """Runs as the container's PID 1; never returns."""
+    try:
+        linux.set_parent_death_signal(signal.SIGKILL)
+        linux.mount("proc", f"{root}/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV)
+        os.chroot(root)
+        workdir = spec.working_dir or "/"
+        os.makedirs(workdir, exist_ok=True)  # runc creates a missing working directory too
+        os.chdir(workdir)
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        os.execvpe(spec.argv[0], spec.argv, spec.env)
+    except FileNotFoundError:
+        msg = f'exec: "{spec.argv[0]}": executable file not found in $PATH'
+    except PermissionError:
+        msg = f'exec: "{spec.argv[0]}": permission denied'
+    except OSError as exc:
+        msg = f"exec: {exc}"
+    os.write(report_fd, msg.encode())
+    os._exit(128)
+
+
+def run(spec: LaunchSpec, status_fd: int) -> int:
+    pod_ns = {
+        ns: os.open(f"/proc/{spec.sandbox_pid}/ns/{ns}", os.O_RDONLY)
+        for ns in ("net", "uts", "ipc", "mnt")
+    }
+    for fd in pod_ns.values():
+        linux.setns(fd)
+        os.close(fd)
+    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
+    root = build_root(spec)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(err_r)
+        _exec_container(spec, root, err_w)
+    os.close(err_w)
+    failure = os.read(err_r, 4096).decode()  # EOF without data: exec succeeded
+    os.close(err_r)
+    os.write(status_fd, (f"error {failure}\n" if failure else f"started {pid}\n").encode())
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, _f: os.kill(pid, s))
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def main() -> int:
+    parent = os.getppid()
+    linux.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        return 1
+    with open(sys.argv[1]) as f:
+        spec = LaunchSpec.from_json(json.load(f))
+    status_fd = int(sys.argv[2])
+    try:
+        return run(spec, status_fd)
+    except OSError as exc:
+        os.write(status_fd, f"error {exc}\n".encode())
+        return 128
+
+
+if __name__ == "__main__":
+    sys.exit(main())

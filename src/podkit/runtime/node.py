@@ -1,0 +1,97 @@
+"""The local node: runs every pod of a bundle, publishes their ports, handles Ctrl-C/SIGTERM.
+
+Exit status as `podkit run` reports it: 0 when the pods succeeded or the user asked to stop,
+1 when a pod failed or could not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+
+from podkit.manifest.model import Bundle
+from podkit.runtime import forward, statedir
+from podkit.runtime.logs import Terminal
+from podkit.runtime.pod import PodRunner, Report, RunOptions
+from podkit.runtime.ports import Published
+
+
+async def run_pods(
+    bundle: Bundle,
+    opts: RunOptions,
+    published: list[Published],
+    listeners: list[socket.socket],
+    report: Report,
+    terminal: Terminal | None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    runners = [PodRunner(pod, bundle, opts, report, terminal) for pod in bundle.pods]
+    user_stop = asyncio.Event()
+
+    def on_signal(signame: str) -> None:
+        if user_stop.is_set():
+            report("podkit", "warn", f"{signame} again: killing every container now")
+            for r in runners:
+                r.kill_now()
+            return
+        user_stop.set()
+        for r in runners:
+            r.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    servers: list[asyncio.Server] = []
+    netns_fds: list[int] = []
+    try:
+        try:
+            await asyncio.gather(*(r.start_sandbox() for r in runners))
+        except (OSError, RuntimeError) as exc:
+            report("podkit", "error", f"could not create the pod sandbox: {exc}")
+            for r in runners:
+                r.stopping.set()
+                await r.teardown()
+            return 1
+        by_key = {r.key: r for r in runners}
+        for p, sock in zip(published, listeners, strict=True):
+            runner = by_key[p.pod]
+            assert runner.sandbox is not None
+            fd = os.open(f"/proc/{runner.sandbox.pid}/ns/net", os.O_RDONLY)
+            netns_fds.append(fd)
+            servers.append(await forward.serve(sock, p, fd))
+            report(p.pod, "info", f"port {p.container_port} of {p.container} published on {p.url}")
+        phases = await asyncio.gather(*(r.run() for r in runners))
+    finally:
+        for server in servers:
+            server.close()
+        for fd in netns_fds:
+            os.close(fd)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if user_stop.is_set():
+        return 0
+    return 0 if all(p == "Succeeded" for p in phases) else 1
+
+
+def run(
+    bundle: Bundle,
+    opts: RunOptions,
+    published: list[Published],
+    listeners: list[socket.socket],
+    report: Report,
+    terminal: Terminal | None,
+) -> int:
+    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    for name in statedir.clean_stale(opts.state_dir):
+        report("podkit", "info", f"cleaned state left by a killed run: {name}")
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is a dependency, but the runtime does not need its speed
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        return runner(run_pods(bundle, opts, published, listeners, report, terminal))
+    return 0

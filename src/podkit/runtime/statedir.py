@@ -1,0 +1,87 @@
+"""podkit's state directory: everything a pod leaves on the host lives under it.
+
+<state>/pods/<namespace>_<name>_<uid>/
+    owner              pid and start time of the podkit that runs the pod
+    status.json        the Pod with its current PodStatus
+    logs/<container>/<restartCount>.log   CRI format, as /var/log/pods
+    volumes/ shm/ containers/ etc/        removed when the pod stops
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+VOLATILE = ("volumes", "shm", "containers", "etc")
+KEEP_FINISHED = 20
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("PODKIT_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/podkit")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "podkit"
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_record() -> str:
+    return f"{os.getpid()} {_proc_start_time(os.getpid())}"
+
+
+def owner_alive(record: str) -> bool:
+    """True if the podkit that wrote `record` still runs (pid reuse is caught by start time)."""
+    try:
+        pid_s, start = record.split()
+        return _proc_start_time(int(pid_s)) == start
+    except ValueError:
+        return False
+
+
+def remove_volatile(pod_dir: Path) -> None:
+    for name in VOLATILE:
+        shutil.rmtree(pod_dir / name, ignore_errors=True)
+
+
+def clean_stale(state_dir: Path) -> list[str]:
+    """Clean what killed runs left and keep only the newest finished pods; returns cleaned."""
+    pods = state_dir / "pods"
+    if not pods.is_dir():
+        return []
+    cleaned, finished = [], []
+    for d in pods.iterdir():
+        owner = d / "owner"
+        try:
+            record = owner.read_text()
+        except OSError:
+            record = ""
+        if record and owner_alive(record):
+            continue
+        if any((d / v).exists() for v in VOLATILE):
+            remove_volatile(d)
+            cleaned.append(d.name)
+        finished.append(d)
+    finished.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for d in finished[KEEP_FINISHED:]:
+        shutil.rmtree(d, ignore_errors=True)
+    return cleaned
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(tmp, path)

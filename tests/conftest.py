@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from podkit_harness import Podkit  # noqa: E402
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def podkit(state_dir: Path) -> Iterator[type[Podkit]]:
+    """Start podkit runs with `podkit(args...)`; any still running at the end is killed."""
+    started: list[Podkit] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Podkit:
+        p = Podkit(*args, state_dir=state_dir, env=env)
+        started.append(p)
+        return p
+
+    yield start  # type: ignore[misc]
+    for p in started:
+        p.kill()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root to create namespaces (CI runs as root)")
+    for item in items:
+        if "needs_root" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,272 @@
+"""Pod sandbox semantics with plain host programs: namespaces, no host trace, no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from podkit_harness import wait_for
+
+pytestmark = pytest.mark.needs_root
+
+
+def manifest(tmp_path: Path, text: str, name: str = "pod.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_containers_share_localhost_and_hostname_but_not_the_host(tmp_path, podkit):
+    m = manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: netpod}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: server
+            image: busybox
+            command: ["python3", "-c"]
+            args:
+            - |
+              import socket
+              s = socket.socket(); s.bind(("127.0.0.1", 7000)); s.listen()
+              c, _ = s.accept(); c.sendall(b"hello from server"); c.close()
+          - name: client
+            image: busybox
+            command: ["python3", "-c"]
+            args:
+            - |
+              import socket, time, os
+              for _ in range(200):
+                  try:
+                      c = socket.create_connection(("127.0.0.1", 7000)); break
+                  except OSError: time.sleep(0.02)
+              print("got:", c.recv(100).decode())
+              print("hostname:", socket.gethostname())
+              print("ipc:", os.readlink("/proc/self/ns/ipc"))
+              print("pid:", os.getpid())
+        """,
+    )
+    run = podkit("run", m, "--grace", "2")
+    assert run.wait(20) == 0, run.text()
+    lines = run.stdout_lines("[client] ")
+    assert "[client] got: hello from server" in lines
+    assert "[client] hostname: netpod" in lines
+    assert f"[client] ipc: {os.readlink('/proc/self/ns/ipc')}" not in lines
+    assert "[client] pid: 1" in lines  # its own PID namespace: the container is PID 1
+    assert run.status()["status"]["phase"] == "Succeeded"
+
+
+def test_spec_hostname_is_used(tmp_path, podkit):
+    m = manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: named}
+        spec:
+          hostname: custom-host
+          restartPolicy: Never
+          containers:
+          - {name: c, image: x, command: ["hostname"]}
+        """,
+    )
+    run = podkit("run", m)
+    assert run.wait(20) == 0, run.text()
+    assert "[c] custom-host" in run.stdout_lines()
+
+
+def test_writes_to_etc_and_var_log_leave_no_trace_on_the_host(tmp_path, podkit):
+    marker = f"podkit-test-{os.getpid()}"
+    m = manifest(
+        tmp_path,
+        f"""
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: writer}}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: w
+            image: x
+            command: ["sh", "-c"]
+            args: ["echo x > /etc/{marker} && mkdir -p /var/log/{marker} &&
+                    echo y > /var/log/{marker}/f && cat /etc/{marker} /var/log/{marker}/f"]
+        """,
+    )
+    run = podkit("run", m)
+    assert run.wait(20) == 0, run.text()
+    assert run.stdout_lines("[w] ") == ["[w] x", "[w] y"]  # the writes worked inside
+    assert not os.path.exists(f"/etc/{marker}")
+    assert not os.path.exists(f"/var/log/{marker}")
+
+
+def _pids_with(marker: str) -> list[int]:
+    """Processes whose environment carries `marker`: every process of the containers."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"MARKER={marker}".encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_sigkill_of_podkit_leaves_no_container_process(tmp_path, podkit, state_dir):
+    marker = f"podkit-orphan-{os.getpid()}"
+    # The container forks a background grandchild too: it must die as well.
+    m = manifest(
+        tmp_path,
+        f"""
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: orphans}}
+        spec:
+          containers:
+          - name: a
+            image: x
+            command: ["sh", "-c", "sleep 1000 & exec sleep 1001"]
+            env: [{{name: MARKER, value: "{marker}"}}]
+          - name: b
+            image: x
+            command: ["sleep", "1002"]
+            env: [{{name: MARKER, value: "{marker}"}}]
+        """,
+    )
+    run = podkit("run", m)
+    wait_for("three container processes", lambda: len(_pids_with(marker)) == 3, 15)
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait(5)
+    wait_for("every container process gone", lambda: not _pids_with(marker), 2.0)
+    # The next start cleans what the killed run left behind.
+    again = podkit(
+        "run",
+        manifest(
+            tmp_path,
+            """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: next}
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: x, command: ["true"]}]
+        """,
+            "next.yaml",
+        ),
+    )
+    assert again.wait(20) == 0, again.text()
+    assert "cleaned state left by a killed run" in again.text()
+    left = [p for p in (state_dir / "pods").iterdir() if p.name.startswith("default_orphans")]
+    assert left and not (left[0] / "volumes").exists()
+
+
+def test_restart_policy_and_exit_status(tmp_path, podkit):
+    m = manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: flaky}
+        spec:
+          restartPolicy: OnFailure
+          containers:
+          - name: c
+            image: x
+            command: ["sh", "-c", "n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1));
+                      echo $n > /data/n; echo run $n; [ $n -ge 3 ]"]
+            volumeMounts: [{name: data, mountPath: /data}]
+          volumes: [{name: data, emptyDir: {}}]
+        """,
+    )
+    run = podkit("run", m, "--backoff-scale", "0.01")
+    assert run.wait(30) == 0, run.text()
+    assert run.stdout_lines("[c] ") == ["[c] run 1", "[c] run 2", "[c] run 3"]
+    status = run.status()["status"]
+    assert status["phase"] == "Succeeded"
+    c = status["containerStatuses"][0]
+    assert c["restartCount"] == 2
+    assert c["state"]["terminated"]["reason"] == "Completed"
+    assert c["lastState"]["terminated"]["exitCode"] == 1
+
+
+def test_failed_pod_exits_1_with_error_state(tmp_path, podkit):
+    m = manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: failing}
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: x, command: ["sh", "-c", "echo oops >&2; exit 3"]}]
+        """,
+    )
+    run = podkit("run", m)
+    assert run.wait(20) == 1, run.text()
+    c = run.status()["status"]["containerStatuses"][0]
+    assert c["state"]["terminated"]["exitCode"] == 3
+    assert c["state"]["terminated"]["reason"] == "Error"
+    logs = list(run.state_dir.glob("pods/*failing*/logs/c/0.log"))
+    record = logs[0].read_text().splitlines()[0].split(" ", 3)
+    assert record[1:] == ["stderr", "F", "oops"]  # CRI log format
+
+
+def test_stop_sends_sigterm_then_sigkill_after_grace(tmp_path, podkit):
+    m = manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: stopper}
+        spec:
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: polite
+            image: x
+            command: ["python3", "-c", "import signal, sys, time; print('up', flush=True);
+              signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); time.sleep(100)"]
+          - name: stubborn
+            image: x
+            command: ["sh", "-c", "trap '' TERM; echo up; while true; do sleep 0.1; done"]
+        """,
+    )
+    run = podkit("run", m)
+    wait_for("both up", lambda: len([x for x in run.out if x.endswith("] up")]) == 2, 15)
+    assert run.stop(signal.SIGTERM) == 0
+    statuses = {c["name"]: c for c in run.status()["status"]["containerStatuses"]}
+    assert statuses["polite"]["state"]["terminated"]["exitCode"] == 0
+    assert statuses["stubborn"]["state"]["terminated"]["exitCode"] == 137
+    assert "still running after 1s, SIGKILL" in run.text()
+
+
+def test_unknown_image_without_command_is_err_image_pull(tmp_path, podkit):
+    m = manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: pull}
+        spec:
+          containers: [{name: c, image: nginx:1.27}]
+        """,
+    )
+    run = podkit("run", m)
+    run.wait_stderr("ErrImagePull")
+    wait_for(
+        "status file",
+        lambda: (
+            run.status()["status"]["containerStatuses"][0]["state"].get("waiting", {}).get("reason")
+            == "ErrImagePull"
+        ),
+    )
+    assert "--image-catalog" in run.text()
+    assert run.stop() == 0
