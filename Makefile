@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEBS   := iproute2 curl procps util-linux
 MANIFEST ?= examples/pod-definition.yaml
 
-.PHONY: run test test-all bench lint debs clean
+.PHONY: run test bench lint debs bytecode clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,15 +22,20 @@ debs:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-run: $(STAMP) debs
+# Containers start from podkit's sources: compiled bytecode saves every start the compile
+# (this matters under PYTHONDONTWRITEBYTECODE, which never writes it on the fly).
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q src
+
+run: $(STAMP) debs bytecode
 	$(BIN)/podkit run $(MANIFEST)
 
 # Soak tests marked `slow` are skipped unless SLOW=1.
-test: $(STAMP) debs
+test: $(STAMP) debs bytecode
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
-bench: $(STAMP) debs
+bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/pod_startup.py
 
 lint: $(STAMP)

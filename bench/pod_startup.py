@@ -2,8 +2,8 @@
 
 Runs podkit RUNS times (median and max of the time from exec to the first HTTP 200 through the
 published port), reads podkit's own resident memory while the pod runs, and, as the floor to
-compare with, starts the same simple-webapp image bare in a fresh network namespace with
-`unshare` (no podkit) the same number of times. The last line is one JSON object.
+compare with, starts the same simple-webapp image directly as a host process (no podkit, no
+namespaces) the same number of times. The last line is one JSON object.
 Targets (issue 2): ready_s_median < 1.0, podkit_rss_mb < 80.
 """
 
@@ -83,55 +83,19 @@ def podkit_once(state: str) -> tuple[float, float]:
 
 
 def bare_once() -> float:
-    """The same webapp, alone, in a new network namespace: the cost podkit adds is the rest."""
+    """The same webapp started directly as a host process: the floor podkit adds to."""
     port = free_port()
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [
-            "unshare",
-            "--net",
-            "--uts",
-            "--ipc",
-            "--mount",
-            "--pid",
-            "--fork",
-            sys.executable,
-            "-m",
-            "podkit.images.webapp",
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "podkit.images.webapp", "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "LOG_AGENT_ADDR": "off"},
     )
-    # Inside its own netns the port is not reachable from here: wait for it via nsenter.
     try:
-        deadline = t0 + 20
-        while time.monotonic() < deadline:
-            child = subprocess.run(
-                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-            ).stdout.split()
-            if (
-                child
-                and subprocess.run(
-                    [
-                        "nsenter",
-                        "-t",
-                        child[0],
-                        "-n",
-                        "curl",
-                        "-sf",
-                        "-o",
-                        "/dev/null",
-                        f"http://127.0.0.1:{port}/",
-                    ]
-                ).returncode
-                == 0
-            ):
-                return time.monotonic() - t0
-            time.sleep(0.005)
-        raise SystemExit("bare webapp did not answer within 20 s")
+        if not wait_http(f"http://127.0.0.1:{port}/", t0 + 20):
+            raise SystemExit("bare webapp did not answer within 20 s")
+        return time.monotonic() - t0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
@@ -156,7 +120,7 @@ def main() -> None:
         f"(target < 80 MB)"
     )
     print(
-        f"bare webapp in unshare: median {figures['bare_webapp_s_median']} s; podkit/bare = "
+        f"bare webapp process: median {figures['bare_webapp_s_median']} s; podkit/bare = "
         f"{figures['ratio_podkit_to_bare']}"
     )
     print(json.dumps(figures))

@@ -121,6 +121,14 @@ def _pids_with(marker: str) -> list[int]:
     return pids
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
 def test_sigkill_of_podkit_leaves_no_container_process(tmp_path, podkit, state_dir):
     marker = f"podkit-orphan-{os.getpid()}"
     # The container forks a background grandchild too: it must die as well.
@@ -144,9 +152,17 @@ def test_sigkill_of_podkit_leaves_no_container_process(tmp_path, podkit, state_d
     )
     run = podkit("run", m)
     wait_for("three container processes", lambda: len(_pids_with(marker)) == 3, 15)
+    podkit_children = _children(run.proc.pid)  # the pod sandbox and the container launchers
+    tree = set(_pids_with(marker)) | set(podkit_children)
+    assert len(podkit_children) == 3
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(5)
-    wait_for("every container process gone", lambda: not _pids_with(marker), 2.0)
+    # Gone entirely within two seconds: a zombie would still have its /proc entry.
+    wait_for(
+        "every container process gone, no zombie",
+        lambda: not [p for p in tree if os.path.exists(f"/proc/{p}")],
+        2.0,
+    )
     # The next start cleans what the killed run left behind.
     again = podkit(
         "run",
@@ -269,4 +285,43 @@ def test_unknown_image_without_command_is_err_image_pull(tmp_path, podkit):
         ),
     )
     assert "--image-catalog" in run.text()
+    assert run.stop() == 0
+
+
+def test_image_catalog_host_port_and_no_publish(tmp_path, podkit):
+    from podkit_harness import free_port, http_get
+
+    catalog = tmp_path / "images.yaml"
+    catalog.write_text(
+        'images:\n  static-server:\n    command: ["python3", "-m", "http.server"]\n'
+        '    args: ["--bind", "127.0.0.1", "9000"]\n'
+    )
+    host_port = free_port()
+    m = manifest(
+        tmp_path,
+        f"""
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: cataloged}}
+        spec:
+          containers:
+          - name: web
+            image: static-server
+            workingDir: /etc
+            ports: [{{containerPort: 9000, hostPort: {host_port}}}]
+          - name: other
+            image: static-server
+            args: ["--bind", "127.0.0.1", "9001"]
+            ports: [{{containerPort: 9001}}]
+        """,
+    )
+    run = podkit("run", m, "--image-catalog", str(catalog), "--no-publish", "--grace", "2")
+    status, body = wait_for(
+        "the catalog image answering on its hostPort",
+        lambda: http_get(f"http://127.0.0.1:{host_port}/hostname"),
+        15,
+    )
+    assert status == 200 and body.strip() == "cataloged"  # /etc/hostname of the pod
+    assert f"published on localhost:{host_port}" in run.text()
+    assert "9001" not in " ".join(x for x in run.err if "published" in x)  # --no-publish
     assert run.stop() == 0

@@ -123,3 +123,17 @@ def test_published_port_taken_names_the_holder(podkit, tmp_path):
         assert not (run.state_dir / "pods").exists()  # nothing was started
     finally:
         holder.close()
+
+
+def test_ctrl_c_while_the_containers_start_stops_them_at_once(podkit):
+    # The containers' main processes are PID 1 of their namespaces: a SIGTERM they do not handle
+    # yet would be dropped and the stop would sit out the 30 s grace period.
+    run = podkit("run", SEED, "-p", f"{free_port()}:8080")
+    run.wait_stderr("container log-agent: Running")
+    run.wait_stderr("container simple-webapp: Running")
+    started = time.monotonic()
+    assert run.stop(timeout=20) == 0, run.text()
+    assert time.monotonic() - started < 5, run.text()
+    final = {c["name"]: c["state"] for c in run.status()["status"]["containerStatuses"]}
+    assert final["simple-webapp"]["terminated"]["exitCode"] == 0
+    assert final["log-agent"]["terminated"]["exitCode"] == 0

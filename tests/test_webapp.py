@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 CLF = re.compile(
     r"(?P<remote>\S+) - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
@@ -56,11 +57,13 @@ def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "cond
 
 
 class Webapp:
-    def __init__(self, tmp: Path, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, tmp: Path, args: list[str], env: dict[str, str], python_args: list[str]
+    ) -> None:
         self.stderr_path = tmp / f"webapp-{time.monotonic_ns()}.stderr"
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "podkit.images.webapp", *args],
+                [sys.executable, *python_args, "-m", "podkit.images.webapp", *args],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -114,8 +117,8 @@ StartWebapp = Callable[..., Webapp]
 def start_webapp(tmp_path: Path) -> Iterator[StartWebapp]:
     started: list[Webapp] = []
 
-    def start(*args: str, **env: str) -> Webapp:
-        app = Webapp(tmp_path, list(args), image_env(**env))
+    def start(*args: str, python_args: tuple[str, ...] = (), **env: str) -> Webapp:
+        app = Webapp(tmp_path, list(args), image_env(**env), list(python_args))
         started.append(app)
         return app
 
@@ -287,3 +290,222 @@ def test_help_lists_flags() -> None:
     ).stdout
     for flag in ("--port", "--access-log-dir", "--log-agent-addr", "--config"):
         assert flag in out
+
+
+def raw_exchange(port: int, data: bytes, *, expect_responses: int = 1) -> bytes:
+    """Send `data` as is on one connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    out = b"".join(chunks)
+    assert out.count(b"HTTP/1.1 ") >= expect_responses, out
+    return out
+
+
+def access_lines(app: Webapp, count: int) -> list[re.Match[str]]:
+    return wait_until(
+        lambda: (
+            len(ms := [m for ln in list(app.lines) if (m := CLF.fullmatch(ln))]) >= count and ms
+        ),
+        what=f"{count} access lines",
+    )
+
+
+def test_starts_without_aiohttp_pydantic_or_prometheus(start_webapp: StartWebapp) -> None:
+    # The start-up budget of a pod (bench/pod_startup.py) has no room for these imports
+    # (aiohttp ~0.3 s, pydantic ~0.15 s, prometheus_client ~0.15 s on a small machine).
+    app = start_webapp(
+        "--port", "0", LOG_AGENT_ADDR="off", python_args=("-X", "importtime")
+    ).wait_serving()
+    assert request("GET", app.url("/"))[0] == 200
+    app.proc.send_signal(signal.SIGTERM)
+    assert app.proc.wait(5) == 0
+    imported = {ln.split("|")[-1].strip() for ln in app.stderr().splitlines() if "|" in ln}
+    assert "podkit.common.httpserver" in imported  # importtime really reported
+    for heavy in ("aiohttp", "pydantic", "prometheus_client", "yaml"):
+        assert heavy not in imported, f"{heavy} imported at start-up"
+
+
+def test_head_405_404_and_byte_counts(start_webapp: StartWebapp) -> None:
+    app = start_webapp("--port", "0", LOG_AGENT_ADDR="off").wait_serving()
+    status, headers, page = request("GET", app.url("/"))
+    assert status == 200 and int(headers["Content-Length"]) == len(page)
+    assert headers["Date"].endswith(" GMT")
+
+    status, headers, body = request("HEAD", app.url("/"))
+    assert (status, body) == (200, b"")
+    assert int(headers["Content-Length"]) == len(page)  # what GET would send
+    assert request("HEAD", app.url("/api/info"))[0] == 200
+
+    for method, path in [("POST", "/"), ("DELETE", "/api/info"), ("PUT", "/healthz")]:
+        status, headers, _ = request(method, app.url(path), b"x" if method != "DELETE" else None)
+        assert status == 405, (method, path)
+        assert headers["Allow"] == "GET, HEAD"
+    assert request("POST", app.url("/nope"), b"x")[0] == 404
+    # The router matches the percent-decoded path, as before.
+    assert request("GET", app.url("/api/%69nfo"))[0] == 200
+
+    status, _, info = request("GET", app.url("/api/info"))
+    lines = access_lines(app, 9)
+    assert [(m["method"], m["target"], m["status"]) for m in lines[:3]] == [
+        ("GET", "/", "200"),
+        ("HEAD", "/", "200"),
+        ("HEAD", "/api/info", "200"),
+    ]
+    # %b is the body sent: the page's length, nothing for HEAD, the JSON's length.
+    assert [int(m["bytes"]) for m in lines[:2]] == [len(page), 0]
+    assert lines[-1]["target"] == "/api/info" and int(lines[-1]["bytes"]) == len(info)
+    assert lines[-2]["target"] == "/api/%69nfo"  # the target as sent
+
+
+def test_echo_reports_the_request_as_sent(start_webapp: StartWebapp) -> None:
+    app = start_webapp("--port", "0", LOG_AGENT_ADDR="off").wait_serving()
+    status, headers, body = request(
+        "PATCH", app.url("/api/echo?a=1&a=2&b=&c=%20x"), b"\xff\xfe", {"X-Tag": "t1"}
+    )
+    echo = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert echo["method"] == "PATCH" and echo["path"] == "/api/echo"
+    assert echo["query"] == {"a": ["1", "2"], "b": [""], "c": [" x"]}
+    assert echo["headers"]["X-Tag"] == "t1" and echo["remote"] == "127.0.0.1"
+    assert echo["body"] is None and echo["body_base64"] == "//4="
+    assert "json" not in echo
+
+    # Repeated headers are joined; a chunked JSON body with a charset is still decoded as JSON.
+    reply = raw_exchange(
+        app.port,
+        b"POST /api/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Dup: 1\r\nX-Dup: 2\r\n"
+        b"Content-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"k":\r\n3\r\n[1]\r\n1\r\n}\r\n0\r\n\r\n',
+    )
+    echo = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    assert echo["headers"]["X-Dup"] == "1, 2"
+    assert echo["body"] == '{"k":[1]}' and echo["json"] == {"k": [1]}
+
+    # A body that is not JSON although it says so is echoed raw, without "json".
+    status, _, body = request(
+        "POST", app.url("/api/echo"), b"{oops", {"Content-Type": "application/json"}
+    )
+    assert status == 200 and json.loads(body)["body"] == "{oops"
+    assert "json" not in json.loads(body)
+
+
+def test_keep_alive_pipelining_and_body_limits(start_webapp: StartWebapp) -> None:
+    app = start_webapp("--port", "0", LOG_AGENT_ADDR="off").wait_serving()
+    # Two requests in one write are answered in order on the same connection.
+    reply = raw_exchange(
+        app.port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        expect_responses=2,
+    )
+    first, second = reply.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and first.endswith(b"\r\n\r\nok\n")
+    assert second.startswith(b"404 ") and b"Connection: close" in second
+
+    # Expect: 100-continue gets its interim answer before the client sends the body.
+    with socket.create_connection(("127.0.0.1", app.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"ping")
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert rest.startswith(b"HTTP/1.1 200 ") and b'"body": "ping"' in rest
+
+    # Bodies above 1 MiB get 413 (at once when announced with Expect), and are logged.
+    big = b"x" * (1024 * 1024 + 1)
+    assert request("POST", app.url("/api/echo"), big)[0] == 413
+    reply = raw_exchange(
+        app.port,
+        b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n"
+        b"Expect: 100-continue\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    statuses = [m["status"] for m in access_lines(app, 4)]
+    assert statuses[:4] == ["200", "404", "200", "413"]
+
+
+def test_metrics_count_requests_by_method_and_status(start_webapp: StartWebapp) -> None:
+    agent = LineServer()
+    app = start_webapp("--port", "0", LOG_AGENT_ADDR=f"127.0.0.1:{agent.port}").wait_serving()
+    for path in ("/", "/", "/nope"):
+        request("GET", app.url(path))
+    request("POST", app.url("/api/echo"), b"hi")
+    wait_until(lambda: len(agent.records()) >= 4, what="lines at the agent")
+    status, headers, body = request("GET", app.url("/metrics"))
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    total = "simple_webapp_http_requests_total"
+    assert samples[(total, (("method", "GET"), ("status", "200")))] == 2
+    assert samples[(total, (("method", "GET"), ("status", "404")))] == 1
+    assert samples[(total, (("method", "POST"), ("status", "200")))] == 1
+    assert ("simple_webapp_http_requests_created", (("method", "GET"), ("status", "200"))) in (
+        samples
+    )
+    assert samples[("simple_webapp_log_agent_lines_sent_total", ())] >= 4
+    assert samples[("simple_webapp_log_agent_lines_dropped_total", ())] == 0
+    # The scrape itself is counted by the next one.
+    body = request("GET", app.url("/metrics"))[2].decode()
+    assert 'simple_webapp_http_requests_total{method="GET",status="200"} 3.0' in body
+    agent.close()
+
+
+def test_settings_layers_and_errors(tmp_path: Path) -> None:
+    from podkit.common.config import ConfigError
+    from podkit.images.webapp.settings import WebappSettings, build_arg_parser, resolve
+
+    def settings(argv: list[str], env: dict[str, str]) -> WebappSettings:
+        return resolve(build_arg_parser().parse_args(argv), env)
+
+    assert settings([], {}) == WebappSettings()
+    config = tmp_path / "webapp.yaml"
+    config.write_text("port: 9000\nhost: 127.0.0.1\nshutdown_timeout: 2\naccess_log_dir: ''\n")
+    s = settings(["--config", str(config)], {})
+    assert (s.port, s.host, s.shutdown_timeout, s.access_log_dir) == (9000, "127.0.0.1", 2.0, None)
+    # defaults < file < SIMPLE_WEBAPP_* < plain env < flags
+    env = {"SIMPLE_WEBAPP_PORT": "9001", "SIMPLE_WEBAPP_LOG_AGENT_QUEUE": "5"}
+    s = settings(["--config", str(config)], env)
+    assert (s.port, s.log_agent_queue) == (9001, 5)
+    assert settings(["--config", str(config)], {**env, "PORT": "9002"}).port == 9002
+    assert settings(["--port", "9003", "--config", str(config)], {**env, "PORT": "1"}).port == 9003
+    assert settings([], {"LOG_AGENT_ADDR": "off"}).log_agent_addr == "off"
+
+    with pytest.raises(ConfigError) as err:
+        settings(
+            [],
+            {
+                "SIMPLE_WEBAPP_SHUTDOWN_TIMEOUT": "-1",
+                "SIMPLE_WEBAPP_PROT": "1",
+                "LOG_AGENT_ADDR": "nowhere",
+                "PORT": "70000",
+            },
+        )
+    assert str(err.value).splitlines() == [
+        "environment SIMPLE_WEBAPP_PROT: prot: unknown field (check the spelling)",
+        "environment PORT: port: must be a whole number from 0 to 65535 (got '70000')",
+        "environment LOG_AGENT_ADDR: log_agent_addr: invalid address 'nowhere': expected HOST:PORT",
+        "environment SIMPLE_WEBAPP_SHUTDOWN_TIMEOUT: shutdown_timeout: must be a number of "
+        "seconds, 0 or more (got -1)",
+    ]
+    config.write_text("host: [a]\n")
+    with pytest.raises(ConfigError, match=r"webapp\.yaml: host: must be a string \(got \['a'\]\)"):
+        settings(["--config", str(config)], {})
+
+
+def test_port_in_use_exits_1_with_a_clear_message(start_webapp: StartWebapp) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    app = start_webapp("--host", "127.0.0.1", "--port", str(port), LOG_AGENT_ADDR="off")
+    assert app.proc.wait(10) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in app.stderr()
+    taken.close()

@@ -4,11 +4,11 @@
     GET /readyz    200 once the image says it is ready, 503 before and while shutting down
     GET /metrics   Prometheus text exposition of the registry the image passes
 
-Two ways to serve them:
-- `AdminServer`: its own listener (default 127.0.0.1) on plain asyncio. Images that must start
-  fast use this; aiohttp's import alone would cost them ~0.4 s.
-- `add_admin_routes(app, ...)`: the same three routes on an aiohttp application the image
-  already runs.
+Two ways to serve them, both on common/httpserver.py (plain asyncio: aiohttp's import alone
+would cost an image ~0.3 s of start-up):
+- `AdminServer`: its own listener (default 127.0.0.1).
+- `admin_response(request, ...)`: the same three routes inside an image's own handler
+  (simple-webapp serves them on its main port).
 
 `registry` is a callable returning the prometheus_client CollectorRegistry; it is first called
 on the first scrape, so prometheus_client (~0.15 s to import) stays off the start-up path.
@@ -22,16 +22,36 @@ from typing import TYPE_CHECKING
 from podkit.common.httpserver import HttpServer, Request, Response
 
 if TYPE_CHECKING:
-    from aiohttp import web
     from prometheus_client import CollectorRegistry
 
 RegistryFactory = Callable[[], "CollectorRegistry"]
+
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ALLOW_GET = {"Allow": "GET, HEAD"}
 
 
 def render_metrics(registry: CollectorRegistry) -> tuple[bytes, str]:
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def admin_response(
+    request: Request, *, ready: Callable[[], bool], registry: RegistryFactory | None
+) -> Response | None:
+    """The answer for an admin path, or None when `request.path` is not one of them."""
+    path = request.path
+    if path not in ADMIN_PATHS or (path == "/metrics" and registry is None):
+        return None
+    if request.method not in ("GET", "HEAD"):
+        return Response(405, b"method not allowed\n", headers=dict(ALLOW_GET))
+    if path == "/healthz":
+        return Response.text(200, "ok\n")
+    if path == "/readyz":
+        return Response.text(200, "ready\n") if ready() else Response.text(503, "not ready\n")
+    assert registry is not None
+    body, content_type = render_metrics(registry())
+    return Response(200, body, content_type)
 
 
 class AdminServer:
@@ -52,43 +72,7 @@ class AdminServer:
 
     async def _handle(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
-            return Response(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"})
-        if request.path == "/healthz":
-            return Response.text(200, "ok\n")
-        if request.path == "/readyz":
-            return (
-                Response.text(200, "ready\n")
-                if self._ready()
-                else Response.text(503, "not ready\n")
-            )
-        if request.path == "/metrics" and self._registry is not None:
-            body, content_type = render_metrics(self._registry())
-            return Response(200, body, content_type)
-        return Response.text(404, "not found\n")
-
-
-def add_admin_routes(
-    app: web.Application, *, ready: Callable[[], bool], registry: RegistryFactory | None
-) -> None:
-    from aiohttp import web
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(_: web.Request) -> web.Response:
-        return (
-            web.Response(text="ready\n")
-            if ready()
-            else web.Response(status=503, text="not ready\n")
-        )
-
-    async def metrics(_: web.Request) -> web.Response:
-        assert registry is not None
-        body, content_type = render_metrics(registry())
-        # aiohttp wants charset apart from the media type
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    if registry is not None:
-        app.router.add_get("/metrics", metrics)
+            # Every path here is read-only: 405 even for unknown paths, as before.
+            return Response(405, b"method not allowed\n", headers=dict(ALLOW_GET))
+        answer = admin_response(request, ready=self._ready, registry=self._registry)
+        return answer if answer is not None else Response.text(404, "not found\n")

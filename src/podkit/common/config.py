@@ -29,12 +29,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
 
-M = TypeVar("M", bound=BaseModel)
+if TYPE_CHECKING:
+    # pydantic costs ~0.1 s to import: only the images that validate a model pay for it
+    # (simple-webapp uses the helpers here without it).
+    from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound="BaseModel")
 Loc = tuple[str | int, ...]
 
 EXIT_CONFIG_ERROR = 2
@@ -67,6 +71,8 @@ def load(
 
     `ignore_env` names variables that share the prefix but are not settings of this image.
     """
+    from pydantic import ValidationError
+
     env = os.environ if environ is None else environ
     ignored = set(ignore_env)
     overrides = sorted(n for n in env if n.startswith(env_prefix) and n not in ignored)
@@ -81,11 +87,11 @@ def load(
 
     origins: dict[Loc, str] = {}
     for name in overrides:
-        loc = _env_loc(name[len(env_prefix) :])
+        loc = env_loc(name[len(env_prefix) :])
         if not loc:
             continue
         try:
-            _set_path(data, loc, _env_value(env[name]))
+            _set_path(data, loc, env_value(env[name]))
         except _PathError as exc:
             raise ConfigError(f"environment {name}: {format_path(loc)}: {exc}") from None
         origins[loc] = f"environment {name}"
@@ -123,11 +129,13 @@ class _PathError(Exception):
     pass
 
 
-def _env_loc(rest: str) -> Loc:
+def env_loc(rest: str) -> Loc:
+    """'SOURCES__0__LISTEN' (the part after the prefix) -> ('sources', 0, 'listen')."""
     return tuple(int(p) if p.isdigit() else p.lower() for p in rest.split("__") if p)
 
 
-def _env_value(raw: str) -> Any:
+def env_value(raw: str) -> Any:
+    """An override's value: JSON when it parses as JSON (`5`, `true`), else the plain string."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -243,6 +251,8 @@ def apply_overrides(settings: M, overrides: Mapping[str, tuple[Any, str]]) -> M:
     """
     if not overrides:
         return settings
+    from pydantic import ValidationError
+
     data = settings.model_dump()
     data.update({name: value for name, (value, _) in overrides.items()})
     try:

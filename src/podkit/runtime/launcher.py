@@ -49,6 +49,9 @@ class LaunchSpec:
     working_dir: str | None = None
     mounts: list[Mount] = field(default_factory=list)
     keep_host_mounts_under: str = ""  # the state dir: never overlaid into containers
+    # Built-in images unblock SIGTERM once they handle it (common/early_stop.py): a stop that
+    # comes while they start stays pending instead of being dropped by PID 1's kernel rule.
+    hold_signals: bool = False
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
@@ -129,6 +132,8 @@ def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
         os.chdir(workdir)
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
+        if spec.hold_signals:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except FileNotFoundError:
         msg = f'exec: "{spec.argv[0]}": executable file not found in $PATH'
@@ -150,17 +155,30 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         os.close(fd)
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
     root = build_root(spec)
+    # Forward signals from before the fork on, so a stop during start-up is never lost.
+    child = 0
+    pending: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        if child:
+            os.kill(child, sig)
+        else:
+            pending.append(sig)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
         _exec_container(spec, root, err_w)
+    child = pid
+    for sig in pending:
+        os.kill(pid, sig)
     os.close(err_w)
     failure = os.read(err_r, 4096).decode()  # EOF without data: exec succeeded
     os.close(err_r)
     os.write(status_fd, (f"error {failure}\n" if failure else f"started {pid}\n").encode())
-    for sig in FORWARDED:
-        signal.signal(sig, lambda s, _f: os.kill(pid, s))
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)

@@ -7,7 +7,6 @@ Exit status as `podkit run` reports it: 0 when the pods succeeded or the user as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -20,15 +19,13 @@ from podkit.runtime.ports import Published
 
 
 async def run_pods(
-    bundle: Bundle,
-    opts: RunOptions,
+    runners: list[PodRunner],
     published: list[Published],
     listeners: list[socket.socket],
     report: Report,
-    terminal: Terminal | None,
 ) -> int:
+    """Publish the ports, run the pods (their sandboxes exist) until they end or are stopped."""
     loop = asyncio.get_running_loop()
-    runners = [PodRunner(pod, bundle, opts, report, terminal) for pod in bundle.pods]
     user_stop = asyncio.Event()
 
     def on_signal(signame: str) -> None:
@@ -46,19 +43,9 @@ async def run_pods(
     servers: list[asyncio.Server] = []
     netns_fds: list[int] = []
     try:
-        try:
-            await asyncio.gather(*(r.start_sandbox() for r in runners))
-        except (OSError, RuntimeError) as exc:
-            report("podkit", "error", f"could not create the pod sandbox: {exc}")
-            for r in runners:
-                r.stopping.set()
-                await r.teardown()
-            return 1
         by_key = {r.key: r for r in runners}
         for p, sock in zip(published, listeners, strict=True):
-            runner = by_key[p.pod]
-            assert runner.sandbox is not None
-            fd = os.open(f"/proc/{runner.sandbox.pid}/ns/net", os.O_RDONLY)
+            fd = os.open(f"/proc/{by_key[p.pod].sandbox_pid}/ns/net", os.O_RDONLY)
             netns_fds.append(fd)
             servers.append(await forward.serve(sock, p, fd))
             report(p.pod, "info", f"port {p.container_port} of {p.container} published on {p.url}")
@@ -89,9 +76,23 @@ def run(
     try:
         import uvloop
 
-        runner = uvloop.run
+        run_loop = uvloop.run
     except ImportError:  # uvloop is a dependency, but the runtime does not need its speed
-        runner = asyncio.run
-    with contextlib.suppress(KeyboardInterrupt):
-        return runner(run_pods(bundle, opts, published, listeners, report, terminal))
-    return 0
+        run_loop = asyncio.run
+    runners = [PodRunner(pod, bundle, opts, report, terminal) for pod in bundle.pods]
+    try:
+        # Forked before the event loop exists: a fork is only safe while single-threaded.
+        for r in runners:
+            r.create_sandbox()
+    except (OSError, RuntimeError) as exc:
+        report("podkit", "error", f"could not create the pod sandbox: {exc}")
+        for r in runners:
+            r.teardown()
+        return 1
+    try:
+        return run_loop(run_pods(runners, published, listeners, report))
+    except KeyboardInterrupt:  # a Ctrl-C in the instant before the handlers were installed
+        return 0
+    finally:
+        for r in runners:
+            r.teardown()

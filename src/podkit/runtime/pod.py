@@ -22,7 +22,7 @@ from podkit.images import catalog
 from podkit.manifest import quantity
 from podkit.manifest.model import Bundle, Container, Pod
 from podkit.runtime import env as envmod
-from podkit.runtime import statedir
+from podkit.runtime import sandbox, statedir
 from podkit.runtime.backoff import Backoff
 from podkit.runtime.logs import ContainerLog, Terminal, pump
 from podkit.runtime.status import (
@@ -38,6 +38,15 @@ from podkit.runtime.status import (
 from podkit.runtime.volume_files import projected_files
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The launcher needs only the standard library and podkit: skip site (and its .pth hooks).
+_PODKIT_PARENT = str(Path(__file__).resolve().parents[2])
+LAUNCHER = [
+    sys.executable,
+    "-S",
+    "-c",
+    f"import sys; sys.path.insert(0, {_PODKIT_PARENT!r}); "
+    "from podkit.runtime.launcher import main; sys.exit(main())",
+]
 Report = Callable[[str, str, str], None]  # (pod key, level: info|warn|error, message)
 
 
@@ -62,7 +71,7 @@ class PodRunner:
         self.conditions = Conditions()
         self.start_time = now_rfc3339()
         self.stopping = asyncio.Event()
-        self.sandbox: asyncio.subprocess.Process | None = None
+        self.sandbox_pid: int | None = None
         self.volume_paths: dict[str, str] = {}
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self._last_line = ""
@@ -107,39 +116,25 @@ class PodRunner:
             self.report(self.key, "info", line)
 
     # ---- sandbox and volumes ------------------------------------------------------------
-    def _tmpfs_volumes(self) -> list[str]:
+    def _tmpfs_volumes(self) -> list[tuple[str, int | None]]:
         """Volumes that must live in memory: emptyDir medium Memory, secrets (never on disk)."""
-        specs = [f"{self.dir}/shm"]
+        specs: list[tuple[str, int | None]] = [(f"{self.dir}/shm", None)]
         for v in self.pod.volumes:
             path = f"{self.dir}/volumes/{v.name}"
             if v.kind == "emptyDir" and v.source.get("medium") == "Memory":
                 limit = v.source.get("sizeLimit")
                 size = quantity.value(quantity.parse_quantity(limit)) if limit else None
-                specs.append(f"{path}:{size}" if size else path)
+                specs.append((path, size or None))
             elif v.kind == "secret":
-                specs.append(path)
+                specs.append((path, None))
         return specs
 
-    async def start_sandbox(self) -> None:
+    def create_sandbox(self) -> None:
+        """Fork the pod sandbox; podkit must still be single-threaded (see sandbox.py)."""
         for sub in ("logs", "volumes", "containers", "etc"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "owner").write_text(statedir.owner_record())
-        args = ["--hostname", self.pod.hostname]
-        for spec in self._tmpfs_volumes():
-            args += ["--tmpfs", spec]
-        self.sandbox = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "podkit.runtime.sandbox",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        assert self.sandbox.stdout is not None
-        line = await self.sandbox.stdout.readline()
-        if line.strip() != b"ready":
-            raise RuntimeError(f"pod {self.key}: the pod sandbox did not start")
+        self.sandbox_pid = sandbox.fork_sandbox(self.pod.hostname, self._tmpfs_volumes())
         self.conditions.set("PodScheduled", True)
         self.conditions.set("PodReadyToStartContainers", True)
         self.conditions.set("Initialized", True)
@@ -148,8 +143,7 @@ class PodRunner:
 
     def _in_sandbox(self, path: str) -> str:
         """A path as the sandbox's mount namespace sees it (where its tmpfs mounts live)."""
-        assert self.sandbox is not None
-        return f"/proc/{self.sandbox.pid}/root{path}"
+        return f"/proc/{self.sandbox_pid}/root{path}"
 
     def _write_etc(self) -> None:
         etc = self.dir / "etc"
@@ -257,17 +251,17 @@ class PodRunner:
             tracker.waiting("ErrImagePull", why)
             self.report(self.key, "error", f"container {c.name}: ErrImagePull: {why}")
             return None
-        assert self.sandbox is not None
         cdir = self.dir / "containers" / c.name
         cdir.mkdir(parents=True, exist_ok=True)
         spec = {
-            "sandbox_pid": self.sandbox.pid,
+            "sandbox_pid": self.sandbox_pid,
             "scratch": str(cdir / "rootfs"),
             "argv": argv,
             "env": env,
             "working_dir": c.working_dir,
             "mounts": self._mounts(c),
             "keep_host_mounts_under": str(self.opts.state_dir),
+            "hold_signals": catalog.builtin_name(c.image) is not None and not c.command,
         }
         spec_path = cdir / "launch.json"
         spec_path.write_text(json.dumps(spec))
@@ -383,7 +377,7 @@ class PodRunner:
         await asyncio.gather(*tasks)
         phase = self.phase()
         self.publish_status()
-        await self.teardown()
+        self.teardown()
         return phase
 
     def stop(self) -> None:
@@ -401,10 +395,10 @@ class PodRunner:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
 
-    async def teardown(self) -> None:
-        if self.sandbox is not None and self.sandbox.returncode is None:
-            self.sandbox.terminate()
-            await self.sandbox.wait()
+    def teardown(self) -> None:
+        if self.sandbox_pid is not None:
+            sandbox.stop_sandbox(self.sandbox_pid)
+            self.sandbox_pid = None
         statedir.remove_volatile(self.dir)
         with contextlib.suppress(OSError):
             (self.dir / "owner").unlink()

@@ -1,62 +1,73 @@
 """The pod sandbox: a tiny process that holds the pod's namespaces (the kubelet's "pause").
 
-Run as `python -m podkit.runtime.sandbox --hostname NAME [--tmpfs PATH[:BYTES]]...` by the
-runtime. It creates the pod's network (loopback up), UTS (hostname), IPC and mount namespaces,
-mounts pod-wide tmpfs volumes (emptyDir medium: Memory, /dev/shm) inside its own mount namespace
-so they never appear on the host, prints `ready` and waits. Containers join its namespaces
-through /proc/<pid>/ns/*. It dies with its parent (PDEATHSIG), and its namespaces with it.
+podkit forks it while still single-threaded (no interpreter start-up on the pod's critical
+path). It creates the pod's network (loopback up), UTS (hostname), IPC and mount namespaces,
+mounts pod-wide tmpfs volumes (emptyDir medium: Memory, /dev/shm, secrets) inside its own mount
+namespace so they never appear on the host, reports `ready` and waits. Containers join its
+namespaces through /proc/<pid>/ns/*. It dies with podkit (PDEATHSIG), and its namespaces with it.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import signal
-import sys
+import threading
 
 from podkit.runtime import linux
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="podkit-sandbox")
-    p.add_argument("--hostname", required=True)
-    p.add_argument("--tmpfs", action="append", default=[], help="PATH[:SIZE_BYTES]")
-    return p.parse_args(argv)
+def _setup(hostname: str, tmpfs: list[tuple[str, int | None]]) -> None:
+    linux.unshare(linux.CLONE_NEWNET | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS)
+    # Mounts made from here on stay in the pod; the host never sees them.
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    linux.sethostname(hostname)
+    linux.loopback_up()
+    for path, size in tmpfs:
+        os.makedirs(path, exist_ok=True)
+        options = f"mode=1777,size={size}" if size else "mode=1777"
+        linux.mount("tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    parent = os.getppid()
-    linux.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:  # parent died before prctl took effect
-        return 1
+def _child(hostname: str, tmpfs: list[tuple[str, int | None]], parent: int, report: int) -> None:
+    """The sandbox process itself; never returns."""
     try:
-        linux.unshare(
-            linux.CLONE_NEWNET | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS
-        )
-        # Mounts made from here on stay in the pod; the host never sees them.
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        linux.sethostname(args.hostname)
-        linux.loopback_up()
-        for spec in args.tmpfs:
-            path, _, size = spec.partition(":")
-            os.makedirs(path, exist_ok=True)
-            linux.mount(
-                "tmpfs",
-                path,
-                "tmpfs",
-                linux.MS_NOSUID | linux.MS_NODEV,
-                f"mode=1777,size={size}" if size else "mode=1777",
-            )
-    except OSError as exc:
-        print(f"sandbox: {exc}", file=sys.stderr, flush=True)
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is podkit's to handle
-    print("ready", flush=True)
-    while True:
-        signal.pause()
+        linux.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:  # podkit died before prctl took effect
+            os._exit(1)
+        os.setsid()  # the terminal's Ctrl-C is podkit's to handle, not the sandbox's
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        _setup(hostname, tmpfs)
+        os.write(report, b"ready")
+        os.closerange(3, 1 << 16)  # podkit's sockets and files are none of the sandbox's
+        while True:
+            signal.pause()
+    except BaseException as exc:  # noqa: BLE001 - report anything, then vanish
+        os.write(report, f"error {exc}".encode())
+    os._exit(1)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def fork_sandbox(hostname: str, tmpfs: list[tuple[str, int | None]]) -> int:
+    """Start a pod sandbox; returns its pid once its namespaces exist. Raises OSError."""
+    if threading.active_count() != 1:
+        raise RuntimeError("the pod sandbox must be forked before any thread starts")
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _child(hostname, tmpfs, parent, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        reply = f.read().decode()  # EOF once the sandbox closed its fds
+    if reply != "ready":
+        os.waitpid(pid, 0)
+        raise OSError(reply.removeprefix("error ") or "the pod sandbox exited during set-up")
+    return pid
+
+
+def stop_sandbox(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)

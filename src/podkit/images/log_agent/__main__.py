@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import sys
-import time
+from podkit.common import early_stop
+
+early_stop.install()
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
 # Measured from here: the `startup_ms` of the "ready" log line.
 _STARTED = time.monotonic()

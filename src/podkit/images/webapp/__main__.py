@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import sys
-from pathlib import Path
+# First of all: podkit starts built-in images with SIGTERM held; take it (exit 0) from here on.
+from podkit.common import early_stop
 
-from aiohttp import web
+early_stop.install()
 
-from podkit.common import logging as podkit_logging
-from podkit.common import signals
-from podkit.common.config import EXIT_CONFIG_ERROR, ConfigError
-from podkit.common.log_shipper import LogShipper, parse_agent_addr
-from podkit.common.podinfo import PodInfo
-from podkit.images.webapp.access_log import AccessLog, AccessLogFile
-from podkit.images.webapp.app import WebappState, build_app
-from podkit.images.webapp.settings import WebappSettings, build_arg_parser, resolve
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from podkit.common import logging as podkit_logging  # noqa: E402
+from podkit.common import signals  # noqa: E402
+from podkit.common.config import EXIT_CONFIG_ERROR, ConfigError  # noqa: E402
+from podkit.common.httpserver import HttpServer  # noqa: E402
+from podkit.common.log_shipper import LogShipper, parse_agent_addr  # noqa: E402
+from podkit.common.podinfo import PodInfo  # noqa: E402
+from podkit.images.webapp.access_log import AccessLog, AccessLogFile  # noqa: E402
+from podkit.images.webapp.app import MAX_BODY, WebappState, build_handler  # noqa: E402
+from podkit.images.webapp.settings import (  # noqa: E402
+    WebappSettings,
+    build_arg_parser,
+    resolve,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +42,6 @@ def main(argv: list[str] | None = None) -> int:
 async def serve(settings: WebappSettings, stop: asyncio.Event) -> int:
     log = logging.getLogger("simple-webapp")
     pod = PodInfo.from_env()
-    agent = parse_agent_addr(settings.log_agent_addr)
-    shipper = None
-    if agent is not None:
-        shipper = LogShipper(*agent, max_queue=settings.log_agent_queue)
-        shipper.start()
     log_file = None
     if settings.access_log_dir:
         try:
@@ -46,33 +49,34 @@ async def serve(settings: WebappSettings, stop: asyncio.Event) -> int:
         except OSError as exc:
             print(f"simple-webapp: cannot open access log: {exc}", file=sys.stderr)
             return 1
+    agent = parse_agent_addr(settings.log_agent_addr)
+    shipper = None
+    if agent is not None:
+        shipper = LogShipper(*agent, max_queue=settings.log_agent_queue)
+        shipper.start()
     access = AccessLog(
         file=log_file, shipper=shipper, container=pod.container_name or "simple-webapp"
     )
     state = WebappState(pod, access)
-    runner = web.AppRunner(
-        build_app(state),
-        access_log_class=access.logger_class(),
-        handle_signals=False,
-        shutdown_timeout=settings.shutdown_timeout,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    server = HttpServer(build_handler(state), max_body=MAX_BODY, on_response=access.log_response)
     try:
-        await site.start()
+        await server.start(settings.host, settings.port)
     except OSError as exc:
         print(
             f"simple-webapp: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
             file=sys.stderr,
         )
-        await runner.cleanup()
+        if shipper is not None:
+            await shipper.close(timeout=0)  # nothing was logged yet
+        if log_file is not None:
+            log_file.close()
         return 1
     state.ready = True
     log.info(
         "serving",
         extra={
             # the bound port, which differs from the setting when that is 0 (any free port)
-            "listen": [f"{a[0]}:{a[1]}" for a in runner.addresses],
+            "listen": [f"{host}:{port}" for host, port in server.addresses],
             "access_log": str(log_file.path) if log_file else None,
             "log_agent": settings.log_agent_addr if shipper else None,
         },
@@ -80,7 +84,7 @@ async def serve(settings: WebappSettings, stop: asyncio.Event) -> int:
     await stop.wait()
     state.ready = False  # readiness fails first, as a pod being deleted does
     log.info("shutting down")
-    await runner.cleanup()
+    await server.close(timeout=settings.shutdown_timeout)
     if shipper is not None:
         await shipper.close(timeout=0.5)
     if log_file is not None:

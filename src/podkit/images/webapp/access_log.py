@@ -14,14 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
 
 from podkit.common import stdout
 from podkit.common.clock import rfc3339
+from podkit.common.httpserver import Request, Response
 from podkit.common.log_shipper import LogShipper
-
-REQUEST_START = "podkit.request_start"  # perf_counter() when the handler chain began
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -53,15 +50,6 @@ def format_access_line(
         f'{remote or "-"} - {user or "-"} [{clf_time(when)}] "{method} {target} {version}" '
         f"{status} {size} {duration:.4f}"
     )
-
-
-def body_bytes(method: str, response: StreamResponse) -> int:
-    """The body size CLF's %b means (aiohttp's body_length also counts the headers)."""
-    if method == "HEAD" or response.status in (204, 304) or response.status < 200:
-        return 0
-    length = response.content_length
-    # Streamed responses without a length: headers included, the best aiohttp tells us.
-    return length if length is not None else response.body_length
 
 
 class AccessLogFile:
@@ -133,27 +121,19 @@ class AccessLog:
         for observer in self.on_request:
             observer(method, status)
 
-    def logger_class(self) -> type[AbstractAccessLogger]:
-        """An aiohttp access-logger class bound to this AccessLog (aiohttp instantiates it)."""
-        access = self
-
-        class _AccessLogger(AbstractAccessLogger):
-            def log(self, request: BaseRequest, response: StreamResponse, time_: float) -> None:
-                now = time.time()
-                start = request.get(REQUEST_START)
-                if start is not None:
-                    time_ = time.perf_counter() - start
-                version = f"HTTP/{request.version.major}.{request.version.minor}"
-                line = format_access_line(
-                    remote=request.remote,
-                    when=now - time_,
-                    method=request.method,
-                    target=request.raw_path,
-                    version=version,
-                    status=response.status,
-                    size=body_bytes(request.method, response),
-                    duration=time_,
-                )
-                access.record(line, method=request.method, status=response.status, when=now)
-
-        return _AccessLogger
+    def log_response(
+        self, request: Request, response: Response, sent: int, duration: float
+    ) -> None:
+        """common/httpserver.py's response hook: called once the response is written."""
+        now = time.time()
+        line = format_access_line(
+            remote=request.remote,
+            when=now - duration,
+            method=request.method,
+            target=request.target,
+            version=f"HTTP/{request.version}",
+            status=response.status,
+            size=sent,  # the body bytes sent, as CLF's %b (0 for HEAD, 204 and 304)
+            duration=duration,
+        )
+        self.record(line, method=request.method, status=response.status, when=now)

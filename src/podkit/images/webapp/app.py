@@ -1,4 +1,13 @@
-"""simple-webapp's HTTP application: pages, API, health and metrics routes."""
+"""simple-webapp's HTTP application: pages, API, health and metrics routes.
+
+    GET  /            HTML page about the pod
+    GET  /api/info    the same as JSON (pod name, namespace, uid, node, container, uptime, ...)
+    ANY  /api/echo    the request back as JSON: method, path, query, headers, remote, body
+    GET  /healthz  /readyz  /metrics   (common/admin.py)
+
+GET routes answer HEAD too; other methods on them get 405 with an Allow header, unknown paths
+404. Served by common/httpserver.py, whose response hook writes the access line.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +15,24 @@ import base64
 import contextlib
 import html
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
-from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from podkit import __version__
-from podkit.common.admin import add_admin_routes
-from podkit.common.log_shipper import LogShipper
+from podkit.common.admin import ALLOW_GET, admin_response
+from podkit.common.httpserver import Request, Response
 from podkit.common.podinfo import PodInfo
-from podkit.images.webapp.access_log import REQUEST_START, AccessLog
+from podkit.images.webapp.access_log import AccessLog
+from podkit.images.webapp.counts import RequestCounts
 
-STATE: web.AppKey[WebappState] = web.AppKey("state")
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+MAX_BODY = 1024 * 1024  # request bodies above this get 413 (aiohttp's default, kept)
 
 
 class WebappState:
@@ -32,51 +41,26 @@ class WebappState:
         self.access = access
         self.started = time.monotonic()
         self.ready = False
-        self.registry = CollectorRegistry()
-        requests = Counter(
-            "simple_webapp_http_requests",
-            "HTTP requests served, by method and status.",
-            ["method", "status"],
-            registry=self.registry,
-        )
-        access.on_request.append(lambda m, s: requests.labels(m, str(s)).inc())
-        if access.shipper is not None:
-            self.registry.register(_ShipperCollector(access.shipper))
+        self.counts = RequestCounts()
+        access.on_request.append(self.counts.inc)
+        self._registry: CollectorRegistry | None = None
 
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started
 
+    def registry(self) -> CollectorRegistry:
+        """Built at the first scrape: prometheus_client stays off the start-up path."""
+        if self._registry is None:
+            from podkit.images.webapp.metrics import build_registry
 
-class _ShipperCollector(Collector):
-    """The log shipper's plain counters, read at scrape time."""
-
-    def __init__(self, shipper: LogShipper) -> None:
-        self._shipper = shipper
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._shipper
-        prefix = "simple_webapp_log_agent_lines"
-        yield CounterMetricFamily(f"{prefix}_sent", "Access lines sent to the log agent.", s.sent)
-        yield CounterMetricFamily(
-            f"{prefix}_dropped", "Access lines dropped because the queue was full.", s.dropped
-        )
-        yield GaugeMetricFamily(f"{prefix}_queued", "Access lines waiting to be sent.", s.queued)
+            self._registry = build_registry(self.counts, self.access.shipper)
+        return self._registry
 
 
-@web.middleware
-async def stamp_start(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # uvloop's loop.time() ticks in milliseconds; the access line wants finer request times.
-    request[REQUEST_START] = time.perf_counter()
-    return await handler(request)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n",
-        status=status,
-        content_type="application/json",
-    )
+def _json(data: Any, status: int = 200) -> Response:
+    body = orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+    return Response(status, body, "application/json")
 
 
 def info(state: WebappState) -> dict[str, Any]:
@@ -99,8 +83,8 @@ def _show(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-async def index(request: web.Request) -> web.Response:
-    data = info(request.app[STATE])
+def index(state: WebappState, request: Request) -> Response:
+    data = info(state)
     rows = "\n".join(
         f"      <tr><th>{html.escape(k)}</th><td>{html.escape(_show(v))}</td></tr>"
         for k, v in data.items()
@@ -124,23 +108,22 @@ async def index(request: web.Request) -> web.Response:
   </body>
 </html>
 """
-    return web.Response(text=page, content_type="text/html")
+    return Response(200, page.encode(), "text/html; charset=utf-8")
 
 
-async def api_info(request: web.Request) -> web.Response:
-    return _json(info(request.app[STATE]))
+def api_info(state: WebappState, request: Request) -> Response:
+    return _json(info(state))
 
 
-async def api_echo(request: web.Request) -> web.Response:
-    body = await request.read()
+def api_echo(state: WebappState, request: Request) -> Response:
+    body = request.body
     headers: dict[str, str] = {}
-    for name, value in request.headers.items():
-        name = str(name)  # aiohttp's istr keys are a str subclass orjson refuses
+    for name, value in request.raw_headers:  # names as the client spelled them
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     out: dict[str, Any] = {
         "method": request.method,
-        "path": request.path,
-        "query": {k: request.query.getall(k) for k in request.query},
+        "path": request.path,  # percent-decoded by the router
+        "query": request.query_params(),
         "headers": headers,
         "remote": request.remote,
     }
@@ -149,17 +132,39 @@ async def api_echo(request: web.Request) -> web.Response:
     except UnicodeDecodeError:
         out["body"] = None
         out["body_base64"] = base64.b64encode(body).decode()
-    if body and request.content_type == "application/json":
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if body and media_type == "application/json":
         with contextlib.suppress(orjson.JSONDecodeError):  # echo the raw body only
             out["json"] = orjson.loads(body)
     return _json(out)
 
 
-def build_app(state: WebappState) -> web.Application:
-    app = web.Application(middlewares=[stamp_start])
-    app[STATE] = state
-    app.router.add_get("/", index)
-    app.router.add_get("/api/info", api_info)
-    app.router.add_route("*", "/api/echo", api_echo)
-    add_admin_routes(app, ready=lambda: state.ready, registry=lambda: state.registry)
-    return app
+Route = Callable[[WebappState, Request], Response]
+# path -> (methods, handler); None allows every method
+ROUTES: dict[str, tuple[frozenset[str] | None, Route]] = {
+    "/": (frozenset({"GET", "HEAD"}), index),
+    "/api/info": (frozenset({"GET", "HEAD"}), api_info),
+    "/api/echo": (None, api_echo),
+}
+
+
+def build_handler(state: WebappState) -> Callable[[Request], Awaitable[Response]]:
+    """The HttpServer handler: routes on the percent-decoded path, as aiohttp did."""
+
+    def ready() -> bool:
+        return state.ready
+
+    async def handle(request: Request) -> Response:
+        path = unquote(request.path)
+        if path != request.path:
+            request = replace(request, path=path)
+        route = ROUTES.get(path)
+        if route is None:
+            admin = admin_response(request, ready=ready, registry=state.registry)
+            return admin if admin is not None else Response.text(404, "404: Not Found\n")
+        methods, handler = route
+        if methods is not None and request.method not in methods:
+            return Response(405, b"405: Method Not Allowed\n", headers=dict(ALLOW_GET))
+        return handler(state, request)
+
+    return handle
