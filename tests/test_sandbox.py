@@ -261,7 +261,7 @@ def test_stop_sends_sigterm_then_sigkill_after_grace(tmp_path, podkit):
     statuses = {c["name"]: c for c in run.status()["status"]["containerStatuses"]}
     assert statuses["polite"]["state"]["terminated"]["exitCode"] == 0
     assert statuses["stubborn"]["state"]["terminated"]["exitCode"] == 137
-    assert "still running after 1s, SIGKILL" in run.text()
+    assert "still running after the grace period (1s), SIGKILL" in run.text()
 
 
 def test_unknown_image_without_command_is_err_image_pull(tmp_path, podkit):

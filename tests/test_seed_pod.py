@@ -129,8 +129,8 @@ def test_ctrl_c_while_the_containers_start_stops_them_at_once(podkit):
     # The containers' main processes are PID 1 of their namespaces: a SIGTERM they do not handle
     # yet would be dropped and the stop would sit out the 30 s grace period.
     run = podkit("run", SEED, "-p", f"{free_port()}:8080")
-    run.wait_stderr("container log-agent: Running")
-    run.wait_stderr("container simple-webapp: Running")
+    run.wait_stderr("Started container log-agent")
+    run.wait_stderr("Started container simple-webapp")
     started = time.monotonic()
     assert run.stop(timeout=20) == 0, run.text()
     assert time.monotonic() - started < 5, run.text()

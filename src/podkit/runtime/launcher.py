@@ -52,6 +52,7 @@ class LaunchSpec:
     # Built-in images unblock SIGTERM once they handle it (common/early_stop.py): a stop that
     # comes while they start stays pending instead of being dropped by PID 1's kernel rule.
     hold_signals: bool = False
+    pid_ns_pid: int | None = None  # join this process's PID namespace instead of a new one
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
@@ -146,14 +147,16 @@ def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
 
 
 def run(spec: LaunchSpec, status_fd: int) -> int:
-    pod_ns = {
-        ns: os.open(f"/proc/{spec.sandbox_pid}/ns/{ns}", os.O_RDONLY)
+    pod_ns = [
+        os.open(f"/proc/{spec.sandbox_pid}/ns/{ns}", os.O_RDONLY)
         for ns in ("net", "uts", "ipc", "mnt")
-    }
-    for fd in pod_ns.values():
+    ]
+    if spec.pid_ns_pid:  # shareProcessNamespace: the container joins the pod's PID namespace
+        pod_ns.append(os.open(f"/proc/{spec.pid_ns_pid}/ns/pid", os.O_RDONLY))
+    for fd in pod_ns:
         linux.setns(fd)
         os.close(fd)
-    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
+    linux.unshare(linux.CLONE_NEWNS | (0 if spec.pid_ns_pid else linux.CLONE_NEWPID))
     root = build_root(spec)
     # Forward signals from before the fork on, so a stop during start-up is never lost.
     child = 0

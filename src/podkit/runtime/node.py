@@ -45,7 +45,7 @@ async def run_pods(
     try:
         by_key = {r.key: r for r in runners}
         for p, sock in zip(published, listeners, strict=True):
-            fd = os.open(f"/proc/{by_key[p.pod].sandbox_pid}/ns/net", os.O_RDONLY)
+            fd = os.open(f"/proc/{by_key[p.pod].files.sandbox_pid}/ns/net", os.O_RDONLY)
             netns_fds.append(fd)
             servers.append(await forward.serve(sock, p, fd))
             report(p.pod, "info", f"port {p.container_port} of {p.container} published on {p.url}")

@@ -29,7 +29,32 @@ def _setup(hostname: str, tmpfs: list[tuple[str, int | None]]) -> None:
         linux.mount("tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
 
 
-def _child(hostname: str, tmpfs: list[tuple[str, int | None]], parent: int, report: int) -> None:
+def _pid_namespace_init() -> int:
+    """Fork PID 1 of a pod-wide PID namespace (shareProcessNamespace): it only reaps orphans."""
+    linux.unshare(linux.CLONE_NEWPID)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    os.closerange(3, 1 << 16)  # above all the report pipe: podkit reads it until EOF
+    linux.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    while True:
+        signal.sigwaitinfo({signal.SIGCHLD})
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+
+
+def _child(
+    hostname: str,
+    tmpfs: list[tuple[str, int | None]],
+    share_pid: bool,
+    parent: int,
+    report: int,
+) -> None:
     """The sandbox process itself; never returns."""
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
@@ -39,7 +64,8 @@ def _child(hostname: str, tmpfs: list[tuple[str, int | None]], parent: int, repo
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         _setup(hostname, tmpfs)
-        os.write(report, b"ready")
+        pid_ns = _pid_namespace_init() if share_pid else 0
+        os.write(report, f"ready {pid_ns}".encode())
         os.closerange(3, 1 << 16)  # podkit's sockets and files are none of the sandbox's
         while True:
             signal.pause()
@@ -48,8 +74,11 @@ def _child(hostname: str, tmpfs: list[tuple[str, int | None]], parent: int, repo
     os._exit(1)
 
 
-def fork_sandbox(hostname: str, tmpfs: list[tuple[str, int | None]]) -> int:
-    """Start a pod sandbox; returns its pid once its namespaces exist. Raises OSError."""
+def fork_sandbox(
+    hostname: str, tmpfs: list[tuple[str, int | None]], share_pid: bool = False
+) -> tuple[int, int | None]:
+    """Start a pod sandbox once its namespaces exist; returns its pid and, with share_pid, the
+    pid of the pod PID namespace's init. Raises OSError."""
     if threading.active_count() != 1:
         raise RuntimeError("the pod sandbox must be forked before any thread starts")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -57,14 +86,15 @@ def fork_sandbox(hostname: str, tmpfs: list[tuple[str, int | None]]) -> int:
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _child(hostname, tmpfs, parent, write_end)
+        _child(hostname, tmpfs, share_pid, parent, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as f:
         reply = f.read().decode()  # EOF once the sandbox closed its fds
-    if reply != "ready":
+    if not reply.startswith("ready"):
         os.waitpid(pid, 0)
         raise OSError(reply.removeprefix("error ") or "the pod sandbox exited during set-up")
-    return pid
+    pid_ns = int(reply.split()[1])
+    return pid, pid_ns or None
 
 
 def stop_sandbox(pid: int) -> None:

@@ -28,6 +28,8 @@ class ContainerTracker:
     ready: bool = False
     started: bool = False
     pid: int | None = None
+    sidecar: bool = False  # an initContainer with restartPolicy: Always
+    has_readiness_probe: bool = False
 
     @property
     def running(self) -> bool:
@@ -48,8 +50,10 @@ class ContainerTracker:
             self.last_state = self.state
         self.pid = pid
         self.state = {"running": {"startedAt": now_rfc3339()}}
-        # Without a readiness probe a running container is ready (kubelet default).
-        self.ready = self.started = True
+        # Without probes a running container is started and ready (kubelet default); with
+        # them, the prober sets these.
+        self.started = True
+        self.ready = not self.has_readiness_probe
 
     def terminate(
         self, exit_code: int, message: str | None = None, reason: str | None = None
@@ -91,10 +95,22 @@ def should_restart(policy: str, exit_code: int) -> bool:
     return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
 
-def pod_phase(containers: list[ContainerTracker], policy: str, stopping: bool = False) -> str:
-    """Kubernetes' phase rules for app containers."""
+def init_should_restart(policy: str, exit_code: int) -> bool:
+    """A failed init container is retried unless the pod's restartPolicy is Never."""
+    return exit_code != 0 and policy != "Never"
+
+
+def pod_phase(
+    containers: list[ContainerTracker],
+    policy: str,
+    stopping: bool = False,
+    init_failed: bool = False,
+) -> str:
+    """Kubernetes' phase rules; sidecars and init containers count only through init_failed."""
+    if init_failed:
+        return "Failed"
     terminated = [c.terminated for c in containers]
-    if all(t is not None for t in terminated):
+    if containers and all(t is not None for t in terminated):
         codes = [t["exitCode"] for t in terminated if t is not None]
         if stopping:
             return "Succeeded" if all(code == 0 for code in codes) else "Failed"
@@ -145,35 +161,85 @@ def pod_status(
     phase: str,
     conditions: Conditions,
     containers: list[ContainerTracker],
+    init_containers: list[ContainerTracker],
     start_time: str,
     pod_ip: str,
     host_ip: str,
 ) -> dict[str, Any]:
-    ready = bool(containers) and all(c.ready for c in containers)
+    sidecars = [c for c in init_containers if c.sidecar]
+    ready = bool(containers) and all(c.ready for c in containers + sidecars)
     conditions.set("ContainersReady", ready)
     conditions.set("Ready", ready)
-    return {
+    status: dict[str, Any] = {
         "phase": phase,
         "conditions": conditions.to_list(),
         "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
         "podIP": pod_ip,
         "podIPs": [{"ip": pod_ip}],
         "startTime": start_time,
-        "containerStatuses": [c.to_status() for c in containers],
-        "qosClass": "BestEffort",
     }
+    if init_containers:
+        status["initContainerStatuses"] = [c.to_status() for c in init_containers]
+    status["containerStatuses"] = [c.to_status() for c in containers]
+    status["qosClass"] = "BestEffort"
+    return status
 
 
-def ready_summary(containers: list[ContainerTracker]) -> str:
-    """kubectl's READY column."""
-    return f"{sum(c.ready for c in containers)}/{len(containers)}"
+def ready_summary(containers: list[ContainerTracker], init: list[ContainerTracker]) -> str:
+    """kubectl's READY column: app containers and native sidecars."""
+    counted = containers + [c for c in init if c.sidecar]
+    return f"{sum(c.ready for c in counted)}/{len(counted)}"
 
 
-def display_status(phase: str, containers: list[ContainerTracker]) -> str:
-    """kubectl's STATUS column: a waiting or terminated reason beats the phase."""
-    for c in containers:
-        if "waiting" in c.state and c.state["waiting"]["reason"] != "ContainerCreating":
-            return str(c.state["waiting"]["reason"])
-    if phase == "Pending" and any("waiting" in c.state for c in containers):
-        return "ContainerCreating"
-    return phase
+def _reason(state: dict[str, Any]) -> str | None:
+    if "waiting" in state:
+        return str(state["waiting"].get("reason") or "") or None
+    if "terminated" in state:
+        t = state["terminated"]
+        return str(t.get("reason") or "") or (
+            f"Signal:{t['signal']}" if t.get("signal") else f"ExitCode:{t['exitCode']}"
+        )
+    return None
+
+
+def display_status(
+    phase: str,
+    containers: list[ContainerTracker],
+    init: list[ContainerTracker],
+    stopping: bool = False,
+) -> str:
+    """kubectl's STATUS column, computed as kubectl's pod printer does."""
+    if stopping and phase not in ("Succeeded", "Failed"):
+        return "Terminating"
+    reason = phase
+    initializing = False
+    for i, c in enumerate(init):
+        t = c.terminated
+        if t is not None and t["exitCode"] == 0:
+            continue
+        if c.sidecar and c.started:
+            continue
+        if t is not None:
+            reason = f"Init:{_reason(c.state)}"
+        elif "waiting" in c.state and c.state["waiting"]["reason"] not in (
+            "PodInitializing",
+            "ContainerCreating",
+        ):
+            reason = f"Init:{c.state['waiting']['reason']}"
+        else:
+            reason = f"Init:{i}/{len(init)}"
+        initializing = True
+        break
+    if initializing:
+        return reason
+    has_running = False
+    for c in reversed(containers):
+        r = _reason(c.state)
+        if r:
+            reason = r
+        elif c.running and c.ready:
+            has_running = True
+    if reason == "Completed" and has_running:
+        reason = "Running"  # kubectl: one container done, another still serving
+    return reason

@@ -1,0 +1,228 @@
+"""One container of a pod: launch, watch, stop, restart (asyncio shell around the pure parts).
+
+A ContainerRunner plays one of three roles: an app container (restarted per the pod's
+restartPolicy), an init container (runs to completion, retried on failure unless the policy is
+Never) or a native sidecar (an init container with restartPolicy: Always, restarted whenever it
+exits). The pod decides when each starts and when each is asked to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from podkit.manifest.model import Container
+from podkit.runtime import container_spec
+from podkit.runtime import env as envmod
+from podkit.runtime.backoff import Backoff
+from podkit.runtime.events import container_path
+from podkit.runtime.logs import ContainerLog, pump
+from podkit.runtime.status import ContainerTracker, init_should_restart, should_restart
+
+if TYPE_CHECKING:
+    from podkit.runtime.pod import PodRunner
+
+APP, INIT, SIDECAR = "app", "init", "sidecar"
+# The launcher needs only the standard library and podkit: skip site (and its .pth hooks).
+_PODKIT_PARENT = str(Path(__file__).resolve().parents[2])
+LAUNCHER = [
+    sys.executable,
+    "-S",
+    "-c",
+    f"import sys; sys.path.insert(0, {_PODKIT_PARENT!r}); "
+    "from podkit.runtime.launcher import main; sys.exit(main())",
+]
+
+
+class ContainerRunner:
+    def __init__(self, pod: PodRunner, c: Container, role: str) -> None:
+        self.pod, self.c, self.role = pod, c, role
+        self.tracker = ContainerTracker(
+            c.name,
+            c.image,
+            sidecar=role == SIDECAR,
+            has_readiness_probe=role != INIT and "readinessProbe" in c.raw,
+        )
+        if role != APP or pod.pod.init_containers:
+            self.tracker.waiting("PodInitializing")
+        self.field_path = container_path(c.name, role != APP)
+        self.stop_requested = asyncio.Event()
+        self.deadline = 0.0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = asyncio.Event()  # running (and past its startupProbe): next may start
+        self.exit_code: int | None = None
+        self.task: asyncio.Future[int | None] | None = None  # set by the pod when it starts us
+        self._backoff = Backoff(scale=pod.opts.backoff_scale)
+
+    # ---- control from the pod ------------------------------------------------------------
+    def request_stop(self, deadline: float) -> None:
+        if not self.stop_requested.is_set():
+            self.deadline = deadline
+            self.stop_requested.set()
+
+    def kill_now(self) -> None:
+        self.deadline = time.monotonic()
+        self.stop_requested.set()
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _restart_wanted(self, code: int) -> bool:
+        if self.role == SIDECAR:
+            return True
+        if self.role == INIT:
+            return init_should_restart(self.pod.pod.restart_policy, code)
+        return should_restart(self.pod.pod.restart_policy, code)
+
+    async def run(self) -> int | None:
+        """Run until done or stopped; returns the last exit code (None if it never ran)."""
+        events = self.pod.events
+        while not self.stop_requested.is_set():
+            began = time.monotonic()
+            proc = await self._launch()
+            if proc is None:  # as in a cluster, the pod waits for what may never come
+                self.pod.publish_status()
+                await self.stop_requested.wait()
+                return None
+            self.pod.publish_status()
+            code, message = await self._wait(proc)
+            self.exit_code = code
+            self.tracker.terminate(code, message, "StartError" if message else None)
+            if self.role == INIT and code == 0:
+                self.tracker.ready = True  # the kubelet reports a completed init as ready
+            self.started.clear()
+            self.pod.publish_status()
+            if self.stop_requested.is_set() or not self._restart_wanted(code):
+                return code
+            delay = self._backoff.next_delay(time.monotonic() - began)
+            if delay > 0:
+                self.tracker.waiting(
+                    "CrashLoopBackOff",
+                    f"back-off {delay:g}s restarting failed container={self.c.name} "
+                    f"pod={self.pod.pod.name}_{self.pod.pod.namespace}({self.pod.pod.uid})",
+                )
+                events.warning(
+                    "BackOff",
+                    f"Back-off restarting failed container {self.c.name} in pod "
+                    f"{self.pod.pod.name}_{self.pod.pod.namespace}({self.pod.pod.uid})",
+                    self.field_path,
+                )
+                self.pod.publish_status()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_requested.wait(), delay)
+                if self.stop_requested.is_set():
+                    return code
+            self.tracker.restart_count += 1
+        return self.exit_code
+
+    async def _launch(self) -> asyncio.subprocess.Process | None:
+        pod, c, events = self.pod, self.c, self.pod.events
+        try:
+            env = container_spec.environment(pod.pod, c, pod.bundle, pod.opts.pod_ip)
+            argv = container_spec.argv(c, env, pod.opts.user_images)
+        except envmod.ResolveError as exc:
+            self.tracker.waiting("CreateContainerConfigError", str(exc))
+            events.warning("Failed", f"Error: {exc}", self.field_path)
+            return None
+        except container_spec.ImageError as exc:
+            self.tracker.waiting("ErrImagePull", str(exc))
+            events.warning("Failed", f'Failed to pull image "{c.image}": {exc}', self.field_path)
+            events.warning("Failed", "Error: ErrImagePull", self.field_path)
+            return None
+        events.normal(
+            "Pulled", f'Container image "{c.image}" already present on machine', self.field_path
+        )
+        cdir = pod.files.dir / "containers" / c.name
+        cdir.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "sandbox_pid": pod.files.sandbox_pid,
+            "pid_ns_pid": pod.files.pid_ns_pid,
+            "scratch": str(cdir / "rootfs"),
+            "argv": argv,
+            "env": env,
+            "working_dir": c.working_dir,
+            "mounts": pod.files.mounts(c),
+            "keep_host_mounts_under": str(pod.opts.state_dir),
+            "hold_signals": container_spec.holds_signals(c),
+        }
+        spec_path = cdir / "launch.json"
+        # It holds the container's environment, secrets included: owner-only, and removed as
+        # soon as the launcher has read it.
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(spec, f)
+        status_r, status_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *LAUNCHER,
+                str(spec_path),
+                str(status_w),
+                pass_fds=[status_w],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        finally:
+            os.close(status_w)
+        events.normal("Created", f"Created container: {c.name}", self.field_path)
+        loop = asyncio.get_running_loop()
+        reply = (await loop.run_in_executor(None, os.read, status_r, 4096)).decode().strip()
+        os.close(status_r)
+        with contextlib.suppress(FileNotFoundError):
+            spec_path.unlink()
+        self._log = ContainerLog(pod.files.dir / "logs" / c.name, self.tracker.restart_count)
+        assert proc.stdout is not None and proc.stderr is not None
+        self._pumps = [
+            asyncio.ensure_future(pump(proc.stdout, "stdout", self._log, pod.terminal, c.name)),
+            asyncio.ensure_future(pump(proc.stderr, "stderr", self._log, pod.terminal, c.name)),
+        ]
+        self.proc = proc
+        if reply.startswith("started"):
+            self._start_error = None
+            self.tracker.run(int(reply.split()[1]))
+            events.normal("Started", f"Started container {c.name}", self.field_path)
+            self.started.set()
+        else:
+            self._start_error = (
+                reply.removeprefix("error ").strip() or "the container did not start"
+            )
+            events.warning("Failed", f"Error: {self._start_error}", self.field_path)
+        return proc
+
+    async def _wait(self, proc: asyncio.subprocess.Process) -> tuple[int, str | None]:
+        """Wait for the exit; on a stop request: SIGTERM, then SIGKILL at the deadline."""
+        exited = asyncio.ensure_future(proc.wait())
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not exited.done():
+            self.pod.events.normal("Killing", f"Stopping container {self.c.name}", self.field_path)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(exited), max(0.0, self.deadline - time.monotonic())
+                )
+            except TimeoutError:
+                self.pod.report(
+                    self.pod.key,
+                    "warn",
+                    f"container {self.c.name}: still running after the grace period "
+                    f"({self.pod.grace}s), SIGKILL",
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        code = await exited
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._log.close()
+        self.proc = None
+        return (128 - code if code < 0 else code), self._start_error

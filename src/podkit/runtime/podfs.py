@@ -1,0 +1,105 @@
+"""A pod's files on the host: state directory, sandbox, volumes, /etc/hosts, mount lists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from podkit.manifest import quantity
+from podkit.manifest.model import Bundle, Container, Pod
+from podkit.runtime import sandbox, statedir
+from podkit.runtime.volume_files import projected_files
+
+PROJECTED = ("configMap", "secret", "downwardAPI", "projected")  # always mounted read-only
+
+
+class PodFiles:
+    def __init__(self, pod: Pod, bundle: Bundle, state_dir: Path, pod_ip: str) -> None:
+        self.pod, self.bundle, self.pod_ip = pod, bundle, pod_ip
+        self.dir = state_dir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
+        self.sandbox_pid: int | None = None
+        self.pid_ns_pid: int | None = None  # PID 1 of the pod's PID namespace, when shared
+        self.volume_paths: dict[str, str] = {}
+        self.kinds = {v.name: v.kind for v in pod.volumes}
+
+    def tmpfs_volumes(self) -> list[tuple[str, int | None]]:
+        """Volumes that must live in memory: emptyDir medium Memory, secrets (never on disk)."""
+        specs: list[tuple[str, int | None]] = [(f"{self.dir}/shm", None)]
+        for v in self.pod.volumes:
+            path = f"{self.dir}/volumes/{v.name}"
+            if v.kind == "emptyDir" and v.source.get("medium") == "Memory":
+                limit = v.source.get("sizeLimit")
+                size = quantity.value(quantity.parse_quantity(limit)) if limit else None
+                specs.append((path, size or None))
+            elif v.kind == "secret":
+                specs.append((path, None))
+        return specs
+
+    def create(self, share_pid: bool) -> None:
+        """State dirs, then the sandbox (forked: podkit must still be single-threaded)."""
+        for sub in ("logs", "volumes", "containers", "etc"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "owner").write_text(statedir.owner_record())
+        self.sandbox_pid, self.pid_ns_pid = sandbox.fork_sandbox(
+            self.pod.hostname, self.tmpfs_volumes(), share_pid
+        )
+        self._write_etc()
+        self._prepare_volumes()
+
+    def in_sandbox(self, path: str) -> str:
+        """A path as the sandbox's mount namespace sees it (where its tmpfs mounts live)."""
+        return f"/proc/{self.sandbox_pid}/root{path}"
+
+    def _write_etc(self) -> None:
+        etc = self.dir / "etc"
+        (etc / "hostname").write_text(self.pod.hostname + "\n")
+        (etc / "hosts").write_text(
+            "# Kubernetes-managed hosts file (podkit).\n127.0.0.1\tlocalhost\n"
+            f"::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"{self.pod_ip}\t{self.pod.hostname}\n"
+        )
+
+    def _prepare_volumes(self) -> None:
+        for v in self.pod.volumes:
+            path = f"{self.dir}/volumes/{v.name}"
+            if v.kind == "hostPath":
+                self.volume_paths[v.name] = v.source["path"]
+                continue
+            os.makedirs(self.in_sandbox(path), exist_ok=True)
+            if v.kind in PROJECTED:
+                for rel, (content, mode) in projected_files(self.pod, v, self.bundle).items():
+                    target = self.in_sandbox(f"{path}/{rel}")
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(content)
+                    os.chmod(target, mode)
+            self.volume_paths[v.name] = path
+
+    def mounts(self, c: Container) -> list[dict[str, Any]]:
+        """The launcher's mount list for `c`: pod files first, then its volumeMounts."""
+        mounts: list[dict[str, Any]] = []
+        targets = {m.mount_path for m in c.volume_mounts}
+        for name in ("hosts", "hostname"):
+            if f"/etc/{name}" not in targets:
+                source = str(self.dir / "etc" / name)
+                mounts.append({"source": source, "target": f"/etc/{name}", "read_only": False})
+        mounts.append({"source": str(self.dir / "shm"), "target": "/dev/shm", "read_only": False})
+        for m in c.volume_mounts:
+            source = self.volume_paths[m.name]
+            if m.sub_path:
+                source = os.path.join(source, m.sub_path)
+                kind = self.kinds[m.name]
+                in_sb = source if kind == "hostPath" else self.in_sandbox(source)
+                if not os.path.exists(in_sb):
+                    os.makedirs(in_sb)  # the kubelet creates a missing subPath
+            read_only = m.read_only or self.kinds[m.name] in PROJECTED
+            mounts.append({"source": source, "target": m.mount_path, "read_only": read_only})
+        return mounts
+
+    def stop(self) -> None:
+        if self.sandbox_pid is not None:
+            sandbox.stop_sandbox(self.sandbox_pid)
+            self.sandbox_pid = None
+        statedir.remove_volatile(self.dir)
