@@ -134,8 +134,9 @@ class Podkit:
 def run_podkit(
     *args: str, state_dir: Path, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
+    extra = ["--no-color"] if args and args[0] == "run" else []
     return subprocess.run(
-        [sys.executable, "-m", "podkit.cli.main", *args, "--no-color"],
+        [sys.executable, "-m", "podkit.cli.main", *args, *extra],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -729,8 +729,7 @@ def test_one_warning_lists_exactly_the_fields_podkit_ignores() -> None:
     assert load("pod.yaml").warnings == [
         "pod simple-webapp: these fields are valid Kubernetes but not implemented by podkit and "
         "are ignored: metadata.generateName, spec.affinity, "
-        "spec.containers[0].livenessProbe, spec.containers[0].securityContext, "
-        "spec.dnsPolicy, spec.tolerations"
+        "spec.containers[0].securityContext, spec.dnsPolicy, spec.tolerations"
     ]
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -92,11 +93,24 @@ def run(
         ),
     ] = 1.0,
     logs: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--logs/--no-logs", help="Stream the containers' output with a [container] prefix."
+            "--logs/--no-logs",
+            help="Stream the containers' output with a [container] prefix "
+            "(default: yes, unless -o is given).",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="json|yaml",
+            help="Print the Pod, status included, each time its status changes (as "
+            "`kubectl get pod -w -o json|yaml` would) instead of the progress lines.",
+        ),
+    ] = None,
     colour: Annotated[
         bool | None,
         typer.Option(
@@ -123,6 +137,8 @@ def run(
     from podkit.runtime.pod import RunOptions
     from podkit.runtime.statedir import default_state_dir
 
+    if output not in (None, "json", "yaml"):
+        raise _fail(f"option -o {output!r}: expected json or yaml", EXIT_BAD_INPUT)
     try:
         bundle = load_files(files)
     except ManifestError as exc:
@@ -159,9 +175,73 @@ def run(
         user_images=user_images,
         backoff_scale=backoff_scale,
     )
-    terminal = Terminal(colour=colour) if logs else None
-    code = node.run(bundle, opts, published, listeners, report, terminal)
+    show_logs = logs if logs is not None else output is None
+    terminal = Terminal(colour=colour) if show_logs else None
+    watch = status_printer(output) if output else None
+    code = node.run(bundle, opts, published, listeners, report, terminal, watch)
     raise typer.Exit(code)
+
+
+def status_printer(output: str) -> Callable[[dict[str, Any]], None]:
+    """Writes each Pod document to stdout: one JSON object a line, or YAML documents."""
+    import json
+
+    def emit(doc: dict[str, Any]) -> None:
+        if output == "json":
+            sys.stdout.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        else:
+            import yaml
+
+            sys.stdout.write("---\n" + yaml.safe_dump(doc, sort_keys=False))
+        sys.stdout.flush()
+
+    return emit
+
+
+@app.command()
+def get(
+    resource: Annotated[str, typer.Argument(help="pods (or pod, po)")] = "pods",
+    name: Annotated[str | None, typer.Argument(help="Only this pod.", show_default=False)] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Pods of every namespace.")
+    ] = False,
+    finished: Annotated[
+        bool, typer.Option("--finished", help="Also pods whose podkit run has ended.")
+    ] = False,
+    output: Annotated[str | None, typer.Option("--output", "-o", metavar="json|yaml|wide")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="As given to `podkit run`.")
+    ] = None,
+) -> None:
+    """List the pods podkit runs, as `kubectl get pods` does (from their status files)."""
+    from podkit.runtime import podlist
+    from podkit.runtime.statedir import default_state_dir
+
+    if resource not in ("pods", "pod", "po"):
+        raise _fail(f"resource {resource!r}: podkit knows only pods", EXIT_BAD_INPUT)
+    if output not in (None, "json", "yaml", "wide"):
+        raise _fail(f"option -o {output!r}: expected json, yaml or wide", EXIT_BAD_INPUT)
+    docs = podlist.load(state_dir or default_state_dir(), finished)
+    docs = [
+        d
+        for d in docs
+        if (all_namespaces or d["metadata"]["namespace"] == namespace)
+        and (name is None or d["metadata"]["name"] == name)
+    ]
+    if name is not None and not docs:
+        raise _fail(f'pods "{name}" not found', 1)
+    if output in ("json", "yaml"):
+        doc = docs[0] if name else {"apiVersion": "v1", "kind": "List", "items": docs}
+        status_printer(output)(doc)
+        return
+    rows = podlist.table(docs, all_namespaces, wide=output == "wide")
+    if len(rows) == 1:
+        err.print(f"No resources found in {namespace} namespace.")
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 @app.command()

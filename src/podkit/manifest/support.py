@@ -39,6 +39,11 @@ _CONTAINER_FIELDS = (
     "volumeMounts[].subPath",
     "resources.limits",
     "resources.requests",
+    "startupProbe",
+    "readinessProbe",
+    "livenessProbe",
+    "lifecycle.postStart",
+    "lifecycle.preStop",
     "terminationMessagePath",  # accepted silently: defaults every manifest generator writes
     "terminationMessagePolicy",
 )
@@ -85,6 +90,7 @@ SUPPORTED_POD_FIELDS: tuple[str, ...] = (
     *(f"spec.volumes[].projected.sources[].{kind}.{f}" for kind in _OBJECTS for f in _PROJECTED),
     *(f"spec.volumes[].projected.sources[].downwardAPI.{f}" for f in _DOWNWARD_ITEMS),
     "spec.restartPolicy",
+    "spec.shareProcessNamespace",
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
     "spec.nodeName",
@@ -105,7 +111,6 @@ DEFAULT_VALUES: dict[str, Any] = {
     "spec.hostNetwork": False,
     "spec.hostPID": False,
     "spec.hostIPC": False,
-    "spec.shareProcessNamespace": False,
     **{f"spec.{kind}[].{f}": False for kind in _KINDS for f in ("stdin", "stdinOnce", "tty")},
 }
 

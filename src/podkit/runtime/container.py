@@ -15,15 +15,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podkit.manifest.model import Container
-from podkit.runtime import container_spec
+from podkit.runtime import container_spec, hooks
 from podkit.runtime import env as envmod
 from podkit.runtime.backoff import Backoff
+from podkit.runtime.cgroups import CgroupError, ContainerCgroup, Resources
 from podkit.runtime.events import container_path
 from podkit.runtime.logs import ContainerLog, pump
+from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
+from podkit.runtime.probes import ContainerProbes
 from podkit.runtime.status import ContainerTracker, init_should_restart, should_restart
 
 if TYPE_CHECKING:
@@ -59,6 +63,12 @@ class ContainerRunner:
         self.started = asyncio.Event()  # running (and past its startupProbe): next may start
         self.exit_code: int | None = None
         self.task: asyncio.Future[int | None] | None = None  # set by the pod when it starts us
+        self.cgroup: ContainerCgroup | None = None
+        self.pid: int | None = None  # host pid of the container's PID 1 while it runs
+        self.post_started = asyncio.Event()  # postStart done (or failed): the next may start
+        self.probes: ContainerProbes | None = None
+        self._probe_task: asyncio.Future[None] | None = None
+        self._kill: asyncio.Future[None] | None = None
         self._backoff = Backoff(scale=pod.opts.backoff_scale)
 
     # ---- control from the pod ------------------------------------------------------------
@@ -95,7 +105,12 @@ class ContainerRunner:
             self.pod.publish_status()
             code, message = await self._wait(proc)
             self.exit_code = code
-            self.tracker.terminate(code, message, "StartError" if message else None)
+            reason = "StartError" if message else None
+            if self.cgroup is not None:
+                if self.cgroup.oom_killed(code):
+                    reason = "OOMKilled"
+                self.cgroup.remove()
+            self.tracker.terminate(code, message, reason)
             if self.role == INIT and code == 0:
                 self.tracker.ready = True  # the kubelet reports a completed init as ready
             self.started.clear()
@@ -129,10 +144,12 @@ class ContainerRunner:
             env = container_spec.environment(pod.pod, c, pod.bundle, pod.opts.pod_ip)
             argv = container_spec.argv(c, env, pod.opts.user_images)
         except envmod.ResolveError as exc:
+            self.post_started.set()
             self.tracker.waiting("CreateContainerConfigError", str(exc))
             events.warning("Failed", f"Error: {exc}", self.field_path)
             return None
         except container_spec.ImageError as exc:
+            self.post_started.set()
             self.tracker.waiting("ErrImagePull", str(exc))
             events.warning("Failed", f'Failed to pull image "{c.image}": {exc}', self.field_path)
             events.warning("Failed", "Error: ErrImagePull", self.field_path)
@@ -140,6 +157,17 @@ class ContainerRunner:
         events.normal(
             "Pulled", f'Container image "{c.image}" already present on machine', self.field_path
         )
+        self.cgroup = None
+        if pod.cgroup is not None:
+            try:
+                self.cgroup = pod.cgroup.container(
+                    c.name, self.tracker.restart_count, Resources.from_spec(c.resources)
+                )
+            except (CgroupError, ValueError) as exc:
+                self.post_started.set()
+                self.tracker.waiting("CreateContainerError", str(exc))
+                events.warning("Failed", f"Error: {exc}", self.field_path)
+                return None
         cdir = pod.files.dir / "containers" / c.name
         cdir.mkdir(parents=True, exist_ok=True)
         spec = {
@@ -152,6 +180,7 @@ class ContainerRunner:
             "mounts": pod.files.mounts(c),
             "keep_host_mounts_under": str(pod.opts.state_dir),
             "hold_signals": container_spec.holds_signals(c),
+            "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
         }
         spec_path = cdir / "launch.json"
         # It holds the container's environment, secrets included: owner-only, and removed as
@@ -186,43 +215,168 @@ class ContainerRunner:
             asyncio.ensure_future(pump(proc.stderr, "stderr", self._log, pod.terminal, c.name)),
         ]
         self.proc = proc
+        self._exited = asyncio.ensure_future(proc.wait())
         if reply.startswith("started"):
             self._start_error = None
-            self.tracker.run(int(reply.split()[1]))
+            self.pid = int(reply.split()[1])
             events.normal("Started", f"Started container {c.name}", self.field_path)
-            self.started.set()
+            await self._post_start(proc)
         else:
             self._start_error = (
                 reply.removeprefix("error ").strip() or "the container did not start"
             )
             events.warning("Failed", f"Error: {self._start_error}", self.field_path)
+            self.post_started.set()
         return proc
 
-    async def _wait(self, proc: asyncio.subprocess.Process) -> tuple[int, str | None]:
-        """Wait for the exit; on a stop request: SIGTERM, then SIGKILL at the deadline."""
-        exited = asyncio.ensure_future(proc.wait())
+    def _target(self) -> ProbeTarget:
+        ports = {p.name: p.container_port for p in self.c.ports if p.name}
+        assert self.pod.files.netns_fd is not None and self.pid is not None
+        return ProbeTarget(self.pod.files.netns_fd, self.pid, ports, self.pod.opts.pod_ip)
+
+    async def _post_start(self, proc: asyncio.subprocess.Process) -> None:
+        """Run postStart (the container is not Running until it is done), then the probes."""
+        action = hooks.hook_of(self.c.raw, "postStart")
+        if action is not None:
+            result = await self._bounded(hooks.run_hook(action, self._target(), hooks.NO_LIMIT))
+            if result is not None and not result.success:
+                self.pod.events.warning(
+                    "FailedPostStartHook",
+                    f"PostStartHook failed: {result.message}",
+                    self.field_path,
+                )
+                self._kill = asyncio.ensure_future(
+                    self._terminate(proc, time.monotonic() + self.pod.grace)
+                )
+                self.post_started.set()
+                return
+        if self._exited.done():
+            self.post_started.set()
+            return
+        assert self.pid is not None
+        self.tracker.run(self.pid)
+        self.probes = None
+        if any(f"{k}Probe" in self.c.raw for k in ("startup", "readiness", "liveness")):
+            self.probes = ContainerProbes.from_k8s(self.c.raw, time.monotonic())
+            self.tracker.started = self.probes.started
+            self.tracker.ready = self.probes.ready
+            self._probe_task = asyncio.ensure_future(self._probe_loop(proc))
+        if self.tracker.started:
+            self.started.set()
+        self.post_started.set()
+
+    async def _bounded(self, aw: Awaitable[ProbeResult]) -> ProbeResult | None:
+        """Await a hook unless the container exits or is asked to stop first."""
+        task = asyncio.ensure_future(aw)
         stop = asyncio.ensure_future(self.stop_requested.wait())
-        await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stop, self._exited}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
-        if not exited.done():
+        if not task.done():
+            task.cancel()
+            return None
+        return task.result()
+
+    async def _probe_loop(self, proc: asyncio.subprocess.Process) -> None:
+        """Run each probe when due; apply what the pure workers decide."""
+        probes, target = self.probes, self._target()
+        assert probes is not None
+        while True:
+            now = time.monotonic()
+            due = probes.due(now)
+            if not due:
+                # The probes' own schedule (periodSeconds): a timer, not a condition.
+                await asyncio.sleep(max(0.0, min(probes.next_due(now), now + 3600) - now))
+                continue
+            results = await asyncio.gather(*(run_probe(w.spec, target) for w in due))
+            for worker, result in zip(due, results, strict=True):
+                decision = probes.record(
+                    worker.kind,
+                    result.success,
+                    time.monotonic(),
+                    result.message,
+                    warning=result.warning,
+                )
+                for e in decision.events:
+                    self.pod.events.add(e.type, e.reason, e.message, self.field_path)
+                if not decision.changed:
+                    continue
+                self.tracker.started = probes.started
+                self.tracker.ready = probes.ready
+                if self.tracker.started:
+                    self.started.set()
+                self.pod.publish_status()
+                if decision.restart:
+                    grace = decision.grace_period
+                    deadline = time.monotonic() + (grace if grace is not None else self.pod.grace)
+                    await self._terminate(proc, deadline, announce=False)
+                    return
+
+    async def _terminate(
+        self, proc: asyncio.subprocess.Process, deadline: float, announce: bool = True
+    ) -> None:
+        """preStop, SIGTERM, then SIGKILL at the deadline (the kubelet's killContainer)."""
+        if self._exited.done():
+            return
+        if announce:
             self.pod.events.normal("Killing", f"Stopping container {self.c.name}", self.field_path)
+        action = hooks.hook_of(self.c.raw, "preStop")
+        if action is not None and self.pid is not None and self.tracker.running:
+            result = await self._bounded_by(
+                hooks.run_hook(action, self._target(), deadline - time.monotonic()), deadline
+            )
+            if result is not None and not result.success:
+                self.pod.events.warning(
+                    "FailedPreStopHook", f"PreStopHook failed: {result.message}", self.field_path
+                )
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._exited), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            self.pod.report(
+                self.pod.key,
+                "warn",
+                f"container {self.c.name}: still running after the grace period "
+                f"({self.pod.grace}s), SIGKILL",
+            )
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(
-                    asyncio.shield(exited), max(0.0, self.deadline - time.monotonic())
-                )
-            except TimeoutError:
-                self.pod.report(
-                    self.pod.key,
-                    "warn",
-                    f"container {self.c.name}: still running after the grace period "
-                    f"({self.pod.grace}s), SIGKILL",
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        code = await exited
-        await asyncio.gather(*self._pumps, return_exceptions=True)
+                proc.kill()
+
+    async def _bounded_by(self, aw: Awaitable[ProbeResult], deadline: float) -> ProbeResult | None:
+        """Await a hook until the deadline or the container's exit."""
+        task = asyncio.ensure_future(aw)
+        await asyncio.wait(
+            {task, self._exited},
+            timeout=max(0.0, deadline - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not task.done():
+            task.cancel()
+            return None
+        return task.result()
+
+    async def _wait(self, proc: asyncio.subprocess.Process) -> tuple[int, str | None]:
+        """Wait for the exit; on a stop request: preStop, SIGTERM, SIGKILL at the deadline."""
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait({self._exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not self._exited.done():
+            if self._probe_task is not None:
+                self._probe_task.cancel()  # a liveness kill must not race the stop
+            await self._terminate(proc, self.deadline)
+        code = await self._exited
+        for task in (self._probe_task, self._kill):
+            if task is not None and not task.done():
+                task.cancel()
+        self._probe_task = self._kill = None
+        # Its output ends with it, unless a child it left behind (possible in a shared PID
+        # namespace) still holds the pipe: do not wait for that one.
+        _, stragglers = await asyncio.wait(self._pumps, timeout=0.5)
+        for pump_task in stragglers:
+            pump_task.cancel()
         self._log.close()
         self.proc = None
+        self.pid = None
         return (128 - code if code < 0 else code), self._start_error

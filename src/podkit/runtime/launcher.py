@@ -53,6 +53,9 @@ class LaunchSpec:
     # comes while they start stays pending instead of being dropped by PID 1's kernel rule.
     hold_signals: bool = False
     pid_ns_pid: int | None = None  # join this process's PID namespace instead of a new one
+    # cgroup.procs files (runtime/cgroups.py) the container's PID 1 joins between fork and exec,
+    # so the container and all it forks are limited from their first instruction.
+    cgroup_procs: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
@@ -122,8 +125,27 @@ def build_root(spec: LaunchSpec) -> str:
     return root
 
 
+def _join_cgroups(procs_files: list[str]) -> str | None:
+    """Move this process into each cgroup ("0" means the writer); an error message or None."""
+    for path in procs_files:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return f"cgroup: cannot join {os.path.dirname(path)}: {exc.strerror}"
+    return None
+
+
 def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
     """Runs as the container's PID 1; never returns."""
+    # Before chroot: the cgroup files are host paths (and /sys is read-only inside).
+    cgroup_failure = _join_cgroups(spec.cgroup_procs)
+    if cgroup_failure:
+        os.write(report_fd, cgroup_failure.encode())
+        os._exit(128)
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
         linux.mount("proc", f"{root}/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV)

@@ -95,6 +95,12 @@ def set_parent_death_signal(sig: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
 
 
+def set_name(name: str) -> None:
+    """The process name ps and /proc/PID/comm show (15 bytes at most)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(15, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
 def set_child_subreaper() -> None:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 

@@ -12,9 +12,9 @@ import signal
 import socket
 
 from podkit.manifest.model import Bundle
-from podkit.runtime import forward, statedir
+from podkit.runtime import cgroups, forward, statedir
 from podkit.runtime.logs import Terminal
-from podkit.runtime.pod import PodRunner, Report, RunOptions
+from podkit.runtime.pod import PodRunner, Report, RunOptions, Watch
 from podkit.runtime.ports import Published
 
 
@@ -69,17 +69,26 @@ def run(
     listeners: list[socket.socket],
     report: Report,
     terminal: Terminal | None,
+    watch: Watch | None = None,
 ) -> int:
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     for name in statedir.clean_stale(opts.state_dir):
         report("podkit", "info", f"cleaned state left by a killed run: {name}")
+    driver, why = cgroups.detect()
+    if driver is not None:
+        cgroups.clean_stale(driver)
+        opts.cgroups = driver
+    elif any(
+        c.resources.get("limits") for p in bundle.pods for c in p.containers + p.init_containers
+    ):
+        report("podkit", "warn", f"resource limits are not enforced: {why}")
     try:
         import uvloop
 
         run_loop = uvloop.run
     except ImportError:  # uvloop is a dependency, but the runtime does not need its speed
         run_loop = asyncio.run
-    runners = [PodRunner(pod, bundle, opts, report, terminal) for pod in bundle.pods]
+    runners = [PodRunner(pod, bundle, opts, report, terminal, watch) for pod in bundle.pods]
     try:
         # Forked before the event loop exists: a fork is only safe while single-threaded.
         for r in runners:

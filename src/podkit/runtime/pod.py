@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from podkit.images import catalog
 from podkit.manifest.model import Bundle, Pod
-from podkit.runtime import statedir
+from podkit.runtime import hooks, statedir
+from podkit.runtime.cgroups import CgroupDriver, PodCgroup
 from podkit.runtime.container import APP, INIT, SIDECAR, ContainerRunner
 from podkit.runtime.events import Event, EventLog
 from podkit.runtime.logs import Terminal
@@ -33,6 +34,7 @@ from podkit.runtime.status import (
 )
 
 Report = Callable[[str, str, str], None]  # (pod key, level: info|warn|error, message)
+Watch = Callable[[dict[str, Any]], None]  # gets the Pod document whenever its status changes
 
 
 @dataclass
@@ -42,11 +44,18 @@ class RunOptions:
     user_images: dict[str, catalog.Image] = field(default_factory=dict)
     backoff_scale: float = 1.0
     pod_ip: str = "127.0.0.1"
+    cgroups: CgroupDriver | None = None  # None: limits are not enforced here
 
 
 class PodRunner:
     def __init__(
-        self, pod: Pod, bundle: Bundle, opts: RunOptions, report: Report, terminal: Terminal | None
+        self,
+        pod: Pod,
+        bundle: Bundle,
+        opts: RunOptions,
+        report: Report,
+        terminal: Terminal | None,
+        watch: Watch | None = None,
     ) -> None:
         self.pod, self.bundle, self.opts = pod, bundle, opts
         self.key = f"{pod.namespace}/{pod.name}"
@@ -64,10 +73,15 @@ class PodRunner:
         self.stop_deadline = 0.0
         self.init_failed = False
         self._last_line = ""
+        self._last_status: dict[str, Any] = {}
+        self.watch = watch
+        self.cgroup: PodCgroup | None = None
         self.grace = opts.grace if opts.grace is not None else pod.termination_grace_period_seconds
 
     # ---- status -------------------------------------------------------------------------
     def _show_event(self, e: Event) -> None:
+        if self.watch is not None:  # -o json|yaml: stdout is for the documents alone
+            return
         self.report(self.key, "warn" if e.type == "Warning" else "info", f"{e.reason}  {e.message}")
 
     def phase(self) -> str:
@@ -125,12 +139,18 @@ class PodRunner:
         line = f"{shown}  READY {ready_summary(apps, init)}  RESTARTS {restarts}"
         if line != self._last_line:
             self._last_line = line
-            self.report(self.key, "info", line)
+            if self.watch is None:
+                self.report(self.key, "info", line)
+        if self.watch is not None and doc["status"] != self._last_status:
+            self._last_status = doc["status"]
+            self.watch(doc)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def create_sandbox(self) -> None:
         """Fork the pod sandbox; podkit must still be single-threaded (see sandbox.py)."""
         self.files.create(share_pid=bool(self.pod.raw.get("spec", {}).get("shareProcessNamespace")))
+        if self.opts.cgroups is not None:
+            self.cgroup = self.opts.cgroups.pod(self.pod.uid)
         self.conditions.set("PodScheduled", True)
         self.events.normal("Scheduled", f"Successfully assigned {self.key} to {self.pod.node_name}")
         self.conditions.set("PodReadyToStartContainers", True)
@@ -160,6 +180,13 @@ class PodRunner:
         self.conditions.set("Initialized", True)
         return True
 
+    async def _first(self, condition: Coroutine[Any, Any, Any], task: asyncio.Future[Any]) -> None:
+        """Wait until `condition` holds, `task` ends or the pod is stopped."""
+        waits = {asyncio.ensure_future(condition), asyncio.ensure_future(self.stopping.wait())}
+        await asyncio.wait({*waits, task}, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+
     async def run(self) -> str:
         """Run the pod (its sandbox is up) until it ends or stop() is called; returns the
         final phase."""
@@ -168,12 +195,15 @@ class PodRunner:
             if await self._initialize() and not self.stopping.is_set():
                 for runner in self.apps:
                     runner.task = asyncio.ensure_future(runner.run())
+                    if hooks.hook_of(runner.c.raw, "postStart") is not None:
+                        # The kubelet starts the next container once this hook has run.
+                        await self._first(runner.post_started.wait(), runner.task)
                 await asyncio.gather(*(r.task for r in self.apps if r.task is not None))
         finally:
             await self._stop_sidecars()
         phase = self.phase()
         self.publish_status()
-        self.files.stop()
+        self.teardown()
         return phase
 
     async def _stop_sidecars(self) -> None:
@@ -207,3 +237,6 @@ class PodRunner:
 
     def teardown(self) -> None:
         self.files.stop()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None

@@ -20,6 +20,7 @@ class PodFiles:
         self.dir = state_dir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
         self.sandbox_pid: int | None = None
         self.pid_ns_pid: int | None = None  # PID 1 of the pod's PID namespace, when shared
+        self.netns_fd: int | None = None
         self.volume_paths: dict[str, str] = {}
         self.kinds = {v.name: v.kind for v in pod.volumes}
 
@@ -44,6 +45,8 @@ class PodFiles:
         self.sandbox_pid, self.pid_ns_pid = sandbox.fork_sandbox(
             self.pod.hostname, self.tmpfs_volumes(), share_pid
         )
+        # Held for probes and hooks, which open their sockets inside the pod.
+        self.netns_fd = os.open(f"/proc/{self.sandbox_pid}/ns/net", os.O_RDONLY)
         self._write_etc()
         self._prepare_volumes()
 
@@ -99,6 +102,9 @@ class PodFiles:
         return mounts
 
     def stop(self) -> None:
+        if self.netns_fd is not None:
+            os.close(self.netns_fd)
+            self.netns_fd = None
         if self.sandbox_pid is not None:
             sandbox.stop_sandbox(self.sandbox_pid)
             self.sandbox_pid = None

@@ -32,14 +32,13 @@ def _setup(hostname: str, tmpfs: list[tuple[str, int | None]]) -> None:
 def _pid_namespace_init() -> int:
     """Fork PID 1 of a pod-wide PID namespace (shareProcessNamespace): it only reaps orphans."""
     linux.unshare(linux.CLONE_NEWPID)
-    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     os.closerange(3, 1 << 16)  # above all the report pipe: podkit reads it until EOF
+    # Its parent (the sandbox) is outside the namespace, so getppid() is 0 here: no race check.
     linux.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+    linux.set_name("pause")  # what `ps` shows as PID 1, as in a Kubernetes pod
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     while True:
         signal.sigwaitinfo({signal.SIGCHLD})
@@ -60,6 +59,7 @@ def _child(
         linux.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:  # podkit died before prctl took effect
             os._exit(1)
+        linux.set_name("podkit-sandbox")
         os.setsid()  # the terminal's Ctrl-C is podkit's to handle, not the sandbox's
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

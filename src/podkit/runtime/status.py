@@ -243,3 +243,32 @@ def display_status(
     if reason == "Completed" and has_running:
         reason = "Running"  # kubectl: one container done, another still serving
     return reason
+
+
+def trackers_from_document(
+    doc: dict[str, Any],
+) -> tuple[list[ContainerTracker], list[ContainerTracker]]:
+    """App and init trackers rebuilt from a Pod document (status.json), for `podkit get`."""
+    status = doc.get("status", {})
+    sidecars = {
+        c["name"]
+        for c in doc.get("spec", {}).get("initContainers", [])
+        if c.get("restartPolicy") == "Always"
+    }
+
+    def rebuild(s: dict[str, Any]) -> ContainerTracker:
+        return ContainerTracker(
+            s["name"],
+            s.get("image", ""),
+            state=s.get("state", {}),
+            last_state=s.get("lastState", {}),
+            restart_count=s.get("restartCount", 0),
+            ready=s.get("ready", False),
+            started=bool(s.get("started")),
+            sidecar=s["name"] in sidecars,
+        )
+
+    return (
+        [rebuild(s) for s in status.get("containerStatuses", [])],
+        [rebuild(s) for s in status.get("initContainerStatuses", [])],
+    )
