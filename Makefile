@@ -37,6 +37,7 @@ test: $(STAMP) debs bytecode
 
 bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/pod_startup.py
+	$(BIN)/python bench/lifecycle.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -111,6 +111,55 @@ CASES = {
         """,
         ["spec.containers[1].ports[0].containerPort", "8080"],
     ),
+    "probe port name": (
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: p}
+        spec:
+          containers:
+          - name: c
+            image: simple-webapp
+            ports: [{name: web, containerPort: 8080}]
+            readinessProbe: {httpGet: {path: /, port: http}}
+        """,
+        ["spec.containers[0].readinessProbe.httpGet.port", "line 10", '"http"'],
+    ),
+    "hook without handler": (
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: p}
+        spec:
+          containers:
+          - name: c
+            image: simple-webapp
+            lifecycle: {preStop: {}}
+        """,
+        ["spec.containers[0].lifecycle.preStop", "exactly one handler"],
+    ),
+    "negative grace": (
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: p}
+        spec:
+          terminationGracePeriodSeconds: -5
+          containers: [{name: c, image: simple-webapp}]
+        """,
+        ["spec.terminationGracePeriodSeconds", "greater than or equal to 0"],
+    ),
+    "invalid limit": (
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: p}
+        spec:
+          containers:
+          - {name: c, image: simple-webapp, resources: {limits: {memory: 64Mb}}}
+        """,
+        ["spec.containers[0].resources.limits.memory", "64Mb"],
+    ),
     "yaml syntax": (
         """
         apiVersion: v1

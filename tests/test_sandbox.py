@@ -121,6 +121,14 @@ def _pids_with(marker: str) -> list[int]:
     return pids
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -157,12 +165,10 @@ def test_sigkill_of_podkit_leaves_no_container_process(tmp_path, podkit, state_d
     assert len(podkit_children) == 3
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(5)
-    # Gone entirely within two seconds: a zombie would still have its /proc entry.
-    wait_for(
-        "every container process gone, no zombie",
-        lambda: not [p for p in tree if os.path.exists(f"/proc/{p}")],
-        2.0,
-    )
+    # Dead within two seconds (a zombie runs nothing), then reaped: the orphans go to the
+    # machine's init, whose reaping podkit does not control (here it takes about a second).
+    wait_for("every container process dead", lambda: not [p for p in tree if _alive(p)], 2.0)
+    wait_for("no zombie left", lambda: not [p for p in tree if os.path.exists(f"/proc/{p}")], 10)
     # The next start cleans what the killed run left behind.
     again = podkit(
         "run",

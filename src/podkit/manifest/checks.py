@@ -10,6 +10,7 @@ from typing import Any
 
 from podkit.manifest.document import FieldPath, Manifest
 from podkit.manifest.errors import Problem
+from podkit.manifest.lifecycle_checks import grace_problems, lifecycle_problems
 from podkit.manifest.model import KeyValueObject
 from podkit.manifest.patterns import find
 from podkit.manifest.quantity import parse_quantity
@@ -98,6 +99,8 @@ def pod_problems(m: Manifest, known: Known) -> list[Problem]:
         problems += _env(m, spec, path, container, known)
         problems += _env_from(m, path, container, known)
         problems += _resources(m, path, container)
+        problems += lifecycle_problems(m, spec, path, container)
+    problems += grace_problems(m, spec)
     problems += _port_claims(m, spec)
     problems += _enums(m)
     return sorted(problems, key=lambda p: p.line or 0)
