@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBS   := iproute2 curl procps util-linux
+DEBS   := python3-venv iproute2 curl procps util-linux openssl nftables
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean
 
-$(STAMP): pyproject.toml
+# Debian packages first: on a bare Debian, `python3 -m venv` itself needs python3-venv.
+$(STAMP): pyproject.toml | debs
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -357,14 +357,16 @@ def test_the_launcher_puts_the_container_in_its_cgroup_before_exec(
                 "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                 "cgroup_procs": procs,
             }
-            spec_path = tmp_path / f"launch{len(results)}.json"
-            spec_path.write_text(json.dumps(spec))
+            spec_r, spec_w = os.pipe()
             status_r, status_w = os.pipe()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "podkit.runtime.launcher", str(spec_path), str(status_w)],
-                pass_fds=[status_w],
+                [sys.executable, "-m", "podkit.runtime.launcher", str(spec_r), str(status_w)],
+                pass_fds=[spec_r, status_w],
             )
+            os.close(spec_r)
             os.close(status_w)
+            with os.fdopen(spec_w, "wb") as f:  # the launcher takes its spec over a pipe
+                f.write(json.dumps(spec).encode())
             with os.fdopen(status_r) as status:
                 first = status.readline().strip()
             results.append((first, proc.wait(timeout=10)))

@@ -254,3 +254,35 @@ def test_help_explains_every_option(state_dir):
         "--color",
     ):
         assert option in result.stdout
+
+
+def test_bad_image_catalog_state_dir_and_files(tmp_path, state_dir):
+    seed = str(REPO / "examples" / "pod-definition.yaml")
+    cases = {
+        "images: {foo: {command: [x]\n": ["--image-catalog", "line 2", "not valid YAML"],
+        "images: {foo: {command: [x], arg: [y]}}\n": ["images.foo.arg", "unknown field"],
+        "images: {foo: {command: x}}\n": ["images.foo.command", "non-empty list"],
+    }
+    for text, needles in cases.items():
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(text)
+        result = run_podkit("run", seed, "--image-catalog", str(catalog), state_dir=state_dir)
+        assert result.returncode == 2, result.stderr
+        assert str(catalog) in result.stderr
+        for needle in needles:
+            assert needle in result.stderr
+    missing = run_podkit(
+        "run", seed, "--image-catalog", str(tmp_path / "nope.yaml"), state_dir=state_dir
+    )
+    assert missing.returncode == 2 and "nope.yaml: cannot read it" in missing.stderr
+    assert not state_dir.exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    bad_state = run_podkit("run", seed, "--state-dir", str(a_file), state_dir=state_dir)
+    assert bad_state.returncode == 2 and f"--state-dir {a_file}" in bad_state.stderr
+    nofile = run_podkit("run", str(tmp_path / "absent.yaml"), state_dir=state_dir)
+    assert nofile.returncode == 2 and "absent.yaml" in nofile.stderr
+    kind = write(tmp_path, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    unknown = run_podkit("run", kind, state_dir=state_dir)
+    assert unknown.returncode == 2 and "Deployment" in unknown.stderr
+    assert not state_dir.exists()

@@ -83,7 +83,7 @@ def test_spec_hostname_is_used(tmp_path, podkit):
     assert "[c] custom-host" in run.stdout_lines()
 
 
-def test_writes_to_etc_and_var_log_leave_no_trace_on_the_host(tmp_path, podkit):
+def test_writes_to_etc_var_log_and_dev_leave_no_trace_on_the_host(tmp_path, podkit, state_dir):
     marker = f"podkit-test-{os.getpid()}"
     m = manifest(
         tmp_path,
@@ -98,14 +98,22 @@ def test_writes_to_etc_and_var_log_leave_no_trace_on_the_host(tmp_path, podkit):
             image: x
             command: ["sh", "-c"]
             args: ["echo x > /etc/{marker} && mkdir -p /var/log/{marker} &&
-                    echo y > /var/log/{marker}/f && cat /etc/{marker} /var/log/{marker}/f"]
+                    echo y > /var/log/{marker}/f && cat /etc/{marker} /var/log/{marker}/f &&
+                    touch /dev/{marker} && echo devices: $(ls /dev | tr '\\n' ' ') &&
+                    echo state: $(ls -A {state_dir} | wc -l)"]
         """,
     )
     run = podkit("run", m)
     assert run.wait(20) == 0, run.text()
-    assert run.stdout_lines("[w] ") == ["[w] x", "[w] y"]  # the writes worked inside
+    lines = run.stdout_lines("[w] ")
+    assert lines[:2] == ["[w] x", "[w] y"]  # the writes worked inside
+    devices = lines[2].removeprefix("[w] devices: ").split()
+    assert {"null", "zero", "urandom", "tty", "pts", "shm"} <= set(devices)
+    assert not [d for d in devices if d.startswith(("vd", "sd", "nvme", "loop"))]  # no disks
+    assert lines[3] == "[w] state: 0"  # podkit's state directory is hidden from containers
     assert not os.path.exists(f"/etc/{marker}")
     assert not os.path.exists(f"/var/log/{marker}")
+    assert not os.path.exists(f"/dev/{marker}")
 
 
 def _pids_with(marker: str) -> list[int]:

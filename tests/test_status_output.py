@@ -95,3 +95,56 @@ def test_get_pods_shows_what_kubectl_would(podkit, state_dir):
     assert missing.returncode == 1 and 'pods "nope" not found' in missing.stderr
     assert run.stop() == 0
     assert "No resources found" in run_podkit("get", "pods", state_dir=state_dir).stderr
+
+
+def test_port_forward_into_a_running_pod(podkit, state_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from podkit_harness import http_get
+
+    run = podkit("run", str(REPO / "examples" / "pod-definition.yaml"), "--no-publish", "--no-logs")
+    run.wait_stderr("READY 2/2")
+    local = free_port()
+    fwd = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "podkit.cli.main",
+            "port-forward",
+            "simple-webapp",
+            f"{local}:8080",
+            "2020",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "PODKIT_STATE_DIR": str(state_dir)},
+    )
+    try:
+        assert fwd.stdout is not None
+        assert fwd.stdout.readline().strip() == f"Forwarding from 127.0.0.1:{local} -> 8080"
+        second = fwd.stdout.readline().strip()  # ":2020": any free local port
+        assert second.startswith("Forwarding from 127.0.0.1:") and second.endswith(" -> 2020")
+        admin = int(second.split()[2].rsplit(":", 1)[1])
+        status, body = wait_for(
+            "the webapp through the forward",
+            lambda: http_get(f"http://127.0.0.1:{local}/api/info"),
+            10,
+        )
+        assert status == 200 and json.loads(body)["pod_name"] == "simple-webapp"
+        # The log agent's admin port, which is not published, is reachable through it too.
+        assert (
+            wait_for(
+                "the agent's admin port", lambda: http_get(f"http://127.0.0.1:{admin}/healthz"), 10
+            )[0]
+            == 200
+        )
+    finally:
+        fwd.send_signal(signal.SIGINT)
+        assert fwd.wait(10) == 0
+    assert run.stop() == 0
+    missing = run_podkit("port-forward", "simple-webapp", "8080", state_dir=state_dir)
+    assert missing.returncode == 1 and "not found" in missing.stderr

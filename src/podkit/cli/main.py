@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,16 +17,17 @@ from podkit import __version__
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    rich_markup_mode=None,
     help="Run Kubernetes multi-container pods on this Linux machine.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_BAD_INPUT = 2
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _STYLE = {"info": "cyan", "warn": "yellow", "error": "bold red"}
 
 
 def report(who: str, level: str, message: str) -> None:
-    err.print(f"[dim]podkit[/dim] [{_STYLE[level]}]{escape(who)}[/] {escape(message)}")
+    subject = "" if who == "podkit" else f" [{_STYLE[level]}]{escape(who)}[/]"
+    err.print(f"[dim]podkit[/dim]{subject} {escape(message)}")
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -46,6 +48,7 @@ def run(
         int | None,
         typer.Option(
             "--grace",
+            show_default=False,
             min=0,
             help="Seconds each container gets between SIGTERM and SIGKILL when the pod stops; "
             "overrides the pod's terminationGracePeriodSeconds (default 30).",
@@ -56,6 +59,7 @@ def run(
         typer.Option(
             "--publish",
             "-p",
+            show_default=False,
             metavar="[IP:]HOST:CONTAINER[@POD]",
             help="Publish a containerPort on another host port or address (repeatable). "
             "Without it every containerPort is published on 127.0.0.1 at the same number.",
@@ -71,6 +75,7 @@ def run(
         Path | None,
         typer.Option(
             "--state-dir",
+            show_default=False,
             help="Where pods keep logs, status and volumes "
             "(default /var/lib/podkit as root, or $PODKIT_STATE_DIR).",
         ),
@@ -79,6 +84,7 @@ def run(
         Path | None,
         typer.Option(
             "--image-catalog",
+            show_default=False,
             help="YAML file mapping image names to host commands "
             "(images: {NAME: {command: [...], args: [...]}}).",
         ),
@@ -106,6 +112,7 @@ def run(
         typer.Option(
             "--output",
             "-o",
+            show_default=False,
             metavar="json|yaml",
             help="Print the Pod, status included, each time its status changes (as "
             "`kubectl get pod -w -o json|yaml` would) instead of the progress lines.",
@@ -127,6 +134,9 @@ def run(
     container gracefully (SIGTERM, grace period, SIGKILL) and exits 0. Exit status: 0 when the
     pods succeeded or were stopped, 1 when a pod failed, 2 for bad input (nothing is started).
     """
+    # A stop requested while podkit starts is held until it can stop the pods gracefully
+    # (runtime/node.py unblocks these once its handlers are in place).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     # Imports here keep `podkit --help` fast.
     from podkit.images import catalog
     from podkit.manifest.errors import ManifestError
@@ -147,7 +157,7 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if not bundle.pods:
         raise _fail(f"no Pod in {', '.join(map(str, files))}", EXIT_BAD_INPUT)
-    for warning in bundle.warnings:
+    for warning in bundle.warnings + ports.unpublished_warnings(bundle.pods):
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     user_images: dict[str, catalog.Image] = {}
     try:
@@ -158,6 +168,13 @@ def run(
         check_host_paths(bundle.pods)
     except (OSError, ValueError, HostPathError) as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    opts_state_dir = state_dir or default_state_dir()
+    try:
+        opts_state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(
+            f"--state-dir {opts_state_dir}: cannot use it: {exc.strerror}", EXIT_BAD_INPUT
+        ) from None
     why_not = linux.namespaces_available()
     if why_not:
         raise _fail(why_not, 1)
@@ -170,7 +187,7 @@ def run(
             sock.close()
         raise _fail(str(exc.strerror or exc), 1) from None
     opts = RunOptions(
-        state_dir=state_dir or default_state_dir(),
+        state_dir=opts_state_dir,
         grace=grace,
         user_images=user_images,
         backoff_scale=backoff_scale,
@@ -242,6 +259,46 @@ def get(
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+@app.command("port-forward")
+def port_forward(
+    pod: Annotated[str, typer.Argument(help="The pod's name (or pod/NAME).", show_default=False)],
+    ports: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[LOCAL:]REMOTE...",
+            help="REMOTE is a port inside the pod; LOCAL defaults to it, and :REMOTE picks a "
+            "free local port.",
+            show_default=False,
+        ),
+    ],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    address: Annotated[
+        str, typer.Option("--address", help="Local address to listen on.")
+    ] = "127.0.0.1",
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="As given to `podkit run`.")
+    ] = None,
+) -> None:
+    """Forward local ports to a pod that `podkit run` is running, until Ctrl-C."""
+    from podkit.runtime import forward, podlist
+    from podkit.runtime.ports import PublishError, parse_forward
+    from podkit.runtime.statedir import default_state_dir
+
+    name = pod.removeprefix("pod/").removeprefix("pods/")
+    try:
+        pairs = [parse_forward(text) for text in ports]
+        _, sandbox_pid = podlist.find_running(state_dir or default_state_dir(), namespace, name)
+    except PublishError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    except LookupError as exc:
+        raise _fail(str(exc), 1) from None
+    try:
+        code = forward.port_forward(f"{namespace}/{name}", sandbox_pid, address, pairs, print)
+    except OSError as exc:
+        raise _fail(str(exc.strerror or exc), 1) from None
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -42,21 +42,34 @@ def load_user_catalog(path: Path) -> dict[str, Image]:
       my-api:
         command: ["/usr/local/bin/my-api"]
         args: ["--port", "9000"]
+
+    Raises ValueError naming the file, the field and the reason.
     """
-    doc = yaml.safe_load(path.read_text()) or {}
+    where = f"--image-catalog {path}"
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read it: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{where}{line}: not valid YAML: {exc}") from None
     images = doc.get("images") if isinstance(doc, dict) else None
     if not isinstance(images, dict):
-        raise ValueError(f"{path}: field 'images': must be a mapping of image name to entry")
+        raise ValueError(f"{where}: field 'images': must be a mapping of image name to entry")
     out: dict[str, Image] = {}
     for name, entry in images.items():
-        command = entry.get("command") if isinstance(entry, dict) else None
-        args = entry.get("args", []) if isinstance(entry, dict) else None
+        field = f"{where}: field 'images.{name}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{field}': must be a mapping with command and args")
+        unknown = sorted(set(entry) - {"command", "args"})
+        if unknown:
+            raise ValueError(f"{field}.{unknown[0]}': unknown field (known: command, args)")
+        command, args = entry.get("command"), entry.get("args", [])
         if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-            raise ValueError(
-                f"{path}: field 'images.{name}.command': must be a non-empty list of strings"
-            )
+            raise ValueError(f"{field}.command': must be a non-empty list of strings")
         if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
-            raise ValueError(f"{path}: field 'images.{name}.args': must be a list of strings")
+            raise ValueError(f"{field}.args': must be a list of strings")
         out[str(name)] = Image(str(name), list(command), list(args), builtin=False)
     return out
 

@@ -182,32 +182,30 @@ class ContainerRunner:
             "hold_signals": container_spec.holds_signals(c),
             "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
         }
-        spec_path = cdir / "launch.json"
-        # It holds the container's environment, secrets included: owner-only, and removed as
-        # soon as the launcher has read it.
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(spec, f)
+        spec_r, spec_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *LAUNCHER,
-                str(spec_path),
+                str(spec_r),
                 str(status_w),
-                pass_fds=[status_w],
+                pass_fds=[spec_r, status_w],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
         finally:
+            os.close(spec_r)
             os.close(status_w)
+        # The spec holds the container's environment, secrets included: it goes over a pipe,
+        # never to disk. It is far below the pipe buffer, so this write does not block.
+        with os.fdopen(spec_w, "wb") as f:
+            f.write(json.dumps(spec).encode())
         events.normal("Created", f"Created container: {c.name}", self.field_path)
         loop = asyncio.get_running_loop()
         reply = (await loop.run_in_executor(None, os.read, status_r, 4096)).decode().strip()
         os.close(status_r)
-        with contextlib.suppress(FileNotFoundError):
-            spec_path.unlink()
         self._log = ContainerLog(pod.files.dir / "logs" / c.name, self.tracker.restart_count)
         assert proc.stdout is not None and proc.stderr is not None
         self._pumps = [

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import errno
 import os
+import signal
 import socket
+from collections.abc import Callable
 
 from podkit.runtime import linux
 from podkit.runtime.ports import Published, port_holder
@@ -87,3 +89,48 @@ async def serve(listener: socket.socket, p: Published, netns_fd: int) -> asyncio
                     w.close()
 
     return await asyncio.start_server(handle, sock=listener)
+
+
+def port_forward(
+    pod: str,
+    sandbox_pid: int,
+    address: str,
+    pairs: list[tuple[int, int]],
+    say: Callable[[str], None],
+) -> int:
+    """`podkit port-forward`: serve until SIGINT/SIGTERM or until the pod goes away."""
+    netns_fd = os.open(f"/proc/{sandbox_pid}/ns/net", os.O_RDONLY)
+    listeners = []
+    try:
+        for local, remote in pairs:
+            p = Published(pod, "", remote, address, local)
+            listeners.append((bind_listener(p), p))
+    except OSError:
+        for sock, _ in listeners:
+            sock.close()
+        os.close(netns_fd)
+        raise
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        for sock, p in listeners:
+            bound = Published(p.pod, "", p.container_port, address, sock.getsockname()[1])
+            await serve(sock, bound, netns_fd)
+            say(f"Forwarding from {address}:{bound.host_port} -> {p.container_port}")
+        # The pod may end under us: its sandbox's pidfd becomes readable when it exits.
+        pidfd = os.pidfd_open(sandbox_pid)
+        loop.add_reader(pidfd, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(netns_fd)
+    return 0

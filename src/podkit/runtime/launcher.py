@@ -1,4 +1,4 @@
-"""Start one container inside its pod: `python -m podkit.runtime.launcher SPEC.json`.
+"""Start one container inside its pod: `launcher SPEC_FD STATUS_FD` (podkit writes the spec).
 
 The launcher joins the pod sandbox's network, UTS, IPC and mount namespaces, makes its own mount
 and PID namespaces, builds the container's root (an overlay of the host's files over a tmpfs, so
@@ -103,6 +103,36 @@ def _bind(source: str, target: str, read_only: bool) -> None:
         linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
 
 
+# The device nodes runc gives a container; the host's /dev (disks and all) stays outside.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _make_dev(dev: str) -> None:
+    """A fresh tmpfs /dev with the standard nodes, its own devpts, and the usual links."""
+    os.makedirs(dev, exist_ok=True)
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID, "mode=0755,size=65536k")
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            _bind(f"/dev/{name}", f"{dev}/{name}", read_only=False)
+    os.makedirs(f"{dev}/pts")
+    linux.mount(
+        "devpts", f"{dev}/pts", "devpts", linux.MS_NOSUID, "newinstance,ptmxmode=0666,mode=0620"
+    )
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.makedirs(f"{dev}/shm")
+    os.makedirs(f"{dev}/mqueue")
+    with contextlib.suppress(OSError):  # the pod's IPC namespace's POSIX message queues
+        linux.mount("mqueue", f"{dev}/mqueue", "mqueue", linux.MS_NOSUID | linux.MS_NODEV)
+    for link, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ):
+        os.symlink(target, f"{dev}/{link}")
+
+
 def build_root(spec: LaunchSpec) -> str:
     """Assemble the container's root filesystem under spec.scratch and return its path."""
     scratch = spec.scratch
@@ -117,8 +147,12 @@ def build_root(spec: LaunchSpec) -> str:
         except OSError:  # a filesystem overlay cannot sit on: show it read-only instead
             with contextlib.suppress(OSError):
                 _bind(point, target, read_only=True)
-    _bind("/dev", _inside(root, "/dev"), read_only=False)
+    _make_dev(_inside(root, "/dev"))
     _bind("/sys", _inside(root, "/sys"), read_only=True)
+    if spec.keep_host_mounts_under:  # other pods' volumes and logs are none of its business
+        hidden = _inside(root, spec.keep_host_mounts_under)
+        os.makedirs(hidden, exist_ok=True)
+        linux.mount("tmpfs", hidden, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755")
     os.makedirs(_inside(root, "/proc"), exist_ok=True)
     for m in spec.mounts:
         _bind(m.source, _inside(root, m.target), m.read_only)
@@ -151,12 +185,19 @@ def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
         linux.mount("proc", f"{root}/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV)
         os.chroot(root)
         workdir = spec.working_dir or "/"
-        os.makedirs(workdir, exist_ok=True)  # runc creates a missing working directory too
-        os.chdir(workdir)
+        try:
+            os.makedirs(workdir, exist_ok=True)  # runc creates a missing working directory too
+            os.chdir(workdir)
+        except OSError as exc:
+            os.write(report_fd, f"chdir to working directory {workdir!r}: {exc.strerror}".encode())
+            os._exit(128)
+        # Nothing of podkit's but stdin/out/err (and the exec report, closed by exec) goes in.
+        os.closerange(3, report_fd)
+        os.closerange(report_fd + 1, 1 << 16)
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
-        if spec.hold_signals:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        held = {signal.SIGTERM, signal.SIGINT} if spec.hold_signals else set()
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except FileNotFoundError:
         msg = f'exec: "{spec.argv[0]}": executable file not found in $PATH'
@@ -192,6 +233,7 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit started us with stops held
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -215,9 +257,10 @@ def main() -> int:
     linux.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:
         return 1
-    with open(sys.argv[1]) as f:
-        spec = LaunchSpec.from_json(json.load(f))
-    status_fd = int(sys.argv[2])
+    # The spec (the container's environment, secrets included) comes over a pipe: never a file.
+    spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])
+    with os.fdopen(spec_fd, "rb") as f:
+        spec = LaunchSpec.from_json(json.loads(f.read()))
     try:
         return run(spec, status_fd)
     except OSError as exc:

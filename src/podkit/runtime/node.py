@@ -17,6 +17,9 @@ from podkit.runtime.logs import Terminal
 from podkit.runtime.pod import PodRunner, Report, RunOptions, Watch
 from podkit.runtime.ports import Published
 
+# Ctrl-C, kill and a closed terminal (SIGHUP) all stop the pods gracefully.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 async def run_pods(
     runners: list[PodRunner],
@@ -38,8 +41,10 @@ async def run_pods(
         for r in runners:
             r.stop()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig.name)
+    # The CLI held these back while starting; one that came meanwhile is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     servers: list[asyncio.Server] = []
     netns_fds: list[int] = []
     try:
@@ -55,7 +60,7 @@ async def run_pods(
             server.close()
         for fd in netns_fds:
             os.close(fd)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     if user_stop.is_set():
         return 0

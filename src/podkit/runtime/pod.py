@@ -202,6 +202,7 @@ class PodRunner:
         finally:
             await self._stop_sidecars()
         phase = self.phase()
+        self.conditions.set("PodReadyToStartContainers", False)  # the sandbox goes now
         self.publish_status()
         self.teardown()
         return phase

@@ -45,6 +45,7 @@ class PodFiles:
         self.sandbox_pid, self.pid_ns_pid = sandbox.fork_sandbox(
             self.pod.hostname, self.tmpfs_volumes(), share_pid
         )
+        (self.dir / "sandbox").write_text(str(self.sandbox_pid))  # for `podkit port-forward`
         # Held for probes and hooks, which open their sockets inside the pod.
         self.netns_fd = os.open(f"/proc/{self.sandbox_pid}/ns/net", os.O_RDONLY)
         self._write_etc()

@@ -69,3 +69,18 @@ def table(docs: list[dict[str, Any]], namespaces: bool, wide: bool = False) -> l
             row += [status.get("podIP", ""), d.get("spec", {}).get("nodeName", "")]
         rows.append(row)
     return rows
+
+
+def find_running(state_dir: Path, namespace: str, name: str) -> tuple[dict[str, Any], int]:
+    """The Pod document and sandbox pid of a pod some podkit runs now; LookupError if none."""
+    for doc in load(state_dir, finished=False):
+        meta = doc["metadata"]
+        if meta["name"] == name and meta["namespace"] == namespace:
+            pod_dir = state_dir / "pods" / f"{namespace}_{name}_{meta['uid']}"
+            try:
+                return doc, int((pod_dir / "sandbox").read_text())
+            except (OSError, ValueError):
+                break
+    raise LookupError(
+        f'pods "{name}" not found in namespace {namespace} (is `podkit run` running?)'
+    )

@@ -55,6 +55,35 @@ def parse_remap(text: str) -> Remap:
     return Remap((m["ip"] or "127.0.0.1").strip("[]"), ports[0], ports[1], m["pod"])
 
 
+def parse_forward(text: str) -> tuple[int, int]:
+    """`podkit port-forward` spec: REMOTE, LOCAL:REMOTE or :REMOTE (0 = any free local port)."""
+    local, sep, remote = text.rpartition(":")
+    try:
+        ports = (int(local) if local else 0) if sep else int(remote), int(remote)
+    except ValueError:
+        raise PublishError(f"port {text!r}: expected [LOCAL:]REMOTE") from None
+    if not (0 <= ports[0] < 65536 and 0 < ports[1] < 65536):
+        raise PublishError(f"port {text!r}: ports must be between 1 and 65535")
+    return ports
+
+
+def unpublished_warnings(pods: list[Pod]) -> list[str]:
+    """UDP and SCTP containerPorts work inside the pod, but podkit publishes only TCP."""
+    skipped = [
+        f"{pod.name}/{c.name} {port.container_port}/{port.protocol}"
+        for pod in pods
+        for c in pod.containers + pod.init_containers
+        for port in c.ports
+        if port.protocol != "TCP"
+    ]
+    if not skipped:
+        return []
+    return [
+        f"these ports are reachable inside their pods but not published on the host "
+        f"(podkit publishes TCP only): {', '.join(skipped)}"
+    ]
+
+
 def plan(pods: list[Pod], remaps: list[Remap], publish: bool = True) -> list[Published]:
     """Which host address each pod port is reachable at; conflicts raise PublishError."""
     out: list[Published] = []

@@ -63,6 +63,7 @@ def _child(
         os.setsid()  # the terminal's Ctrl-C is podkit's to handle, not the sandbox's
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit may hold some back
         _setup(hostname, tmpfs)
         pid_ns = _pid_namespace_init() if share_pid else 0
         os.write(report, f"ready {pid_ns}".encode())

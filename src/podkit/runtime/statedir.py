@@ -4,7 +4,7 @@
     owner              pid and start time of the podkit that runs the pod
     status.json        the Pod with its current PodStatus
     logs/<container>/<restartCount>.log   CRI format, as /var/log/pods
-    volumes/ shm/ containers/ etc/        removed when the pod stops
+        volumes/ shm/ containers/ etc/ sandbox   removed when the pod stops
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-VOLATILE = ("volumes", "shm", "containers", "etc")
+VOLATILE = ("volumes", "shm", "containers", "etc", "sandbox")
 KEEP_FINISHED = 20
 
 
@@ -53,7 +53,12 @@ def owner_alive(record: str) -> bool:
 
 def remove_volatile(pod_dir: Path) -> None:
     for name in VOLATILE:
-        shutil.rmtree(pod_dir / name, ignore_errors=True)
+        path = pod_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def clean_stale(state_dir: Path) -> list[str]:

@@ -109,6 +109,10 @@ def pod_phase(
     """Kubernetes' phase rules; sidecars and init containers count only through init_failed."""
     if init_failed:
         return "Failed"
+    if stopping and not any(c.running for c in containers):
+        # Stopped on request: what ran decides (a container that never ran is no failure).
+        codes = [t["exitCode"] for c in containers if (t := c.terminated) is not None]
+        return "Succeeded" if all(code == 0 for code in codes) else "Failed"
     terminated = [c.terminated for c in containers]
     if containers and all(t is not None for t in terminated):
         codes = [t["exitCode"] for t in terminated if t is not None]
