@@ -40,7 +40,7 @@ spec:
     f"""
   - name: app{i}
     image: x
-    command: ["sh", "-c", "trap 'exit 0' TERM; python3 -m http.server --bind 127.0.0.1 {port} &
+    command: ["sh", "-c", "trap 'exit 0' TERM; python3 -m http.server --bind 0.0.0.0 {port} &
               wait"]
     env: [{{name: MARKER, value: {MARKER}}}]
     readinessProbe:

@@ -11,6 +11,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from podkit_harness import Podkit  # noqa: E402
 
+# The tests' pods get their IPs on a bridge of their own, removed when the session ends, so a
+# test run leaves the host's network as it found it (podkit0 is the users').
+TEST_BRIDGE, TEST_SUBNET = "pktest0", "10.249.0.0/24"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def test_bridge() -> Iterator[None]:
+    os.environ["PODKIT_BRIDGE"], os.environ["PODKIT_SUBNET"] = TEST_BRIDGE, TEST_SUBNET
+    yield
+    if os.geteuid() == 0:
+        from podkit.runtime import network
+
+        network.remove_bridge(network.NetworkConfig(TEST_BRIDGE, TEST_SUBNET))
+
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:

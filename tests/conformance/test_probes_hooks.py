@@ -87,7 +87,7 @@ def test_http_and_tcp_probes_with_named_port_and_startup_gating(tmp_path, podkit
           containers:
           - name: web
             image: x
-            command: ["sh", "-c", "sleep 1.2; exec python3 -m http.server --bind 127.0.0.1 8000"]
+            command: ["sh", "-c", "sleep 1.2; exec python3 -m http.server --bind 0.0.0.0 8000"]
             workingDir: /etc
             ports: [{name: http, containerPort: 8000}]
             startupProbe:

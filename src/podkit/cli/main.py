@@ -144,6 +144,7 @@ def run(
     from podkit.runtime import forward, linux, node, ports
     from podkit.runtime.hostpath import HostPathError, check_host_paths
     from podkit.runtime.logs import Terminal
+    from podkit.runtime.network import NetworkConfig
     from podkit.runtime.pod import RunOptions
     from podkit.runtime.statedir import default_state_dir
 
@@ -166,6 +167,7 @@ def run(
         remaps = [ports.parse_remap(text) for text in publish or []]
         published = ports.plan(bundle.pods, remaps, publish=not no_publish)
         check_host_paths(bundle.pods)
+        NetworkConfig.from_env()  # PODKIT_BRIDGE / PODKIT_SUBNET, checked before anything starts
     except (OSError, ValueError, HostPathError) as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     opts_state_dir = state_dir or default_state_dir()

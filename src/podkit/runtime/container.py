@@ -141,7 +141,7 @@ class ContainerRunner:
     async def _launch(self) -> asyncio.subprocess.Process | None:
         pod, c, events = self.pod, self.c, self.pod.events
         try:
-            env = container_spec.environment(pod.pod, c, pod.bundle, pod.opts.pod_ip)
+            env = container_spec.environment(pod.pod, c, pod.bundle, pod.files.pod_ip)
             argv = container_spec.argv(c, env, pod.opts.user_images)
         except envmod.ResolveError as exc:
             self.post_started.set()
@@ -230,7 +230,7 @@ class ContainerRunner:
     def _target(self) -> ProbeTarget:
         ports = {p.name: p.container_port for p in self.c.ports if p.name}
         assert self.pod.files.netns_fd is not None and self.pid is not None
-        return ProbeTarget(self.pod.files.netns_fd, self.pid, ports, self.pod.opts.pod_ip)
+        return ProbeTarget(self.pod.files.netns_fd, self.pid, ports, self.pod.files.pod_ip)
 
     async def _post_start(self, proc: asyncio.subprocess.Process) -> None:
         """Run postStart (the container is not Running until it is done), then the probes."""

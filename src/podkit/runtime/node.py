@@ -10,9 +10,10 @@ import asyncio
 import os
 import signal
 import socket
+from pathlib import Path
 
 from podkit.manifest.model import Bundle
-from podkit.runtime import cgroups, forward, statedir
+from podkit.runtime import cgroups, forward, network, statedir
 from podkit.runtime.logs import Terminal
 from podkit.runtime.pod import PodRunner, Report, RunOptions, Watch
 from podkit.runtime.ports import Published
@@ -67,6 +68,24 @@ async def run_pods(
     return 0 if all(p == "Succeeded" for p in phases) else 1
 
 
+def _pod_network(state_dir: Path, report: Report) -> network.NetworkConfig | None:
+    """The bridge pods get their IPs on, or None (loopback-only pods) with the reason said."""
+    why = network.available()
+    if why is None:
+        cfg = network.NetworkConfig.from_env()
+        try:
+            no_nat = network.ensure_bridge(cfg, state_dir)
+            network.clean_stale(cfg, state_dir)
+        except network.NetworkError as exc:
+            why = str(exc)
+        else:
+            if no_nat:
+                report("podkit", "warn", f"pods cannot reach beyond this host: {no_nat}")
+            return cfg
+    report("podkit", "warn", f"pods get no IP of their own (loopback only): {why}")
+    return None
+
+
 def run(
     bundle: Bundle,
     opts: RunOptions,
@@ -79,6 +98,7 @@ def run(
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     for name in statedir.clean_stale(opts.state_dir):
         report("podkit", "info", f"cleaned state left by a killed run: {name}")
+    opts.network = _pod_network(opts.state_dir, report)
     driver, why = cgroups.detect()
     if driver is not None:
         cgroups.clean_stale(driver)
@@ -98,7 +118,7 @@ def run(
         # Forked before the event loop exists: a fork is only safe while single-threaded.
         for r in runners:
             r.create_sandbox()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, network.NetworkError) as exc:
         report("podkit", "error", f"could not create the pod sandbox: {exc}")
         for r in runners:
             r.teardown()

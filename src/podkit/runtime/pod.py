@@ -23,6 +23,7 @@ from podkit.runtime.cgroups import CgroupDriver, PodCgroup
 from podkit.runtime.container import APP, INIT, SIDECAR, ContainerRunner
 from podkit.runtime.events import Event, EventLog
 from podkit.runtime.logs import Terminal
+from podkit.runtime.network import NetworkConfig
 from podkit.runtime.podfs import PodFiles
 from podkit.runtime.status import (
     Conditions,
@@ -43,8 +44,8 @@ class RunOptions:
     grace: int | None = None  # overrides terminationGracePeriodSeconds
     user_images: dict[str, catalog.Image] = field(default_factory=dict)
     backoff_scale: float = 1.0
-    pod_ip: str = "127.0.0.1"
     cgroups: CgroupDriver | None = None  # None: limits are not enforced here
+    network: NetworkConfig | None = None  # None: pods have loopback only
 
 
 class PodRunner:
@@ -60,7 +61,7 @@ class PodRunner:
         self.pod, self.bundle, self.opts = pod, bundle, opts
         self.key = f"{pod.namespace}/{pod.name}"
         self.report, self.terminal = report, terminal
-        self.files = PodFiles(pod, bundle, opts.state_dir, opts.pod_ip)
+        self.files = PodFiles(pod, bundle, opts.state_dir)
         self.events = EventLog(sink=self._show_event)
         self.init = [
             ContainerRunner(self, c, SIDECAR if c.restart_policy == "Always" else INIT)
@@ -97,7 +98,7 @@ class PodRunner:
             [r.tracker for r in self.apps],
             [r.tracker for r in self.init],
             self.start_time,
-            self.opts.pod_ip,
+            self.files.pod_ip,
             "127.0.0.1",
         )
 
@@ -148,7 +149,8 @@ class PodRunner:
     # ---- lifecycle ----------------------------------------------------------------------
     def create_sandbox(self) -> None:
         """Fork the pod sandbox; podkit must still be single-threaded (see sandbox.py)."""
-        self.files.create(share_pid=bool(self.pod.raw.get("spec", {}).get("shareProcessNamespace")))
+        share_pid = bool(self.pod.raw.get("spec", {}).get("shareProcessNamespace"))
+        self.files.create(share_pid, self.opts.network)
         if self.opts.cgroups is not None:
             self.cgroup = self.opts.cgroups.pod(self.pod.uid)
         self.conditions.set("PodScheduled", True)

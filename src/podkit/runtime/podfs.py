@@ -8,15 +8,19 @@ from typing import Any
 
 from podkit.manifest import quantity
 from podkit.manifest.model import Bundle, Container, Pod
+from podkit.runtime import network as podnet
 from podkit.runtime import sandbox, statedir
+from podkit.runtime.network import NetworkConfig, PodNetwork
 from podkit.runtime.volume_files import projected_files
 
 PROJECTED = ("configMap", "secret", "downwardAPI", "projected")  # always mounted read-only
 
 
 class PodFiles:
-    def __init__(self, pod: Pod, bundle: Bundle, state_dir: Path, pod_ip: str) -> None:
-        self.pod, self.bundle, self.pod_ip = pod, bundle, pod_ip
+    def __init__(self, pod: Pod, bundle: Bundle, state_dir: Path) -> None:
+        self.pod, self.bundle, self.state_dir = pod, bundle, state_dir
+        self.pod_ip = "127.0.0.1"  # until the pod has an address on the bridge
+        self.network: tuple[NetworkConfig, PodNetwork] | None = None
         self.dir = state_dir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
         self.sandbox_pid: int | None = None
         self.pid_ns_pid: int | None = None  # PID 1 of the pod's PID namespace, when shared
@@ -37,8 +41,9 @@ class PodFiles:
                 specs.append((path, None))
         return specs
 
-    def create(self, share_pid: bool) -> None:
-        """State dirs, then the sandbox (forked: podkit must still be single-threaded)."""
+    def create(self, share_pid: bool, network: NetworkConfig | None) -> None:
+        """State dirs, the sandbox (forked: podkit must still be single-threaded), its
+        address on the bridge (raises network.NetworkError), /etc files and volumes."""
         for sub in ("logs", "volumes", "containers", "etc"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "owner").write_text(statedir.owner_record())
@@ -46,6 +51,10 @@ class PodFiles:
             self.pod.hostname, self.tmpfs_volumes(), share_pid
         )
         (self.dir / "sandbox").write_text(str(self.sandbox_pid))  # for `podkit port-forward`
+        if network is not None:
+            net = podnet.attach(network, self.sandbox_pid, self.pod.uid, self.state_dir)
+            self.network = (network, net)
+            self.pod_ip = net.ip
         # Held for probes and hooks, which open their sockets inside the pod.
         self.netns_fd = os.open(f"/proc/{self.sandbox_pid}/ns/net", os.O_RDONLY)
         self._write_etc()
@@ -103,6 +112,9 @@ class PodFiles:
         return mounts
 
     def stop(self) -> None:
+        if self.network is not None:
+            podnet.detach(*self.network, self.state_dir)
+            self.network = None
         if self.netns_fd is not None:
             os.close(self.netns_fd)
             self.netns_fd = None
