@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -37,6 +38,13 @@ def wait_for(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})"
     )
+
+
+def write_manifest(tmp_path: Path, text: str, name: str = "pod.yaml") -> str:
+    """Write an indented manifest from a test into tmp_path; returns its path."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
 
 
 def free_port() -> int:

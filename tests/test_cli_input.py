@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 
-from podkit_harness import REPO, run_podkit
+from podkit_harness import REPO, run_podkit, write_manifest
 
-
-def write(tmp_path: Path, text: str, name: str = "pod.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
+write = write_manifest
 
 
 CASES = {

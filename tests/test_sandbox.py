@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import textwrap
-from pathlib import Path
 
 import pytest
 
-from podkit_harness import wait_for
+from podkit_harness import wait_for, write_manifest
 
 pytestmark = pytest.mark.needs_root
 
 
-def manifest(tmp_path: Path, text: str, name: str = "pod.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
+manifest = write_manifest
 
 
 def test_containers_share_localhost_and_hostname_but_not_the_host(tmp_path, podkit):

@@ -137,3 +137,14 @@ def test_ctrl_c_while_the_containers_start_stops_them_at_once(podkit):
     final = {c["name"]: c["state"] for c in run.status()["status"]["containerStatuses"]}
     assert final["simple-webapp"]["terminated"]["exitCode"] == 0
     assert final["log-agent"]["terminated"]["exitCode"] == 0
+
+
+def test_one_container_port_published_twice(podkit):
+    ports = [free_port(), free_port()]
+    run = podkit("run", SEED, "-p", f"{ports[0]}:8080", "-p", f"{ports[1]}:8080", "--no-logs")
+    for p in ports:
+        status, _ = wait_for(
+            f"the webapp on {p}", lambda p=p: http_get(f"http://127.0.0.1:{p}/"), 15
+        )
+        assert status == 200
+    assert run.stop() == 0

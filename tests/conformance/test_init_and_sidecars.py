@@ -6,21 +6,16 @@ cluster shows for it (kubectl get pod -o yaml, the containers' output).
 
 from __future__ import annotations
 
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-from podkit_harness import wait_for
+from podkit_harness import wait_for, write_manifest
 
 pytestmark = pytest.mark.needs_root
 
 
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "pod.yaml"
-    path.write_text(textwrap.dedent(text))
-    return str(path)
+write = write_manifest
 
 
 def test_init_containers_run_in_order_to_completion_before_the_app(tmp_path, podkit):

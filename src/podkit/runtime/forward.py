@@ -51,7 +51,10 @@ def bind_listener(p: Published) -> socket.socket:
                 f"port {p.container_port} is already in use{who}; remap it with "
                 f"-p OTHER_PORT:{p.container_port} or use --no-publish",
             ) from None
-        raise
+        raise OSError(
+            exc.errno,
+            f"cannot listen on {p.url} for {p.pod} port {p.container_port}: {exc.strerror}",
+        ) from None
     sock.listen(512)
     sock.setblocking(False)
     return sock

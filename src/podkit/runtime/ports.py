@@ -41,7 +41,9 @@ class Published:
 
     @property
     def url(self) -> str:
-        host = "localhost" if self.host_ip == "127.0.0.1" else self.host_ip
+        if self.host_ip == "127.0.0.1":
+            return f"localhost:{self.host_port}"
+        host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
         return f"{host}:{self.host_port}"
 
 
@@ -93,15 +95,12 @@ def plan(pods: list[Pod], remaps: list[Remap], publish: bool = True) -> list[Pub
             for port in c.ports:
                 if port.protocol != "TCP":
                     continue
-                remap = next(
-                    (
-                        r
-                        for r in remaps
-                        if r.container_port == port.container_port and r.pod in (None, pod.name)
-                    ),
-                    None,
-                )
-                if remap is not None:
+                matching = [
+                    r
+                    for r in remaps
+                    if r.container_port == port.container_port and r.pod in (None, pod.name)
+                ]
+                for remap in matching:  # one container port may be published several times
                     used_remaps.add(remap)
                     out.append(
                         Published(
@@ -112,7 +111,9 @@ def plan(pods: list[Pod], remaps: list[Remap], publish: bool = True) -> list[Pub
                             remap.host_port,
                         )
                     )
-                elif port.host_port:
+                if matching:
+                    continue
+                if port.host_port:
                     out.append(
                         Published(
                             f"{pod.namespace}/{pod.name}",
