@@ -47,10 +47,19 @@ def write_manifest(tmp_path: Path, text: str, name: str = "pod.yaml") -> str:
     return str(path)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this test run (two runs started one after
+    the other must not be given the same one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:

@@ -346,7 +346,7 @@ def test_the_launcher_puts_the_container_in_its_cgroup_before_exec(
 ) -> None:
     cg = pod.container("app", 0, res({"memory": "64Mi"}))
     bad = str(tmp_path / "missing" / "cgroup.procs")
-    sandbox_pid, _ = sandbox.fork_sandbox("cgpod", [])
+    sandbox_pid, _, control = sandbox.fork_sandbox("cgpod", [])  # keep control: it keeps the pod
     try:
         results = []
         for procs in (cg.procs_files(), [bad]):

@@ -68,8 +68,10 @@ def pods() -> Iterator[Callable[[int], list[int]]]:
             f"""
             import sys
             from podkit.runtime.sandbox import fork_sandbox
+            kept = []  # a sandbox exits when its control socket closes
             for i in range({n}):
-                print(fork_sandbox(f"pod{{i}}", [])[0], flush=True)
+                kept.append(fork_sandbox(f"pod{{i}}", []))
+                print(kept[-1][0], flush=True)
             sys.stdin.read()
             """
         )

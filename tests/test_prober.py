@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from podkit.runtime.forward import socket_in_netns
+from podkit.runtime.forward import netns_sockets, socket_in_netns
 from podkit.runtime.prober import USER_AGENT, ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ProbeSpec
 
@@ -58,7 +58,9 @@ def netns() -> Iterator[int]:
 
 def probe(netns: int, raw: dict[str, Any], **target: Any) -> ProbeResult:
     target.setdefault("container_pid", os.getpid())
-    return asyncio.run(run_probe(ProbeSpec.from_k8s(raw), ProbeTarget(netns_fd=netns, **target)))
+    return asyncio.run(
+        run_probe(ProbeSpec.from_k8s(raw), ProbeTarget(netns_sockets(netns), **target))
+    )
 
 
 def listener_in(netns: int) -> socket.socket:
@@ -282,7 +284,9 @@ def container_pid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 def exec_probe(pid: int, *command: str, timeout: int = 1) -> ProbeResult:
     raw = {"exec": {"command": list(command)}, "timeoutSeconds": timeout}
-    return asyncio.run(run_probe(ProbeSpec.from_k8s(raw), ProbeTarget(-1, container_pid=pid)))
+    return asyncio.run(
+        run_probe(ProbeSpec.from_k8s(raw), ProbeTarget(netns_sockets(-1), container_pid=pid))
+    )
 
 
 def test_exec_runs_inside_the_container(container_pid: int) -> None:

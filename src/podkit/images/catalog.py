@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,11 @@ BUILTIN: dict[str, str] = {
     "simple-webapp": "podkit.images.webapp",
     "log-agent": "podkit.images.log_agent",
 }
+
+
+# The built-in images run on podkit's own interpreter and packages; their code is found through
+# this path even when that interpreter is not a virtualenv's (e.g. podkit run by another user).
+BUILTIN_PYTHONPATH = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
 
 
 @dataclass(frozen=True)

@@ -229,8 +229,8 @@ class ContainerRunner:
 
     def _target(self) -> ProbeTarget:
         ports = {p.name: p.container_port for p in self.c.ports if p.name}
-        assert self.pod.files.netns_fd is not None and self.pid is not None
-        return ProbeTarget(self.pod.files.netns_fd, self.pid, ports, self.pod.files.pod_ip)
+        assert self.pid is not None
+        return ProbeTarget(self.pod.files.socket, self.pid, ports, self.pod.files.pod_ip)
 
     async def _post_start(self, proc: asyncio.subprocess.Process) -> None:
         """Run postStart (the container is not Running until it is done), then the probes."""

@@ -29,6 +29,7 @@ def environment(pod: Pod, c: Container, bundle: Bundle, pod_ip: str) -> dict[str
     }
     if catalog.builtin_name(c.image):
         injected["PYTHONUNBUFFERED"] = "1"  # the image's ENV: line-buffered logs
+        injected["PYTHONPATH"] = catalog.BUILTIN_PYTHONPATH  # where the image's code lives
     extra = {"status.podIP": pod_ip, "status.hostIP": "127.0.0.1"}
     return {**injected, **envmod.resolve_env(pod, c, bundle, extra)}
 

@@ -25,6 +25,9 @@ class PortTakenError(OSError):
     pass
 
 
+SocketFactory = Callable[[int], socket.socket]  # address family -> a socket inside the pod
+
+
 def socket_in_netns(netns_fd: int, family: int = socket.AF_INET) -> socket.socket:
     linux.setns(netns_fd, linux.CLONE_NEWNET)
     try:
@@ -71,11 +74,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def serve(listener: socket.socket, p: Published, netns_fd: int) -> asyncio.Server:
+def netns_sockets(netns_fd: int) -> SocketFactory:
+    """A factory making sockets in the network namespace `netns_fd` (needs CAP_SYS_ADMIN)."""
+    return lambda family: socket_in_netns(netns_fd, family)
+
+
+async def serve(listener: socket.socket, p: Published, sockets: SocketFactory) -> asyncio.Server:
     loop = asyncio.get_running_loop()
 
     async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        upstream = socket_in_netns(netns_fd)
+        upstream = sockets(socket.AF_INET)
         upstream.setblocking(False)
         try:
             await loop.sock_connect(upstream, ("127.0.0.1", p.container_port))
@@ -121,7 +129,7 @@ def port_forward(
             loop.add_signal_handler(sig, stop.set)
         for sock, p in listeners:
             bound = Published(p.pod, "", p.container_port, address, sock.getsockname()[1])
-            await serve(sock, bound, netns_fd)
+            await serve(sock, bound, netns_sockets(netns_fd))
             say(f"Forwarding from {address}:{bound.host_port} -> {p.container_port}")
         # The pod may end under us: its sandbox's pidfd becomes readable when it exits.
         pidfd = os.pidfd_open(sandbox_pid)

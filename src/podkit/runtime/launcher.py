@@ -91,6 +91,10 @@ def _overlay(lower: str, target: str, scratch: str, tag: str) -> None:
     )
 
 
+# nosuid, nodev, noexec, noatime, nodiratime, relatime: statvfs's ST_* equal the MS_* flags.
+_LOCKABLE = 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000
+
+
 def _bind(source: str, target: str, read_only: bool) -> None:
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
@@ -100,11 +104,30 @@ def _bind(source: str, target: str, read_only: bool) -> None:
             open(target, "a").close()
     linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
     if read_only:
-        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
+        # Keep the flags the kernel locks on mounts from another user namespace (rootless).
+        kept = os.statvfs(target).f_flag & _LOCKABLE
+        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | kept)
 
 
 # The device nodes runc gives a container; the host's /dev (disks and all) stays outside.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _root_by_entries(root: str, scratch: str, points: list[str]) -> None:
+    """A tmpfs root holding an overlay of each top-level directory of the host's /."""
+    os.makedirs(root, exist_ok=True)  # the refused overlay made it already
+    linux.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
+    for name in sorted(os.listdir("/")):
+        source, target = f"/{name}", f"{root}/{name}"
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), target)
+        elif not os.path.isdir(source) or source.startswith(_SKIP_PREFIXES):
+            continue
+        elif any(p == source or p.startswith(source + "/") for p in points):
+            with contextlib.suppress(OSError):  # has submounts: read-only, with them
+                _bind(source, target, read_only=True)
+        else:
+            _overlay(source, target, scratch, f"top-{name}")
 
 
 def _make_dev(dev: str) -> None:
@@ -137,11 +160,20 @@ def build_root(spec: LaunchSpec) -> str:
     """Assemble the container's root filesystem under spec.scratch and return its path."""
     scratch = spec.scratch
     os.makedirs(scratch, exist_ok=True)
-    linux.mount("tmpfs", scratch, "tmpfs", 0, "mode=0700")
+    linux.mount("tmpfs", scratch, "tmpfs", 0, "mode=0755")
     root = f"{scratch}/root"
-    _overlay("/", root, scratch, "root")
-    for i, point in enumerate(_host_mount_points(spec.keep_host_mounts_under)):
+    points = _host_mount_points(spec.keep_host_mounts_under)
+    try:
+        _overlay("/", root, scratch, "root")
+    except OSError:
+        # In a user namespace (rootless) the kernel will not overlay a mount with submounts:
+        # overlay each top-level directory instead.
+        _root_by_entries(root, scratch, points)
+        points = [p for p in points if not os.path.ismount(_inside(root, p))]
+    for i, point in enumerate(points):
         target = _inside(root, point)
+        if os.path.ismount(target):
+            continue  # brought in with its parent
         try:
             _overlay(point, target, scratch, f"m{i}")
         except OSError:  # a filesystem overlay cannot sit on: show it read-only instead
@@ -210,10 +242,10 @@ def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
 
 
 def run(spec: LaunchSpec, status_fd: int) -> int:
-    pod_ns = [
-        os.open(f"/proc/{spec.sandbox_pid}/ns/{ns}", os.O_RDONLY)
-        for ns in ("net", "uts", "ipc", "mnt")
-    ]
+    names = ["net", "uts", "ipc", "mnt"]
+    if os.readlink(f"/proc/{spec.sandbox_pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+        names.insert(0, "user")  # rootless: its user namespace first, for the rights in it
+    pod_ns = [os.open(f"/proc/{spec.sandbox_pid}/ns/{ns}", os.O_RDONLY) for ns in names]
     if spec.pid_ns_pid:  # shareProcessNamespace: the container joins the pod's PID namespace
         pod_ns.append(os.open(f"/proc/{spec.pid_ns_pid}/ns/pid", os.O_RDONLY))
     for fd in pod_ns:

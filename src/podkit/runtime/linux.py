@@ -19,6 +19,7 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWUSER = 0x10000000
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -114,12 +115,28 @@ def loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def _user_namespaces_allowed() -> bool:
+    for path, needed in (
+        ("/proc/sys/user/max_user_namespaces", lambda v: int(v) > 0),
+        ("/proc/sys/kernel/unprivileged_userns_clone", lambda v: int(v) == 1),
+    ):
+        try:
+            with open(path) as f:
+                if not needed(f.read().strip()):
+                    return False
+        except FileNotFoundError:
+            continue  # an upstream kernel without Debian's knob allows them
+    return True
+
+
 def namespaces_available() -> str | None:
     """None when podkit can create pod namespaces here, else the reason it cannot."""
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not _user_namespaces_allowed():
         return (
-            "podkit needs root to create pod namespaces (network, UTS, IPC, mount); "
-            "run it as root, e.g. with sudo"
+            "podkit needs root, or user namespaces for ordinary users (rootless), to create "
+            "pod namespaces; this kernel does not allow unprivileged user namespaces "
+            "(see sysctl user.max_user_namespaces and kernel.unprivileged_userns_clone): "
+            "run podkit as root, e.g. with sudo"
         )
     for ns in ("net", "uts", "ipc", "mnt", "pid"):
         if not os.path.exists(f"/proc/self/ns/{ns}"):

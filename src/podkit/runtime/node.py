@@ -7,7 +7,6 @@ Exit status as `podkit run` reports it: 0 when the pods succeeded or the user as
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 from pathlib import Path
@@ -47,20 +46,15 @@ async def run_pods(
     # The CLI held these back while starting; one that came meanwhile is handled now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     servers: list[asyncio.Server] = []
-    netns_fds: list[int] = []
     try:
         by_key = {r.key: r for r in runners}
         for p, sock in zip(published, listeners, strict=True):
-            fd = os.open(f"/proc/{by_key[p.pod].files.sandbox_pid}/ns/net", os.O_RDONLY)
-            netns_fds.append(fd)
-            servers.append(await forward.serve(sock, p, fd))
+            servers.append(await forward.serve(sock, p, by_key[p.pod].files.socket))
             report(p.pod, "info", f"port {p.container_port} of {p.container} published on {p.url}")
         phases = await asyncio.gather(*(r.run() for r in runners))
     finally:
         for server in servers:
             server.close()
-        for fd in netns_fds:
-            os.close(fd)
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     if user_stop.is_set():

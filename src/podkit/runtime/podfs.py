@@ -24,7 +24,7 @@ class PodFiles:
         self.dir = state_dir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
         self.sandbox_pid: int | None = None
         self.pid_ns_pid: int | None = None  # PID 1 of the pod's PID namespace, when shared
-        self.netns_fd: int | None = None
+        self.socket: sandbox.SocketFactory | None = None  # sockets inside the pod
         self.volume_paths: dict[str, str] = {}
         self.kinds = {v.name: v.kind for v in pod.volumes}
 
@@ -47,7 +47,7 @@ class PodFiles:
         for sub in ("logs", "volumes", "containers", "etc"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "owner").write_text(statedir.owner_record())
-        self.sandbox_pid, self.pid_ns_pid = sandbox.fork_sandbox(
+        self.sandbox_pid, self.pid_ns_pid, self.socket = sandbox.fork_sandbox(
             self.pod.hostname, self.tmpfs_volumes(), share_pid
         )
         (self.dir / "sandbox").write_text(str(self.sandbox_pid))  # for `podkit port-forward`
@@ -55,8 +55,6 @@ class PodFiles:
             net = podnet.attach(network, self.sandbox_pid, self.pod.uid, self.state_dir)
             self.network = (network, net)
             self.pod_ip = net.ip
-        # Held for probes and hooks, which open their sockets inside the pod.
-        self.netns_fd = os.open(f"/proc/{self.sandbox_pid}/ns/net", os.O_RDONLY)
         self._write_etc()
         self._prepare_volumes()
 
@@ -115,9 +113,9 @@ class PodFiles:
         if self.network is not None:
             podnet.detach(*self.network, self.state_dir)
             self.network = None
-        if self.netns_fd is not None:
-            os.close(self.netns_fd)
-            self.netns_fd = None
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
         if self.sandbox_pid is not None:
             sandbox.stop_sandbox(self.sandbox_pid)
             self.sandbox_pid = None

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httptools
 
-from podkit.runtime.forward import socket_in_netns
+from podkit.runtime.forward import SocketFactory
 from podkit.runtime.probes import (
     ExecAction,
     GRPCAction,
@@ -43,7 +43,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  #
 
 @dataclass(frozen=True)
 class ProbeTarget:
-    netns_fd: int  # the pod's network namespace; owned by the caller
+    sockets: SocketFactory  # makes sockets inside the pod's network namespace
     container_pid: int  # host pid of the container's PID 1 (exec probes)
     ports: Mapping[str, int] = field(default_factory=dict)  # named containerPorts
     pod_ip: str = "127.0.0.1"
@@ -120,7 +120,7 @@ async def _connect(target: ProbeTarget, host: str, port: int) -> socket.socket:
         candidates = [(info[0], info[4]) for info in infos]
     error: OSError | None = None
     for family, addr in candidates:
-        sock = socket_in_netns(target.netns_fd, family)
+        sock = target.sockets(family)
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, addr)

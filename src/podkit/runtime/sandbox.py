@@ -12,12 +12,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 
 from podkit.runtime import linux
 
 
+def _enter_user_namespace(uid: int, gid: int) -> None:
+    """Rootless: a user namespace where this user is root, so it may make the others."""
+    linux.unshare(linux.CLONE_NEWUSER)
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")  # required before an unprivileged gid_map
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"0 {uid} 1")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"0 {gid} 1")
+
+
 def _setup(hostname: str, tmpfs: list[tuple[str, int | None]]) -> None:
+    if os.geteuid() != 0:
+        _enter_user_namespace(os.geteuid(), os.getegid())
     linux.unshare(linux.CLONE_NEWNET | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS)
     # Mounts made from here on stay in the pod; the host never sees them.
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
@@ -53,6 +67,7 @@ def _child(
     share_pid: bool,
     parent: int,
     report: int,
+    control: socket.socket,
 ) -> None:
     """The sandbox process itself; never returns."""
     try:
@@ -67,35 +82,70 @@ def _child(
         _setup(hostname, tmpfs)
         pid_ns = _pid_namespace_init() if share_pid else 0
         os.write(report, f"ready {pid_ns}".encode())
-        os.closerange(3, 1 << 16)  # podkit's sockets and files are none of the sandbox's
-        while True:
-            signal.pause()
+        # podkit's sockets and files are none of the sandbox's; only its control socket stays.
+        keep = control.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
+        _serve_sockets(control)
     except BaseException as exc:  # noqa: BLE001 - report anything, then vanish
         os.write(report, f"error {exc}".encode())
     os._exit(1)
 
 
+def _serve_sockets(control: socket.socket) -> None:
+    """Make sockets inside the pod for podkit (published ports, probes): it asks with an address
+    family and gets the socket back over SCM_RIGHTS. Sockets keep the namespace they were made
+    in, and this works without any privilege over the pod's namespaces (rootless too)."""
+    while True:
+        request = control.recv(8)
+        if not request:  # podkit closed its end: it is gone
+            os._exit(0)
+        with socket.socket(int(request), socket.SOCK_STREAM) as made:
+            socket.send_fds(control, [b"s"], [made.fileno()])
+
+
+class SocketFactory:
+    """podkit's end of a sandbox's control socket."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+
+    def __call__(self, family: int = socket.AF_INET) -> socket.socket:
+        self.control.sendall(str(int(family)).encode())
+        _, fds, _, _ = socket.recv_fds(self.control, 1, 1)
+        if not fds:
+            raise OSError("the pod sandbox is gone")
+        return socket.socket(fileno=fds[0])
+
+    def close(self) -> None:
+        self.control.close()
+
+
 def fork_sandbox(
     hostname: str, tmpfs: list[tuple[str, int | None]], share_pid: bool = False
-) -> tuple[int, int | None]:
-    """Start a pod sandbox once its namespaces exist; returns its pid and, with share_pid, the
-    pid of the pod PID namespace's init. Raises OSError."""
+) -> tuple[int, int | None, SocketFactory]:
+    """Start a pod sandbox once its namespaces exist; returns its pid, with share_pid the pid of
+    the pod PID namespace's init, and the factory of sockets inside the pod. Raises OSError."""
     if threading.active_count() != 1:
         raise RuntimeError("the pod sandbox must be forked before any thread starts")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _child(hostname, tmpfs, share_pid, parent, write_end)
+        ours.close()
+        _child(hostname, tmpfs, share_pid, parent, write_end, theirs)
     os.close(write_end)
+    theirs.close()
     with os.fdopen(read_end, "rb") as f:
         reply = f.read().decode()  # EOF once the sandbox closed its fds
     if not reply.startswith("ready"):
         os.waitpid(pid, 0)
+        ours.close()
         raise OSError(reply.removeprefix("error ") or "the pod sandbox exited during set-up")
     pid_ns = int(reply.split()[1])
-    return pid, pid_ns or None
+    return pid, pid_ns or None, SocketFactory(ours)
 
 
 def stop_sandbox(pid: int) -> None:

@@ -1,0 +1,104 @@
+"""podkit as an ordinary user: user namespaces, loopback-only pod network, published ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podkit_harness import REPO, free_port, http_get, wait_for
+
+pytestmark = pytest.mark.needs_root  # to create the user the test runs podkit as
+USER = "podkit-rootless"
+SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to users
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    if not (shutil.which("useradd") and shutil.which("setpriv") and os.path.exists(SYSTEM_PYTHON)):
+        pytest.skip("needs useradd, setpriv and a system python3")
+    version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        pytest.skip(
+            f"{SYSTEM_PYTHON} is {version}, podkit's packages are for {sys.version_info[:2]}"
+        )
+    created = subprocess.run(["id", USER], capture_output=True).returncode != 0
+    if created:
+        subprocess.run(["useradd", "--system", "--no-create-home", USER], check=True)
+    home = Path(tempfile.mkdtemp(prefix="podkit-rootless-"))
+    user = pwd.getpwnam(USER)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    try:
+        yield home
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+        if created:
+            subprocess.run(["userdel", USER], capture_output=True)
+
+
+def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
+    port = free_port()
+    path = os.pathsep.join([sysconfig.get_paths()["purelib"], str(REPO / "src")])
+    proc = subprocess.Popen(
+        # setpriv execs podkit itself (no process in between), so signals reach it.
+        [
+            "setpriv",
+            f"--reuid={USER}",
+            f"--regid={USER}",
+            "--clear-groups",
+            "env",
+            f"PYTHONPATH={path}",
+            f"PODKIT_STATE_DIR={user_dir}/state",
+            SYSTEM_PYTHON,
+            "-m",
+            "podkit.cli.main",
+            "run",
+            str(REPO / "examples" / "pod-definition.yaml"),
+            "-p",
+            f"{port}:8080",
+            "--no-color",
+        ],
+        cwd=user_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def read_until(needle: str) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if needle in line:
+                return
+        raise AssertionError(f"{needle!r} never came:\n{''.join(lines)}")
+
+    try:
+        read_until("READY 2/2")
+        assert "loopback only" in "".join(lines)  # no bridge without root, and podkit says so
+        status, body = wait_for(
+            "the webapp", lambda: http_get(f"http://127.0.0.1:{port}/api/info"), 15
+        )
+        assert status == 200 and json.loads(body)["pod_name"] == "simple-webapp"
+        read_until('"path":"/api/info"')  # the log agent shipped the request
+        owner = os.stat(next((user_dir / "state" / "pods").glob("*/status.json"))).st_uid
+        assert owner == pwd.getpwnam(USER).pw_uid  # podkit ran as the user, not as root
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+    assert code == 0, "".join(lines)
