@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ def test_bridge() -> Iterator[None]:
         from podkit.runtime import network
 
         network.remove_bridge(network.NetworkConfig(TEST_BRIDGE, TEST_SUBNET))
+        shutil.rmtree(network.HOST_DIR / "network" / TEST_BRIDGE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import os
 import socket
@@ -31,7 +30,6 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
@@ -102,10 +100,6 @@ def set_name(name: str) -> None:
     _check(_libc.prctl(15, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
-def set_child_subreaper() -> None:
-    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
 def loopback_up() -> None:
     """`ip link set lo up` without iproute2: SIOCSIFFLAGS on a throwaway socket."""
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
@@ -142,7 +136,3 @@ def namespaces_available() -> str | None:
         if not os.path.exists(f"/proc/self/ns/{ns}"):
             return f"this kernel has no {ns} namespace support (/proc/self/ns/{ns} is missing)"
     return None
-
-
-def is_enoent(exc: OSError) -> bool:
-    return exc.errno == errno.ENOENT

@@ -198,6 +198,11 @@ def without(leases: Leases, ip: str, uid: str = "") -> Leases:
 # IPAM, the file store
 
 
+# The bridge is host-wide, so are its leases: every podkit on this host keeps them here,
+# whatever its --state-dir (runtime/ passes this; tests pass directories of their own).
+HOST_DIR = Path("/run/podkit")
+
+
 def _net_dir(cfg: NetworkConfig, state_dir: Path) -> Path:
     return Path(state_dir) / "network" / cfg.bridge
 

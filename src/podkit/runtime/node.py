@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from pathlib import Path
 
 from podkit.manifest.model import Bundle
 from podkit.runtime import cgroups, forward, network, statedir
@@ -62,14 +61,14 @@ async def run_pods(
     return 0 if all(p == "Succeeded" for p in phases) else 1
 
 
-def _pod_network(state_dir: Path, report: Report) -> network.NetworkConfig | None:
+def _pod_network(report: Report) -> network.NetworkConfig | None:
     """The bridge pods get their IPs on, or None (loopback-only pods) with the reason said."""
     why = network.available()
     if why is None:
         cfg = network.NetworkConfig.from_env()
         try:
-            no_nat = network.ensure_bridge(cfg, state_dir)
-            network.clean_stale(cfg, state_dir)
+            no_nat = network.ensure_bridge(cfg, network.HOST_DIR)
+            network.clean_stale(cfg, network.HOST_DIR)
         except network.NetworkError as exc:
             why = str(exc)
         else:
@@ -92,7 +91,7 @@ def run(
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     for name in statedir.clean_stale(opts.state_dir):
         report("podkit", "info", f"cleaned state left by a killed run: {name}")
-    opts.network = _pod_network(opts.state_dir, report)
+    opts.network = _pod_network(report)
     driver, why = cgroups.detect()
     if driver is not None:
         cgroups.clean_stale(driver)

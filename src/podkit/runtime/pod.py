@@ -163,13 +163,7 @@ class PodRunner:
         for runner in self.init:
             if runner.role == SIDECAR:
                 runner.task = asyncio.ensure_future(runner.run())
-                started = asyncio.ensure_future(runner.started.wait())
-                stop = asyncio.ensure_future(self.stopping.wait())
-                await asyncio.wait(
-                    {started, stop, runner.task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                started.cancel()
-                stop.cancel()
+                await self._first(runner.started.wait(), runner.task)
                 if self.stopping.is_set() or runner.task.done():
                     return False
                 continue

@@ -18,7 +18,7 @@ PROJECTED = ("configMap", "secret", "downwardAPI", "projected")  # always mounte
 
 class PodFiles:
     def __init__(self, pod: Pod, bundle: Bundle, state_dir: Path) -> None:
-        self.pod, self.bundle, self.state_dir = pod, bundle, state_dir
+        self.pod, self.bundle = pod, bundle
         self.pod_ip = "127.0.0.1"  # until the pod has an address on the bridge
         self.network: tuple[NetworkConfig, PodNetwork] | None = None
         self.dir = state_dir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
@@ -52,7 +52,7 @@ class PodFiles:
         )
         (self.dir / "sandbox").write_text(str(self.sandbox_pid))  # for `podkit port-forward`
         if network is not None:
-            net = podnet.attach(network, self.sandbox_pid, self.pod.uid, self.state_dir)
+            net = podnet.attach(network, self.sandbox_pid, self.pod.uid, podnet.HOST_DIR)
             self.network = (network, net)
             self.pod_ip = net.ip
         self._write_etc()
@@ -111,7 +111,7 @@ class PodFiles:
 
     def stop(self) -> None:
         if self.network is not None:
-            podnet.detach(*self.network, self.state_dir)
+            podnet.detach(*self.network, podnet.HOST_DIR)
             self.network = None
         if self.socket is not None:
             self.socket.close()
