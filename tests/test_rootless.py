@@ -47,8 +47,12 @@ def user_dir() -> Iterator[Path]:
     finally:
         subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
-        if created:
-            subprocess.run(["userdel", USER], capture_output=True)
+        if created:  # userdel refuses while a killed process of the user lingers
+            wait_for(
+                "the test user removed",
+                lambda: subprocess.run(["userdel", USER], capture_output=True).returncode in (0, 6),
+                10,
+            )
 
 
 def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
