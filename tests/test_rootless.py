@@ -55,28 +55,35 @@ def user_dir() -> Iterator[Path]:
             )
 
 
+def as_user(user_dir: Path, *args: str) -> list[str]:
+    """`podkit ARGS` as the test user; setpriv execs podkit itself, so signals reach it."""
+    path = os.pathsep.join([sysconfig.get_paths()["purelib"], str(REPO / "src")])
+    return [
+        "setpriv",
+        f"--reuid={USER}",
+        f"--regid={USER}",
+        "--clear-groups",
+        "env",
+        f"PYTHONPATH={path}",
+        f"PODKIT_STATE_DIR={user_dir}/state",
+        SYSTEM_PYTHON,
+        "-m",
+        "podkit.cli.main",
+        *args,
+    ]
+
+
 def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
     port = free_port()
-    path = os.pathsep.join([sysconfig.get_paths()["purelib"], str(REPO / "src")])
     proc = subprocess.Popen(
-        # setpriv execs podkit itself (no process in between), so signals reach it.
-        [
-            "setpriv",
-            f"--reuid={USER}",
-            f"--regid={USER}",
-            "--clear-groups",
-            "env",
-            f"PYTHONPATH={path}",
-            f"PODKIT_STATE_DIR={user_dir}/state",
-            SYSTEM_PYTHON,
-            "-m",
-            "podkit.cli.main",
+        as_user(
+            user_dir,
             "run",
             str(REPO / "examples" / "pod-definition.yaml"),
             "-p",
             f"{port}:8080",
             "--no-color",
-        ],
+        ),
         cwd=user_dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -102,6 +109,27 @@ def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
         read_until('"path":"/api/info"')  # the log agent shipped the request
         owner = os.stat(next((user_dir / "state" / "pods").glob("*/status.json"))).st_uid
         assert owner == pwd.getpwnam(USER).pw_uid  # podkit ran as the user, not as root
+        # port-forward works rootless too: into the unpublished log agent's admin port.
+        fwd = subprocess.Popen(
+            as_user(user_dir, "port-forward", "simple-webapp", ":2020"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert fwd.stdout is not None
+            line = fwd.stdout.readline().strip()
+            assert line.startswith("Forwarding from 127.0.0.1:"), fwd.stderr.read()
+            admin = int(line.split()[2].rsplit(":", 1)[1])
+            assert (
+                wait_for(
+                    "the admin port", lambda: http_get(f"http://127.0.0.1:{admin}/healthz"), 10
+                )[0]
+                == 200
+            )
+        finally:
+            fwd.send_signal(signal.SIGINT)
+            assert fwd.wait(10) == 0
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(20)

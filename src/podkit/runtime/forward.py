@@ -109,17 +109,23 @@ def port_forward(
     pairs: list[tuple[int, int]],
     say: Callable[[str], None],
 ) -> int:
-    """`podkit port-forward`: serve until SIGINT/SIGTERM or until the pod goes away."""
-    netns_fd = os.open(f"/proc/{sandbox_pid}/ns/net", os.O_RDONLY)
+    """`podkit port-forward`: serve until SIGINT/SIGTERM or until the pod goes away.
+
+    The listeners are bound on the host first; then this whole process moves into the pod's
+    network namespace (and, rootless, its user namespace first, which only a single-threaded
+    process may do), so every upstream socket is simply made inside the pod.
+    """
     listeners = []
+    pidfd = os.pidfd_open(sandbox_pid)  # readable when the pod's sandbox exits
     try:
         for local, remote in pairs:
             p = Published(pod, "", remote, address, local)
             listeners.append((bind_listener(p), p))
+        _join_pod_network(sandbox_pid)
     except OSError:
         for sock, _ in listeners:
             sock.close()
-        os.close(netns_fd)
+        os.close(pidfd)
         raise
 
     async def main() -> None:
@@ -129,19 +135,28 @@ def port_forward(
             loop.add_signal_handler(sig, stop.set)
         for sock, p in listeners:
             bound = Published(p.pod, "", p.container_port, address, sock.getsockname()[1])
-            await serve(sock, bound, netns_sockets(netns_fd))
+            await serve(sock, bound, lambda family: socket.socket(family, socket.SOCK_STREAM))
             say(f"Forwarding from {address}:{bound.host_port} -> {p.container_port}")
-        # The pod may end under us: its sandbox's pidfd becomes readable when it exits.
-        pidfd = os.pidfd_open(sandbox_pid)
         loop.add_reader(pidfd, stop.set)
         try:
             await stop.wait()
         finally:
             loop.remove_reader(pidfd)
-            os.close(pidfd)
 
     try:
         asyncio.run(main())
     finally:
-        os.close(netns_fd)
+        os.close(pidfd)
     return 0
+
+
+def _join_pod_network(sandbox_pid: int) -> None:
+    names = ["net"]
+    if os.readlink(f"/proc/{sandbox_pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+        names.insert(0, "user")  # rootless: the rights over the pod's netns are in its userns
+    for name in names:
+        fd = os.open(f"/proc/{sandbox_pid}/ns/{name}", os.O_RDONLY)
+        try:
+            linux.setns(fd)
+        finally:
+            os.close(fd)
