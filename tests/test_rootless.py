@@ -134,3 +134,37 @@ def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(20)
     assert code == 0, "".join(lines)
+
+
+def test_exec_and_tcp_probes_work_rootless(user_dir: Path) -> None:
+    manifest = user_dir / "probed.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: probed}\nspec:\n  containers:\n"
+        "  - name: c\n    image: x\n"
+        '    command: ["sh", "-c", "touch /tmp/ok; exec python3 -m http.server 8000"]\n'
+        "    readinessProbe: {exec: {command: [cat, /tmp/ok]}, periodSeconds: 1}\n"
+        "    startupProbe: {tcpSocket: {port: 8000}, periodSeconds: 1, failureThreshold: 30}\n"
+    )
+    manifest.chmod(0o644)
+    proc = subprocess.Popen(
+        as_user(user_dir, "run", str(manifest), "-o", "json", "--grace", "1"),
+        cwd=user_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # one Pod document per status change
+            status = json.loads(line)["status"]
+            if status["containerStatuses"][0]["ready"]:
+                break
+        else:
+            raise AssertionError(proc.stderr.read() if proc.stderr else "no output")
+        # Ready needs both: the startup probe (tcp, through the sandbox's socket) gates the
+        # readiness probe (exec, through nsenter into the user namespace).
+        assert status["containerStatuses"][0]["started"] is True
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+    assert code == 0

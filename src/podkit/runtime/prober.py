@@ -350,7 +350,9 @@ def _nsenter_argv(pid: int, command: tuple[str, ...]) -> list[str]:
     # --root/--wd: the container's root (its chroot) and working directory.
     argv = [NSENTER, f"--target={pid}", "--mount", "--uts", "--ipc", "--net", "--pid"]
     if os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino:
-        argv.append("--user")  # rootless: nsenter then runs as the namespace's root
+        # Rootless: join the pod's user namespace, keeping our own ids (they map to its root);
+        # nsenter's usual setgroups() is refused there (setgroups is "deny").
+        argv += ["--user", "--preserve-credentials"]
     else:
         # Run as the container's own user, as a CRI exec would.
         uid = gid = 0
