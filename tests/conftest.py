@@ -10,11 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from podkit_harness import Podkit  # noqa: E402
+from podkit_harness import TEST_BRIDGE, TEST_SUBNET, Podkit  # noqa: E402
 
-# The tests' pods get their IPs on a bridge of their own, removed when the session ends, so a
+# The session's own bridge for pod IPs (podkit_harness.TEST_BRIDGE), removed when it ends, so a
 # test run leaves the host's network as it found it (podkit0 is the users').
-TEST_BRIDGE, TEST_SUBNET = "pktest0", "10.249.0.0/24"
 
 
 @pytest.fixture(autouse=True, scope="session")

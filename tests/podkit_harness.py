@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
+# The tests' pods get their IPs on a bridge of this test session's own (conftest.py makes and
+# removes it), so two sessions at once, or a session beside a user's podkit0, never meet.
+TEST_BRIDGE = f"pkt{os.getpid()}"
+TEST_SUBNET = f"10.249.{os.getpid() % 250}.0/24"
+TEST_GATEWAY = TEST_SUBNET.replace(".0/24", ".1")
 T = TypeVar("T")
 
 

@@ -144,6 +144,7 @@ def test_exec_and_tcp_probes_work_rootless(user_dir: Path) -> None:
         '    command: ["sh", "-c", "touch /tmp/ok; exec python3 -m http.server 8000"]\n'
         "    readinessProbe: {exec: {command: [cat, /tmp/ok]}, periodSeconds: 1}\n"
         "    startupProbe: {tcpSocket: {port: 8000}, periodSeconds: 1, failureThreshold: 30}\n"
+        "    resources: {limits: {memory: 64Mi}}\n"
     )
     manifest.chmod(0o644)
     proc = subprocess.Popen(
@@ -164,6 +165,11 @@ def test_exec_and_tcp_probes_work_rootless(user_dir: Path) -> None:
         # Ready needs both: the startup probe (tcp, through the sandbox's socket) gates the
         # readiness probe (exec, through nsenter into the user namespace).
         assert status["containerStatuses"][0]["started"] is True
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        assert proc.stderr is not None
+        # No cgroups for an ordinary user here: podkit says once that limits are not enforced.
+        assert proc.stderr.read().count("resource limits are not enforced") == 1
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(20)

@@ -213,3 +213,30 @@ def test_failing_post_start_kills_the_container_and_pre_stop_sleep_delays_term(t
     t0 = time.monotonic()
     assert run.stop() == 0
     assert time.monotonic() - t0 >= 1.0  # the preStop sleep ran before SIGTERM
+
+
+def test_pre_stop_http_get_reaches_the_container_before_sigterm(tmp_path, podkit):
+    run = start(
+        tmp_path,
+        podkit,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: http-hook}
+        spec:
+          containers:
+          - name: web
+            image: x
+            command: ["python3", "-m", "http.server", "8000"]
+            ports: [{name: web, containerPort: 8000}]
+            readinessProbe: {tcpSocket: {port: web}, periodSeconds: 1}
+            lifecycle:
+              preStop:
+                httpGet: {path: /prestop, port: web}
+        """,
+        "--grace",
+        "1",
+    )
+    wait_for("ready", lambda: container(run, "web")["ready"], 15)
+    assert run.stop() == 0
+    assert any('"GET /prestop HTTP/1.1"' in x for x in run.stdout_lines("[web] "))
