@@ -8,11 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
+# typer loads rich's whole help renderer at import (~0.2 s on a small machine), and `podkit
+# run` has a 1 s budget to bring a pod up: typer gets rich only when help is asked for (its
+# error messages are then click's plain ones). podkit's own output still uses rich.
+_WANTS_HELP = len(sys.argv) < 2 or any(arg in ("--help", "-h") for arg in sys.argv[1:])
+if not _WANTS_HELP:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+import typer  # noqa: E402
 
-from podkit import __version__
+if not _WANTS_HELP:
+    del sys.modules["rich"]
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+
+from podkit import __version__  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from podkit.runtime import linux
@@ -33,29 +32,41 @@ FORWARDED = (
 _SKIP_PREFIXES = ("/proc", "/sys", "/dev")
 
 
-@dataclass
 class Mount:
-    source: str
-    target: str  # path inside the container
-    read_only: bool = False
+    def __init__(self, source: str, target: str, read_only: bool = False) -> None:
+        self.source = source
+        self.target = target  # path inside the container
+        self.read_only = read_only
 
 
-@dataclass
 class LaunchSpec:
-    sandbox_pid: int
-    scratch: str  # host dir where this container's root is assembled (a tmpfs is mounted on it)
-    argv: list[str]
-    env: dict[str, str]
-    working_dir: str | None = None
-    mounts: list[Mount] = field(default_factory=list)
-    keep_host_mounts_under: str = ""  # the state dir: never overlaid into containers
-    # Built-in images unblock SIGTERM once they handle it (common/early_stop.py): a stop that
-    # comes while they start stays pending instead of being dropped by PID 1's kernel rule.
-    hold_signals: bool = False
-    pid_ns_pid: int | None = None  # join this process's PID namespace instead of a new one
-    # cgroup.procs files (runtime/cgroups.py) the container's PID 1 joins between fork and exec,
-    # so the container and all it forks are limited from their first instruction.
-    cgroup_procs: list[str] = field(default_factory=list)
+    """What podkit sends (as JSON over a pipe). Plain attributes, no dataclasses: the launcher
+    starts for every container, and every import counts."""
+
+    def __init__(
+        self,
+        sandbox_pid: int,
+        scratch: str,  # host dir where this container's root is assembled (on a tmpfs)
+        argv: list[str],
+        env: dict[str, str],
+        working_dir: str | None = None,
+        mounts: list[Mount] | None = None,
+        keep_host_mounts_under: str = "",  # the state dir: never shown to containers
+        hold_signals: bool = False,
+        pid_ns_pid: int | None = None,
+        cgroup_procs: list[str] | None = None,
+    ) -> None:
+        self.sandbox_pid, self.scratch, self.argv, self.env = sandbox_pid, scratch, argv, env
+        self.working_dir = working_dir
+        self.mounts = mounts or []
+        self.keep_host_mounts_under = keep_host_mounts_under
+        # Built-in images unblock SIGTERM once they handle it (common/early_stop.py): a stop
+        # that comes while they start stays pending instead of being dropped by PID 1's rule.
+        self.hold_signals = hold_signals
+        self.pid_ns_pid = pid_ns_pid  # join this process's PID namespace instead of a new one
+        # cgroup.procs files (runtime/cgroups.py) the container's PID 1 joins between fork and
+        # exec, so the container and all it forks are limited from their first instruction.
+        self.cgroup_procs = cgroup_procs or []
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
