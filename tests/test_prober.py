@@ -18,15 +18,31 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from podkit.runtime.forward import netns_sockets, socket_in_netns
+from podkit.runtime import linux
 from podkit.runtime.prober import USER_AGENT, ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ProbeSpec
+
+_HOST_NETNS = os.open("/proc/self/ns/net", os.O_RDONLY)
+
+
+def socket_in_netns(netns_fd: int, family: int = socket.AF_INET) -> socket.socket:
+    """A socket made inside the test's netns (setns on this thread for one socket() call)."""
+    linux.setns(netns_fd, linux.CLONE_NEWNET)
+    try:
+        return socket.socket(family, socket.SOCK_STREAM)
+    finally:
+        linux.setns(_HOST_NETNS, linux.CLONE_NEWNET)
+
+
+def netns_sockets(netns_fd: int) -> Callable[[int], socket.socket]:
+    return lambda family: socket_in_netns(netns_fd, family)
+
 
 pytestmark = pytest.mark.needs_root
 NETNS = f"podkit-test-{os.getpid()}"

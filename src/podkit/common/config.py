@@ -241,22 +241,3 @@ def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"invalid port in {value!r}: expected a number 0-65535")
     return host, int(port_text)
-
-
-def apply_overrides(settings: M, overrides: Mapping[str, tuple[Any, str]]) -> M:
-    """Re-validate `settings` with top-level fields replaced.
-
-    `overrides` maps a field name to (value, origin), where origin says where the value came from
-    (`--port`, `environment PORT`) so an error can name it.
-    """
-    if not overrides:
-        return settings
-    from pydantic import ValidationError
-
-    data = settings.model_dump()
-    data.update({name: value for name, (value, _) in overrides.items()})
-    try:
-        return type(settings).model_validate(data)
-    except ValidationError as exc:
-        origins = {(name,): origin for name, (_, origin) in overrides.items()}
-        raise ConfigError(_format_validation_error(exc, data, "(config)", origins)) from None

@@ -46,11 +46,6 @@ def _schema_dir() -> Path:
     return versions[max(versions)]
 
 
-def kubernetes_version() -> str:
-    """The Kubernetes version whose schemas podkit validates against, e.g. 1.37.0."""
-    return _schema_dir().name.removeprefix("v").removesuffix("-local-strict")
-
-
 def _load(name: str) -> Any:
     return json.loads((_schema_dir() / name).read_bytes())
 

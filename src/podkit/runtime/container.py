@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from podkit.manifest.model import Container
 from podkit.runtime import container_spec, hooks
@@ -236,7 +236,7 @@ class ContainerRunner:
         """Run postStart (the container is not Running until it is done), then the probes."""
         action = hooks.hook_of(self.c.raw, "postStart")
         if action is not None:
-            result = await self._bounded(hooks.run_hook(action, self._target(), hooks.NO_LIMIT))
+            result = await self._hook(hooks.run_hook(action, self._target(), hooks.NO_LIMIT))
             if result is not None and not result.success:
                 self.pod.events.warning(
                     "FailedPostStartHook",
@@ -262,17 +262,6 @@ class ContainerRunner:
         if self.tracker.started:
             self.started.set()
         self.post_started.set()
-
-    async def _bounded(self, aw: Awaitable[ProbeResult]) -> ProbeResult | None:
-        """Await a hook unless the container exits or is asked to stop first."""
-        task = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self.stop_requested.wait())
-        await asyncio.wait({task, stop, self._exited}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not task.done():
-            task.cancel()
-            return None
-        return task.result()
 
     async def _probe_loop(self, proc: asyncio.subprocess.Process) -> None:
         """Run each probe when due; apply what the pure workers decide."""
@@ -319,7 +308,7 @@ class ContainerRunner:
             self.pod.events.normal("Killing", f"Stopping container {self.c.name}", self.field_path)
         action = hooks.hook_of(self.c.raw, "preStop")
         if action is not None and self.pid is not None and self.tracker.running:
-            result = await self._bounded_by(
+            result = await self._hook(
                 hooks.run_hook(action, self._target(), deadline - time.monotonic()), deadline
             )
             if result is not None and not result.success:
@@ -342,14 +331,20 @@ class ContainerRunner:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
 
-    async def _bounded_by(self, aw: Awaitable[ProbeResult], deadline: float) -> ProbeResult | None:
-        """Await a hook until the deadline or the container's exit."""
+    async def _hook(
+        self, aw: Awaitable[ProbeResult], deadline: float | None = None
+    ) -> ProbeResult | None:
+        """Await a hook; None if the container exits first, the deadline passes or (without a
+        deadline: postStart) the container is asked to stop."""
         task = asyncio.ensure_future(aw)
-        await asyncio.wait(
-            {task, self._exited},
-            timeout=max(0.0, deadline - time.monotonic()),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        waits: set[asyncio.Future[Any]] = {task, self._exited}
+        stop = None if deadline is not None else asyncio.ensure_future(self.stop_requested.wait())
+        if stop is not None:
+            waits.add(stop)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if stop is not None:
+            stop.cancel()
         if not task.done():
             task.cancel()
             return None

@@ -18,22 +18,12 @@ from collections.abc import Callable
 from podkit.runtime import linux
 from podkit.runtime.ports import Published, port_holder
 
-_HOST_NETNS = os.open("/proc/self/ns/net", os.O_RDONLY)
-
 
 class PortTakenError(OSError):
     pass
 
 
 SocketFactory = Callable[[int], socket.socket]  # address family -> a socket inside the pod
-
-
-def socket_in_netns(netns_fd: int, family: int = socket.AF_INET) -> socket.socket:
-    linux.setns(netns_fd, linux.CLONE_NEWNET)
-    try:
-        return socket.socket(family, socket.SOCK_STREAM)
-    finally:
-        linux.setns(_HOST_NETNS, linux.CLONE_NEWNET)
 
 
 def bind_listener(p: Published) -> socket.socket:
@@ -72,11 +62,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except (ConnectionError, OSError):
         writer.close()
-
-
-def netns_sockets(netns_fd: int) -> SocketFactory:
-    """A factory making sockets in the network namespace `netns_fd` (needs CAP_SYS_ADMIN)."""
-    return lambda family: socket_in_netns(netns_fd, family)
 
 
 async def serve(listener: socket.socket, p: Published, sockets: SocketFactory) -> asyncio.Server:

@@ -26,7 +26,6 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
-MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
 
@@ -42,7 +41,6 @@ def _load_libc() -> ctypes.CDLL:
 
 _libc = _load_libc()
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
@@ -87,10 +85,6 @@ def mount(
         ),
         f"mount {source or fstype} on {target}",
     )
-
-
-def umount(target: str, flags: int = MNT_DETACH) -> None:
-    _check(_libc.umount2(_b(target), flags), f"umount {target}")
 
 
 def sethostname(name: str) -> None:

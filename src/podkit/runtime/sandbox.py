@@ -104,7 +104,7 @@ def _serve_sockets(control: socket.socket) -> None:
             socket.send_fds(control, [b"s"], [made.fileno()])
 
 
-class SocketFactory:
+class PodSockets:
     """podkit's end of a sandbox's control socket."""
 
     def __init__(self, control: socket.socket) -> None:
@@ -123,7 +123,7 @@ class SocketFactory:
 
 def fork_sandbox(
     hostname: str, tmpfs: list[tuple[str, int | None]], share_pid: bool = False
-) -> tuple[int, int | None, SocketFactory]:
+) -> tuple[int, int | None, PodSockets]:
     """Start a pod sandbox once its namespaces exist; returns its pid, with share_pid the pid of
     the pod PID namespace's init, and the factory of sockets inside the pod. Raises OSError."""
     if threading.active_count() != 1:
@@ -145,7 +145,7 @@ def fork_sandbox(
         ours.close()
         raise OSError(reply.removeprefix("error ") or "the pod sandbox exited during set-up")
     pid_ns = int(reply.split()[1])
-    return pid, pid_ns or None, SocketFactory(ours)
+    return pid, pid_ns or None, PodSockets(ours)
 
 
 def stop_sandbox(pid: int) -> None:
