@@ -5,10 +5,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.needs_root
-
 SCRIPT = r"""
 echo "cfg=$(cat /etc/app/settings.conf) mode=$(stat -c %a /etc/app/settings.conf)"
 echo "cfg-missing=$(ls /etc/app/other.conf 2>&1 | grep -c 'No such')"

@@ -44,7 +44,6 @@ def netns_sockets(netns_fd: int) -> Callable[[int], socket.socket]:
     return lambda family: socket_in_netns(netns_fd, family)
 
 
-pytestmark = pytest.mark.needs_root
 NETNS = f"podkit-test-{os.getpid()}"
 
 
@@ -133,8 +132,7 @@ def http_port(netns: int) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def https_port(netns: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command to make a self-signed certificate")
+    assert shutil.which("openssl"), "the Makefile installs openssl (DEBS): it makes the test cert"
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
@@ -376,7 +374,8 @@ GRPC_SERVER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def grpc_ports(netns: int) -> Iterator[tuple[int, int]]:
-    pytest.importorskip("grpc_health.v1.health", reason="grpcio-health-checking (test extra)")
+    import grpc_health.v1.health  # noqa: F401  (the test extra: a real grpc health server)
+
     server = subprocess.Popen(
         ["ip", "netns", "exec", NETNS, sys.executable, "-c", GRPC_SERVER],
         stdin=subprocess.PIPE,

@@ -18,24 +18,23 @@ import pytest
 
 from podkit_harness import REPO, free_port, http_get, wait_for
 
-pytestmark = pytest.mark.needs_root  # to create the user the test runs podkit as
 USER = "podkit-rootless"
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to users
 
 
 @pytest.fixture
 def user_dir() -> Iterator[Path]:
-    if not (shutil.which("useradd") and shutil.which("setpriv") and os.path.exists(SYSTEM_PYTHON)):
-        pytest.skip("needs useradd, setpriv and a system python3")
+    # useradd (passwd), setpriv (util-linux) and python3 are in the Makefile's DEBS.
+    for tool in ("useradd", "setpriv", SYSTEM_PYTHON):
+        assert shutil.which(tool), f"{tool} is missing: `make test` installs it"
     version = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
         capture_output=True,
         text=True,
     ).stdout.strip()
-    if version != str(sys.version_info[:2]):
-        pytest.skip(
-            f"{SYSTEM_PYTHON} is {version}, podkit's packages are for {sys.version_info[:2]}"
-        )
+    assert version == str(sys.version_info[:2]), (
+        f"{SYSTEM_PYTHON} is {version}, podkit's packages are for {sys.version_info[:2]}"
+    )
     created = subprocess.run(["id", USER], capture_output=True).returncode != 0
     if created:
         subprocess.run(["useradd", "--system", "--no-create-home", USER], check=True)

@@ -5,12 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
-
 from podkit_harness import wait_for, write_manifest
-
-pytestmark = pytest.mark.needs_root
-
 
 manifest = write_manifest
 

@@ -6,11 +6,8 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from podkit_harness import REPO, free_port, http_get, wait_for
 
-pytestmark = pytest.mark.needs_root
 SEED = str(REPO / "examples" / "pod-definition.yaml")
 SHARED = str(REPO / "examples" / "sidecar-shared-volume.yaml")
 

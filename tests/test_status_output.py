@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import textwrap
 
-import pytest
 import yaml
 
 from podkit_harness import REPO, free_port, run_podkit, wait_for
-
-pytestmark = pytest.mark.needs_root
 
 
 def test_run_output_json_streams_the_pod_through_its_phases(tmp_path, podkit):

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from podkit_harness import wait_for, write_manifest
-
-pytestmark = pytest.mark.needs_root
-
 
 write = write_manifest
 

@@ -17,8 +17,6 @@ import pytest
 
 from podkit_harness import TEST_GATEWAY, TEST_SUBNET, wait_for
 
-pytestmark = pytest.mark.needs_root
-
 PODS = """
     apiVersion: v1
     kind: Pod

@@ -8,11 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from podkit_harness import wait_for
-
-pytestmark = pytest.mark.needs_root
 
 
 def start(tmp_path: Path, podkit, text: str, *args: str):

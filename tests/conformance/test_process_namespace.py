@@ -8,8 +8,6 @@ import pytest
 
 from podkit_harness import wait_for
 
-pytestmark = pytest.mark.needs_root
-
 POD = """
     apiVersion: v1
     kind: Pod

@@ -3,11 +3,7 @@ and "Expose Pod Information to Containers Through Files" examples."""
 
 from __future__ import annotations
 
-import pytest
-
 from podkit_harness import free_port, http_get, wait_for, write_manifest
-
-pytestmark = pytest.mark.needs_root
 
 
 def test_two_containers_share_an_emptydir(tmp_path, podkit):
