@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables
+DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables \
+          rsyslog logrotate
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean
@@ -39,6 +40,7 @@ test: $(STAMP) debs bytecode
 bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/pod_startup.py
 	$(BIN)/python bench/lifecycle.py
+	$(BIN)/python bench/log_agent.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

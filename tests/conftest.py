@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from log_agent_harness import POD_ENV, ImageProcess, StartAgent, image_env  # noqa: E402
 from podkit_harness import TEST_BRIDGE, TEST_SUBNET, Podkit  # noqa: E402
 
 # The session's own bridge for pod IPs (podkit_harness.TEST_BRIDGE), removed when it ends, so a
@@ -45,6 +46,27 @@ def podkit(state_dir: Path) -> Iterator[type[Podkit]]:
     yield start  # type: ignore[misc]
     for p in started:
         p.kill()
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
+    """Start log-agents with `start_agent(args..., **env)`; killed at the end if still running.
+
+    Each gets its own data_dir under tmp_path unless LOG_AGENT_DATA_DIR is given (a restart test
+    passes the same one twice)."""
+    started: list[ImageProcess] = []
+
+    def start(*args: str, **env: str) -> ImageProcess:
+        env.setdefault("LOG_AGENT_DATA_DIR", str(tmp_path / f"agent-data-{len(started)}"))
+        proc = ImageProcess(
+            "podkit.images.log_agent", list(args), image_env(**POD_ENV, **env), tmp_path
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
 
 
 def pytest_configure(config: pytest.Config) -> None:

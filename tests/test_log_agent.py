@@ -3,185 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from log_agent_harness import (
+    ACCESS_LINE,
+    EPHEMERAL,
+    POD_ENV,
+    ImageProcess,
+    StartAgent,
+    hostport,
+    http,
+    image_env,
+    metric_samples,
+    ready_listeners,
+)
 from podkit.common.config import ConfigError, load
-from podkit.common.podinfo import PodInfo
 from podkit.images.log_agent.config import ENV_PREFIX, FOREIGN_ENV, AgentConfig
-from podkit.images.log_agent.event import RawRecord
-from podkit.images.log_agent.file_tracker import diff_scan, is_excluded
-from podkit.images.log_agent.lines import LineSplitter
-from podkit.images.log_agent.transforms import Transformer
-
-ACCESS_LINE = '10.1.2.3 - - [25/Nov/2026:22:15:08 +0000] "GET /cart?id=7 HTTP/1.1" 404 153 0.0031'
-# Variables that would leak this machine's identity into the images under test.
-_SCRUB_PREFIXES = ("PODKIT_", "LOG_AGENT_", "SIMPLE_WEBAPP_")
-_SCRUB = {"POD_NAME", "POD_NAMESPACE", "POD_UID", "POD_LABELS", "NODE_NAME", "CONTAINER_NAME"}
-_SCRUB |= {"PORT", "HOST", "ACCESS_LOG_DIR"}
-
-POD_ENV = {
-    "PODKIT_POD_NAME": "web-7f9c",
-    "PODKIT_POD_NAMESPACE": "shop",
-    "PODKIT_POD_UID": "0d5a6e4c-1111-2222-3333-444455556666",
-    "PODKIT_NODE_NAME": "node-a",
-    "PODKIT_CONTAINER_NAME": "log-agent",
-    "PODKIT_POD_LABELS": '{"app": "shop", "tier": "web"}',
-    "HOSTNAME": "web-7f9c",
-}
-
-
-def image_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)
-    }
-    env.update(extra)
-    return env
-
-
-class ImageProcess:
-    """An image under test: stdout lines collected as they come, waitable with a deadline."""
-
-    def __init__(self, module: str, args: list[str], env: dict[str, str], tmp: Path) -> None:
-        self.stderr_path = tmp / f"{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.stderr"
-        with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE, stderr=err
-            )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def records(self) -> list[dict[str, Any]]:
-        out = []
-        with self._cond:
-            lines = list(self.lines)
-        for line in lines:
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
-
-    def events(self) -> list[dict[str, Any]]:
-        """What the stdout sink printed (the agent's own logs carry `logger` instead)."""
-        return [r for r in self.records() if "kubernetes" in r and "logger" not in r]
-
-    def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], Any], timeout: float = 5.0
-    ) -> Any:
-        """Wait until predicate(all JSON records so far) is truthy; return its value."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                self._cond.release()
-                try:
-                    result = predicate(self.records())
-                finally:
-                    self._cond.acquire()
-                if result:
-                    return result
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self._eof and self.proc.poll() is not None):
-                    break
-                self._cond.wait(remaining)
-        raise AssertionError(
-            f"timed out; exit={self.proc.poll()}\nstdout:\n"
-            + "\n".join(self.lines[-40:])
-            + f"\nstderr:\n{self.stderr()}"
-        )
-
-    def wait_event(self, match: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> Any:
-        return self.wait_for(lambda _: next((e for e in self.events() if match(e)), None), timeout)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def terminate(self, timeout: float = 2.0) -> tuple[int, float]:
-        start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        return code, time.monotonic() - start
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def ready_listeners(agent: ImageProcess) -> dict[str, str]:
-    ready = agent.wait_for(
-        lambda recs: next((r for r in recs if r.get("msg") == "ready"), None), timeout=10
-    )
-    return ready["listening"]
-
-
-def hostport(addr: str) -> tuple[str, int]:
-    host, port = addr.rsplit(":", 1)
-    return host, int(port)
-
-
-def http(
-    method: str, url: str, body: bytes | None = None, ctype: str = "application/json"
-) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-EPHEMERAL = {
-    "LOG_AGENT_SOURCES__0__LISTEN": "127.0.0.1:0",
-    "LOG_AGENT_SOURCES__1__LISTEN": "127.0.0.1:0",
-    "LOG_AGENT_ADMIN__LISTEN": "127.0.0.1:0",
-}
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
-    started: list[ImageProcess] = []
-
-    def start(*args: str, **env: str) -> ImageProcess:
-        proc = ImageProcess(
-            "podkit.images.log_agent", list(args), image_env(**POD_ENV, **env), tmp_path
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-
-
-StartAgent = Callable[..., ImageProcess]
 
 
 def send_tcp(addr: str, data: bytes) -> None:
@@ -264,13 +104,7 @@ def test_metrics_count_events_and_readiness(start_agent: StartAgent) -> None:
     http("POST", f"http://{listening['http']}/", b'[{"message": "d"}, {"message": "e"}]')
     agent.wait_for(lambda _: len(agent.events()) >= 5)
 
-    status, body = http("GET", f"{admin}/metrics")
-    assert status == 200
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-    }
+    samples = metric_samples(listening["admin"])
     assert samples[("log_agent_events_in_total", (("source", "tcp"),))] == 3
     assert samples[("log_agent_events_in_total", (("source", "http"),))] == 2
     assert samples[("log_agent_events_out_total", (("sink", "stdout"),))] == 5
@@ -425,44 +259,6 @@ def test_classic_pod_webapp_access_lines_reach_agent(
         assert webapp.terminate()[0] == 0
     finally:
         webapp.kill()
-
-
-# Pure logic, no processes: the rules the sources and transforms rely on.
-
-
-def test_line_splitter_holds_partial_lines_and_cuts_runaways() -> None:
-    splitter = LineSplitter(max_line_bytes=8)
-    assert splitter.feed(b"one\r\ntw") == [b"one"]
-    assert splitter.pending == 2
-    assert splitter.feed(b"o\n\nthree") == [b"two"]
-    assert splitter.feed(b"-and-more-and-more") == [b"three-an", b"d-more-a"]
-    assert splitter.cut_lines == 2
-    assert splitter.flush() == b"nd-more"
-    assert splitter.flush() is None
-
-
-def test_scan_diff_tells_rotation_from_new_files() -> None:
-    tracked = {(1, 10): "/l/access.log", (1, 11): "/l/err.log"}
-    # access.log was renamed away and recreated (new inode); err.log was renamed within the glob.
-    found = {(1, 12): "/l/access.log", (1, 11): "/l/err-1.log"}
-    diff = diff_scan(tracked, [], found)
-    assert diff.new == [((1, 12), "/l/access.log")]
-    assert diff.moved == [((1, 11), "/l/err-1.log")]
-    assert diff.gone == [(1, 10)]
-    assert is_excluded("/l/a.log.gz", ["*.gz"]) and not is_excluded("/l/a.log", ["*.gz"])
-
-
-def test_transformer_container_and_parse_rules() -> None:
-    pod = PodInfo(pod_name="p", container_name="log-agent", labels={"a": "b"})
-    t = Transformer(parse="auto", add_fields={"env": "dev"}, pod=pod)
-    sent = t.apply(RawRecord(json.dumps({"message": ACCESS_LINE, "container": "web"}), "tcp", 0.0))
-    assert sent["kubernetes"]["container_name"] == "web" and sent["status"] == 404
-    assert sent["env"] == "dev" and sent["time"] == "1970-01-01T00:00:00.000Z"
-    from_file = t.apply(RawRecord("x", "file", 0.0, file="/l/a.log", container=None))
-    assert from_file["kubernetes"]["container_name"] is None and from_file["file"] == "/l/a.log"
-    strict = Transformer(parse="common_log", add_fields={}, pod=pod)
-    strict.apply(RawRecord("not an access line", "tcp", 0.0))
-    assert strict.parse_failures == 1
 
 
 def test_env_overrides_and_error_paths() -> None:

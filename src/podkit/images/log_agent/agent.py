@@ -1,31 +1,37 @@
 """Assemble the topology from the config, run it, shut it down in order.
 
-Start: pipeline pump, admin endpoint, then every source; ready once all sources listen.
-Stop:  not ready, sources stop taking input (flushing partial lines), the pipeline drains into
-the sinks, sinks close, admin closes. Nothing is half-started: if one source cannot start, the
-ones already started are stopped and the error is reported.
+Start: state store (offsets, buffer positions), sinks and their delivery loops, admin endpoint,
+then every source; ready once all sources listen. Stop: not ready, sources stop taking input
+(handing over partial lines), each buffer delivers what it holds within shutdown_timeout and puts
+the rest on disk, offsets are committed, admin closes. Nothing is half-started: if a component
+cannot start, the ones already started are stopped and the error is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Any
 
 from podkit.common.admin import AdminServer
 from podkit.common.config import parse_hostport
 from podkit.common.podinfo import PodInfo
+from podkit.images.log_agent.buffer import BufferPolicy, SinkBuffer
 from podkit.images.log_agent.config import (
+    SINK_MODELS,
     AgentConfig,
-    FileSource,
-    HttpSource,
-    TcpSource,
+    HttpSourceConfig,
+    TcpSourceConfig,
     component_ids,
 )
 from podkit.images.log_agent.metrics import Counters, build_registry
-from podkit.images.log_agent.pipeline import Pipeline
-from podkit.images.log_agent.sinks.stdout import StdoutSink
+from podkit.images.log_agent.pipeline import Output, Pipeline
+from podkit.images.log_agent.routing import Route
 from podkit.images.log_agent.sources import Source, file_source, http_source, tcp_source
+from podkit.images.log_agent.state import StateStore
 from podkit.images.log_agent.transforms import Transformer
 
 if TYPE_CHECKING:
@@ -41,25 +47,18 @@ class StartError(Exception):
 class Agent:
     def __init__(self, config: AgentConfig, pod: PodInfo) -> None:
         self.config = config
+        self.pod = pod
         self.counters = Counters()
-        transformer = Transformer(
-            parse=config.transforms.parse, add_fields=config.transforms.add_fields, pod=pod
-        )
-        self.counters.parse_failures = lambda: transformer.parse_failures
-        sinks = [
-            StdoutSink(sink_id, sink.format)
-            for sink_id, sink in zip(component_ids(config.sinks), config.sinks, strict=True)
-        ]
-        self.pipeline = Pipeline(transformer, sinks, self.counters)
-        self.sources: list[Source] = [
-            self._build_source(source_id, cfg)
-            for source_id, cfg in zip(component_ids(config.sources), config.sources, strict=True)
-        ]
+        self.ready = False
+        self.state: StateStore | None = None
+        self.buffers: list[SinkBuffer] = []
+        self.sources: list[Source] = []
+        self.transformers: list[Transformer] = []
+        self._lock_fd: int | None = None
         self._registry: CollectorRegistry | None = None
         self.admin: AdminServer | None = None
         if config.admin.enabled:
             self.admin = AdminServer(ready=lambda: self.ready, registry=self._get_registry)
-        self.ready = False
 
     def _get_registry(self) -> CollectorRegistry:
         # Built on the first scrape: prometheus_client stays off the start-up path.
@@ -67,25 +66,95 @@ class Agent:
             self._registry = build_registry(self.counters)
         return self._registry
 
-    def _build_source(self, source_id: str, cfg: TcpSource | HttpSource | FileSource) -> Source:
-        if isinstance(cfg, TcpSource):
+    def _open_state(self) -> StateStore:
+        data_dir = self.config.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StartError(f"data_dir {data_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartError(
+                f"data_dir {data_dir} is in use by another log-agent; give each its own"
+            ) from None
+        return StateStore(data_dir)
+
+    def _build(self, state: StateStore) -> Pipeline:
+        cfg = self.config
+        outputs = []
+        for sink_id, sink_cfg in zip(component_ids(cfg.sinks), cfg.sinks, strict=True):
+            sink = SINK_MODELS[sink_cfg.type][1](sink_id, sink_cfg)
+            policy = BufferPolicy(
+                max_memory_bytes=sink_cfg.buffer.max_memory_bytes,
+                max_disk_bytes=sink_cfg.buffer.max_disk_bytes,
+                when_full=sink_cfg.buffer.when_full,
+                initial_backoff=sink_cfg.retry.initial_backoff,
+                max_backoff=sink_cfg.retry.max_backoff,
+                max_attempts=sink_cfg.retry.max_attempts,
+            )
+            directory = cfg.data_dir / "buffers" / sink_id
+            buffer = SinkBuffer(sink, policy, directory, state, self.counters)
+            self.buffers.append(buffer)
+            outputs.append(Output(Route(sink_cfg.match), buffer))
+        pipeline = Pipeline(outputs, self.counters)
+        for source_id, src in zip(component_ids(cfg.sources), cfg.sources, strict=True):
+            transformer = Transformer(
+                cfg.transforms, self.pod, container_name=getattr(src, "container_name", None)
+            )
+            self.transformers.append(transformer)
+            self.sources.append(self._build_source(source_id, src, pipeline, transformer, state))
+        self.counters.parse_failures = lambda: sum(t.parse_failures for t in self.transformers)
+        self.counters.time_failures = lambda: sum(t.time_failures for t in self.transformers)
+        self.counters.buffers = lambda: {
+            b.id: (b.memory_bytes, b.disk_bytes, b.queued_events) for b in self.buffers
+        }
+        self.counters.file_lag = self._file_lag
+        return pipeline
+
+    def _file_lag(self) -> dict[tuple[str, str], int]:
+        lag: dict[tuple[str, str], int] = {}
+        for source in self.sources:
+            if isinstance(source, file_source.FileSource):
+                for path, nbytes in source.lag_bytes().items():
+                    lag[(source.id, path)] = nbytes
+        return lag
+
+    def _build_source(
+        self,
+        source_id: str,
+        cfg: Any,
+        pipeline: Pipeline,
+        transformer: Transformer,
+        state: StateStore,
+    ) -> Source:
+        ingest = pipeline.ingest_for(transformer)
+        if isinstance(cfg, TcpSourceConfig):
             host, port = parse_hostport(cfg.listen)
             return tcp_source.TcpSource(
-                source_id, host, port, self.pipeline, max_line_bytes=cfg.max_line_bytes
+                source_id, host, port, ingest, self.counters, max_line_bytes=cfg.max_line_bytes
             )
-        if isinstance(cfg, HttpSource):
+        if isinstance(cfg, HttpSourceConfig):
             host, port = parse_hostport(cfg.listen)
             return http_source.HttpSource(
-                source_id, host, port, self.pipeline, max_body_bytes=cfg.max_body_bytes
+                source_id, host, port, ingest, max_body_bytes=cfg.max_body_bytes
             )
-        return file_source.FileSource(source_id, cfg, self.pipeline)
+        return file_source.FileSource(source_id, cfg, ingest, state, self.counters)
 
     async def start(self) -> dict[str, str]:
         """Start everything; return what each component listens on or watches."""
-        self.pipeline.start()
+        self.state = self._open_state()
         started: list[Source] = []
         listening: dict[str, str] = {}
         try:
+            self._build(self.state)
+            for buffer in self.buffers:
+                try:
+                    await buffer.sink.start()
+                except OSError as exc:
+                    raise StartError(f"sinks ({buffer.id}): cannot start: {exc}") from None
+                buffer.start()
             if self.admin is not None:
                 host, port = parse_hostport(self.config.admin.listen)
                 try:
@@ -109,9 +178,7 @@ class Agent:
         except BaseException:
             for source in reversed(started):
                 await source.stop()
-            if self.admin is not None:
-                await self.admin.close()
-            await self.pipeline.close()
+            await self._close_outputs(timeout=1.0)
             raise
         self.ready = True
         return listening
@@ -122,6 +189,16 @@ class Agent:
         for source, result in zip(self.sources, results, strict=True):
             if isinstance(result, Exception):  # keep shutting down: the sinks still need a flush
                 log.error("source failed to stop", extra={"component": source.id}, exc_info=result)
-        await self.pipeline.close()
+        await self._close_outputs(timeout=self.config.shutdown_timeout)
+
+    async def _close_outputs(self, timeout: float) -> None:
+        # Buffers drain side by side, so one stuck sink does not eat the others' time.
+        await asyncio.gather(*(b.drain(timeout) for b in self.buffers))
         if self.admin is not None:
             await self.admin.close()
+        if self.state is not None:
+            self.state.close()  # after the drains: their acknowledgements commit the offsets
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None

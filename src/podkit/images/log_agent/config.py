@@ -1,19 +1,23 @@
-"""The log-agent's configuration file (YAML), validated with pydantic. See README.md."""
+"""The log-agent's configuration file (YAML), validated with pydantic. See README.md.
+
+Each component's own settings live beside it (sources/file_config.py, sinks/<type>.py,
+transform_config.py); this module adds what every sink shares (routing, buffer, retry) and the
+top-level sections.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, model_validator
 
 from podkit.common.config import parse_hostport
+from podkit.images.log_agent.config_base import Section
+from podkit.images.log_agent.sinks import elasticsearch, file, http, loki, otlp, stdout, syslog
+from podkit.images.log_agent.sources.file_config import FileSourceConfig
+from podkit.images.log_agent.transform_config import Match, TransformConfig
 
 ENV_PREFIX = "LOG_AGENT_"
 # Shares our prefix but is the webapp's setting (where to send its access log), not ours.
@@ -24,8 +28,13 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:9880"  # Fluent Bit's http input default port
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:2020"  # Fluent Bit's monitoring port
 MiB = 1024 * 1024
 
-# Keys the agent owns in every event; static fields may not replace them.
-RESERVED_FIELDS = frozenset({"time", "message", "source", "file", "kubernetes"})
+
+def default_data_dir() -> Path:
+    """/var/lib/log-agent as root (in a container), else under the user's XDG state home."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/log-agent")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "log-agent"
 
 
 def _check_listen(value: str) -> str:
@@ -36,13 +45,7 @@ def _check_listen(value: str) -> str:
 Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
-class _Section(BaseModel):
-    # defer_build: validators are built on first use, so starting without a config file skips
-    # ~90 ms of schema building (see common/config.py's fast path).
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-
-class TcpSource(_Section):
+class TcpSourceConfig(Section):
     """Newline-delimited text or JSON over TCP (Fluent Bit `tcp`, Vector `socket`)."""
 
     type: Literal["tcp"]
@@ -51,7 +54,7 @@ class TcpSource(_Section):
     max_line_bytes: int = Field(default=1 * MiB, gt=0)
 
 
-class HttpSource(_Section):
+class HttpSourceConfig(Section):
     """HTTP POST of a JSON object, a JSON array or JSON/text lines (Fluent Bit `http`)."""
 
     type: Literal["http"]
@@ -60,65 +63,96 @@ class HttpSource(_Section):
     max_body_bytes: int = Field(default=16 * MiB, gt=0)
 
 
-class FileSource(_Section):
-    """Tail files matching glob patterns (Fluent Bit `tail`, Vector `file`)."""
-
-    type: Literal["file"]
-    name: str | None = None
-    paths: list[str] = Field(min_length=1)
-    exclude: list[str] = Field(default_factory=list)
-    read_from: Literal["head", "tail"] = "head"
-    poll_interval: float = Field(default=0.25, gt=0, le=10, description="seconds")
-    rotate_wait: float = Field(
-        default=5.0, ge=0, description="seconds to keep reading a rotated-away file"
-    )
-    container_name: str | None = None
-    max_line_bytes: int = Field(default=1 * MiB, gt=0)
+SourceConfig = Annotated[
+    TcpSourceConfig | HttpSourceConfig | FileSourceConfig, Field(discriminator="type")
+]
 
 
-Source = Annotated[TcpSource | HttpSource | FileSource, Field(discriminator="type")]
+class BufferConfig(Section):
+    """Where a sink's events wait (Vector `buffer`): memory, then disk, then `when_full`."""
+
+    max_memory_bytes: int = Field(default=8 * MiB, gt=0)
+    max_disk_bytes: int = Field(default=256 * MiB, gt=0)
+    when_full: Literal["block", "drop_oldest"] = "block"
 
 
-class Transforms(_Section):
-    parse: Literal["auto", "raw", "json", "common_log"] = "auto"
-    add_fields: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+class RetryConfig(Section):
+    """Failed sends are retried with exponential backoff and jitter; unlimited by default."""
 
-    @field_validator("add_fields")
-    @classmethod
-    def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
-        clash = sorted(RESERVED_FIELDS & value.keys())
-        if clash:
-            raise ValueError(f"may not set {', '.join(clash)}: the agent sets those fields")
-        return value
+    initial_backoff: float = Field(default=0.5, gt=0, description="seconds")
+    max_backoff: float = Field(default=30.0, gt=0, description="seconds")
+    max_attempts: int = Field(default=0, ge=0, description="0: retry for ever")
 
-
-class StdoutSink(_Section):
-    type: Literal["stdout"]
-    name: str | None = None
-    format: Literal["json", "pretty", "text"] = "json"
+    @model_validator(mode="after")
+    def _order(self) -> RetryConfig:
+        if self.initial_backoff > self.max_backoff:
+            raise ValueError("initial_backoff may not be larger than max_backoff")
+        return self
 
 
-Sink = Annotated[StdoutSink, Field(discriminator="type")]
+class SinkOptions(Section):
+    """What every sink has besides its own settings."""
+
+    match: Match = Field(default_factory=dict)
+    buffer: BufferConfig = Field(default_factory=BufferConfig.model_construct)
+    retry: RetryConfig = Field(default_factory=RetryConfig.model_construct)
 
 
-class Admin(_Section):
+def _with_options(model: type[Section]) -> type[Section]:
+    """The sink's own model plus SinkOptions, under the sink's name (for error messages)."""
+    return type(model.__name__, (model, SinkOptions), {"__module__": model.__module__})
+
+
+StdoutSinkConfig = _with_options(stdout.StdoutConfig)
+SINK_MODELS = {
+    "stdout": (StdoutSinkConfig, stdout.StdoutSink),
+    "file": (_with_options(file.FileConfig), file.FileSink),
+    "syslog": (_with_options(syslog.SyslogConfig), syslog.SyslogSink),
+    "http": (_with_options(http.HttpConfig), http.HttpSink),
+    "loki": (_with_options(loki.LokiConfig), loki.LokiSink),
+    "elasticsearch": (
+        _with_options(elasticsearch.ElasticsearchConfig),
+        elasticsearch.ElasticsearchSink,
+    ),
+    "otlp": (_with_options(otlp.OtlpConfig), otlp.OtlpSink),
+}
+SinkConfig = Annotated[
+    Union[tuple(model for model, _ in SINK_MODELS.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+
+class Admin(Section):
     enabled: bool = True
     listen: Listen = DEFAULT_ADMIN_LISTEN
 
 
 # model_construct: defaults are known valid, and validating them would build the schemas.
-def _default_sources() -> list[TcpSource | HttpSource | FileSource]:
-    return [TcpSource.model_construct(type="tcp"), HttpSource.model_construct(type="http")]
+def _default_sources() -> list[Any]:
+    return [
+        TcpSourceConfig.model_construct(type="tcp"),
+        HttpSourceConfig.model_construct(type="http"),
+    ]
 
 
-def _default_sinks() -> list[StdoutSink]:
-    return [StdoutSink.model_construct(type="stdout")]
+def _default_sinks() -> list[Any]:
+    return [StdoutSinkConfig.model_construct(type="stdout")]
 
 
-class AgentConfig(_Section):
-    sources: list[Source] = Field(default_factory=_default_sources, min_length=1)
-    transforms: Transforms = Field(default_factory=Transforms.model_construct)
-    sinks: list[Sink] = Field(default_factory=_default_sinks, min_length=1)
+class AgentConfig(Section):
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="file offsets and disk buffers; mount an emptyDir here to keep them",
+    )
+    shutdown_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="seconds to deliver what is buffered on SIGTERM (keep under the pod's "
+        "terminationGracePeriodSeconds); what is left stays on disk for the next run",
+    )
+    sources: list[SourceConfig] = Field(default_factory=_default_sources, min_length=1)
+    transforms: TransformConfig = Field(default_factory=TransformConfig.model_construct)
+    sinks: list[SinkConfig] = Field(default_factory=_default_sinks, min_length=1)
     admin: Admin = Field(default_factory=Admin.model_construct)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -136,9 +170,7 @@ class AgentConfig(_Section):
         return self
 
 
-def component_ids(
-    components: list[TcpSource | HttpSource | FileSource] | list[StdoutSink],
-) -> list[str]:
+def component_ids(components: list[Any]) -> list[str]:
     """Each component's id: its `name`, else its type, numbered when a type repeats."""
     counts: dict[str, int] = {}
     for c in components:

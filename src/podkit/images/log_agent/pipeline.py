@@ -1,97 +1,76 @@
-"""The topology's spine: sources push records in, transforms run, sinks get batches out.
+"""The topology's spine: a source's batch is transformed, routed, encoded and buffered per sink.
 
-    sources --ingest()--> Transformer --buffer--> pump task --write()--> sinks
+    source --ingest(batch)--> Transformer --route--> sink.encode --> SinkBuffer --> sink.send
 
-The buffer between transforms and sinks is bounded in events. When it is full, `ingest` waits,
-so a TCP or HTTP sender is slowed down (TCP backpressure) rather than events being dropped.
-Batches form naturally: the pump takes everything buffered since its last write.
+`ingest` returns once every sink it was routed to has queued the batch: with a full buffer and
+the `block` policy that waits, which is how backpressure reaches the sources. Encoding happens
+here, once per batch and sink, so buffers hold ready-to-send payloads that survive a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
-from podkit.images.log_agent.event import Event, RawRecord
+from podkit.images.log_agent.buffer import SinkBuffer
+from podkit.images.log_agent.event import Ack, Batch
 from podkit.images.log_agent.metrics import Counters
+from podkit.images.log_agent.routing import Route
 from podkit.images.log_agent.transforms import Transformer
 
-MAX_BATCH = 4096
+Ingest = Callable[[Batch], Awaitable[None]]
 
 
-class Sink(Protocol):
-    id: str
-
-    async def write(self, events: list[Event]) -> None: ...
-
-    async def close(self) -> None: ...
+@dataclass(slots=True)
+class Output:
+    route: Route
+    buffer: SinkBuffer
 
 
 class Pipeline:
-    def __init__(
-        self,
-        transformer: Transformer,
-        sinks: Sequence[Sink],
-        counters: Counters,
-        *,
-        max_buffered_events: int = 50_000,
-    ) -> None:
-        self._transformer = transformer
-        self._sinks = list(sinks)
+    def __init__(self, outputs: Sequence[Output], counters: Counters) -> None:
+        self.outputs = list(outputs)
         self.counters = counters
-        self._max_buffered = max_buffered_events
-        self._buffer: deque[Event] = deque()
-        self._has_events = asyncio.Event()
-        self._has_room = asyncio.Event()
-        self._has_room.set()
-        self._closing = False
-        self._pump: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._pump = asyncio.get_running_loop().create_task(self._run())
+    def ingest_for(self, transformer: Transformer) -> Ingest:
+        """The `ingest` a source calls: this pipeline with the source's own transformer."""
 
-    def ingest_nowait(self, source_id: str, records: list[RawRecord], nbytes: int) -> None:
-        """Accept records without waiting (for final flushes); the bound may be exceeded."""
-        self.counters.received(source_id, len(records), nbytes)
-        if not records:
+        async def ingest(batch: Batch) -> None:
+            await self.ingest(transformer, batch)
+
+        return ingest
+
+    async def ingest(self, transformer: Transformer, batch: Batch) -> None:
+        count = len(batch)
+        self.counters.received(batch.source_id, count, batch.nbytes)
+        if not count:
+            if batch.ack is not None:
+                _ack_now(batch.ack)
             return
-        apply = self._transformer.apply
-        self._buffer.extend(apply(r) for r in records)
-        self._has_events.set()
-        if len(self._buffer) >= self._max_buffered:
-            self._has_room.clear()
+        transformer.apply(batch)
+        targets = []
+        for output in self.outputs:
+            selected = output.route.select(batch)
+            if selected is not None:
+                targets.append((output.buffer, selected))
+        ack = batch.ack
+        if not targets:
+            self.counters.drop(batch.source_id, "no_route", count)
+            if ack is not None:
+                _ack_now(ack)
+            return
+        if ack is not None:
+            ack.add(len(targets))  # every part first: one buffer's done() must not finish it
+        durable = not batch.replayable
+        for buffer, selected in targets:
+            payload = buffer.sink.encode(selected)
+            await buffer.put(payload, len(selected), ack, durable=durable)
+        # Let the delivery tasks run between two reads of a fast source, so a sink that keeps
+        # up is fed from memory instead of the source filling memory and spilling to disk.
+        await asyncio.sleep(0)
 
-    async def ingest(self, source_id: str, records: list[RawRecord], nbytes: int) -> None:
-        """Accept records, then wait while the buffer is over its bound (backpressure)."""
-        self.ingest_nowait(source_id, records, nbytes)
-        if not self._has_room.is_set():
-            await self._has_room.wait()
 
-    async def _run(self) -> None:
-        while True:
-            if not self._buffer:
-                if self._closing:
-                    return
-                self._has_events.clear()
-                await self._has_events.wait()
-                continue
-            n = min(len(self._buffer), MAX_BATCH)
-            batch = [self._buffer.popleft() for _ in range(n)]
-            if len(self._buffer) < self._max_buffered // 2:
-                self._has_room.set()
-            for sink in self._sinks:
-                await sink.write(batch)
-                self.counters.sent(sink.id, n)
-
-    async def close(self, timeout: float = 2.0) -> None:
-        """Deliver what is buffered (up to `timeout`), then close the sinks."""
-        self._closing = True
-        self._has_events.set()
-        if self._pump is not None:
-            with contextlib.suppress(TimeoutError):  # give up on a stuck sink, still exit
-                await asyncio.wait_for(self._pump, timeout)
-        for sink in self._sinks:
-            await sink.close()
+def _ack_now(ack: Ack) -> None:
+    ack.add(1)
+    ack.done()

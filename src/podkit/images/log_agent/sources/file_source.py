@@ -1,9 +1,27 @@
 """File source: tail files matching glob patterns (Fluent Bit `tail`, Vector `file`).
 
-Polls every `poll_interval` (0.25 s): new files are found within one interval, appended lines are
-read, rename/create rotation is followed (the old file is read to its end, the new one from its
-start), truncation (copytruncate) restarts at offset 0, and a partial last line is held until its
-newline arrives (or emitted once a rotated-away file is closed).
+The I/O shell around the pure parts: file identity (file_tracker), delivered offsets (offsets),
+lines (lines), CRI records (cri), multi-line events (multiline); change notification (inotify).
+
+Guarantees, and how:
+- Nothing is lost to a crash: a file's offset is committed (to the StateStore) only once every
+  sink holds the batches before it (`OffsetTracker`), never past the start of a line still held
+  (partial line, CRI P records, multiline event). A restart re-reads what was in flight: its
+  events carry the same `_id` (`<file id>:<offset>`), so a sink can drop the duplicates.
+- Rename rotation loses nothing: the renamed file stays open and is read until it reached EOF
+  after its successor (a new file at its path) was written to, or it was deleted and drained;
+  `rotate_idle_timeout` only caps the wait for a writer that never moves on. A file renamed
+  while the agent was down is found again next to its old path (by inode) and drained.
+- copytruncate: a file shorter than our offset, or with other first bytes, was truncated: it is
+  read again from its start, and what we had not read yet is read from the copy (a sibling
+  named after it, with our first bytes). Lines written between logrotate's copy and its
+  truncate are in neither file: that gap is copytruncate's, unavoidable by any reader.
+- Inode reuse: a checkpoint whose first bytes do not match is another file: read from its start.
+- Over-long lines are cut into pieces of max_line_bytes, each line cut counted (`counters.cut`).
+- Backpressure: `ingest` waits while the pipeline is full; reading simply stops meanwhile.
+
+Globs matching the rotated names too (`app.log*`) are fine for rename rotation (same inode),
+but with copytruncate they read each copy again as a new file.
 """
 
 from __future__ import annotations
@@ -15,162 +33,627 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
 
-from podkit.images.log_agent.config import FileSource as FileSourceConfig
-from podkit.images.log_agent.event import RawRecord
+from podkit.images.log_agent.cri import CriAssembler, pod_metadata
+from podkit.images.log_agent.event import Ack, Batch, Event, Lines
 from podkit.images.log_agent.file_tracker import (
-    FileId,
-    diff_scan,
+    FileKey,
+    Identity,
+    file_key,
+    glob_match,
+    glob_root,
     is_excluded,
-    should_close,
-    start_offset,
+    parent_dirs,
+    plan_start,
+    still_same,
 )
-from podkit.images.log_agent.lines import LineSplitter
-from podkit.images.log_agent.pipeline import Pipeline
+from podkit.images.log_agent.inotify import Changes, Watcher
+from podkit.images.log_agent.lines import Line, LineReader, line_events, text_events
+from podkit.images.log_agent.multiline import Multiline
+from podkit.images.log_agent.offsets import OffsetTracker
+from podkit.images.log_agent.sources.file_config import FileSourceConfig
+from podkit.images.log_agent.state import StateStore
 
 log = logging.getLogger("log-agent.file")
-READ_SIZE = 256 * 1024
+
+Ingest = Callable[[Batch], Awaitable[None]]
+STARTED = "started"  # state key: this source ran before (read_from applies to its first start)
+CHUNKS_PER_TURN = 16  # then the next file gets its turn
+# Directory events come in bursts: the first scans at once, the rest at most this often.
+RESCAN_MIN_INTERVAL = 0.02
 
 
-@dataclass
+class CutCounter(Protocol):
+    def cut(self, source_id: str, n: int, /) -> None: ...
+
+
+@dataclass(eq=False)
 class _Tailed:
-    fid: FileId
-    path: str
+    """One open file and its reading state (no I/O here: `fd` is for the source to use)."""
+
+    key: FileKey
+    path: str  # where the globs found it: events' "file", kept after a rename
     fd: int
-    offset: int
-    splitter: LineSplitter
-    gone: bool = False
-    idle_since: float = field(default_factory=time.monotonic)
+    ident: Identity | None  # None until the file has content
+    gen: int  # the generation an identity made later gets
+    offset: int  # next byte to read
+    reader: LineReader
+    cri: CriAssembler | None
+    ml: Multiline | None
+    tracker: OffsetTracker
+    common: Event
+    rotated: bool = False  # no longer at a matched path (renamed or deleted)
+    finished: bool = False  # will not grow again (the copy copytruncate made)
+    retired: bool = False  # drained and closed: its checkpoint goes once its batches are done
+    at_eof: bool = False
+    last_growth: float = field(default_factory=time.monotonic)
+
+    def resume_point(self) -> int:
+        """Where a restart must read from: the start of the first line not delivered."""
+        point = self.reader.held_start
+        for held in (
+            self.cri.held_start() if self.cri else None,
+            self.ml.held_start() if self.ml else None,
+        ):
+            if held is not None and held < point:
+                point = held
+        return point
+
+    def take_cuts(self) -> int:
+        n = self.reader.cut + (self.cri.cut if self.cri else 0)
+        self.reader.cut = 0
+        if self.cri:
+            self.cri.cut = 0
+        return n
+
+    def events(self, data: bytes, received: str, mono: float) -> list[Event] | Lines:
+        """The events completed by `data`, the next bytes of the file."""
+        assert self.ident is not None
+        self.offset += len(data)
+        offsets, texts = self.reader.feed(data)
+        if self.cri is None and self.ml is None:
+            return text_events(offsets, texts, received, self.ident.id)
+        return line_events(self._assemble(offsets, texts, received, mono), self.ident.id)
+
+    def held_events(self, received: str) -> list[Event]:
+        """Everything still held, as events: the file is finished (or its content is gone)."""
+        offsets, texts = self.reader.flush()
+        lines = self._assemble(offsets, texts, received, time.monotonic())
+        if self.cri:
+            rest = self.cri.flush()
+            lines += self.ml.feed(rest, time.monotonic()) if self.ml else rest
+        if self.ml:
+            lines += self.ml.flush()
+        return line_events(lines, self.ident.id) if self.ident and lines else []
+
+    def _assemble(
+        self, offsets: list[int], texts: list[str], received: str, mono: float
+    ) -> list[Line]:
+        if self.cri is not None:
+            lines = self.cri.feed(offsets, texts, received)
+        else:
+            lines = [(o, received, None, t) for o, t in zip(offsets, texts, strict=True)]
+        return self.ml.feed(lines, mono) if self.ml else lines
 
 
 class FileSource:
-    def __init__(self, id: str, config: FileSourceConfig, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        id: str,
+        cfg: FileSourceConfig,
+        ingest: Ingest,
+        state: StateStore,
+        counters: CutCounter,
+        *,
+        use_inotify: bool = True,
+    ) -> None:
         self.id = id
-        self._cfg = config
-        self._pipeline = pipeline
-        self._files: dict[FileId, _Tailed] = {}
+        self._cfg = cfg
+        self._ingest = ingest
+        self._state = state
+        self._counters = counters
+        self._scope = f"file:{id}"
+        self._files: dict[FileKey, _Tailed] = {}  # open files
+        self._owners: dict[FileKey, _Tailed] = {}  # whose checkpoint each key holds
+        self._saved: dict[FileKey, dict[str, Any]] = {}  # checkpoints not yet claimed at start
+        self._first_start = False
+        self._watcher = Watcher(use_inotify=use_inotify)
         self._warned: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._next_scan = self._next_full = self._last_event_scan = 0.0
+        self._scan_wanted = False
 
     def describe(self) -> str:
-        return ", ".join(self._cfg.paths)
+        how = "inotify" if not self._watcher.polling else f"polling {self._cfg.poll_interval}s"
+        return f"{', '.join(self._cfg.paths)} ({self._cfg.format}, {how})"
+
+    def lag_bytes(self) -> dict[str, int]:
+        """Per path: bytes on disk not yet committed (read but in flight, or not read yet)."""
+        out: dict[str, int] = {}
+        for t in self._files.values():
+            try:
+                size = os.fstat(t.fd).st_size
+            except OSError:
+                continue
+            out[t.path] = out.get(t.path, 0) + max(size - t.tracker.committed, 0)
+        return out
 
     async def start(self) -> None:
-        self._rescan(first=True)
-        self._task = asyncio.get_running_loop().create_task(self._poll())
+        saved = self._state.load(self._scope)
+        self._first_start = STARTED not in saved
+        saved.pop(STARTED, None)
+        self._saved = {k: v for k, v in saved.items() if isinstance(v, dict)}
+        self._watcher.start()
+        self._rescan(initial=True)
+        self._recover_renamed()
+        self._state.set(self._scope, STARTED, True)
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Stop reading. A finished file's held lines are delivered; an active file's stay held
+        (uncommitted): the next start reads them again, with whatever completes them."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        # Lines appended since the last poll are on disk already: pick them up before leaving.
-        with contextlib.suppress(OSError):
-            await self._read_all(final=True)
-        for tailed in self._files.values():
-            os.close(tailed.fd)
-        self._files.clear()
+            self._task = None
+        for t in list(self._files.values()):
+            if t.rotated and t.at_eof and self._finished(t) is not None:
+                await self._retire(t, "finished")
+            else:
+                self._close(t)
+        self._watcher.close()
 
-    async def _poll(self) -> None:
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        changes = Changes(files=set(self._files))  # start() just scanned: read everything
         while True:
             try:
-                self._rescan(first=False)
-                await self._read_all(final=False)
-            except OSError as exc:  # e.g. a directory vanished mid-scan: try again next tick
-                log.warning("file scan failed", extra={"component": self.id, "error": str(exc)})
-            await asyncio.sleep(self._cfg.poll_interval)
+                await self._turn(changes)
+            except OSError as exc:  # e.g. a directory vanished mid-scan: next turn tries again
+                log.warning("file source error", extra={"component": self.id, "error": str(exc)})
+            except Exception:  # a bug must not end tailing for good: log it, carry on
+                log.exception("file source error", extra={"component": self.id})
+                changes = await self._watcher.wait(self._cfg.poll_interval)
+                continue
+            changes = await self._watcher.wait(self._timeout())
 
-    def _matching(self) -> dict[FileId, str]:
-        found: dict[FileId, str] = {}
+    async def _turn(self, changes: Changes) -> None:
+        now = time.monotonic()
+        for old, new in changes.moves:
+            self._moved(old, new)
+        self._scan_wanted |= changes.dirs
+        if (
+            changes.everything
+            or now >= self._next_scan
+            or (self._scan_wanted and now >= self._last_event_scan + RESCAN_MIN_INTERVAL)
+        ):
+            if self._scan_wanted:
+                self._last_event_scan = now
+            self._rescan(initial=False)
+        full = changes.everything or now >= self._next_full
+        if full:
+            interval = self._cfg.poll_interval if self._watcher.polling else self._cfg.glob_interval
+            self._next_full = now + interval
+        for key in list(self._files):
+            t = self._files.get(key)
+            if t is not None and (full or t.rotated or key in changes.files):
+                await self._service(t, now)
+        await self._flush_due()
+
+    def _timeout(self) -> float:
+        due = [self._next_scan, self._next_full]
+        if self._scan_wanted:
+            due.append(self._last_event_scan + RESCAN_MIN_INTERVAL)
+        if self._cfg.multiline is not None:
+            due += [d for t in self._files.values() if t.ml and t.at_eof and (d := t.ml.deadline())]
+        if any(t.rotated for t in self._files.values()):
+            due.append(time.monotonic() + self._cfg.poll_interval)  # successor checks
+        return max(min(due) - time.monotonic(), 0.0)
+
+    async def _service(self, t: _Tailed, now: float) -> None:
+        # The successor's first write is seen BEFORE the last read of the rotated file: a
+        # writer that moved on wrote its last line to the old file before that.
+        finished = self._finished(t) if t.rotated else None
+        if not await self._read(t):
+            self._watcher.mark(t.key)  # more to read: come back after the other files
+            return
+        if finished is None and t.rotated and now - t.last_growth >= self._cfg.rotate_idle_timeout:
+            finished = "no growth for rotate_idle_timeout"
+        if finished is not None:
+            await self._retire(t, finished)
+
+    def _finished(self, t: _Tailed) -> str | None:
+        """Why a rotated file will not be written again, or None while it may be."""
+        if t.finished:
+            return "copy drained"
+        try:
+            if os.fstat(t.fd).st_nlink == 0:
+                return "deleted"
+            st = os.stat(t.path)
+        except OSError:
+            return None
+        if file_key(st.st_dev, st.st_ino) != t.key and st.st_size > 0:
+            return "successor written"
+        return None
+
+    async def _flush_due(self) -> None:
+        """Multiline events no next line came for (only once their file is read up)."""
+        if self._cfg.multiline is None:
+            return
+        now = time.monotonic()
+        for t in list(self._files.values()):
+            if t.ml is None or not t.at_eof or t.ident is None:
+                continue
+            lines = t.ml.due(now)
+            if lines:
+                await self._send(t, line_events(lines, t.ident.id), 0)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def _read(self, t: _Tailed) -> bool:
+        """Read up to CHUNKS_PER_TURN chunks; True when the file is read to its end."""
+        cfg = self._cfg
+        t.at_eof = False
+        for _ in range(CHUNKS_PER_TURN):
+            data = os.pread(t.fd, cfg.read_chunk, t.offset)
+            # The first bytes are checked AFTER the read: a truncate before it shows there, so
+            # `data` cannot be a slice of the new content taken for more of the old.
+            head = os.pread(t.fd, cfg.fingerprint_bytes, 0)
+            if t.ident is not None:
+                size = t.offset + len(data) if data else os.fstat(t.fd).st_size
+                if not still_same(t.ident, head, size, t.offset):
+                    await self._truncated(t, head)
+                    continue
+                t.ident.extend(head)
+            if not data:
+                t.at_eof = True
+                return True
+            t.last_growth = time.monotonic()
+            if t.ident is None:  # first content: this is when the file gets its identity
+                self._identify(t, head)
+            events = t.events(data, rfc3339_now(), t.last_growth)
+            cuts = t.take_cuts()
+            if cuts:
+                self._counters.cut(self.id, cuts)
+            await self._send(t, events, len(data))
+            await asyncio.sleep(0)  # a big backlog must not starve the rest of the agent
+        return False
+
+    def _identify(self, t: _Tailed, head: bytes) -> None:
+        st = os.fstat(t.fd)
+        t.ident = Identity.new(st.st_dev, st.st_ino, head, t.gen)
+        self._save(t)  # pins the id before any event carries it
+
+    async def _send(self, t: _Tailed, events: list[Event] | Lines, nbytes: int) -> None:
+        tracker, end = t.tracker, t.resume_point()
+        if not (events.messages if isinstance(events, Lines) else events):
+            if tracker.advance(end):
+                self._save(t)
+            return
+        seq = tracker.add(end)
+        common = dict(t.common)
+        if "kubernetes" in common:  # downstream may enrich it: each batch gets its own
+            common["kubernetes"] = dict(common["kubernetes"])
+        ack = Ack(partial(self._acked, t, tracker, seq))
+        if isinstance(events, Lines):
+            batch = Batch(self.id, None, common, nbytes, ack=ack, lines=events)
+        else:
+            batch = Batch(self.id, events, common, nbytes, ack=ack)
+        await self._ingest(batch)
+
+    def _acked(self, t: _Tailed, tracker: OffsetTracker, seq: int) -> None:
+        if not tracker.done(seq):
+            return
+        if t.tracker is not tracker or self._owners.get(t.key) is not t:
+            return  # content since truncated, or the inode belongs to another file now
+        self._save(t)
+        if t.retired and tracker.in_flight == 0:
+            self._forget(t)
+
+    def _save(self, t: _Tailed) -> None:
+        if self._owners.get(t.key) is not t:
+            return
+        if t.ident is None:  # empty (maybe just truncated): an older checkpoint would mislead
+            self._state.delete(self._scope, t.key)
+        else:
+            self._state.set(self._scope, t.key, t.ident.checkpoint(t.tracker.committed, t.path))
+
+    def _forget(self, t: _Tailed) -> None:
+        del self._owners[t.key]
+        self._state.delete(self._scope, t.key)
+
+    # -- truncation ------------------------------------------------------------------------
+
+    async def _truncated(self, t: _Tailed, head: bytes) -> None:
+        assert t.ident is not None
+        old = t.ident
+        copy = self._find_copy(t.path, old, t.offset)
+        log.warning(
+            "file truncated, reading it from its start",
+            extra={"path": t.path, "offset": t.offset, "copy": copy[0] if copy else None},
+        )
+        if copy is not None:  # the copy carries on where we were, with our held lines
+            self._adopt(t, copy[1], finished=True)
+        else:  # the rest is gone: what we hold is all there will be of it
+            events = t.held_events(rfc3339_now())
+            if events:
+                await self._send(t, events, 0)
+        t.gen = old.gen + 1
+        t.ident = None
+        t.offset = 0
+        t.reader = LineReader(self._cfg.max_line_bytes, 0)
+        t.cri, t.ml = self._assemblers()
+        t.tracker = OffsetTracker(0)
+        if head:
+            self._identify(t, head)
+        else:
+            self._save(t)
+
+    def _find_copy(self, path: str, ident: Identity, offset: int) -> tuple[str, int] | None:
+        """The copy copytruncate made: a sibling named after `path`, with our first bytes and at
+        least `offset` of them. Returns (its path, an open fd)."""
+        name = os.path.basename(path)
+        for d in _dirs_of(path):
+            with contextlib.suppress(OSError), os.scandir(d) as entries:
+                for entry in entries:
+                    if entry.name == name or not entry.name.startswith(name):
+                        continue
+                    fd = _open_if(entry.path, ident, offset, self._files)
+                    if fd is not None:
+                        return entry.path, fd
+        return None
+
+    def _adopt(self, t: _Tailed, fd: int, *, finished: bool) -> None:
+        """Follow `fd` with t's reading state (identity, offsets, held lines): same content."""
+        st = os.fstat(fd)
+        key = file_key(st.st_dev, st.st_ino)
+        c = _Tailed(
+            key, t.path, fd, t.ident, t.gen, t.offset, t.reader, t.cri, t.ml, t.tracker,
+            t.common, rotated=True, finished=finished,
+        )  # fmt: skip
+        self._files[key] = self._owners[key] = c
+        self._watcher.watch_file(key, fd, t.path)
+        self._watcher.mark(key)
+        self._save(c)
+
+    # -- scanning --------------------------------------------------------------------------
+
+    def _rescan(self, *, initial: bool) -> None:
+        now = time.monotonic()
+        self._next_scan, self._scan_wanted = now + self._cfg.glob_interval, False
+        if not self._watcher.polling:  # watch first, then list: nothing created falls between
+            self._watcher.watch_dirs(self._dirs_to_watch())
+        found = self._matching()
+        for key, path in found.items():
+            t = self._files.get(key)
+            if t is None:
+                self._open(key, path, initial=initial)
+            elif not t.finished:
+                t.path, t.rotated = path, False
+        for key, t in self._files.items():
+            if key not in found and not t.rotated:
+                t.rotated, t.last_growth = True, now
+                log.info("file rotated away, draining it", extra={"path": t.path})
+
+    def _moved(self, old: str, new: str) -> None:
+        """A file renamed from a matched name to an unmatched one: follow it (as rotated) even
+        when no scan saw it at its old name, as when it was created and rotated in a moment."""
+        if not self._wanted(old) or self._wanted(new):
+            return  # nothing to do with us, or the next scan finds it at its new name
+        try:
+            st = os.stat(new)
+        except OSError:
+            return
+        key = file_key(st.st_dev, st.st_ino)
+        if key not in self._files and stat.S_ISREG(st.st_mode):
+            self._open(key, old, initial=False, at=new)
+
+    def _wanted(self, path: str) -> bool:
+        cfg = self._cfg
+        return any(glob_match(path, p) for p in cfg.paths) and not is_excluded(path, cfg.exclude)
+
+    def _matching(self) -> dict[FileKey, str]:
+        found: dict[FileKey, str] = {}
         for pattern in self._cfg.paths:
             for path in sorted(glob.glob(pattern, recursive=True)):
                 if is_excluded(path, self._cfg.exclude):
                     continue
                 try:
-                    st = os.stat(path)
+                    st = os.stat(path)  # follows symlinks: the target is the file
                 except OSError:
                     continue  # vanished between glob and stat
                 if stat.S_ISREG(st.st_mode):
-                    found.setdefault((st.st_dev, st.st_ino), path)
+                    found.setdefault(file_key(st.st_dev, st.st_ino), path)
         return found
 
-    def _rescan(self, *, first: bool) -> None:
-        tracked = {fid: t.path for fid, t in self._files.items()}
-        gone = [fid for fid, t in self._files.items() if t.gone]
-        diff = diff_scan(tracked, gone, self._matching())
-        for fid in diff.gone:
-            self._files[fid].gone = True
-            self._files[fid].idle_since = time.monotonic()
-        for fid in diff.back:
-            self._files[fid].gone = False
-        for fid, path in diff.moved:
-            self._files[fid].path = path
-        for fid, path in diff.new:
-            self._open(fid, path, first=first)
+    def _dirs_to_watch(self) -> set[str]:
+        dirs: set[str] = set()
+        for pattern in self._cfg.paths:
+            root = glob_root(pattern)
+            while not os.path.isdir(root) and root not in ("/", "."):
+                root = os.path.dirname(root)  # watch for the root's creation
+            found = glob.glob(os.path.dirname(pattern), recursive=True)
+            dirs |= parent_dirs(root, [d for d in found if os.path.isdir(d)])
+        return dirs
 
-    def _open(self, fid: FileId, path: str, *, first: bool) -> None:
+    def _open(self, key: FileKey, path: str, *, initial: bool, at: str | None = None) -> None:
+        """Follow the file found at `path` (or already renamed from there to `at`)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            st = os.fstat(fd)
+            fd = os.open(at or path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            if path not in self._warned:  # once per path, not every poll
+            if path not in self._warned:  # once per path, not every scan
                 self._warned.add(path)
                 log.warning("cannot open file", extra={"path": path, "error": exc.strerror})
             return
-        if (st.st_dev, st.st_ino) != fid:  # replaced between stat and open: next scan sees it
+        st = os.fstat(fd)
+        if file_key(st.st_dev, st.st_ino) != key:  # replaced since the scan: the next one sees it
             os.close(fd)
             return
-        offset = start_offset(st.st_size, first_scan=first, read_from=self._cfg.read_from)
-        self._files[fid] = _Tailed(fid, path, fd, offset, LineSplitter(self._cfg.max_line_bytes))
-        log.info("following file", extra={"path": path, "offset": offset})
+        head = os.pread(fd, self._cfg.fingerprint_bytes, 0)
+        cp = self._saved.pop(key, None)
+        tail = initial and self._first_start and self._cfg.read_from == "tail"
+        try:
+            plan = plan_start(cp, st.st_dev, st.st_ino, head, st.st_size, tail=tail)
+        except (KeyError, TypeError, ValueError):  # a checkpoint we cannot read: start afresh
+            plan = plan_start(None, st.st_dev, st.st_ino, head, st.st_size, tail=tail)
+        t = self._new_tailed(key, path, fd, plan.identity, plan.gen, plan.offset)
+        t.rotated = at is not None
+        if plan.reason in ("truncated", "replaced") and cp is not None:
+            log.warning(
+                "checkpoint is for other content (truncated, or inode reused): reading from start",
+                extra={"path": path, "reason": plan.reason, "checkpoint": cp.get("path")},
+            )
+            self._recover_copy(t, cp)
+        else:
+            log.info("following file", extra={"path": path, "offset": plan.offset})
+        self._files[key] = self._owners[key] = t
+        self._watcher.watch_file(key, fd, path)
+        self._watcher.mark(key)  # read it in the next turn, not at the next full pass
+        self._save(t)
 
-    async def _read_all(self, *, final: bool) -> None:
-        now = time.monotonic()
-        for tailed in list(self._files.values()):
-            grew = await self._read(tailed)
-            if grew:
-                tailed.idle_since = now
-            elif tailed.gone and (
-                final or should_close(tailed.idle_since, now, self._cfg.rotate_wait)
-            ):
-                self._close(tailed)
+    def _recover_copy(self, t: _Tailed, cp: dict[str, Any]) -> None:
+        """Truncated while we were down: drain our unread part from its copy, if there is one."""
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            old = Identity.from_checkpoint(cp)
+            offset = int(cp["offset"])
+            copy = self._find_copy(t.path, old, offset)
+            if copy is not None:
+                src = self._new_tailed(t.key, t.path, -1, old, old.gen, offset)
+                self._adopt(src, copy[1], finished=True)
 
-    async def _read(self, t: _Tailed) -> bool:
-        if os.fstat(t.fd).st_size < t.offset:
-            log.warning("file truncated, reading from its start", extra={"path": t.path})
-            t.offset = 0
-            t.splitter.reset()
-        grew = False
-        while True:
-            data = os.pread(t.fd, READ_SIZE, t.offset)
-            if not data:
-                return grew
-            grew = True
-            t.offset += len(data)
-            lines = t.splitter.feed(data)
-            if t.splitter.cut_lines:
-                self._pipeline.counters.cut(self.id, t.splitter.cut_lines)
-                t.splitter.cut_lines = 0
-            now = time.time()
-            records = [self._record(line, t.path, now) for line in lines]
-            await self._pipeline.ingest(self.id, records, len(data))
-            if len(data) == READ_SIZE:
-                await asyncio.sleep(0)  # a big backlog must not starve the sockets
+    def _recover_renamed(self) -> None:
+        """Checkpoints no glob matched: renamed while we were down (drain it), or gone."""
+        unclaimed = dict(self._saved)
+        for key, cp in self._saved.items():
+            fd = None
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                ident, offset = Identity.from_checkpoint(cp), int(cp["offset"])
+                fd = self._find_renamed(cp["path"], ident, offset)
+            if fd is None:
+                if not _still_at(cp):  # unreadable now, maybe not later: keep its checkpoint
+                    self._state.delete(self._scope, key)
+                    unclaimed.pop(key, None)
+                continue
+            t = self._new_tailed(key, cp["path"], fd, ident, ident.gen, offset)
+            t.rotated = True
+            self._files[key] = self._owners[key] = t
+            self._watcher.watch_file(key, fd, t.path)
+            unclaimed.pop(key, None)
+            log.info("draining a file rotated while stopped", extra={"path": cp["path"]})
+        self._saved = unclaimed
 
-    def _record(self, line: bytes, path: str, now: float) -> RawRecord:
-        return RawRecord(
-            line.decode("utf-8", "replace"),
-            "file",
-            now,
-            file=path,
-            container=self._cfg.container_name,
+    def _find_renamed(self, path: str, ident: Identity, offset: int) -> int | None:
+        for d in _dirs_of(path):
+            with contextlib.suppress(OSError), os.scandir(d) as entries:
+                for entry in entries:
+                    if entry.inode() == ident.ino:
+                        key = file_key(ident.dev, ident.ino)
+                        fd = _open_if(entry.path, ident, offset, self._files, key)
+                        if fd is not None:
+                            return fd
+        return None
+
+    def _new_tailed(
+        self, key: FileKey, path: str, fd: int, ident: Identity | None, gen: int, offset: int
+    ) -> _Tailed:
+        cfg = self._cfg
+        cri, ml = self._assemblers()
+        common: Event = {"source": "file", "file": path}
+        meta = pod_metadata(path, cfg.container_name) if cfg.format == "cri" else {}
+        if cfg.format == "cri" and "pod_name" not in meta:  # a symlink: try where it points
+            meta = pod_metadata(os.path.realpath(path), cfg.container_name)
+        if cfg.format != "cri" and cfg.container_name:
+            meta = {"container_name": cfg.container_name}
+        if meta:
+            common["kubernetes"] = meta
+        reader = LineReader(cfg.max_line_bytes, offset)
+        return _Tailed(
+            key, path, fd, ident, gen, offset, reader, cri, ml, OffsetTracker(offset), common
         )
 
+    def _assemblers(self) -> tuple[CriAssembler | None, Multiline | None]:
+        cfg, ml = self._cfg, self._cfg.multiline
+        cri = CriAssembler(cfg.max_line_bytes) if cfg.format == "cri" else None
+        if ml is None:
+            return cri, None
+        return cri, Multiline(
+            ml.compiled(),
+            max_lines=ml.max_lines,
+            max_bytes=ml.max_bytes,
+            flush_timeout=ml.flush_timeout,
+        )
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def _retire(self, t: _Tailed, why: str) -> None:
+        """A drained file that will not grow: deliver what it holds, close it."""
+        events = t.held_events(rfc3339_now())
+        await self._send(t, events, 0)
+        self._close(t)
+        t.retired = True
+        if t.tracker.in_flight == 0 and self._owners.get(t.key) is t:
+            self._forget(t)
+        log.info("closed rotated file", extra={"path": t.path, "reason": why})
+
     def _close(self, t: _Tailed) -> None:
-        rest = t.splitter.flush()  # the file will not grow again: its last line is complete
-        if rest is not None:
-            self._pipeline.ingest_nowait(self.id, [self._record(rest, t.path, time.time())], 0)
-        os.close(t.fd)
-        del self._files[t.fid]
-        log.info("closed rotated file", extra={"path": t.path})
+        self._files.pop(t.key, None)
+        self._watcher.unwatch_file(t.key)
+        with contextlib.suppress(OSError):
+            os.close(t.fd)
+
+
+def _still_at(cp: dict[str, Any]) -> bool:
+    """Whether a checkpoint's file is still at its path (there, but we could not open it)."""
+    try:
+        st = os.stat(cp["path"])
+    except (OSError, KeyError, TypeError):
+        return False
+    return (st.st_dev, st.st_ino) == (cp.get("dev"), cp.get("ino"))
+
+
+def _dirs_of(path: str) -> list[str]:
+    """Where a file's rotated siblings are: next to it, and next to what it links to."""
+    dirs = [os.path.dirname(path)]
+    real = os.path.dirname(os.path.realpath(path))
+    return dirs if real == dirs[0] else dirs + [real]
+
+
+def _open_if(
+    path: str,
+    ident: Identity,
+    offset: int,
+    followed: dict[FileKey, Any],
+    key: FileKey | None = None,
+) -> int | None:
+    """An fd for `path` if it holds ident's content up to `offset` and is not followed yet
+    (and, given `key`, is that inode)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    found = file_key(st.st_dev, st.st_ino)
+    ours = (
+        stat.S_ISREG(st.st_mode)
+        and found not in followed
+        and (key is None or found == key)
+        and st.st_size >= offset
+        and ident.matches(os.pread(fd, ident.fp_len, 0))
+    )
+    if not ours:
+        os.close(fd)
+        return None
+    return fd
+
+
+def rfc3339_now() -> str:
+    """Now, UTC, to the microsecond: 2026-11-25T22:15:08.123456Z."""
+    us = time.time_ns() // 1000
+    secs, frac = divmod(us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}Z"

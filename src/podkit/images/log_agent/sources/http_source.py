@@ -1,8 +1,8 @@
 """HTTP source: POST a JSON object, a JSON array, or JSON/text lines (Fluent Bit `http`).
 
 Any path is accepted (`/` is the usual one). The answer is `201 Created` with an empty body as
-soon as the events are buffered; `400` when the body claims to be JSON and is not; `413` when it
-is larger than `max_body_bytes`.
+soon as the events are safely buffered (on disk); `400` when the body claims to be JSON and is
+not; `413` when it is larger than `max_body_bytes`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from typing import Any
 
 import orjson
 
+from podkit.common.clock import rfc3339
 from podkit.common.httpserver import HttpServer, Request, Response
-from podkit.images.log_agent.event import RawRecord
-from podkit.images.log_agent.pipeline import Pipeline
-
-Decoded = list[tuple[str, dict[str, Any] | None]]
+from podkit.images.log_agent.event import Batch
+from podkit.images.log_agent.pipeline import Ingest
 
 
-def decode_body(body: bytes, content_type: str) -> Decoded | None:
-    """(message, pre-decoded fields) per record, or None if a JSON body does not decode."""
+def decode_body(body: bytes, content_type: str) -> list[str] | None:
+    """One text per record (a JSON object re-encoded as one line, for the parser to decode),
+    or None if a JSON body does not decode."""
     text = body.strip()
     if not text:
         return []
@@ -43,25 +43,21 @@ def decode_body(body: bytes, content_type: str) -> Decoded | None:
                 orjson.loads(line)
             except orjson.JSONDecodeError:
                 return None
-    return [(line, None) for line in lines]
+    return lines
 
 
-def _record(item: Any) -> tuple[str, dict[str, Any] | None]:
-    if isinstance(item, dict):
-        return orjson.dumps(item).decode(), item
-    if isinstance(item, str):
-        return item, None
-    return orjson.dumps(item).decode(), None
+def _record(item: Any) -> str:
+    return item if isinstance(item, str) else orjson.dumps(item).decode()
 
 
 class HttpSource:
     def __init__(
-        self, id: str, host: str, port: int, pipeline: Pipeline, *, max_body_bytes: int
+        self, id: str, host: str, port: int, ingest: Ingest, *, max_body_bytes: int
     ) -> None:
         self.id = id
         self._host = host
         self._port = port
-        self._pipeline = pipeline
+        self._ingest = ingest
         self._server = HttpServer(self._handle, max_body=max_body_bytes)
 
     def describe(self) -> str:
@@ -83,7 +79,9 @@ class HttpSource:
         decoded = decode_body(request.body, request.headers.get("content-type", ""))
         if decoded is None:
             return Response.text(400, "body is not valid JSON or JSON lines\n")
-        now = time.time()
-        records = [RawRecord(message, "http", now, fields) for message, fields in decoded]
-        await self._pipeline.ingest(self.id, records, len(request.body))
+        now = rfc3339(time.time())
+        events = [{"time": now, "message": text} for text in decoded]
+        # Not replayable: the buffers keep it on disk before the 201 says it is safe.
+        batch = Batch(self.id, events, {"source": "http"}, len(request.body), replayable=False)
+        await self._ingest(batch)
         return Response(201)

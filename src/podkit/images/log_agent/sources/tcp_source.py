@@ -7,9 +7,11 @@ import contextlib
 import logging
 import time
 
-from podkit.images.log_agent.event import RawRecord
+from podkit.common.clock import rfc3339
+from podkit.images.log_agent.event import Batch
 from podkit.images.log_agent.lines import LineSplitter
-from podkit.images.log_agent.pipeline import Pipeline
+from podkit.images.log_agent.metrics import Counters
+from podkit.images.log_agent.pipeline import Ingest
 
 log = logging.getLogger("log-agent.tcp")
 READ_SIZE = 64 * 1024
@@ -17,12 +19,20 @@ READ_SIZE = 64 * 1024
 
 class TcpSource:
     def __init__(
-        self, id: str, host: str, port: int, pipeline: Pipeline, *, max_line_bytes: int
+        self,
+        id: str,
+        host: str,
+        port: int,
+        ingest: Ingest,
+        counters: Counters,
+        *,
+        max_line_bytes: int,
     ) -> None:
         self.id = id
         self._host = host
         self._port = port
-        self._pipeline = pipeline
+        self._ingest = ingest
+        self._counters = counters
         self._max_line = max_line_bytes
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -47,8 +57,7 @@ class TcpSource:
         self._handlers.add(task)
         self._writers.add(writer)
         splitter = LineSplitter(self._max_line)
-        ingest = self._pipeline.ingest
-        counters = self._pipeline.counters
+        counters = self._counters
         try:
             while True:
                 try:
@@ -61,18 +70,21 @@ class TcpSource:
                 if splitter.cut_lines:
                     counters.cut(self.id, splitter.cut_lines)
                     splitter.cut_lines = 0
-                now = time.time()
-                records = [RawRecord(line.decode("utf-8", "replace"), "tcp", now) for line in lines]
-                await ingest(self.id, records, len(data))
+                await self._ingest(self._batch(lines, len(data)))
         finally:
             # The sender closed the connection: its last line needs no newline to count.
             rest = splitter.flush()
             if rest is not None:
-                record = RawRecord(rest.decode("utf-8", "replace"), "tcp", time.time())
-                self._pipeline.ingest_nowait(self.id, [record], 0)
+                await self._ingest(self._batch([rest], 0))
             self._writers.discard(writer)
             self._handlers.discard(task)
             writer.close()
+
+    def _batch(self, lines: list[bytes], nbytes: int) -> Batch:
+        now = rfc3339(time.time())
+        events = [{"time": now, "message": line.decode("utf-8", "replace")} for line in lines]
+        # Not replayable: a TCP sender cannot be asked again, so buffers keep it on disk.
+        return Batch(self.id, events, {"source": "tcp"}, nbytes, replayable=False)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -1,0 +1,293 @@
+"""log-agent's delivery promise, end to end: real agent processes, real files, a real HTTP
+receiver. Nothing lost across kill -9, sink outages, full buffers and SIGTERM; duplicates only
+for what was in flight, recognisable by the events' deterministic `_id`."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from log_agent_harness import RecordingReceiver, StartAgent, metric_samples, ready_listeners
+from podkit_harness import wait_for
+
+LINE = "GET /api/info?n={n:07d} HTTP/1.1 200 512 a log line that is about one hundred bytes long"
+
+
+@pytest.fixture
+def receiver() -> Iterator[RecordingReceiver]:
+    r = RecordingReceiver()
+    r.up()
+    yield r
+    r.down()
+
+
+def write_lines(path: Path, start: int, count: int) -> None:
+    with path.open("a") as f:
+        f.writelines(LINE.format(n=n) + "\n" for n in range(start, start + count))
+
+
+def numbers(messages: list[str]) -> collections.Counter[int]:
+    return collections.Counter(int(m.split("n=")[1][:7]) for m in messages)
+
+
+def agent_config(
+    tmp_path: Path, logs: Path, receiver: RecordingReceiver, buffer: str = "", retry: str = ""
+) -> Path:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""
+data_dir: {tmp_path / "data"}
+shutdown_timeout: 3
+sources:
+  - type: file
+    paths: ["{logs}/*.log"]
+    read_chunk: 65536
+transforms:
+  parse: raw
+sinks:
+  - type: http
+    endpoint: {receiver.url}
+    timeout: 5
+    buffer: {{{buffer}}}
+    retry: {{initial_backoff: 0.1, max_backoff: 0.5{retry}}}
+admin:
+  listen: 127.0.0.1:0
+"""
+    )
+    return config
+
+
+def all_arrived(receiver: RecordingReceiver, total: int) -> bool:
+    return set(numbers(receiver.messages())) >= set(range(total))
+
+
+def test_kill_9_while_shipping_then_restart_loses_nothing(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    total = 60_000
+    write_lines(logs / "app.log", 0, total)
+    receiver.delay = 0.02  # requests stay in flight long enough to be cut by the kill
+    config = agent_config(tmp_path, logs, receiver)
+
+    first = start_agent("--config", str(config))
+    ready_listeners(first)
+    wait_for("a part delivered", lambda: len(receiver.events) > 5_000, timeout=30)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    before = len(receiver.events)
+    assert before < total, "the kill came too late to test anything"
+
+    second = start_agent("--config", str(config))
+    ready_listeners(second)
+    wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=60)
+
+    counts = numbers(receiver.messages())
+    duplicates = sum(c - 1 for c in counts.values())
+    assert set(counts) == set(range(total))
+    # Only what was in flight at the kill comes twice: at most one request's worth.
+    assert duplicates <= max(receiver.requests), (duplicates, max(receiver.requests))
+    # Duplicates carry the same _id, so a receiver can drop them.
+    ids = receiver.ids()
+    assert len(set(ids)) == total
+    assert second.terminate(10)[0] == 0
+
+
+def outage(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, seconds: float
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = agent_config(tmp_path, logs, receiver, buffer="max_memory_bytes: 65536")
+    agent = start_agent("--config", str(config))
+    admin = ready_listeners(agent)["admin"]
+    write_lines(logs / "app.log", 0, 1_000)
+    wait_for("first lines delivered", lambda: all_arrived(receiver, 1_000), timeout=20)
+
+    receiver.down()  # connection refused for `seconds` while the app keeps logging
+    written = 1_000
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        write_lines(logs / "app.log", written, 2_000)
+        written += 2_000
+        time.sleep(0.1)  # the app's pace, not a wait for a condition
+    samples = metric_samples(admin)
+    assert samples[("log_agent_retries_total", (("sink", "http"),))] > 0
+    # Held on disk: more than the memory part of the buffer can take.
+    assert samples[("log_agent_buffer_disk_bytes", (("sink", "http"),))] > 65536
+
+    receiver.up()
+    wait_for("every line delivered", lambda: all_arrived(receiver, written), timeout=60)
+    counts = numbers(receiver.messages())
+    assert set(counts) == set(range(written))
+    assert sum(counts.values()) == written  # and nothing twice: no restart happened
+    samples = metric_samples(admin)
+    assert samples[("log_agent_events_out_total", (("sink", "http"),))] == written
+    assert samples.get(("log_agent_events_dropped_total", (("component", "http"),)), 0) == 0
+    assert agent.terminate(10)[0] == 0
+
+
+def test_sink_outage_loses_nothing(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    outage(start_agent, receiver, tmp_path, seconds=5)
+
+
+@pytest.mark.slow
+def test_30s_sink_outage_loses_nothing(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    outage(start_agent, receiver, tmp_path, seconds=30)
+
+
+def test_full_buffer_drop_oldest_counts_every_drop(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = agent_config(
+        tmp_path,
+        logs,
+        receiver,
+        buffer="max_memory_bytes: 65536, max_disk_bytes: 262144, when_full: drop_oldest",
+    )
+    receiver.down()
+    agent = start_agent("--config", str(config))
+    admin = ready_listeners(agent)["admin"]
+    total = 20_000  # about 2 MB of events: far more than the 320 KiB buffer
+    write_lines(logs / "app.log", 0, total)
+
+    def dropped() -> float:
+        return metric_samples(admin).get(
+            ("log_agent_events_dropped_total", (("component", "http"), ("reason", "buffer_full"))),
+            0,
+        )
+
+    # Input is not blocked: the whole file is read while the receiver is down.
+    wait_for(
+        "the file read to its end",
+        lambda: (
+            metric_samples(admin)[("log_agent_events_in_total", (("source", "file"),))] == total
+        ),
+        timeout=30,
+    )
+    assert dropped() > 0
+    receiver.up()
+    wait_for(
+        "buffer delivered",
+        lambda: metric_samples(admin)[("log_agent_buffer_events", (("sink", "http"),))] == 0,
+        timeout=30,
+    )
+    delivered = numbers(receiver.messages())
+    # Every event is either delivered or counted as dropped.
+    assert len(delivered) + dropped() == total
+    # What was dropped is the oldest queued run: after the batch that was being sent when the
+    # buffer filled (never dropped: it may be arriving), up to the newest ones, which survived.
+    missing = sorted(set(range(total)) - set(delivered))
+    assert missing == list(range(missing[0], missing[-1] + 1))
+    assert 0 in delivered and total - 1 in delivered
+    assert agent.terminate(10)[0] == 0
+
+
+def test_full_buffer_blocks_input_by_default_then_catches_up(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = agent_config(
+        tmp_path, logs, receiver, buffer="max_memory_bytes: 65536, max_disk_bytes: 262144"
+    )
+    receiver.down()
+    agent = start_agent("--config", str(config))
+    admin = ready_listeners(agent)["admin"]
+    total = 20_000
+    write_lines(logs / "app.log", 0, total)
+
+    def lag() -> float:
+        samples = metric_samples(admin)
+        return sum(v for (name, _), v in samples.items() if name == "log_agent_file_lag_bytes")
+
+    # The buffer fills and the source stops reading: the rest waits in the file, counted as lag.
+    wait_for("input blocked with lag", lambda: lag() > 500_000, timeout=30)
+    receiver.up()
+    wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=60)
+    wait_for("no lag left", lambda: lag() == 0, timeout=10)
+    assert (
+        metric_samples(admin).get(
+            ("log_agent_events_dropped_total", (("component", "http"), ("reason", "buffer_full"))),
+            0,
+        )
+        == 0
+    )
+    assert agent.terminate(10)[0] == 0
+
+
+def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config = agent_config(tmp_path, logs, receiver)
+    receiver.down()
+    agent = start_agent("--config", str(config))
+    admin = ready_listeners(agent)["admin"]
+    total = 5_000
+    write_lines(logs / "app.log", 0, total)
+    wait_for(
+        "lines read",
+        lambda: (
+            metric_samples(admin)[("log_agent_events_in_total", (("source", "file"),))] == total
+        ),
+        timeout=20,
+    )
+    code, took = agent.terminate(10)
+    assert code == 0
+    assert took < 3 + 2  # shutdown_timeout, then out
+
+    receiver.up()
+    again = start_agent("--config", str(config))
+    ready_listeners(again)
+    wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=30)
+    counts = numbers(receiver.messages())
+    assert sum(counts.values()) == total  # offsets were recorded: nothing read twice
+    assert again.terminate(10)[0] == 0
+
+
+def test_logrotate_under_load_loses_nothing(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+) -> None:
+    """Debian's logrotate renames the file and creates a new one while the app writes."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_file = logs / "app.log"
+    rotate_conf = tmp_path / "logrotate.conf"
+    rotate_conf.write_text(f"{log_file} {{\n  rotate 20\n  create\n  missingok\n}}\n")
+    config = agent_config(tmp_path, logs, receiver)
+    agent = start_agent("--config", str(config))
+    ready_listeners(agent)
+
+    written = 0
+    for _ in range(5):
+        write_lines(log_file, written, 3_000)
+        written += 3_000
+        subprocess.run(
+            ["logrotate", "-f", "-s", str(tmp_path / "logrotate.state"), str(rotate_conf)],
+            check=True,
+        )
+        write_lines(log_file.with_name("app.log.1"), written, 500)  # late writes to the old fd
+        written += 500
+    write_lines(log_file, written, 1_000)
+    written += 1_000
+    assert os.path.exists(logs / "app.log.5")
+    wait_for("every line delivered", lambda: all_arrived(receiver, written), timeout=60)
+    counts = numbers(receiver.messages())
+    assert sum(counts.values()) == written
+    assert agent.terminate(10)[0] == 0
