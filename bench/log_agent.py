@@ -8,7 +8,8 @@ the last line in its output.
 - log-agent: file source (offsets committed to SQLite as sinks acknowledge) -> file sink, with
   pod metadata and a static field on every event.
 While log-agent runs, its committed file offset is read from its state database every 50 ms, to
-show how often offsets are committed (`max_commit_gap_s`). The last line is one JSON object.
+show how often offsets are committed (`max_commit_gap_s`); once done, its CPU use while idle
+is measured over 5 s. The last line is one JSON object.
 Targets (issue 4): ratio >= 2.0, offsets committed at least every second, peak RSS < 100 MB.
 """
 
@@ -66,6 +67,19 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def idle_cpu_percent(pid: int, seconds: float = 5.0) -> float:
+    """CPU the agent uses with nothing to do: the input read, everything delivered."""
+    before, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)  # the measurement window itself
+    return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - t0)
 
 
 def wait_lines(counter: LineCounter, proc: subprocess.Popen[bytes], on_tick=None) -> float:
@@ -153,7 +167,7 @@ def committed_offset(db: Path) -> int | None:
     return best
 
 
-def run_log_agent(tmp: Path, input_path: Path) -> tuple[float, float, float]:
+def run_log_agent(tmp: Path, input_path: Path) -> tuple[float, float, float, float]:
     work = tmp / "log-agent"
     work.mkdir()
     out = work / "out.json"
@@ -176,11 +190,12 @@ def run_log_agent(tmp: Path, input_path: Path) -> tuple[float, float, float]:
     try:
         end = wait_lines(LineCounter(out), proc, sample)
         rss = peak_rss_mb(proc.pid)
+        idle = idle_cpu_percent(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
     gaps = [b - a for a, b in zip(commits, commits[1:], strict=False)]
-    return LINES / (end - t0), rss, max(gaps, default=float("nan"))
+    return LINES / (end - t0), rss, max(gaps, default=float("nan")), idle
 
 
 def main() -> None:
@@ -193,7 +208,7 @@ def main() -> None:
         print(f"input: {LINES} lines, {size / 1e6:.1f} MB", file=sys.stderr)
         rsyslog = run_rsyslog(tmp, input_path)
         print(f"rsyslog: {rsyslog:,.0f} lines/s", file=sys.stderr)
-        agent, rss, gap = run_log_agent(tmp, input_path)
+        agent, rss, gap, idle = run_log_agent(tmp, input_path)
         print(f"log-agent: {agent:,.0f} lines/s, peak RSS {rss:.1f} MB", file=sys.stderr)
     print(
         json.dumps(
@@ -203,6 +218,7 @@ def main() -> None:
                 "ratio": round(agent / rsyslog, 2),
                 "log_agent_peak_rss_mb": round(rss, 1),
                 "max_commit_gap_s": round(gap, 2),
+                "log_agent_idle_cpu_percent": round(idle, 2),
             }
         )
     )

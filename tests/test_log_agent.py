@@ -22,6 +22,7 @@ from log_agent_harness import (
 )
 from podkit.common.config import ConfigError, load
 from podkit.images.log_agent.config import ENV_PREFIX, FOREIGN_ENV, AgentConfig
+from podkit_harness import wait_for
 
 
 def send_tcp(addr: str, data: bytes) -> None:
@@ -267,3 +268,94 @@ def test_env_overrides_and_error_paths() -> None:
     assert [s.listen for s in config.sources] == ["127.0.0.1:5170", ":6000"]
     with pytest.raises(ConfigError, match=r"environment LOG_AGENT_SOURCES__0__TYPE: sources\[0\]"):
         load(AgentConfig, None, env_prefix=ENV_PREFIX, environ={"LOG_AGENT_SOURCES__0__TYPE": "x"})
+
+
+def test_routing_sends_each_event_to_the_sinks_that_match(
+    start_agent: StartAgent, tmp_path: Path
+) -> None:
+    """Every event to one file, only errors to another; JSON lines parsed on the way."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    everything, errors = tmp_path / "out" / "all.log", tmp_path / "out" / "errors.log"
+    config = write_config(
+        tmp_path / "agent.yaml",
+        f"""
+sources:
+  - type: file
+    paths: ["{logs}/*.log"]
+    container_name: api
+transforms:
+  parse: json
+  time_key: ts
+  time_format: epoch_ms
+sinks:
+  - type: file
+    name: all
+    path: {everything}
+  - type: file
+    name: errors
+    path: {errors}
+    match: {{level: [error, fatal], kubernetes.container_name: api}}
+admin:
+  listen: 127.0.0.1:0
+""",
+    )
+    agent = start_agent("--config", str(config))
+    admin = ready_listeners(agent)["admin"]
+    lines = [
+        {"level": "info", "message": "started", "ts": 1764108908000},
+        {"level": "error", "message": "db down", "ts": 1764108909500},
+        {"level": "fatal", "message": "giving up", "ts": 1764108910000},
+    ]
+    (logs / "app.log").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def read(path: Path) -> list[dict[str, object]]:
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    wait_for("all three shipped", lambda: len(read(everything)) == 3 and len(read(errors)) == 2)
+    assert [e["message"] for e in read(errors)] == ["db down", "giving up"]
+    shipped = read(everything)
+    assert [e["message"] for e in shipped] == ["started", "db down", "giving up"]
+    assert shipped[1]["time"] == "2025-11-25T22:15:09.500000Z"  # from ts, in UTC
+    assert shipped[1]["kubernetes"]["container_name"] == "api"
+    assert len({e["_id"] for e in shipped}) == 3
+    samples = metric_samples(admin)
+    assert samples[("log_agent_events_out_total", (("sink", "all"),))] == 3
+    assert samples[("log_agent_events_out_total", (("sink", "errors"),))] == 2
+    assert agent.terminate()[0] == 0
+
+
+def test_bad_pipeline_config_names_every_field(start_agent: StartAgent, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "bad.yaml",
+        """
+sources:
+  - type: file
+    paths: ["logs/*.log"]
+    multiline: {start_pattern: "(unclosed"}
+transforms:
+  parse: regex
+  timezone: Mars/Olympus
+sinks:
+  - type: loki
+    labels: {"0bad": x}
+  - type: elasticsearch
+    buffer: {when_full: drop_newest}
+  - type: syslog
+    address: nowhere
+""",
+    )
+    agent = start_agent("--config", str(config))
+    assert agent.proc.wait(10) == 2
+    err = agent.stderr()
+    for field in (
+        "sources[0].paths",
+        "sources[0].multiline.start_pattern",
+        "transforms",
+        "sinks[0]",
+        "sinks[1].buffer.when_full",
+        "sinks[2].address",
+    ):
+        assert field in err, (field, err)
+    assert "Mars/Olympus" in err and "absolute" in err
+    assert not (tmp_path / "agent-data-0").exists()  # nothing half-started

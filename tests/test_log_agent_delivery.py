@@ -40,10 +40,10 @@ def numbers(messages: list[str]) -> collections.Counter[int]:
 def agent_config(
     tmp_path: Path, logs: Path, receiver: RecordingReceiver, buffer: str = "", retry: str = ""
 ) -> Path:
+    """The agent's config; its data_dir is tmp_path/data (given as LOG_AGENT_DATA_DIR)."""
     config = tmp_path / "agent.yaml"
     config.write_text(
         f"""
-data_dir: {tmp_path / "data"}
 shutdown_timeout: 3
 sources:
   - type: file
@@ -78,7 +78,7 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
     receiver.delay = 0.02  # requests stay in flight long enough to be cut by the kill
     config = agent_config(tmp_path, logs, receiver)
 
-    first = start_agent("--config", str(config))
+    first = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     ready_listeners(first)
     wait_for("a part delivered", lambda: len(receiver.events) > 5_000, timeout=30)
     first.proc.send_signal(signal.SIGKILL)
@@ -86,7 +86,7 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
     before = len(receiver.events)
     assert before < total, "the kill came too late to test anything"
 
-    second = start_agent("--config", str(config))
+    second = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     ready_listeners(second)
     wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=60)
 
@@ -107,7 +107,7 @@ def outage(
     logs = tmp_path / "logs"
     logs.mkdir()
     config = agent_config(tmp_path, logs, receiver, buffer="max_memory_bytes: 65536")
-    agent = start_agent("--config", str(config))
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     admin = ready_listeners(agent)["admin"]
     write_lines(logs / "app.log", 0, 1_000)
     wait_for("first lines delivered", lambda: all_arrived(receiver, 1_000), timeout=20)
@@ -160,7 +160,7 @@ def test_full_buffer_drop_oldest_counts_every_drop(
         buffer="max_memory_bytes: 65536, max_disk_bytes: 262144, when_full: drop_oldest",
     )
     receiver.down()
-    agent = start_agent("--config", str(config))
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     admin = ready_listeners(agent)["admin"]
     total = 20_000  # about 2 MB of events: far more than the 320 KiB buffer
     write_lines(logs / "app.log", 0, total)
@@ -206,7 +206,7 @@ def test_full_buffer_blocks_input_by_default_then_catches_up(
         tmp_path, logs, receiver, buffer="max_memory_bytes: 65536, max_disk_bytes: 262144"
     )
     receiver.down()
-    agent = start_agent("--config", str(config))
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     admin = ready_listeners(agent)["admin"]
     total = 20_000
     write_lines(logs / "app.log", 0, total)
@@ -237,7 +237,7 @@ def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
     logs.mkdir()
     config = agent_config(tmp_path, logs, receiver)
     receiver.down()
-    agent = start_agent("--config", str(config))
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     admin = ready_listeners(agent)["admin"]
     total = 5_000
     write_lines(logs / "app.log", 0, total)
@@ -253,7 +253,7 @@ def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
     assert took < 3 + 2  # shutdown_timeout, then out
 
     receiver.up()
-    again = start_agent("--config", str(config))
+    again = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     ready_listeners(again)
     wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=30)
     counts = numbers(receiver.messages())
@@ -271,7 +271,7 @@ def test_logrotate_under_load_loses_nothing(
     rotate_conf = tmp_path / "logrotate.conf"
     rotate_conf.write_text(f"{log_file} {{\n  rotate 20\n  create\n  missingok\n}}\n")
     config = agent_config(tmp_path, logs, receiver)
-    agent = start_agent("--config", str(config))
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
     ready_listeners(agent)
 
     written = 0

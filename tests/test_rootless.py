@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
         text=True,
     )
     lines: list[str] = []
+    # read_until reads a pipe: a pod that never gets there must not hang the suite.
+    watchdog = threading.Timer(90, proc.kill)
+    watchdog.start()
 
     def read_until(needle: str) -> None:
         assert proc.stdout is not None
@@ -130,6 +134,7 @@ def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
             fwd.send_signal(signal.SIGINT)
             assert fwd.wait(10) == 0
     finally:
+        watchdog.cancel()
         proc.send_signal(signal.SIGINT)
         code = proc.wait(20)
     assert code == 0, "".join(lines)

@@ -14,6 +14,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podkit.common.admin import AdminServer
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("log-agent")
+
+
+def _open_lock(data_dir: Path) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
 
 
 class StartError(Exception):
@@ -69,10 +76,23 @@ class Agent:
     def _open_state(self) -> StateStore:
         data_dir = self.config.data_dir
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+            self._lock_fd = _open_lock(data_dir)
         except OSError as exc:
-            raise StartError(f"data_dir {data_dir}: {exc.strerror}") from None
+            if "data_dir" in self.config.model_fields_set:  # asked for: that one or nothing
+                raise StartError(f"data_dir {data_dir}: {exc.strerror}") from None
+            # The default is not writable (a rootless pod, a read-only root): run, and say
+            # plainly that offsets and buffers will not outlive the container.
+            fallback = Path(tempfile.gettempdir()) / "log-agent"
+            log.warning(
+                "default data_dir not writable, using a temporary one: mount an emptyDir "
+                "there (or set data_dir) to keep offsets and buffers across restarts",
+                extra={"data_dir": str(data_dir), "error": exc.strerror, "using": str(fallback)},
+            )
+            data_dir = self.config.data_dir = fallback
+            try:
+                self._lock_fd = _open_lock(data_dir)
+            except OSError as exc2:
+                raise StartError(f"data_dir {data_dir}: {exc2.strerror}") from None
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

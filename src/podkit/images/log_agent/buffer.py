@@ -3,13 +3,17 @@
     put(payload) --> memory queue --(over max_memory_bytes, or not replayable)--> disk queue
                                    \\--> delivery loop: send, retry with backoff, acknowledge
 
-Ordering: every record has a sequence number and is delivered in that order. Once anything is on
-disk, newer records go to disk too until it drains, so memory records are always the older ones.
+Ordering: every record has a sequence number and is delivered in that order. The first record
+that must go to disk (memory full, or input that cannot be read again) takes everything in memory
+with it, the record being sent included; newer records then go to disk until it drains.
 
 Acknowledgement (what lets a file source commit its offset):
 - a memory record is acknowledged when the sink took it;
 - a disk record when it was written to disk (a restart delivers it from there), and its delivery
   is recorded as the last delivered seq in the state store.
+Spilling all of memory at once is what keeps duplicates after a crash to the one record being
+sent: were older memory records left unacknowledged behind acknowledged disk records, a file
+source could not commit past them, and a restart would read again what the disk also replays.
 - a dropped record (RejectedError, or drop_oldest when full) is acknowledged too, and counted.
 
 Full means the disk queue is over max_disk_bytes. `block` (default) makes put wait: the source
@@ -122,6 +126,7 @@ class SinkBuffer:
             or len(self._disk)
             or (self._memory and self.memory_bytes + size > self.policy.max_memory_bytes)
         ):
+            self._spill_memory()
             self._disk.append(self._seq, events, payload)
             if ack is not None:
                 ack.done()  # on disk: a restart delivers it
@@ -129,6 +134,24 @@ class SinkBuffer:
             self._memory.append(_Record(self._seq, payload, events, ack))
             self.memory_bytes += size
         self._has_work.set()
+
+    def _spill_memory(self) -> None:
+        """Put the record being sent and every memory record on disk, in order, and
+        acknowledge them: from here on the disk holds the whole queue."""
+        inflight = self._inflight
+        if inflight is not None and inflight.disk is None:
+            inflight.disk = self._disk.append(
+                inflight.seq, inflight.events, inflight.payload, queued=False
+            )
+            if inflight.ack is not None:
+                inflight.ack.done()
+                inflight.ack = None
+        while self._memory:
+            rec = self._memory.popleft()
+            self._disk.append(rec.seq, rec.events, rec.payload)
+            if rec.ack is not None:
+                rec.ack.done()
+        self.memory_bytes = 0
 
     def _drop_oldest(self) -> None:
         """Drop the oldest queued record (never the one being sent: it may be arriving)."""
@@ -266,18 +289,13 @@ class SinkBuffer:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        left = list(self._memory)
         if self._inflight is not None and self._inflight.disk is None:
-            left.insert(0, self._inflight)  # cut off mid-send: it may arrive twice
-        self._memory.clear()
+            # Cut off mid-send (it may arrive twice): back to the queue's head, then to disk.
+            self._memory.appendleft(self._inflight)
         self._inflight = None
-        if left:
-            self._disk.new_segment()
-        for rec in left:
-            self._disk.append(rec.seq, rec.events, rec.payload)
-            if rec.ack is not None:
-                rec.ack.done()
-        self.memory_bytes = 0
+        if self._memory:
+            self._disk.new_segment()  # older than what is on disk: a segment of their own
+        self._spill_memory()
         self._disk.close()
         with contextlib.suppress(Exception):
             await self.sink.close()

@@ -76,20 +76,23 @@ class DiskQueue:
                 path.unlink()
         return last
 
-    def append(self, seq: int, events: int, payload: bytes) -> None:
+    def append(self, seq: int, events: int, payload: bytes, *, queued: bool = True) -> DiskRecord:
+        """Write a record. `queued=False` is for a record already being sent: it is on disk
+        for a restart, but not queued to be taken again (its sender releases it)."""
         if self._fd is None or self._size >= SEGMENT_BYTES:
             self._open_segment(seq)
         assert self._fd is not None
         data = _HEADER.pack(seq, len(payload), events) + payload
         _write_all(self._fd, data)
         segment = self._segments[-1]
-        self._records.append(
-            DiskRecord(seq, segment, self._size + _HEADER.size, len(payload), events)
-        )
+        rec = DiskRecord(seq, segment, self._size + _HEADER.size, len(payload), events)
         self._outstanding[segment] = self._outstanding.get(segment, 0) + 1
         self._size += len(data)
-        self.bytes += len(payload)
-        self.events += events
+        if queued:
+            self._records.append(rec)
+            self.bytes += len(payload)
+            self.events += events
+        return rec
 
     def _open_segment(self, seq: int) -> None:
         if self._fd is not None:
