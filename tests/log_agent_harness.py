@@ -35,10 +35,15 @@ POD_ENV = {
 }
 
 
-def image_env(**extra: str) -> dict[str, str]:
-    env = {
+def clean_environ() -> dict[str, str]:
+    """This process's environment without what would tell an image about a pod."""
+    return {
         k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)
     }
+
+
+def image_env(**extra: str) -> dict[str, str]:
+    env = clean_environ()
     env.update(extra)
     return env
 

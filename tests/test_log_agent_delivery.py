@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from log_agent_harness import RecordingReceiver, StartAgent, metric_samples, ready_listeners
+from log_agent_harness import (
+    ImageProcess,
+    RecordingReceiver,
+    StartAgent,
+    metric_samples,
+    ready_listeners,
+)
 from podkit_harness import wait_for
 
 LINE = "GET /api/info?n={n:07d} HTTP/1.1 200 512 a log line that is about one hundred bytes long"
@@ -64,6 +70,21 @@ admin:
     return config
 
 
+def start(start_agent: StartAgent, config: Path, tmp_path: Path) -> tuple[ImageProcess, str]:
+    """Start the agent on tmp_path/data (the same for a restart); return it and its admin."""
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
+    return agent, ready_listeners(agent)["admin"]
+
+
+def dropped(admin: str, reason: str = "buffer_full") -> float:
+    key = ("log_agent_events_dropped_total", (("component", "http"), ("reason", reason)))
+    return metric_samples(admin).get(key, 0)
+
+
+def events_in(admin: str) -> float:
+    return metric_samples(admin)[("log_agent_events_in_total", (("source", "file"),))]
+
+
 def all_arrived(receiver: RecordingReceiver, total: int) -> bool:
     return set(numbers(receiver.messages())) >= set(range(total))
 
@@ -78,16 +99,14 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
     receiver.delay = 0.02  # requests stay in flight long enough to be cut by the kill
     config = agent_config(tmp_path, logs, receiver)
 
-    first = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    ready_listeners(first)
+    first, _ = start(start_agent, config, tmp_path)
     wait_for("a part delivered", lambda: len(receiver.events) > 5_000, timeout=30)
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
     before = len(receiver.events)
     assert before < total, "the kill came too late to test anything"
 
-    second = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    ready_listeners(second)
+    second, _ = start(start_agent, config, tmp_path)
     wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=60)
 
     counts = numbers(receiver.messages())
@@ -107,8 +126,7 @@ def outage(
     logs = tmp_path / "logs"
     logs.mkdir()
     config = agent_config(tmp_path, logs, receiver, buffer="max_memory_bytes: 65536")
-    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    admin = ready_listeners(agent)["admin"]
+    agent, admin = start(start_agent, config, tmp_path)
     write_lines(logs / "app.log", 0, 1_000)
     wait_for("first lines delivered", lambda: all_arrived(receiver, 1_000), timeout=20)
 
@@ -131,7 +149,7 @@ def outage(
     assert sum(counts.values()) == written  # and nothing twice: no restart happened
     samples = metric_samples(admin)
     assert samples[("log_agent_events_out_total", (("sink", "http"),))] == written
-    assert samples.get(("log_agent_events_dropped_total", (("component", "http"),)), 0) == 0
+    assert dropped(admin) == 0
     assert agent.terminate(10)[0] == 0
 
 
@@ -160,16 +178,9 @@ def test_full_buffer_drop_oldest_counts_every_drop(
         buffer="max_memory_bytes: 65536, max_disk_bytes: 262144, when_full: drop_oldest",
     )
     receiver.down()
-    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    admin = ready_listeners(agent)["admin"]
+    agent, admin = start(start_agent, config, tmp_path)
     total = 20_000  # about 2 MB of events: far more than the 320 KiB buffer
     write_lines(logs / "app.log", 0, total)
-
-    def dropped() -> float:
-        return metric_samples(admin).get(
-            ("log_agent_events_dropped_total", (("component", "http"), ("reason", "buffer_full"))),
-            0,
-        )
 
     # Input is not blocked: the whole file is read while the receiver is down.
     wait_for(
@@ -179,7 +190,7 @@ def test_full_buffer_drop_oldest_counts_every_drop(
         ),
         timeout=30,
     )
-    assert dropped() > 0
+    assert dropped(admin) > 0
     receiver.up()
     wait_for(
         "buffer delivered",
@@ -188,7 +199,7 @@ def test_full_buffer_drop_oldest_counts_every_drop(
     )
     delivered = numbers(receiver.messages())
     # Every event is either delivered or counted as dropped.
-    assert len(delivered) + dropped() == total
+    assert len(delivered) + dropped(admin) == total
     # What was dropped is the oldest queued run: after the batch that was being sent when the
     # buffer filled (never dropped: it may be arriving), up to the newest ones, which survived.
     missing = sorted(set(range(total)) - set(delivered))
@@ -206,8 +217,7 @@ def test_full_buffer_blocks_input_by_default_then_catches_up(
         tmp_path, logs, receiver, buffer="max_memory_bytes: 65536, max_disk_bytes: 262144"
     )
     receiver.down()
-    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    admin = ready_listeners(agent)["admin"]
+    agent, admin = start(start_agent, config, tmp_path)
     total = 20_000
     write_lines(logs / "app.log", 0, total)
 
@@ -220,13 +230,7 @@ def test_full_buffer_blocks_input_by_default_then_catches_up(
     receiver.up()
     wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=60)
     wait_for("no lag left", lambda: lag() == 0, timeout=10)
-    assert (
-        metric_samples(admin).get(
-            ("log_agent_events_dropped_total", (("component", "http"), ("reason", "buffer_full"))),
-            0,
-        )
-        == 0
-    )
+    assert dropped(admin) == 0
     assert agent.terminate(10)[0] == 0
 
 
@@ -237,8 +241,7 @@ def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
     logs.mkdir()
     config = agent_config(tmp_path, logs, receiver)
     receiver.down()
-    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    admin = ready_listeners(agent)["admin"]
+    agent, admin = start(start_agent, config, tmp_path)
     total = 5_000
     write_lines(logs / "app.log", 0, total)
     wait_for(
@@ -253,8 +256,7 @@ def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
     assert took < 3 + 2  # shutdown_timeout, then out
 
     receiver.up()
-    again = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    ready_listeners(again)
+    again, _ = start(start_agent, config, tmp_path)
     wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=30)
     counts = numbers(receiver.messages())
     assert sum(counts.values()) == total  # offsets were recorded: nothing read twice
@@ -271,8 +273,7 @@ def test_logrotate_under_load_loses_nothing(
     rotate_conf = tmp_path / "logrotate.conf"
     rotate_conf.write_text(f"{log_file} {{\n  rotate 20\n  create\n  missingok\n}}\n")
     config = agent_config(tmp_path, logs, receiver)
-    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(tmp_path / "data"))
-    ready_listeners(agent)
+    agent, _ = start(start_agent, config, tmp_path)
 
     written = 0
     for _ in range(5):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -21,14 +20,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from log_agent_harness import clean_environ
+
 CLF = re.compile(
     r"(?P<remote>\S+) - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
     r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/1\.1" (?P<status>\d{3}) (?P<bytes>\d+) '
     r"(?P<seconds>\d+\.\d{4})"
 )
-_SCRUB_PREFIXES = ("PODKIT_", "LOG_AGENT_", "SIMPLE_WEBAPP_")
-_SCRUB = {"POD_NAME", "POD_NAMESPACE", "POD_UID", "POD_LABELS", "NODE_NAME", "CONTAINER_NAME"}
-_SCRUB |= {"PORT", "HOST", "ACCESS_LOG_DIR"}
 POD_ENV = {
     "PODKIT_POD_NAME": "web-7f9c",
     "PODKIT_POD_NAMESPACE": "shop",
@@ -38,10 +36,7 @@ POD_ENV = {
 
 
 def image_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in _SCRUB and not k.startswith(_SCRUB_PREFIXES)
-    }
-    return {**env, **POD_ENV, **extra}
+    return {**clean_environ(), **POD_ENV, **extra}
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:

@@ -151,11 +151,7 @@ class Transformer:
                     fields.pop(key, None)
             event.update(fields)
             if value is not None:
-                stamp = to_time(value)
-                if stamp is None:
-                    time_failures += 1
-                else:
-                    event["time"] = stamp
+                time_failures += _set_time(event, to_time(value))
         self.parse_failures += parse_failures
         self.time_failures += time_failures
 
@@ -193,11 +189,7 @@ class Transformer:
                     del fields[key]
             event.update(fields)
             if value is not None:
-                stamp = to_time(value)
-                if stamp is None:
-                    time_failures += 1
-                else:
-                    event["time"] = stamp
+                time_failures += _set_time(event, to_time(value))
         self.parse_failures += parse_failures
         self.time_failures += time_failures
         return senders
@@ -210,11 +202,7 @@ class Transformer:
         for event in events:
             value = event.get(key)
             if value is not None:
-                stamp = to_time(value)
-                if stamp is None:
-                    time_failures += 1
-                else:
-                    event["time"] = stamp
+                time_failures += _set_time(event, to_time(value))
         self.time_failures += time_failures
 
     # ---- pod metadata ------------------------------------------------------------------------
@@ -266,3 +254,11 @@ class Transformer:
         named = {id(event): by_name[name] for event, name in senders}
         for event in batch.events:
             event["kubernetes"] = named.get(id(event), default)
+
+
+def _set_time(event: Event, stamp: str | None) -> int:
+    """Use a parsed timestamp as the event's time; 1 (a failure to count) when there is none."""
+    if stamp is None:
+        return 1
+    event["time"] = stamp
+    return 0
