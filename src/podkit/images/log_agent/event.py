@@ -146,8 +146,14 @@ def _json_lines_columns(lines: Lines, common: Event) -> bytes:
     parts[1::2] = offsets
     tail = b'",' + dumps(common, default=str)[1:] if common else b'"}'
     line = (
-        b'{"time":' + dumps(lines.time) + b',"message":"%s","' + ID_KEY.encode() + b'":"'
-        + lines.id_prefix.encode().replace(b"%", b"%%") + b":%s" + tail.replace(b"%", b"%%")
+        b'{"time":'
+        + dumps(lines.time)
+        + b',"message":"%s","'
+        + ID_KEY.encode()
+        + b'":"'
+        + lines.id_prefix.encode().replace(b"%", b"%%")
+        + b":%s"
+        + tail.replace(b"%", b"%%")
         + b"\n"
     )
     return line * len(messages) % tuple(parts)
