@@ -221,7 +221,20 @@ class SinkBuffer:
             attempts += 1
             try:
                 await self.sink.send(payload)
-            except RetryableError as exc:
+            except RejectedError as exc:
+                log.error("events rejected", extra={"component": self.id, "error": str(exc)})
+                item_rejects = self._item_rejects()
+                if item_rejects:
+                    rejected += item_rejects
+                else:
+                    lost = rec.events - rejected if exc.events is None else exc.events
+                    self._counters.drop(self.id, exc.reason, lost)
+                    rejected += lost
+                return max(rec.events - rejected, 0), len(payload)
+            except Exception as caught:
+                # Anything unforeseen (a sink bug, an unwrapped client error) is retried too:
+                # a dead delivery task would stall this sink and its sources' offsets for ever.
+                exc = caught if isinstance(caught, RetryableError) else RetryableError(repr(caught))
                 rejected += self._item_rejects()
                 if exc.remaining is not None:
                     payload = exc.remaining
@@ -241,16 +254,6 @@ class SinkBuffer:
                 )
                 await asyncio.sleep(delay)
                 continue
-            except RejectedError as exc:
-                log.error("events rejected", extra={"component": self.id, "error": str(exc)})
-                item_rejects = self._item_rejects()
-                if item_rejects:
-                    rejected += item_rejects
-                else:
-                    lost = rec.events - rejected if exc.events is None else exc.events
-                    self._counters.drop(self.id, exc.reason, lost)
-                    rejected += lost
-                return max(rec.events - rejected, 0), len(payload)
             rejected += self._item_rejects()
             backoff.reset()
             return max(rec.events - rejected, 0), len(payload)

@@ -1,0 +1,143 @@
+"""A sink's buffer in-process: order, spill to disk, recovery after a crash, retries, policy.
+
+The sink here is the test's own object implementing the Sink protocol, so the test decides when
+sends fail; files and SQLite are real."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from podkit.images.log_agent.buffer import BufferPolicy, SinkBuffer
+from podkit.images.log_agent.event import Ack, Batch
+from podkit.images.log_agent.metrics import Counters
+from podkit.images.log_agent.sinks.base import RetryableError
+from podkit.images.log_agent.state import StateStore
+
+
+class ScriptedSink:
+    """Takes payloads; fails while `failing` is set (with `error`, else a RetryableError)."""
+
+    def __init__(self) -> None:
+        self.id = "scripted"
+        self.got: list[bytes] = []
+        self.failing = False
+        self.error: Exception | None = None
+        self.sent = asyncio.Event()
+
+    def encode(self, batch: Batch) -> bytes:
+        return b"".join(e["message"].encode() + b"\n" for e in batch.events)
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, payload: bytes) -> None:
+        if self.failing:
+            raise self.error or RetryableError("down")
+        self.got.append(payload)
+        self.sent.set()
+
+    async def close(self) -> None:
+        return None
+
+
+def policy(memory: int = 1 << 20, disk: int = 1 << 24, when_full: str = "block") -> BufferPolicy:
+    return BufferPolicy(memory, disk, when_full, 0.001, 0.002, 0)  # type: ignore[arg-type]
+
+
+async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+def payload(n: int) -> bytes:
+    return f"record {n:04d}\n".encode() * 10
+
+
+def test_records_spilled_to_disk_survive_a_crash_in_order(tmp_path: Path) -> None:
+    acked: list[int] = []
+
+    async def first_run() -> None:
+        state = StateStore(tmp_path)
+        sink = ScriptedSink()
+        buf = SinkBuffer(sink, policy(memory=300), tmp_path / "q", state, Counters())
+        buf.start()
+        await buf.put(payload(0), 10, Ack(lambda: acked.append(0)), durable=False)
+        await until(lambda: sink.got)  # delivered from memory
+        sink.failing = True
+        for n in range(1, 8):
+            ack = Ack(lambda n=n: acked.append(n))
+            ack.add(1)
+            await buf.put(payload(n), 10, ack, durable=False)
+        # Memory holds 300 bytes: the rest went to disk, and on disk means acknowledged.
+        assert buf.disk_bytes > 0 and acked[-1] == 7
+        state.commit()
+        # A crash: no drain, no close. The loop's tasks die with it.
+
+    asyncio.run(first_run())
+
+    async def second_run() -> list[bytes]:
+        state = StateStore(tmp_path)
+        sink = ScriptedSink()
+        buf = SinkBuffer(sink, policy(), tmp_path / "q", state, Counters())
+        buf.start()
+        await until(lambda: len(sink.got) >= 7)
+        await buf.drain(1.0)
+        state.close()
+        return sink.got
+
+    got = asyncio.run(second_run())
+    # Record 1 may have been in flight when the sink went down: it comes first, then the rest.
+    assert got == [payload(n) for n in range(1, 8)]
+    assert not list((tmp_path / "q").glob("*.seg"))  # delivered: segments deleted
+
+
+def test_unexpected_send_errors_are_retried_not_fatal(tmp_path: Path) -> None:
+    async def run() -> Counters:
+        counters = Counters()
+        sink = ScriptedSink()
+        sink.failing, sink.error = True, ValueError("a bug in a sink")
+        buf = SinkBuffer(sink, policy(), tmp_path / "q", StateStore(tmp_path), counters)
+        buf.start()
+        ack = Ack(None)
+        ack.add(1)
+        await buf.put(payload(1), 10, ack, durable=False)
+        await until(lambda: counters.retries.get("scripted", 0) >= 3)
+        sink.failing = False
+        await until(lambda: sink.got)
+        await buf.drain(1.0)
+        return counters
+
+    counters = asyncio.run(run())
+    assert counters.events_out["scripted"] == 10
+
+
+def test_drop_oldest_never_drops_the_record_being_sent(tmp_path: Path) -> None:
+    async def run() -> tuple[ScriptedSink, Counters]:
+        counters = Counters()
+        sink = ScriptedSink()
+        sink.failing = True
+        size = len(payload(0))
+        buf = SinkBuffer(
+            sink,
+            policy(memory=size, disk=3 * size, when_full="drop_oldest"),
+            tmp_path / "q",
+            StateStore(tmp_path),
+            counters,
+        )
+        buf.start()
+        await buf.put(payload(0), 10, None, durable=False)
+        await until(lambda: counters.retries.get("scripted", 0) > 0)  # 0 is being sent
+        for n in range(1, 10):
+            await buf.put(payload(n), 10, None, durable=False)
+        sink.failing = False
+        await until(lambda: buf.queued_events == 0)
+        await buf.drain(1.0)
+        return sink, counters
+
+    sink, counters = asyncio.run(run())
+    # 0 was being sent; 1..6 dropped oldest-first to keep 3 on disk; the newest arrive.
+    assert sink.got == [payload(n) for n in (0, 7, 8, 9)]
+    assert counters.dropped[("scripted", "buffer_full")] == 60
