@@ -6,10 +6,12 @@ sends fail; files and SQLite are real."""
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 from pathlib import Path
 
 from podkit.images.log_agent.buffer import BufferPolicy, SinkBuffer
-from podkit.images.log_agent.event import Ack, Batch
+from podkit.images.log_agent.event import Ack, Batch, Lines, json_lines
 from podkit.images.log_agent.metrics import Counters
 from podkit.images.log_agent.sinks.base import RetryableError
 from podkit.images.log_agent.state import StateStore
@@ -141,3 +143,26 @@ def test_drop_oldest_never_drops_the_record_being_sent(tmp_path: Path) -> None:
     # 0 was being sent; 1..6 dropped oldest-first to keep 3 on disk; the newest arrive.
     assert sink.got == [payload(n) for n in (0, 7, 8, 9)]
     assert counters.dropped[("scripted", "buffer_full")] == 60
+
+
+def test_lines_in_columns_encode_exactly_like_event_dicts() -> None:
+    """The fast path of json_lines, on messages made of the characters JSON escaping is about
+    (pretty-printed JSON and CSV lines end in `",`), gives the dict path's bytes."""
+    rng = random.Random(7)
+    alphabet = ['"', "\\", ",", "x", "\n", "\x01", "é", "%"]
+    for trial in range(2000):
+        messages = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+            for _ in range(rng.randint(1, 6))
+        ]
+        common = {"source": "file", "file": "/var/log/a%s.log"} if trial % 2 else {}
+
+        def batch(msgs: list[str] = messages, common: dict[str, str] = common) -> Batch:
+            lines = Lines("2026-11-26T00:00:00.000000Z", msgs, "9f3c", list(range(len(msgs))))
+            return Batch("file", common=dict(common), lines=lines)
+
+        dicts = batch()
+        dicts.events  # noqa: B018 (turns the columns into dicts)
+        columns = batch()
+        assert json_lines(columns) == json_lines(dicts), messages
+        assert [json.loads(x)["message"] for x in json_lines(columns).splitlines()] == messages

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from podkit.images.log_agent.metrics import Counters, build_registry
 from podkit.images.log_agent.pipeline import Output, Pipeline
 from podkit.images.log_agent.routing import Route
 from podkit.images.log_agent.sources import Source, file_source, http_source, tcp_source
-from podkit.images.log_agent.state import StateStore
+from podkit.images.log_agent.state import FILE_NAME, StateStore
 from podkit.images.log_agent.transforms import Transformer
 
 if TYPE_CHECKING:
@@ -99,7 +100,12 @@ class Agent:
             raise StartError(
                 f"data_dir {data_dir} is in use by another log-agent; give each its own"
             ) from None
-        return StateStore(data_dir)
+        try:
+            return StateStore(data_dir)
+        except (OSError, sqlite3.Error) as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise StartError(f"data_dir {data_dir}: cannot open {FILE_NAME}: {exc}") from None
 
     def _build(self, state: StateStore) -> Pipeline:
         cfg = self.config

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from podkit.common.backoff import Backoff
-from podkit.images.log_agent.disk_queue import DiskQueue, DiskRecord
+from podkit.images.log_agent.disk_queue import SEGMENT_BYTES, DiskQueue, DiskRecord
 from podkit.images.log_agent.event import Ack
 from podkit.images.log_agent.metrics import Counters
 from podkit.images.log_agent.sinks.base import RejectedError, RetryableError, Sink
@@ -84,7 +84,10 @@ class SinkBuffer:
         self._memory: deque[_Record] = deque()
         self.memory_bytes = 0
         self._inflight: _Record | None = None  # taken out of the queues, being sent
-        self._disk = DiskQueue(directory)
+        # Segments are deleted whole: keep each small next to the bound, so the files on disk
+        # stay near max_disk_bytes even when the queue never empties.
+        segment = min(SEGMENT_BYTES, max(policy.max_disk_bytes // 8, 64 * 1024))
+        self._disk = DiskQueue(directory, segment)
         delivered = int(state.load(self._scope).get("delivered", 0))
         self._seq = self._disk.recover(delivered)
         if len(self._disk):
@@ -147,11 +150,12 @@ class SinkBuffer:
                 inflight.ack.done()
                 inflight.ack = None
         while self._memory:
-            rec = self._memory.popleft()
-            self._disk.append(rec.seq, rec.events, rec.payload)
+            rec = self._memory[0]
+            self._disk.append(rec.seq, rec.events, rec.payload)  # may raise: then it stays
+            self._memory.popleft()
+            self.memory_bytes -= len(rec.payload)
             if rec.ack is not None:
                 rec.ack.done()
-        self.memory_bytes = 0
 
     def _drop_oldest(self) -> None:
         """Drop the oldest queued record (never the one being sent: it may be arriving)."""
@@ -188,7 +192,14 @@ class SinkBuffer:
     async def _deliver_loop(self) -> None:
         backoff = Backoff(self.policy.initial_backoff, self.policy.max_backoff)
         while True:
-            rec = self._take()
+            try:
+                rec = self._take()
+            except OSError as exc:  # a segment unreadable for now: try again, do not die
+                log.error(
+                    "cannot read the disk buffer", extra={"component": self.id, "error": str(exc)}
+                )
+                await asyncio.sleep(backoff.next_delay())
+                continue
             if rec is None:
                 if self._stopping:
                     return
@@ -198,7 +209,12 @@ class SinkBuffer:
             self._inflight = rec
             delivered, nbytes = await self._deliver(backoff, rec)
             self._inflight = None
-            self._finish(rec, delivered, nbytes)
+            try:
+                self._finish(rec, delivered, nbytes)
+            except OSError as exc:  # e.g. a segment that cannot be deleted: it is delivered
+                log.error(
+                    "buffer bookkeeping failed", extra={"component": self.id, "error": str(exc)}
+                )
 
     def _take(self) -> _Record | None:
         if self._memory:

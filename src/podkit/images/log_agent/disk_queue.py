@@ -35,9 +35,10 @@ class DiskRecord:
 
 
 class DiskQueue:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
+        self.segment_bytes = segment_bytes
         self._records: deque[DiskRecord] = deque()
         self._segments: deque[Path] = deque()  # oldest first; the last one is written to
         self._outstanding: dict[Path, int] = {}  # records not yet released, per segment
@@ -79,11 +80,19 @@ class DiskQueue:
     def append(self, seq: int, events: int, payload: bytes, *, queued: bool = True) -> DiskRecord:
         """Write a record. `queued=False` is for a record already being sent: it is on disk
         for a restart, but not queued to be taken again (its sender releases it)."""
-        if self._fd is None or self._size >= SEGMENT_BYTES:
+        if self._fd is None or self._size >= self.segment_bytes:
             self._open_segment(seq)
         assert self._fd is not None
         data = _HEADER.pack(seq, len(payload), events) + payload
-        _write_all(self._fd, data)
+        try:
+            _write_all(self._fd, data)
+        except OSError:
+            # A full disk mid-record: cut the partial record off so the segment stays readable
+            # (a torn record would hide every later one from recovery), and start anew.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            self._close_current()
+            raise
         segment = self._segments[-1]
         rec = DiskRecord(seq, segment, self._size + _HEADER.size, len(payload), events)
         self._outstanding[segment] = self._outstanding.get(segment, 0) + 1

@@ -134,12 +134,19 @@ def _json_lines_columns(lines: Lines, common: Event) -> bytes:
     as fast as encoding a dict per line.
 
     orjson encodes the whole message list at once; inside an encoded string a quote is always
-    escaped, so `","` occurs only between two elements and splitting on it gives each message's
-    encoding. One `%` format over a repeated line template then puts them together."""
+    escaped, so `","` occurs inside an element only right after a backslash: when the blob has
+    no `\\","`, splitting on `","` gives each message's encoding. One `%` format over a
+    repeated line template then puts them together."""
     if not lines.messages:
         return b""
     dumps = orjson.dumps
-    messages = dumps(lines.messages)[2:-2].split(b'","')
+    blob = dumps(lines.messages)
+    if b'\\","' in blob:
+        # A message with an escaped quote before a comma (`x="1",`) puts `","` inside an
+        # element too: encode those batches message by message.
+        messages = [dumps(m)[1:-1] for m in lines.messages]
+    else:
+        messages = blob[2:-2].split(b'","')
     offsets = dumps(lines.offsets)[1:-1].split(b",")
     parts: list[bytes] = [b""] * (2 * len(messages))
     parts[0::2] = messages

@@ -10,6 +10,7 @@ here, once per batch and sink, so buffers hold ready-to-send payloads that survi
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from podkit.images.log_agent.routing import Route
 from podkit.images.log_agent.transforms import Transformer
 
 Ingest = Callable[[Batch], Awaitable[None]]
+log = logging.getLogger("log-agent")
 
 
 @dataclass(slots=True)
@@ -64,8 +66,20 @@ class Pipeline:
             ack.add(len(targets))  # every part first: one buffer's done() must not finish it
         durable = not batch.replayable
         for buffer, selected in targets:
-            payload = buffer.sink.encode(selected)
-            await buffer.put(payload, len(selected), ack, durable=durable)
+            try:
+                payload = buffer.sink.encode(selected)
+                await buffer.put(payload, len(selected), ack, durable=durable)
+            except Exception as exc:  # noqa: BLE001 (one sink's failure must not stall the rest)
+                # An event the sink cannot encode, or a disk buffer that cannot be written:
+                # counted and acknowledged, or the source could never commit past this batch.
+                reason = "buffer_error" if isinstance(exc, OSError) else "encode_error"
+                log.error(
+                    "events dropped",
+                    extra={"component": buffer.id, "reason": reason, "error": str(exc)},
+                )
+                self.counters.drop(buffer.id, reason, len(selected))
+                if ack is not None:
+                    ack.done()
         # Let the delivery tasks run between two reads of a fast source, so a sink that keeps
         # up is fed from memory instead of the source filling memory and spilling to disk.
         await asyncio.sleep(0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 
 FILE_NAME = "state.db"
+log = logging.getLogger("log-agent.state")
 
 
 class StateStore:
@@ -69,8 +71,8 @@ class StateStore:
             return
         dirty, self._dirty = self._dirty, {}
         db = self._db
-        db.execute("BEGIN")  # one transaction for the whole burst
         try:
+            db.execute("BEGIN")  # one transaction for the whole burst
             db.executemany(
                 "INSERT OR REPLACE INTO state (scope, key, value) VALUES (?, ?, ?)",
                 [(s, k, v) for (s, k), v in dirty.items() if v is not None],
@@ -79,10 +81,14 @@ class StateStore:
                 "DELETE FROM state WHERE scope = ? AND key = ?",
                 [(s, k) for (s, k), v in dirty.items() if v is None],
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            # Keep what was not written (newer values win) and try again at the next change.
+            self._dirty = {**dirty, **self._dirty}
+            log.error("cannot save state", extra={"path": str(self.path), "error": str(exc)})
+            return
         self.commits += 1
 
     def close(self) -> None:
