@@ -183,13 +183,7 @@ def test_full_buffer_drop_oldest_counts_every_drop(
     write_lines(logs / "app.log", 0, total)
 
     # Input is not blocked: the whole file is read while the receiver is down.
-    wait_for(
-        "the file read to its end",
-        lambda: (
-            metric_samples(admin)[("log_agent_events_in_total", (("source", "file"),))] == total
-        ),
-        timeout=30,
-    )
+    wait_for("the file read to its end", lambda: events_in(admin) == total, timeout=30)
     assert dropped(admin) > 0
     receiver.up()
     wait_for(
@@ -244,13 +238,7 @@ def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
     agent, admin = start(start_agent, config, tmp_path)
     total = 5_000
     write_lines(logs / "app.log", 0, total)
-    wait_for(
-        "lines read",
-        lambda: (
-            metric_samples(admin)[("log_agent_events_in_total", (("source", "file"),))] == total
-        ),
-        timeout=20,
-    )
+    wait_for("lines read", lambda: events_in(admin) == total, timeout=20)
     code, took = agent.terminate(10)
     assert code == 0
     assert took < 3 + 2  # shutdown_timeout, then out
