@@ -51,11 +51,21 @@ def image_env(**extra: str) -> dict[str, str]:
 class ImageProcess:
     """An image under test: stdout lines collected as they come, waitable with a deadline."""
 
-    def __init__(self, module: str, args: list[str], env: dict[str, str], tmp: Path) -> None:
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        env: dict[str, str],
+        tmp: Path,
+        python_args: list[str] | None = None,
+    ) -> None:
         self.stderr_path = tmp / f"{module.rsplit('.', 1)[-1]}-{time.monotonic_ns()}.stderr"
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE, stderr=err
+                [sys.executable, *(python_args or []), "-m", module, *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
             )
         self.lines: list[str] = []
         self._cond = threading.Condition()

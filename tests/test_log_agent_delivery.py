@@ -34,6 +34,14 @@ def receiver() -> Iterator[RecordingReceiver]:
     r.down()
 
 
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """The directory the agent tails (`*.log`)."""
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
 def write_lines(path: Path, start: int, count: int) -> None:
     with path.open("a") as f:
         f.writelines(LINE.format(n=n) + "\n" for n in range(start, start + count))
@@ -90,10 +98,8 @@ def all_arrived(receiver: RecordingReceiver, total: int) -> bool:
 
 
 def test_kill_9_while_shipping_then_restart_loses_nothing(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     total = 60_000
     write_lines(logs / "app.log", 0, total)
     receiver.delay = 0.02  # requests stay in flight long enough to be cut by the kill
@@ -121,10 +127,12 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
 
 
 def outage(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, seconds: float
+    start_agent: StartAgent,
+    receiver: RecordingReceiver,
+    tmp_path: Path,
+    logs: Path,
+    seconds: float,
 ) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     config = agent_config(tmp_path, logs, receiver, buffer="max_memory_bytes: 65536")
     agent, admin = start(start_agent, config, tmp_path)
     write_lines(logs / "app.log", 0, 1_000)
@@ -154,23 +162,21 @@ def outage(
 
 
 def test_sink_outage_loses_nothing(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
-    outage(start_agent, receiver, tmp_path, seconds=5)
+    outage(start_agent, receiver, tmp_path, logs, seconds=5)
 
 
 @pytest.mark.slow
 def test_30s_sink_outage_loses_nothing(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
-    outage(start_agent, receiver, tmp_path, seconds=30)
+    outage(start_agent, receiver, tmp_path, logs, seconds=30)
 
 
 def test_full_buffer_drop_oldest_counts_every_drop(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     config = agent_config(
         tmp_path,
         logs,
@@ -203,10 +209,8 @@ def test_full_buffer_drop_oldest_counts_every_drop(
 
 
 def test_full_buffer_blocks_input_by_default_then_catches_up(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     config = agent_config(
         tmp_path, logs, receiver, buffer="max_memory_bytes: 65536, max_disk_bytes: 262144"
     )
@@ -229,10 +233,8 @@ def test_full_buffer_blocks_input_by_default_then_catches_up(
 
 
 def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
     config = agent_config(tmp_path, logs, receiver)
     receiver.down()
     agent, admin = start(start_agent, config, tmp_path)
@@ -252,11 +254,9 @@ def test_sigterm_with_sink_down_keeps_everything_for_the_next_run(
 
 
 def test_logrotate_under_load_loses_nothing(
-    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
 ) -> None:
     """Debian's logrotate renames the file and creates a new one while the app writes."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
     log_file = logs / "app.log"
     rotate_conf = tmp_path / "logrotate.conf"
     rotate_conf.write_text(f"{log_file} {{\n  rotate 20\n  create\n  missingok\n}}\n")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from log_agent_harness import clean_environ
+from log_agent_harness import ImageProcess, clean_environ
 
 CLF = re.compile(
     r"(?P<remote>\S+) - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "
@@ -51,31 +51,12 @@ def wait_until(check: Callable[[], Any], timeout: float = 5.0, what: str = "cond
         time.sleep(0.01)
 
 
-class Webapp:
+class Webapp(ImageProcess):
     def __init__(
         self, tmp: Path, args: list[str], env: dict[str, str], python_args: list[str]
     ) -> None:
-        self.stderr_path = tmp / f"webapp-{time.monotonic_ns()}.stderr"
-        with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, *python_args, "-m", "podkit.images.webapp", *args],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=err,
-            )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__("podkit.images.webapp", args, env, tmp, python_args)
         self.port = 0
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
 
     def wait_line(self, match: Callable[[str], bool], timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout
@@ -100,9 +81,6 @@ class Webapp:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
 
 
 StartWebapp = Callable[..., Webapp]

@@ -158,14 +158,8 @@ class SinkBuffer:
                 rec.ack.done()
 
     def _drop_oldest(self) -> None:
-        """Drop the oldest queued record (never the one being sent: it may be arriving)."""
-        if self._memory:
-            rec = self._memory.popleft()
-            self.memory_bytes -= len(rec.payload)
-            self._counters.drop(self.id, "buffer_full", rec.events)
-            if rec.ack is not None:
-                rec.ack.done()
-            return
+        """Drop the oldest queued record (never the one being sent: it may be arriving).
+        Only called with records on disk, and then memory is empty: they spilled with it."""
         taken = self._disk.take()
         if taken is not None:
             self._counters.drop(self.id, "buffer_full", taken[0].events)

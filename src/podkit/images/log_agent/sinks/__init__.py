@@ -1,1 +1,1 @@
-"""Sinks: where events leave the agent. Each has an `id`, `async write(batch)` and `close()`."""
+"""Sinks: where events leave the agent. Each follows the protocol in `base.py`."""

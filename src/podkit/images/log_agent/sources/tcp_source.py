@@ -9,7 +9,7 @@ import time
 
 from podkit.common.clock import rfc3339
 from podkit.images.log_agent.event import Batch
-from podkit.images.log_agent.lines import LineSplitter
+from podkit.images.log_agent.lines import LineReader
 from podkit.images.log_agent.metrics import Counters
 from podkit.images.log_agent.pipeline import Ingest
 
@@ -56,7 +56,7 @@ class TcpSource:
         assert task is not None
         self._handlers.add(task)
         self._writers.add(writer)
-        splitter = LineSplitter(self._max_line)
+        splitter = LineReader(self._max_line)  # the file source's splitter; offsets unused
         counters = self._counters
         try:
             while True:
@@ -66,23 +66,23 @@ class TcpSource:
                     break
                 if not data:
                     break
-                lines = splitter.feed(data)
-                if splitter.cut_lines:
-                    counters.cut(self.id, splitter.cut_lines)
-                    splitter.cut_lines = 0
+                _, lines = splitter.feed(data)
+                if splitter.cut:
+                    counters.cut(self.id, splitter.cut)
+                    splitter.cut = 0
                 await self._ingest(self._batch(lines, len(data)))
         finally:
             # The sender closed the connection: its last line needs no newline to count.
-            rest = splitter.flush()
-            if rest is not None:
-                await self._ingest(self._batch([rest], 0))
+            _, rest = splitter.flush()
+            if rest:
+                await self._ingest(self._batch(rest, 0))
             self._writers.discard(writer)
             self._handlers.discard(task)
             writer.close()
 
-    def _batch(self, lines: list[bytes], nbytes: int) -> Batch:
+    def _batch(self, lines: list[str], nbytes: int) -> Batch:
         now = rfc3339(time.time())
-        events = [{"time": now, "message": line.decode("utf-8", "replace")} for line in lines]
+        events = [{"time": now, "message": line} for line in lines]
         # Not replayable: a TCP sender cannot be asked again, so buffers keep it on disk.
         return Batch(self.id, events, {"source": "tcp"}, nbytes, replayable=False)
 
