@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables \
-          rsyslog logrotate
+          rsyslog logrotate haproxy nginx wrk
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean
@@ -41,6 +41,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/pod_startup.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/log_agent.py
+	$(BIN)/python bench/proxy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

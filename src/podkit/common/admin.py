@@ -55,9 +55,17 @@ def admin_response(
 
 
 class AdminServer:
-    def __init__(self, *, ready: Callable[[], bool], registry: RegistryFactory | None) -> None:
+    def __init__(
+        self,
+        *,
+        ready: Callable[[], bool],
+        registry: RegistryFactory | None,
+        extra: Callable[[Request], Response | None] | None = None,
+    ) -> None:
+        """`extra` answers an image's own read-only paths (None: not one of them)."""
         self._ready = ready
         self._registry = registry
+        self._extra = extra
         self._http = HttpServer(self._handle, max_body=64 * 1024)
 
     async def start(self, host: str, port: int) -> None:
@@ -75,4 +83,6 @@ class AdminServer:
             # Every path here is read-only: 405 even for unknown paths, as before.
             return Response(405, b"method not allowed\n", headers=dict(ALLOW_GET))
         answer = admin_response(request, ready=self._ready, registry=self._registry)
+        if answer is None and self._extra is not None:
+            answer = self._extra(request)
         return answer if answer is not None else Response.text(404, "not found\n")

@@ -227,7 +227,8 @@ def _format_validation_error(
         for origin_loc, origin in origins.items():
             if loc[: len(origin_loc)] == origin_loc:
                 source = origin
-        lines.append(f"{source}: {format_path(loc)}: {reason}")
+        # A whole-file check names its own field paths in the reason.
+        lines.append(f"{source}: {format_path(loc)}: {reason}" if loc else f"{source}: {reason}")
     return "\n".join(lines)
 
 

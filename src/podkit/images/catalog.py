@@ -13,6 +13,7 @@ import yaml
 BUILTIN: dict[str, str] = {
     "simple-webapp": "podkit.images.webapp",
     "log-agent": "podkit.images.log_agent",
+    "ambassador": "podkit.images.ambassador",
 }
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, Field, model_validator
 
 from podkit.common.config import parse_hostport
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 from podkit.images.log_agent.sinks import elasticsearch, file, http, loki, otlp, stdout, syslog
 from podkit.images.log_agent.sources.file_config import FileSourceConfig
 from podkit.images.log_agent.transform_config import Match, TransformConfig

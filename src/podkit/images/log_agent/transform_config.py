@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 from podkit.images.log_agent.parsers import compile_regex
 
 ParseMode = Literal["auto", "raw", "json", "regex", "common_log"]

@@ -2,6 +2,7 @@
 
     GET  /            HTML page about the pod
     GET  /api/info    the same as JSON (pod name, namespace, uid, node, container, uptime, ...)
+    GET  /api/call    ?path=/x: GET <UPSTREAM_URL>/x (through the pod's ambassador) as JSON
     ANY  /api/echo    the request back as JSON: method, path, query, headers, remote, body
     GET  /healthz  /readyz  /metrics   (common/admin.py)
 
@@ -11,6 +12,7 @@ GET routes answer HEAD too; other methods on them get 405 with an Allow header, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import html
@@ -36,8 +38,9 @@ MAX_BODY = 1024 * 1024  # request bodies above this get 413 (aiohttp's default, 
 
 
 class WebappState:
-    def __init__(self, pod: PodInfo, access: AccessLog) -> None:
+    def __init__(self, pod: PodInfo, access: AccessLog, *, upstream_url: str = "") -> None:
         self.pod = pod
+        self.upstream_url = upstream_url
         self.access = access
         self.started = time.monotonic()
         self.ready = False
@@ -139,6 +142,55 @@ def api_echo(state: WebappState, request: Request) -> Response:
     return _json(out)
 
 
+CALL_TIMEOUT = 5.0  # seconds for the whole outbound request
+
+
+async def api_call(state: WebappState, request: Request) -> Response:
+    """GET <upstream_url><path>: the app calling out through its ambassador or adapter, as a
+    service calls its dependencies. Answers the upstream's status and body as JSON."""
+    if not state.upstream_url:
+        return _json({"error": "no upstream configured (set UPSTREAM_URL)"}, 503)
+    path = (request.query_params().get("path") or ["/"])[0]
+    if not path.startswith("/"):
+        return _json({"error": "path must start with /"}, 400)
+    host, _, port = state.upstream_url.removeprefix("http://").rstrip("/").partition(":")
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            reader, writer = await asyncio.open_connection(host, int(port or 80))
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port or 80}\r\n"
+                "User-Agent: simple-webapp\r\nConnection: close\r\n\r\n".encode()
+            )
+            raw = await reader.read()
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        return _json({"error": f"upstream unreachable: {exc}"}, 502)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        return _json({"error": "upstream sent no HTTP response"}, 502)
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _unchunk(body)
+    out: dict[str, Any] = {"upstream_status": int(status_line[1])}
+    try:
+        out["body"] = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        out["body"] = body.decode("utf-8", "replace")
+    return _json(out)
+
+
+def _unchunk(body: bytes) -> bytes:
+    out = []
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        body = rest[size + 2 :]
+    return b"".join(out)
+
+
 Route = Callable[[WebappState, Request], Response]
 # path -> (methods, handler); None allows every method
 ROUTES: dict[str, tuple[frozenset[str] | None, Route]] = {
@@ -158,6 +210,8 @@ def build_handler(state: WebappState) -> Callable[[Request], Awaitable[Response]
         path = unquote(request.path)
         if path != request.path:
             request = replace(request, path=path)
+        if path == "/api/call" and request.method in ("GET", "HEAD"):
+            return await api_call(state, request)
         route = ROUTES.get(path)
         if route is None:
             admin = admin_response(request, ready=ready, registry=state.registry)

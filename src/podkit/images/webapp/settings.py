@@ -6,10 +6,13 @@
 | host             | --host             | HOST           | 0.0.0.0          |
 | access_log_dir   | --access-log-dir   | ACCESS_LOG_DIR | (none: no file)  |
 | log_agent_addr   | --log-agent-addr   | LOG_AGENT_ADDR | 127.0.0.1:5170   |
+| upstream_url     | --upstream-url     | UPSTREAM_URL   | (none)           |
 | log_agent_queue  |                    |                | 10000 lines      |
 | shutdown_timeout |                    |                | 0.5 seconds      |
 
 `log_agent_addr` set to "" or "off" disables shipping access lines to the log agent.
+`upstream_url` (http://HOST:PORT) is where GET /api/call?path=/x sends its outbound request:
+usually an ambassador or adapter container on the pod's localhost.
 Every setting can also come from the YAML file or SIMPLE_WEBAPP_<NAME> (values read as JSON
 when they parse as JSON, as in common/config.py).
 
@@ -35,6 +38,7 @@ PLAIN_ENV = {
     "host": "HOST",
     "access_log_dir": "ACCESS_LOG_DIR",
     "log_agent_addr": "LOG_AGENT_ADDR",
+    "upstream_url": "UPSTREAM_URL",
 }
 
 
@@ -44,6 +48,7 @@ class WebappSettings:
     host: str = "0.0.0.0"
     access_log_dir: str | None = None
     log_agent_addr: str = "127.0.0.1:5170"
+    upstream_url: str = ""
     log_agent_queue: int = 10_000  # lines held for the agent
     shutdown_timeout: float = 0.5  # seconds for in-flight requests
 
@@ -100,6 +105,13 @@ def _optional_dir(value: Any) -> str | None:
     return None if value is None else (_text(value) or None)  # "" means no file, as unset
 
 
+def _upstream_url(value: Any) -> str:
+    text = _text(value)
+    if text and not text.startswith("http://"):
+        raise ValueError(f"must be an http://HOST:PORT URL{_got(value)}")
+    return text
+
+
 def _agent_addr(value: Any) -> str:
     text = _text(value)
     parse_agent_addr(text)  # raises ValueError naming the problem and the value
@@ -112,6 +124,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "host": _text,
     "access_log_dir": _optional_dir,
     "log_agent_addr": _agent_addr,
+    "upstream_url": _upstream_url,
     "log_agent_queue": _queue,
     "shutdown_timeout": _seconds,
 }
@@ -122,7 +135,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simple-webapp",
         description="The demo web server of podkit's examples: logs every request.",
-        epilog="Each flag has an environment variable: PORT, HOST, ACCESS_LOG_DIR, LOG_AGENT_ADDR.",
+        epilog="Each flag has an environment variable: PORT, HOST, ACCESS_LOG_DIR, "
+        "LOG_AGENT_ADDR, UPSTREAM_URL.",
     )
     parser.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
     parser.add_argument("--port", type=int, help="port to serve on (env PORT, default 8080)")
@@ -137,6 +151,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="send access lines to the log agent here; 'off' disables "
         "(env LOG_AGENT_ADDR, default 127.0.0.1:5170)",
+    )
+    parser.add_argument(
+        "--upstream-url",
+        metavar="URL",
+        help="where GET /api/call?path=/x sends its request (env UPSTREAM_URL), e.g. the "
+        "ambassador's egress listener http://127.0.0.1:9000",
     )
     return parser
 

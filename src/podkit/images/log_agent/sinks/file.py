@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 from podkit.images.log_agent.event import Batch, json_lines
 from podkit.images.log_agent.sinks.base import RetryableError
 from podkit.images.log_agent.sinks.stdout import text_lines

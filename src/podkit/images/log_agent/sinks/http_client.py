@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 from podkit.images.log_agent.sinks.base import RejectedError, RetryableError
 
 if TYPE_CHECKING:

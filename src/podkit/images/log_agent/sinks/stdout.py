@@ -8,7 +8,7 @@ from typing import Literal
 import orjson
 
 from podkit.common import stdout
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 from podkit.images.log_agent.event import Batch, full_event, json_lines
 
 Format = Literal["json", "pretty", "text"]

@@ -29,7 +29,7 @@ import orjson
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from podkit.common.config import parse_hostport
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 from podkit.images.log_agent.event import Batch, Event, full_event
 from podkit.images.log_agent.sinks.base import RetryableError
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from podkit.images.log_agent.config_base import Section
+from podkit.common.config_section import Section
 
 KiB = 1024
 MiB = 1024 * KiB

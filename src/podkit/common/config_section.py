@@ -1,4 +1,5 @@
-"""The base of every config section: unknown keys are an error, validators built on first use."""
+"""The base of every config section of an image: unknown keys are an error, validators built on
+first use."""
 
 from __future__ import annotations
 

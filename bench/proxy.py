@@ -1,0 +1,627 @@
+"""ambassador against HAProxy and nginx: the same backend, the same wrk load, the same run.
+
+The backend is one nginx (worker_processes 1, access_log off) answering `GET /` with a small
+body ("hello from nginx\\n"). In front of it, each on its own ports, one HTTP and one HTTPS
+listener (TLS 1.2+, a self-signed ECDSA P-256 certificate for localhost / 127.0.0.1 made for
+the run):
+- HAProxy (Debian), nbthread 1, mode http, http-keep-alive, no logging;
+- nginx (Debian) as a proxy, a second instance, worker_processes 1, proxy_pass to an upstream
+  with keepalive 64, proxy_http_version 1.1, access_log off;
+- podkit ambassador, 1 worker (`python -m podkit.images.ambassador --config ...`).
+Each measurement is `wrk -t1 -c50 -d<DURATION>s --latency` (DURATION, default 10 s) after a 2 s
+warm-up run that is not recorded: over HTTP the backend directly, then HAProxy, nginx and the
+ambassador; then over HTTPS HAProxy, nginx and the ambassador. Requests/s, p50 and p99 latency
+are taken from wrk's output; a run where wrk saw socket errors or non-2xx/3xx responses gets an
+"errors" field with the counts. After all runs the ambassador's peak RSS (VmHWM summed over its
+process tree) is read. A table goes to stderr; the last stdout line is one JSON object.
+ONLY=direct,haproxy,nginx,ambassador (any subset) measures only those.
+Targets (issue 5): ambassador >= 0.8x HAProxy and >= 1.0x nginx in requests/s, p99 <= 1.5x
+HAProxy's, peak RSS < 80 MB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import http.client
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+DURATION = int(os.environ.get("DURATION", "10"))
+WARMUP = 2
+CONNECTIONS = 50
+START_TIMEOUT = 20.0
+NAMES = ["direct", "haproxy", "nginx", "ambassador"]
+PROXIES = ["haproxy", "nginx", "ambassador"]
+BODY = "hello from nginx\n"
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A process this script started (in its own process group) and where its output goes."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    http_port: int = 0
+    https_port: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+STARTED: list[Server] = []
+
+
+def start(name: str, argv: list[str], log: Path) -> Server:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it reaches its children
+        )
+    server = Server(name, proc, log)
+    STARTED.append(server)
+    return server
+
+
+def stop_all() -> None:
+    """Stop every process this script started: SIGTERM to each group, SIGKILL after 5 s."""
+    for server in STARTED:
+        if server.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for server in STARTED:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.proc.wait(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.proc.pid, signal.SIGKILL)  # leftovers of the group (nginx workers)
+        if server.proc.poll() is None:
+            server.proc.wait(5)
+    STARTED.clear()
+
+
+def on_signal(signum: int, frame: FrameType | None) -> None:
+    print(f"{signal.Signals(signum).name}: stopping everything started", file=sys.stderr)
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that clean up
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1 (held open together so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def get(port: int, path: str = "/", tls: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=tls)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def wait_until(server: Server, what: str, check: Callable[[], bool]) -> None:
+    """Poll `check` until it holds; fail clearly if the process dies or the deadline passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error = "no answer"
+    while True:
+        if server.proc.poll() is not None:
+            raise SystemExit(
+                f"{server.name} exited with {server.proc.returncode} before {what}; "
+                f"its output:\n{server.log_tail()}"
+            )
+        try:
+            if check():
+                return
+            last_error = "unexpected answer"
+        except (OSError, http.client.HTTPException) as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"{server.name}: no {what} within {START_TIMEOUT:.0f} s ({last_error}); "
+                f"its output:\n{server.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+def wait_serving(server: Server, tls: ssl.SSLContext) -> None:
+    """Ready: every listener accepts and answers GET / with 200 and the backend's body."""
+    for port, ctx, scheme in ((server.http_port, None, "http"), (server.https_port, tls, "https")):
+        if port:
+            wait_until(
+                server,
+                f"200 on {scheme}://127.0.0.1:{port}/",
+                lambda port=port, ctx=ctx: get(port, "/", ctx) == (200, BODY.encode()),
+            )
+
+
+# --- certificate ------------------------------------------------------------------------------
+
+
+def make_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, valid for a day."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:  # not (yet) a dependency of the virtualenv: the openssl command line
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+            + ["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key)]
+            + ["-out", str(cert), "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    return cert, key
+
+
+# --- the servers ------------------------------------------------------------------------------
+
+
+NGINX_BACKEND = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/client_body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 100000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      default_type text/plain;
+      return 200 "hello from nginx\\n";
+    }}
+  }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/client_body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 100000;
+  upstream backend {{
+    server 127.0.0.1:{backend};
+    keepalive 64;
+    keepalive_requests 100000;
+  }}
+  server {{
+    listen 127.0.0.1:{http};
+    listen 127.0.0.1:{https} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+HAPROXY = """
+global
+  nbthread 1
+  maxconn 2000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 30s
+  timeout http-request 10s
+
+frontend http
+  bind 127.0.0.1:{http}
+  default_backend backend
+
+frontend https
+  bind 127.0.0.1:{https} ssl crt {pem} alpn http/1.1
+  default_backend backend
+
+backend backend
+  server nginx 127.0.0.1:{backend}
+"""
+
+AMBASSADOR = """
+admin:
+  listen: 127.0.0.1:{admin}
+access_log:
+  enabled: false
+listeners:
+  - name: http
+    listen: 127.0.0.1:{http}
+    protocol: http
+    routes:
+      - match: {{prefix: /}}
+        cluster: backend
+  - name: https
+    listen: 127.0.0.1:{https}
+    protocol: https
+    tls:
+      certificates:
+        - cert_file: {cert}
+          key_file: {key}
+    routes:
+      - match: {{prefix: /}}
+        cluster: backend
+clusters:
+  - name: backend
+    endpoints:
+      - address: 127.0.0.1:{backend}
+"""
+
+
+def start_nginx(name: str, tmp: Path, template: str, **values: object) -> Server:
+    work = tmp / name
+    work.mkdir()
+    conf = work / "nginx.conf"
+    conf.write_text(template.format(dir=work, **values))
+    argv = ["nginx", "-p", f"{work}/", "-e", str(work / "error.log"), "-c", str(conf)]
+    server = start(name, argv, work / "output.log")
+    server.log = work / "error.log"  # nginx reports its problems there, not on stderr
+    return server
+
+
+def start_haproxy(tmp: Path, backend: int, cert: Path, key: Path) -> Server:
+    work = tmp / "haproxy"
+    work.mkdir()
+    pem = work / "haproxy.pem"  # HAProxy takes certificate and key from one file
+    pem.write_text(cert.read_text() + key.read_text())
+    http_port, https_port = free_ports(2)
+    conf = work / "haproxy.cfg"
+    conf.write_text(HAPROXY.format(http=http_port, https=https_port, pem=pem, backend=backend))
+    server = start("haproxy", ["haproxy", "-db", "-f", str(conf)], work / "output.log")
+    server.http_port, server.https_port = http_port, https_port
+    return server
+
+
+def start_ambassador(tmp: Path, backend: int, cert: Path, key: Path) -> Server:
+    work = tmp / "ambassador"
+    work.mkdir()
+    http_port, https_port, admin = free_ports(3)
+    conf = tmp / "ambassador.yaml"
+    conf.write_text(
+        AMBASSADOR.format(
+            admin=admin, http=http_port, https=https_port, cert=cert, key=key, backend=backend
+        )
+    )
+    argv = [sys.executable, "-m", "podkit.images.ambassador", "--config", str(conf)]
+    server = start("ambassador", argv, work / "output.log")
+    server.http_port, server.https_port, server.extra["admin"] = http_port, https_port, admin
+    try:
+        wait_until(
+            server,
+            f"200 on http://127.0.0.1:{admin}/ready",
+            lambda: get(admin, "/ready")[0] == 200,
+        )
+    except SystemExit as exc:
+        raise SystemExit(
+            f"the podkit ambassador could not be started ({' '.join(argv)}): {exc}"
+        ) from None
+    return server
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: dict[str, int]
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "rps": round(self.rps),
+            "p50_ms": round(self.p50_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+        }
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+def to_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match[1]) * UNITS_MS[match[2]]
+
+
+def parse_wrk(output: str) -> Result:
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    p50 = re.search(r"^\s+50(?:\.000)?%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99(?:\.000)?%\s+(\S+)", output, re.M)
+    if rps is None or p50 is None or p99 is None:
+        raise SystemExit(f"cannot read wrk's output:\n{output}")
+    errors: dict[str, int] = {}
+    sockets = re.search(r"Socket errors: (.*)$", output, re.M)
+    if sockets is not None:
+        for kind, count in re.findall(r"(\w+) (\d+)", sockets[1]):
+            if int(count):
+                errors[kind] = int(count)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx is not None and int(non2xx[1]):
+        errors["non_2xx_3xx"] = int(non2xx[1])
+    return Result(float(rps[1]), to_ms(p50[1]), to_ms(p99[1]), errors)
+
+
+def wrk(url: str, seconds: int, latency: bool) -> str:
+    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"] + (["--latency"] if latency else [])
+    done = subprocess.run(
+        argv + [url], capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"wrk {url} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def measure(label: str, url: str) -> Result:
+    wrk(url, WARMUP, latency=False)  # warm-up: connections, caches, CPU frequency; not recorded
+    result = parse_wrk(wrk(url, DURATION, latency=True))
+    note = f", ERRORS {result.errors}" if result.errors else ""
+    print(
+        f"{label:<18} {result.rps:>10,.0f} req/s  p50 {result.p50_ms:.3f} ms  "
+        f"p99 {result.p99_ms:.3f} ms{note}",
+        file=sys.stderr,
+    )
+    return result
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def peak_rss_mb(root: int) -> float:
+    """VmHWM (peak resident set) summed over the process and all its descendants."""
+    total_kb = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def selected() -> list[str]:
+    only = [n.strip() for n in os.environ.get("ONLY", ",".join(NAMES)).split(",") if n.strip()]
+    unknown = sorted(set(only) - set(NAMES))
+    if unknown or not only:
+        raise SystemExit(f"ONLY={os.environ.get('ONLY')!r}: choose among {','.join(NAMES)}")
+    return [n for n in NAMES if n in only]
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b else None  # null in the JSON rather than a division by zero
+
+
+def print_table(results: dict[str, dict[str, Result]]) -> None:
+    err = sys.stderr
+    print(
+        f"\n{'':<6}{'':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'rps/haproxy':>13}{'rps/nginx':>11}{'p99/haproxy':>13}",
+        file=err,
+    )
+    for proto, runs in results.items():
+        for name, r in runs.items():
+            cols: list[str] = []
+            for peer in ("haproxy", "nginx"):
+                cols.append(f"{r.rps / runs[peer].rps:.2f}" if peer in runs else "-")
+            cols.append(f"{r.p99_ms / runs['haproxy'].p99_ms:.2f}" if "haproxy" in runs else "-")
+            print(
+                f"{proto:<6}{name:<12}{r.rps:>10,.0f}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}"
+                f"{cols[0]:>13}{cols[1]:>11}{cols[2]:>13}" + (" ERRORS" if r.errors else ""),
+                file=err,
+            )
+
+
+def run(tmp: Path, names: list[str]) -> dict[str, object]:
+    tmp.chmod(0o755)  # nginx workers run as nobody when started as root
+    cert, key = make_certificate(tmp)
+    tls = ssl.create_default_context(cafile=str(cert))  # checks the certificate on the way
+    backend_port = free_ports(1)[0]
+    backend = start_nginx("backend", tmp, NGINX_BACKEND, port=backend_port)
+    backend.http_port = backend_port
+    wait_serving(backend, tls)
+    servers: dict[str, Server] = {"direct": backend}
+    if "haproxy" in names:
+        servers["haproxy"] = start_haproxy(tmp, backend_port, cert, key)
+    if "nginx" in names:
+        http_port, https_port = free_ports(2)
+        servers["nginx"] = start_nginx(
+            "nginx",
+            tmp,
+            NGINX_PROXY,
+            backend=backend_port,
+            http=http_port,
+            https=https_port,
+            cert=cert,
+            key=key,
+        )
+        servers["nginx"].http_port, servers["nginx"].https_port = http_port, https_port
+    if "ambassador" in names:
+        servers["ambassador"] = start_ambassador(tmp, backend_port, cert, key)
+    for name in names:
+        wait_serving(servers[name], tls)
+    print(
+        f"all up; wrk -t1 -c{CONNECTIONS} -d{DURATION}s (after {WARMUP} s warm-up) each",
+        file=sys.stderr,
+    )
+
+    results: dict[str, dict[str, Result]] = {"http": {}, "https": {}}
+    for name in names:
+        url = f"http://127.0.0.1:{servers[name].http_port}/"
+        results["http"][name] = measure(f"http  {name}", url)
+    for name in names:
+        if name in PROXIES:
+            url = f"https://127.0.0.1:{servers[name].https_port}/"
+            results["https"][name] = measure(f"https {name}", url)
+    rss = peak_rss_mb(servers["ambassador"].proc.pid) if "ambassador" in servers else None
+    print_table(results)
+
+    out: dict[str, object] = {
+        proto: {name: r.as_json() for name, r in runs.items()}
+        for proto, runs in results.items()
+        if runs
+    }
+    http_runs, https_runs = results["http"], results["https"]
+    if "ambassador" in http_runs:
+        amb = http_runs["ambassador"]
+        if "haproxy" in http_runs:
+            out["ratio_vs_haproxy"] = ratio(amb.rps, http_runs["haproxy"].rps)
+        if "nginx" in http_runs:
+            out["ratio_vs_nginx"] = ratio(amb.rps, http_runs["nginx"].rps)
+        if "haproxy" in http_runs:
+            out["p99_ratio_vs_haproxy"] = ratio(amb.p99_ms, http_runs["haproxy"].p99_ms)
+        if "haproxy" in https_runs:
+            out["https_ratio_vs_haproxy"] = ratio(
+                https_runs["ambassador"].rps, https_runs["haproxy"].rps
+            )
+        if "nginx" in https_runs:
+            out["https_ratio_vs_nginx"] = ratio(
+                https_runs["ambassador"].rps, https_runs["nginx"].rps
+            )
+    if rss is not None:
+        out["ambassador_peak_rss_mb"] = round(rss, 1)
+        print(f"ambassador peak RSS: {rss:.1f} MB", file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    names = selected()
+    for tool in ["nginx", "wrk"] + (["haproxy"] if "haproxy" in names else []):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: `make debs` installs Debian's {tool}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as name:
+        try:
+            out = run(Path(name), names)
+        except KeyboardInterrupt:
+            print("interrupted: stopping everything started", file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            stop_all()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ambassador image: a sidecar proxy (routing, load balancing, health checks, retries, TLS)."""

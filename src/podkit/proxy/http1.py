@@ -1,0 +1,108 @@
+"""HTTP/1.1 pieces with no I/O: header rules of a proxy (RFC 9110 7.6, RFC 9112), head building,
+the proxy's own responses.
+
+Parsing itself is llhttp's (through httptools), in its strict mode: it already rejects
+Content-Length with Transfer-Encoding, duplicate Content-Length, bad chunk framing, bare LF,
+obs-fold and invalid header names (tests/test_proxy_http_safety.py holds the table).
+"""
+
+from __future__ import annotations
+
+import os
+from http import HTTPStatus
+
+from podkit.common.httpserver import http_date
+
+# Hop-by-hop: meaningful for one connection only, never forwarded (RFC 9110 7.6.1), plus Trailer
+# (trailers are not forwarded). Transfer-Encoding is re-framed by the proxy; Upgrade is
+# forwarded only on a tunnelled upgrade.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Headers the proxy writes itself from what it knows, replacing the client's.
+FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (
+        status,
+        reason if reason is not None else _REASONS.get(status, b""),
+    )
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """Header names a Connection header lists (they are hop-by-hop too)."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def response(
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    close: bool = False,
+    head: bool = False,
+) -> bytes:
+    """A whole response written by the proxy itself (errors, direct responses, redirects)."""
+    parts = [status_line(status), b"date: ", http_date().encode(), b"\r\nserver: podkit\r\n"]
+    if body or status not in (204, 304):
+        parts += [b"content-type: ", content_type, b"\r\ncontent-length: %d\r\n" % len(body)]
+    for name, value in headers or ():
+        parts += [name, b": ", value, b"\r\n"]
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def error_body(status: int, reason: str) -> bytes:
+    """A short plain-text body: the status and why, so a user reading curl's output knows."""
+    return b"%d %s: %s\n" % (status, _REASONS.get(status, b""), reason.encode())
+
+
+_id_prefix = b""
+_id_counter = 0
+
+
+def request_id() -> bytes:
+    """A UUID-shaped id for x-request-id: a random prefix per process and a counter, so ids are
+    unique across processes and restarts (122 random bits would be no more unique, and drawing
+    them costs more than proxying a small request)."""
+    global _id_prefix, _id_counter
+    _id_counter += 1
+    if not _id_prefix or _id_counter > 0xFFFFFFFFFFFF:
+        h = os.urandom(10).hex().encode()
+        _id_prefix = b"%s-%s-4%s-a%s-" % (h[:8], h[8:12], h[12:15], h[15:18])
+        _id_counter = 1
+    return b"%s%012x" % (_id_prefix, _id_counter)
+
+
+def host_without_port(host: bytes) -> bytes:
+    """'Example.COM:8443' -> b'example.com'; '[::1]:80' -> b'[::1]'."""
+    host = host.lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    colon = host.rfind(b":")
+    return host[:colon] if colon >= 0 else host
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,185 @@
+"""A listener at run time: what every session on it shares (routes, clusters, limits, stats,
+access log), and the bookkeeping of its open sessions."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from bisect import bisect_left
+from typing import TYPE_CHECKING
+
+from podkit.common.clock import rfc3339
+from podkit.proxy.h1 import without
+from podkit.proxy.http1 import host_without_port
+from podkit.proxy.routing import Router, field_value
+from podkit.proxy.stats import BUCKETS, ListenerStats
+
+if TYPE_CHECKING:
+    from podkit.proxy.access_log import AccessLog
+    from podkit.proxy.clock import Clock
+    from podkit.proxy.cluster import ClusterRuntime
+    from podkit.proxy.config import Listener
+    from podkit.proxy.h1 import RequestHead
+    from podkit.proxy.routing import CompiledRoute
+    from podkit.proxy.session import HttpSession
+    from podkit.proxy.tcp import TcpSession
+
+
+PREPARED_CACHE = 1024  # distinct request heads remembered per listener
+CACHEABLE_HEAD = 2048  # bytes; longer heads (big cookies) are parsed every time
+
+
+class Prepared:
+    """Everything about a request that follows from its head bytes alone: parsed once, reused
+    for every identical head (a client polling the same URL sends the same bytes each time)."""
+
+    __slots__ = ("head", "host", "path", "query", "route", "error", "upstream_start", "fast")
+
+    def __init__(
+        self, head: RequestHead, router: Router, clusters: dict[str, ClusterRuntime]
+    ) -> None:
+        self.head = head
+        self.host = head.host
+        self.route: CompiledRoute | None = None
+        # The cluster, when the request can take the session's fast path: no body, no upgrade,
+        # no hashing on its content.
+        self.fast: ClusterRuntime | None = None
+        self.error: tuple[int, str] | None = None
+        self.upstream_start = b""  # request line and forwarded fields, before X-Forwarded-*
+        target = head.target
+        if target[:1] == b"/":
+            path, _, query = target.partition(b"?")
+        elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            # absolute-form (this proxy as a client's HTTP proxy): the authority is the host
+            authority, slash, after = target.split(b"://", 1)[1].partition(b"/")
+            path, _, query = (slash + after or b"/").partition(b"?")
+            self.host = authority
+        elif target == b"*" and head.method == b"OPTIONS":
+            path, query = b"*", b""
+        elif head.method == b"CONNECT":
+            path, query = b"", b""
+            self.error = (405, "CONNECT is not supported")
+        else:
+            path, query = b"", b""
+            self.error = (400, "invalid request target")
+        self.path = path
+        self.query = query
+        if self.error is not None:
+            return
+        route = router.only or router.match(
+            head.method, host_without_port(self.host), path, head.fields
+        )
+        self.route = route
+        if route is None or route.cluster is None:
+            return
+        if route.rewrite is not None:
+            path = route.rewrite_path(path)
+        target = path + b"?" + query if query else path
+        fields = without(head.fields, head.drop) if head.drop else head.fields
+        self.upstream_start = b"".join((head.method, b" ", target, b" HTTP/1.1\r\n", fields))
+        cluster = clusters[route.cluster]
+        if not (head.chunked or head.content_length or head.upgrade or cluster.hash_on):
+            self.fast = cluster
+
+
+class ListenerRuntime:
+    def __init__(
+        self,
+        config: Listener,
+        clusters: dict[str, ClusterRuntime],
+        clock: Clock,
+        access_log: AccessLog | None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.clusters = clusters
+        self.clock = clock
+        self.access_log = access_log
+        self.router = Router(config.routes)
+        self.limits = config.limits
+        self.timeouts = config.timeouts
+        self.scheme = b"https" if config.tls is not None else b"http"
+        self.stats = ListenerStats()
+        self.sessions: set[HttpSession | TcpSession] = set()
+        self.draining = False
+        self.prepared: dict[bytes, Prepared] = {}
+        self._trusted = list(config.trusted_cidrs)
+        self._trust_cache: dict[str, bool] = {}
+
+    def prepare(self, key: bytes, head: RequestHead) -> Prepared:
+        prep = Prepared(head, self.router, self.clusters)
+        if len(key) <= CACHEABLE_HEAD:
+            cache = self.prepared
+            if len(cache) >= PREPARED_CACHE:
+                cache.clear()  # simpler than LRU, and a full cache means heads rarely repeat
+            cache[key] = prep
+        return prep
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        known = self._trust_cache.get(ip)
+        if known is None:
+            addr = ipaddress.ip_address(ip)
+            known = any(addr in net for net in self._trusted)
+            if len(self._trust_cache) < 10000:
+                self._trust_cache[ip] = known
+        return known
+
+    def opened(self, session: HttpSession | TcpSession) -> None:
+        self.sessions.add(session)
+        self.stats.connections_total += 1
+        self.stats.active_connections += 1
+
+    def closed(self, session: HttpSession | TcpSession) -> None:
+        self.sessions.discard(session)
+        self.stats.active_connections -= 1
+
+    def finished(
+        self, session: HttpSession, head: RequestHead, status: int, cluster: ClusterRuntime | None
+    ) -> None:
+        """One request is done (answered, failed or abandoned): count it and log it."""
+        elapsed = time.perf_counter() - session.started
+        stats = self.stats
+        requests = stats.requests
+        requests[status] = requests.get(status, 0) + 1
+        latency = stats.latency
+        i = bisect_left(BUCKETS, elapsed)
+        latency.counts[i] += 1
+        latency.sum += elapsed
+        if cluster is not None:
+            latency = cluster.stats.latency
+            latency.counts[i] += 1
+            latency.sum += elapsed
+        log = self.access_log
+        if log is None:
+            return
+        route = session.route
+        log.write(
+            {
+                "time": rfc3339(),
+                "listener": self.name,
+                "client": session.client_ip,
+                "method": head.method.decode("latin-1"),
+                "target": head.target.decode("latin-1"),
+                "host": session.host.decode("latin-1"),
+                "protocol": "HTTP/" + head.version.decode(),
+                "status": status,
+                "bytes_sent": session.resp_bytes,
+                "duration_ms": round(elapsed * 1000, 3),
+                "route": route.name if route is not None else None,
+                "cluster": cluster.name if cluster is not None else None,
+                "upstream": session.upstream_key or None,
+                "attempts": len(session.tried),
+                "request_id": session.request_id.decode("latin-1") or None,
+                "user_agent": _text(field_value(head.fields, b"user-agent")),
+            }
+        )
+
+    def expire(self, now: float) -> None:
+        for session in [s for s in self.sessions if s.dkind and s.deadline <= now]:
+            session.expire(now)  # type: ignore[union-attr]
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
