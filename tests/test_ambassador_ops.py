@@ -18,6 +18,22 @@ from proxy_harness import Ambassador, EchoServer, free_port, simple_config
 
 
 @pytest.fixture
+def ambassador(tmp_path: Path):
+    """Starts ambassadors; whatever a failing test leaves running is killed at teardown."""
+    started: list[Ambassador] = []
+
+    def start(config: dict) -> Ambassador:
+        amb = ambassador(config)
+        started.append(amb)
+        return amb
+
+    yield start
+    for amb in started:
+        if amb.process.proc.poll() is None:
+            amb.process.kill()
+
+
+@pytest.fixture
 def backend():
     server = EchoServer("one")
     yield server
@@ -57,11 +73,11 @@ def _wrk_result(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return requests, out
 
 
-def test_reload_under_load_drops_no_request(tmp_path: Path, backend: EchoServer) -> None:
+def test_reload_under_load_drops_no_request(backend: EchoServer, ambassador) -> None:
     port = free_port()
     config = simple_config(port, [backend.address])
     config["access_log"] = {"enabled": False}
-    amb = Ambassador(tmp_path, config)
+    amb = ambassador(config)
     base = f"http://127.0.0.1:{port}"
     assert _get(base + "/teapot")[0] == 200  # no such route yet: the backend answers
     load = _wrk(base + "/", 4)
@@ -92,9 +108,9 @@ def test_reload_under_load_drops_no_request(tmp_path: Path, backend: EchoServer)
     assert amb.stop()[0] == 0
 
 
-def test_a_bad_new_config_keeps_the_running_one(tmp_path: Path, backend: EchoServer) -> None:
+def test_a_bad_new_config_keeps_the_running_one(backend: EchoServer, ambassador) -> None:
     port = free_port()
-    amb = Ambassador(tmp_path, simple_config(port, [backend.address]))
+    amb = ambassador(simple_config(port, [backend.address]))
     amb.config_path.write_text("listeners: [{name: x, listen: nowhere}]\n")
     amb.process.proc.send_signal(signal.SIGHUP)
     failed = _wait(
@@ -115,13 +131,13 @@ def test_a_bad_new_config_keeps_the_running_one(tmp_path: Path, backend: EchoSer
 
 
 def test_two_workers_share_the_port_and_the_admin_counts_both(
-    tmp_path: Path, backend: EchoServer
+    backend: EchoServer, ambassador
 ) -> None:
     port = free_port()
     config = simple_config(port, [backend.address])
     config["workers"] = 2
     config["access_log"] = {"enabled": False}
-    amb = Ambassador(tmp_path, config)
+    amb = ambassador(config)
     _wait("both workers ready", lambda: _get(amb.admin + "/ready")[0] == 200)
     children = subprocess.run(
         ["pgrep", "-P", str(amb.process.proc.pid)], capture_output=True, text=True

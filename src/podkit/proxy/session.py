@@ -392,13 +392,24 @@ class HttpSession(asyncio.Protocol):
             )
         # The connection goes back to the pool (or to a waiting request).
         self.upstream = None
-        conn.host.active -= 1
-        cluster.release(conn)
+        host = conn.host
+        host.active -= 1
+        if conn.alive and conn.clean and conn.keep_alive and not cluster.pending:
+            conn.session = None
+            conn.idle_deadline = self.clock.now + cluster.idle_timeout
+            host.idle.append(conn)
+        else:
+            cluster.release(conn)
         self.head = None
         requests = cluster.stats.requests
         requests[status] = requests.get(status, 0) + 1
         self.listener.finished(self, head, status, cluster)
-        self._leave_cluster()
+        self.picked = None
+        self.cluster = None
+        cluster.active_requests -= 1
+        if self.retrying:
+            self.retrying = False
+            cluster.active_retries -= 1
         self.route = None
         if self.closed:
             return True

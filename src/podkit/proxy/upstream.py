@@ -66,6 +66,10 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         state = self.state
+        if state == U_HEAD and session is not None:
+            self.got_bytes = True
+            self._head(session, self.buf + data if self.buf else data)
+            return
         if session is None or state == U_IDLE:
             # An idle connection must stay silent: bytes now mean a confused backend.
             self.clean = False
@@ -73,7 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         if state == U_LENGTH:
-            # The common case after the head: body bytes counted down, passed through as is.
+            # Body bytes counted down, passed through as they are.
             n = len(data)
             if n <= self.remaining:
                 self.remaining -= n
@@ -91,18 +95,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.remaining = 0
             self.state = U_IDLE
             session.upstream_done(self)
-            return
-        if state == U_TUNNEL:
+        elif state == U_TUNNEL:
             session.tunnel_in(data)
-            return
-        if state == U_CLOSE:
+        elif state == U_CLOSE:
             session.upstream_body(data)
             session.flush()
-            return
-        if state == U_CHUNKED:
+        else:
             self._chunked(session, data, 0)
-            return
-        self._head(session, self.buf + data if self.buf else data)
 
     def _head(self, session: HttpSession, buf: bytes) -> None:
         end = buf.find(b"\r\n\r\n")
