@@ -23,7 +23,7 @@ def ambassador(tmp_path: Path):
     started: list[Ambassador] = []
 
     def start(config: dict) -> Ambassador:
-        amb = ambassador(config)
+        amb = Ambassador(tmp_path, config)
         started.append(amb)
         return amb
 
