@@ -159,16 +159,16 @@ def _read_chunked(rfile: Any) -> bytes:
         rfile.readline()
 
 
-class EchoServer(ThreadingHTTPServer):
+class BackgroundServer:
+    """What the tests' socketserver servers share: served from a daemon thread, their port,
+    and stop(). Put it first among the bases."""
+
     daemon_threads = True
     allow_reuse_address = True
+    server_address: Any
 
-    def __init__(self, name: str = "echo", port: int = 0, host: str = "127.0.0.1") -> None:
-        super().__init__((host, port), EchoHandler)
-        self.name = name
-        self.seen: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
+    def serve_in_background(self) -> None:
+        threading.Thread(target=self.serve_forever, daemon=True).start()  # type: ignore[attr-defined]
 
     @property
     def port(self) -> int:
@@ -179,15 +179,20 @@ class EchoServer(ThreadingHTTPServer):
         return f"{self.server_address[0]}:{self.port}"
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.shutdown()  # type: ignore[attr-defined]
+        self.server_close()  # type: ignore[attr-defined]
 
 
-class TcpBanner(socketserver.ThreadingTCPServer):
+class EchoServer(BackgroundServer, ThreadingHTTPServer):
+    def __init__(self, name: str = "echo", port: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__((host, port), EchoHandler)
+        self.name = name
+        self.seen: list[dict[str, Any]] = []
+        self.serve_in_background()
+
+
+class TcpBanner(BackgroundServer, socketserver.ThreadingTCPServer):
     """A server-speaks-first protocol (like SMTP): greets, then echoes lines back."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, banner: bytes = b"220 podkit-test ready\r\n") -> None:
         banner_ = banner
@@ -199,15 +204,7 @@ class TcpBanner(socketserver.ThreadingTCPServer):
                     self.wfile.write(b"echo " + line)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.serve_in_background()
 
 
 class TlsServerMixin:
@@ -470,14 +467,11 @@ class BackendHandler(BaseHTTPRequestHandler):
         pass
 
 
-class ControlledBackend(ThreadingHTTPServer):
+class ControlledBackend(BackgroundServer, ThreadingHTTPServer):
     """A backend the test steers: `status` for every path (mutable at any time), `overrides`
     per exact path (a health-check path, say), `seen` = (method, path) answered, and `kill()`:
     the process dying, not a polite stop (open connections are cut, requests not yet answered
     never are, new connections are refused)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, name: str = "backend", status: int = 200) -> None:
         super().__init__(("127.0.0.1", 0), BackendHandler)
@@ -489,16 +483,7 @@ class ControlledBackend(ThreadingHTTPServer):
         self.killed = False
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    @property
-    def address(self) -> str:
-        return f"{self.server_address[0]}:{self.port}"
+        self.serve_in_background()
 
     def requests(self, method: str | None = None, path: str | None = None) -> int:
         """How many answered requests match `method` and `path` (None = any)."""
@@ -528,8 +513,7 @@ class ControlledBackend(ThreadingHTTPServer):
             for conn in conns:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-        self.shutdown()
-        self.server_close()
+        BackgroundServer.stop(self)
 
     def stop(self) -> None:
         if not self.killed:
@@ -562,7 +546,7 @@ class Blackhole:
         self.sock.close()
 
 
-class RawBackend(socketserver.ThreadingTCPServer):
+class RawBackend(BackgroundServer, socketserver.ThreadingTCPServer):
     """A backend that misbehaves on purpose, per request path; `seen` = (connection number,
     path), so a test can tell which upstream connection carried which request.
 
@@ -576,9 +560,6 @@ class RawBackend(socketserver.ThreadingTCPServer):
     not answered: the connection closes instead, as when a backend's keep-alive close crosses
     a request on the wire (the race, made certain).
     """
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, keepalive_timeout: float | None = None) -> None:
         backend = self
@@ -631,7 +612,7 @@ class RawBackend(socketserver.ThreadingTCPServer):
                     idle_since = time.monotonic()
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.serve_in_background()
 
     def respond(self, sock: socket.socket, path: str) -> bool:
         """Answer one request; False to end the connection."""
@@ -657,21 +638,9 @@ class RawBackend(socketserver.ThreadingTCPServer):
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         return True
 
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    @property
-    def address(self) -> str:
-        return f"{self.server_address[0]}:{self.port}"
-
     def connection_of(self, path: str) -> int:
         """The connection number that carried the last request for `path`."""
         return [c for c, p in self.seen if p == path][-1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 NGINX_CONF = """

@@ -34,7 +34,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy_harness import Ambassador, EchoServer, free_port
+from proxy_harness import Ambassador, BackgroundServer, EchoServer, free_port
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TRUSTED_IP = "127.0.0.7"  # the one client address main's trusted_cidrs lists
@@ -304,22 +304,11 @@ def _read_head(rfile: Any) -> bytes | None:
             return head
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(BackgroundServer, socketserver.ThreadingTCPServer):
     def __init__(self, handler: type[socketserver.BaseRequestHandler]) -> None:
         super().__init__(("127.0.0.1", 0), handler)
         self.heads: list[bytes] = []
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.serve_in_background()
 
 
 class HopByHopBackend(_Server):

@@ -7,13 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from podkit_harness import wait_for
 from proxy_harness import Ambassador, EchoServer, free_port, simple_config
 
 
@@ -48,16 +48,6 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def _wait(what: str, check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _wrk(url: str, seconds: int, connections: int = 20) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
@@ -81,11 +71,11 @@ def test_reload_under_load_drops_no_request(backend: EchoServer, ambassador) -> 
     base = f"http://127.0.0.1:{port}"
     assert _get(base + "/teapot")[0] == 200  # no such route yet: the backend answers
     load = _wrk(base + "/", 4)
-    _wait(
+    wait_for(
         "the load running", lambda: amb.stats()["listeners"]["main"]["requests"].get("200", 0) > 500
     )
     amb.process.proc.send_signal(signal.SIGHUP)
-    _wait(
+    wait_for(
         "the SIGHUP reload",
         lambda: sum(r.get("msg") == "config reloaded" for r in amb.process.records()) >= 1,
     )
@@ -96,7 +86,7 @@ def test_reload_under_load_drops_no_request(backend: EchoServer, ambassador) -> 
     amb.config_path.write_text(
         yaml.safe_dump({"admin": {"listen": f"127.0.0.1:{amb.admin_port}"}, **config})
     )
-    _wait(
+    wait_for(
         "the file reload",
         lambda: sum(r.get("msg") == "config reloaded" for r in amb.process.records()) >= 2,
     )
@@ -113,7 +103,7 @@ def test_a_bad_new_config_keeps_the_running_one(backend: EchoServer, ambassador)
     amb = ambassador(simple_config(port, [backend.address]))
     amb.config_path.write_text("listeners: [{name: x, listen: nowhere}]\n")
     amb.process.proc.send_signal(signal.SIGHUP)
-    failed = _wait(
+    failed = wait_for(
         "the failed reload",
         lambda: next(
             (
@@ -138,7 +128,7 @@ def test_two_workers_share_the_port_and_the_admin_counts_both(
     config["workers"] = 2
     config["access_log"] = {"enabled": False}
     amb = ambassador(config)
-    _wait("both workers ready", lambda: _get(amb.admin + "/ready")[0] == 200)
+    wait_for("both workers ready", lambda: _get(amb.admin + "/ready")[0] == 200)
     children = subprocess.run(
         ["pgrep", "-P", str(amb.process.proc.pid)], capture_output=True, text=True
     ).stdout.split()
@@ -153,7 +143,7 @@ def test_two_workers_share_the_port_and_the_admin_counts_both(
         stats = amb.stats()
         return stats["listeners"]["main"]["requests"].get("200") == sent
 
-    _wait("the merged count", counted, timeout=5)
+    wait_for("the merged count", counted, timeout=5)
     # ...and worker 1 did take part of them (its own stats file, as worker 0 reads it).
     cmdline = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
     stats_dir = Path(cmdline[cmdline.index(b"--stats-dir") + 1].decode())
@@ -163,7 +153,7 @@ def test_two_workers_share_the_port_and_the_admin_counts_both(
     assert worker_lines, "worker 1 logged nothing"
     code, took = amb.stop()
     assert code == 0 and took < 5
-    _wait(
+    wait_for(
         "worker 1 gone",
         lambda: subprocess.run(["kill", "-0", children[0]], capture_output=True).returncode != 0,
     )
@@ -196,7 +186,7 @@ def test_dns_endpoints_are_resolved_again(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        _wait("ready", lambda: _ready(admin_port), 10)
+        wait_for("ready", lambda: _ready(admin_port), 10)
 
         def server() -> str:
             status, body = _get(f"http://127.0.0.1:{port}/")
@@ -206,7 +196,7 @@ def test_dns_endpoints_are_resolved_again(tmp_path: Path) -> None:
         with hosts.open("r+") as f:  # in place: the bind mount shows this very inode
             f.write("127.0.0.1 localhost\n127.0.0.3 backend.podkit.test\n")
             f.truncate()
-        _wait("the new address in use", lambda: server() == "second", 5)
+        wait_for("the new address in use", lambda: server() == "second", 5)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -34,6 +34,7 @@ from cryptography import x509
 
 from proxy_harness import (
     Ambassador,
+    BackgroundServer,
     EchoServer,
     TcpBanner,
     TlsEchoServer,
@@ -725,12 +726,9 @@ def test_tcp_listener_passes_a_server_speaks_first_protocol(
         assert recv_until(sock, b"b\r\n") == b"echo HELO a\r\necho HELO b\r\n"
 
 
-class _CountToEof(socketserver.ThreadingTCPServer):
+class _CountToEof(BackgroundServer, socketserver.ThreadingTCPServer):
     """Reads until the client's EOF (or, given `expect`, until that many bytes came), only then
     answers how much it got, and closes."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self, expect: int | None = None) -> None:
         self.received = 0  # so far, over all connections
@@ -748,15 +746,7 @@ class _CountToEof(socketserver.ThreadingTCPServer):
                 self.request.sendall(b"got %d bytes\n" % total)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.serve_in_background()
 
 
 @contextlib.contextmanager
@@ -789,11 +779,8 @@ def _upstream_connections(amb: Ambassador) -> int:
     return int(amb.stats()["clusters"]["backend"]["connections"])
 
 
-class _SpeaksThenListens(socketserver.ThreadingTCPServer):
+class _SpeaksThenListens(BackgroundServer, socketserver.ThreadingTCPServer):
     """Says its piece, closes its sending side, then keeps reading until the client's EOF."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self) -> None:
         self.received: list[bytes] = []
@@ -809,15 +796,7 @@ class _SpeaksThenListens(socketserver.ThreadingTCPServer):
                 outer.received.append(data)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.serve_in_background()
 
 
 def test_tcp_half_close_from_the_client(start: StartAmbassador) -> None:

@@ -1,10 +1,5 @@
-"""HTTP/1.1 pieces with no I/O: header rules of a proxy (RFC 9110 7.6, RFC 9112), head building,
-the proxy's own responses.
-
-Parsing itself is llhttp's (through httptools), in its strict mode: it already rejects
-Content-Length with Transfer-Encoding, duplicate Content-Length, bad chunk framing, bare LF,
-obs-fold and invalid header names (tests/test_proxy_http_safety.py holds the table).
-"""
+"""Small HTTP/1.1 pieces with no I/O: the proxy's own responses (errors, direct answers,
+redirects), request ids, chunk framing. Parsing and header rules are in h1.py."""
 
 from __future__ import annotations
 
@@ -13,37 +8,7 @@ from http import HTTPStatus
 
 from podkit.common.httpserver import http_date
 
-# Hop-by-hop: meaningful for one connection only, never forwarded (RFC 9110 7.6.1), plus Trailer
-# (trailers are not forwarded). Transfer-Encoding is re-framed by the proxy; Upgrade is
-# forwarded only on a tunnelled upgrade.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# Headers the proxy writes itself from what it knows, replacing the client's.
-FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-
-
-def status_line(status: int, reason: bytes | None = None) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (
-        status,
-        reason if reason is not None else _REASONS.get(status, b""),
-    )
-
-
-def connection_tokens(value: bytes) -> set[bytes]:
-    """Header names a Connection header lists (they are hop-by-hop too)."""
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
 def response(
@@ -56,7 +21,12 @@ def response(
     head: bool = False,
 ) -> bytes:
     """A whole response written by the proxy itself (errors, direct responses, redirects)."""
-    parts = [status_line(status), b"date: ", http_date().encode(), b"\r\nserver: podkit\r\n"]
+    parts = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
+        b"date: ",
+        http_date().encode(),
+        b"\r\nserver: podkit\r\n",
+    ]
     if body or status not in (204, 304):
         parts += [b"content-type: ", content_type, b"\r\ncontent-length: %d\r\n" % len(body)]
     for name, value in headers or ():

@@ -21,7 +21,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from podkit.proxy import h1, http1
-from podkit.proxy.upstream import U_HEAD
+from podkit.proxy.upstream import U_HEAD, ClientSide
 
 if TYPE_CHECKING:
     from podkit.proxy.cluster import ClusterRuntime, UpstreamHost
@@ -41,7 +41,7 @@ _END = b"\r\n"
 _END_CLOSE = b"connection: close\r\n\r\n"
 
 
-class HttpSession(asyncio.Protocol):
+class HttpSession(ClientSide, asyncio.Protocol):
     def __init__(self, listener: ListenerRuntime) -> None:
         self.listener = listener
         self.clock = listener.clock
@@ -127,17 +127,6 @@ class HttpSession(asyncio.Protocol):
             up = self.upstream
             if up is not None and up.alive:
                 up.send(data)
-
-    def pause_writing(self) -> None:
-        # The client reads slower than the upstream sends: stop reading the upstream.
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
 
     def pause_reading(self) -> None:
         if not self.paused and self.transport is not None and not self.closed:

@@ -8,6 +8,8 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
+from podkit.proxy.upstream import ClientSide
+
 if TYPE_CHECKING:
     from podkit.proxy.cluster import ClusterRuntime, UpstreamHost
     from podkit.proxy.listener import ListenerRuntime
@@ -42,7 +44,7 @@ class _Pipe(asyncio.Protocol):
         self.client.resume_client()
 
 
-class TcpSession(asyncio.Protocol):
+class TcpSession(ClientSide, asyncio.Protocol):
     dkind = 0  # no deadline: a tunnel lives as long as both ends keep it
 
     def __init__(self, listener: ListenerRuntime, cluster: ClusterRuntime) -> None:
@@ -146,16 +148,6 @@ class TcpSession(asyncio.Protocol):
     def resume_client(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:

@@ -5,7 +5,7 @@ their host's pool; a connection is reused only after a whole, well-framed respon
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from podkit.proxy import h1
 
@@ -23,6 +23,23 @@ CACHEABLE_HEAD = 1024
 U_HEAD, U_LENGTH, U_CHUNKED, U_CLOSE, U_IDLE, U_TUNNEL = range(6)
 
 
+class ClientSide:
+    """Flow control of a client connection (HTTP or TCP): while the client reads slower than its
+    upstream sends, the upstream is not read."""
+
+    upstream: Any
+
+    def pause_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "cluster",
@@ -38,7 +55,6 @@ class UpstreamConnection(asyncio.Protocol):
         "method",
         "clean",
         "keep_alive",
-        "got_bytes",
     )
 
     def __init__(self, cluster: ClusterRuntime, host: UpstreamHost) -> None:
@@ -55,7 +71,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.method = b"GET"
         self.clean = True  # False once anything unexpected happened: never reuse it then
         self.keep_alive = True
-        self.got_bytes = False  # any response byte for the current request
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -67,7 +82,6 @@ class UpstreamConnection(asyncio.Protocol):
         session = self.session
         state = self.state
         if state == U_HEAD and session is not None:
-            self.got_bytes = True
             self._head(session, self.buf + data if self.buf else data)
             return
         if session is None or state == U_IDLE:
@@ -75,7 +89,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.clean = False
             self.close()
             return
-        self.got_bytes = True
         if state == U_LENGTH:
             # Body bytes counted down, passed through as they are.
             n = len(data)
@@ -221,7 +234,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.session = session
         self.method = method
         self.state = U_HEAD
-        self.got_bytes = False
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
