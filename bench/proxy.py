@@ -17,7 +17,10 @@ ambassador; then over HTTPS HAProxy, nginx and the ambassador. Requests/s, p50 a
 are taken from wrk's output; a run where wrk saw socket errors or non-2xx/3xx responses gets an
 "errors" field with the counts. After all runs the ambassador's peak RSS (VmHWM summed over its
 process tree) is read. A table goes to stderr; the last stdout line is one JSON object.
-ONLY=direct,haproxy,nginx,ambassador (any subset) measures only those.
+The whole sequence runs ROUNDS times (default 3) and each figure is the median over the rounds:
+this machine's speed drifts by tens of percent within a minute, and a single pass would favour
+whoever ran in a fast stretch. ONLY=direct,haproxy,nginx,ambassador (any subset) measures only
+those.
 Targets (issue 5): ambassador >= 0.8x HAProxy and >= 1.0x nginx in requests/s, p99 <= 1.5x
 HAProxy's, peak RSS < 80 MB.
 """
@@ -35,6 +38,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +49,7 @@ from pathlib import Path
 from types import FrameType
 
 DURATION = int(os.environ.get("DURATION", "10"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 WARMUP = 2
 CONNECTIONS = 50
 START_TIMEOUT = 20.0
@@ -450,6 +455,19 @@ def wrk(url: str, seconds: int, latency: bool) -> str:
     return done.stdout
 
 
+def median_result(runs: list[Result]) -> Result:
+    errors: dict[str, int] = {}
+    for r in runs:
+        for kind, count in r.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    return Result(
+        statistics.median(r.rps for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        errors,
+    )
+
+
 def measure(label: str, url: str) -> Result:
     wrk(url, WARMUP, latency=False)  # warm-up: connections, caches, CPU frequency; not recorded
     result = parse_wrk(wrk(url, DURATION, latency=True))
@@ -510,11 +528,8 @@ def selected() -> list[str]:
     return [n for n in NAMES if n in only]
 
 
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 2) if b else None  # null in the JSON rather than a division by zero
-
-
 def print_table(results: dict[str, dict[str, Result]]) -> None:
+    """The medians over the rounds, with their ratios (the JSON's ratios are per round)."""
     err = sys.stderr
     print(
         f"\n{'':<6}{'':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
@@ -567,14 +582,23 @@ def run(tmp: Path, names: list[str]) -> dict[str, object]:
         file=sys.stderr,
     )
 
-    results: dict[str, dict[str, Result]] = {"http": {}, "https": {}}
-    for name in names:
-        url = f"http://127.0.0.1:{servers[name].http_port}/"
-        results["http"][name] = measure(f"http  {name}", url)
-    for name in names:
-        if name in PROXIES:
-            url = f"https://127.0.0.1:{servers[name].https_port}/"
-            results["https"][name] = measure(f"https {name}", url)
+    # Rounds, each measuring every server in turn; each figure is the median over the rounds.
+    # This machine's speed drifts by tens of percent over a minute: measured one after the
+    # other only once, whoever ran in a fast stretch would win.
+    rounds: dict[str, dict[str, list[Result]]] = {"http": {}, "https": {}}
+    for number in range(1, ROUNDS + 1):
+        print(f"round {number} of {ROUNDS}", file=sys.stderr)
+        for name in names:
+            url = f"http://127.0.0.1:{servers[name].http_port}/"
+            rounds["http"].setdefault(name, []).append(measure(f"http  {name}", url))
+        for name in names:
+            if name in PROXIES:
+                url = f"https://127.0.0.1:{servers[name].https_port}/"
+                rounds["https"].setdefault(name, []).append(measure(f"https {name}", url))
+    results = {
+        proto: {name: median_result(runs) for name, runs in by_name.items()}
+        for proto, by_name in rounds.items()
+    }
     rss = peak_rss_mb(servers["ambassador"].proc.pid) if "ambassador" in servers else None
     print_table(results)
 
@@ -583,23 +607,24 @@ def run(tmp: Path, names: list[str]) -> dict[str, object]:
         for proto, runs in results.items()
         if runs
     }
-    http_runs, https_runs = results["http"], results["https"]
-    if "ambassador" in http_runs:
-        amb = http_runs["ambassador"]
-        if "haproxy" in http_runs:
-            out["ratio_vs_haproxy"] = ratio(amb.rps, http_runs["haproxy"].rps)
-        if "nginx" in http_runs:
-            out["ratio_vs_nginx"] = ratio(amb.rps, http_runs["nginx"].rps)
-        if "haproxy" in http_runs:
-            out["p99_ratio_vs_haproxy"] = ratio(amb.p99_ms, http_runs["haproxy"].p99_ms)
-        if "haproxy" in https_runs:
-            out["https_ratio_vs_haproxy"] = ratio(
-                https_runs["ambassador"].rps, https_runs["haproxy"].rps
-            )
-        if "nginx" in https_runs:
-            out["https_ratio_vs_nginx"] = ratio(
-                https_runs["ambassador"].rps, https_runs["nginx"].rps
-            )
+    # Ratios are taken within each round (the two servers measured seconds apart, not minutes)
+    # and the median of those is reported.
+    pairs = (
+        ("ratio_vs_haproxy", "http", "haproxy", "rps"),
+        ("ratio_vs_nginx", "http", "nginx", "rps"),
+        ("p99_ratio_vs_haproxy", "http", "haproxy", "p99_ms"),
+        ("https_ratio_vs_haproxy", "https", "haproxy", "rps"),
+        ("https_ratio_vs_nginx", "https", "nginx", "rps"),
+    )
+    for key, proto, peer, figure in pairs:
+        mine, theirs = rounds[proto].get("ambassador"), rounds[proto].get(peer)
+        if mine and theirs:
+            per_round = [
+                getattr(a, figure) / getattr(b, figure) for a, b in zip(mine, theirs, strict=True)
+            ]
+            out[key] = round(statistics.median(per_round), 2)
+            shown = ", ".join(f"{x:.2f}" for x in per_round)
+            print(f"{key}: {out[key]} (rounds: {shown})", file=sys.stderr)
     if rss is not None:
         out["ambassador_peak_rss_mb"] = round(rss, 1)
         print(f"ambassador peak RSS: {rss:.1f} MB", file=sys.stderr)
