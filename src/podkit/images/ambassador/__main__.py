@@ -8,6 +8,7 @@ early_stop.install()
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import ssl  # noqa: E402
@@ -171,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             await proxy.close()
             await admin.close()
             return 1
+        # Everything built so far (config models, routes, imported modules: ~37,000 objects)
+        # lives as long as the process. Frozen, a full collection walks only the young objects
+        # (a full collection of all of them measured 27 ms here: a stall for every request
+        # waiting at that moment).
+        gc.collect()
+        gc.freeze()
         extra: dict[str, Any] = {
             "listeners": [f"{h}:{p}" for h, p in proxy.addresses()],
             "startup_ms": round((time.monotonic() - _STARTED) * 1000, 1),
