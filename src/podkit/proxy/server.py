@@ -49,6 +49,8 @@ class Proxy:
         Raises OSError (port taken) or ssl.SSLError (bad certificate), changing nothing."""
         loop = asyncio.get_running_loop()
         handed: dict[str, Slot] = previous.slots if previous is not None else {}
+        if previous is not None:
+            self._carry_counters(previous)
         plans: list[tuple[ListenerRuntime, Slot | None, ServerTls | None]] = []
         for listener in self.listeners:
             lc = listener.config
@@ -92,6 +94,18 @@ class Proxy:
             self.tasks.append(loop.create_task(cluster.keep_resolving()))
             cluster.start_health_checks()
         self.ready = all(c.resolved for c in self.clusters.values())
+
+    def _carry_counters(self, previous: Proxy) -> None:
+        """Listeners and clusters that keep their name keep their counters across a reload:
+        both proxies count into the same objects while the old one drains, so /stats and
+        /metrics go on from where they were instead of restarting at zero."""
+        old_listeners = {lst.name: lst.stats for lst in previous.listeners}
+        for listener in self.listeners:
+            if listener.name in old_listeners:
+                listener.stats = old_listeners[listener.name]
+        for name, cluster in self.clusters.items():
+            if name in previous.clusters:
+                cluster.stats = previous.clusters[name].stats
 
     async def _bind(self, listener: ListenerRuntime, tls: ServerTls | None) -> Slot:
         lc = listener.config
