@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables \
-          rsyslog logrotate haproxy nginx wrk
+          rsyslog logrotate haproxy nginx wrk testssl.sh
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean

@@ -235,7 +235,8 @@ def make_certificate(tmp: Path) -> tuple[Path, Path]:
 # --- the servers ------------------------------------------------------------------------------
 
 
-NGINX_BACKEND = """
+# One worker, no logging, temporary files in the run's own directory.
+NGINX_COMMON = """
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -243,12 +244,17 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
-  keepalive_requests 100000;
   client_body_temp_path {dir}/client_body;
   proxy_temp_path {dir}/proxy;
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
+"""
+
+NGINX_BACKEND = (
+    NGINX_COMMON
+    + """
+  keepalive_requests 100000;
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -258,20 +264,11 @@ http {{
   }}
 }}
 """
+)
 
-NGINX_PROXY = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/client_body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
+NGINX_PROXY = (
+    NGINX_COMMON
+    + """
   upstream backend {{
     server 127.0.0.1:{backend};
     keepalive 64;
@@ -290,6 +287,7 @@ http {{
   }}
 }}
 """
+)
 
 HAPROXY = """
 global

@@ -1156,3 +1156,34 @@ def test_post_answered_5xx_is_passed_on_not_retried(retrying: Retrying) -> None:
     assert set(statuses) == {200, 503}, statuses
     assert retrying.failing.requests("POST", path) == statuses.count(503)
     assert cluster_stats(retrying.amb, "5xx")["retries"] == before["retries"]
+
+
+def test_a_retried_request_never_carries_an_earlier_requests_body(tmp_path: Path) -> None:
+    """A POST's body is kept for a replay; the next request on the same client connection must
+    not send it again. Here the next request is a GET whose pooled upstream connection is closed
+    by the backend as it arrives (the keep-alive race, made certain), so it is retried: the
+    retry must carry the GET alone, not the POST body after it (which here reads as a request)."""
+    racer = RawBackend(keepalive_timeout=0.3)
+    port = free_port()
+    config = simple_config(port, [racer.address], cluster={"timeouts": {"idle": "5s"}})
+    amb = Ambassador(tmp_path, config)
+    get = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    post = b"POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(smuggled),
+        smuggled,
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            for request in (get, get, post):  # the GET head is known: its next one is fast
+                sock.sendall(request)
+                assert status_of(sock.recv(65536)) == 200
+            time.sleep(0.5)  # the stimulus, not a wait: idle past the backend's keep-alive
+            sock.sendall(get)
+            assert status_of(sock.recv(65536)) == 200
+        assert racer.raced, "the keep-alive race did not happen: nothing was retried"
+        paths = [path for _, path in racer.seen]
+        assert "/smuggled" not in paths, paths
+    finally:
+        amb.stop()
+        racer.stop()

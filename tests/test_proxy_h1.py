@@ -714,10 +714,10 @@ class Outcome:
     end: int = -1  # where the next message starts
 
 
-def llhttp(raw: bytes) -> Outcome:
+def llhttp(raw: bytes, parser_class: Any = httptools.HttpRequestParser) -> Outcome:
     """Fed a byte at a time, so that the end of the first message is known exactly."""
     collector = _Collector()
-    parser = httptools.HttpRequestParser(collector)
+    parser = parser_class(collector)
     for i in range(len(raw)):
         collector.pos = i + 1
         try:
@@ -871,20 +871,7 @@ def test_fast_and_general_paths_agree() -> None:
 
 
 def llhttp_response(raw: bytes) -> Outcome:
-    collector = _Collector()
-    parser = httptools.HttpResponseParser(collector)
-    for i in range(len(raw)):
-        collector.pos = i + 1
-        try:
-            parser.feed_data(raw[i : i + 1])
-        except httptools.HttpParserUpgrade:
-            return Outcome("upgrade")
-        except httptools.HttpParserError:
-            if collector.complete_at is None:
-                return Outcome("reject")
-        if collector.complete_at is not None:
-            return Outcome("accept", b"".join(collector.body), collector.complete_at)
-    return Outcome("incomplete")
+    return llhttp(raw, httptools.HttpResponseParser)
 
 
 def ours_response(raw: bytes) -> Outcome:

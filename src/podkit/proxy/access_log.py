@@ -3,6 +3,7 @@ cost more than proxying a small request)."""
 
 from __future__ import annotations
 
+import select
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,16 +28,26 @@ class AccessLog:
             self.flush()
 
     def flush(self) -> None:
-        if not self._lines:
+        lines = self._lines
+        if not lines:
             return
-        data = b"".join(self._lines)
-        self._lines.clear()
+        self._lines = []
         self._size = 0
         if self._file is not None:
-            self._file.write(data)
+            self._file.write(b"".join(lines))
             self._file.flush()
-        else:
-            stdout.write(data)
+            return
+        # stdout is a pipe the workers share: a write of at most PIPE_BUF bytes is never
+        # interleaved with another process's, so lines go in whole groups that fit.
+        group: list[bytes] = []
+        size = 0
+        for line in lines:
+            if group and size + len(line) > select.PIPE_BUF:
+                stdout.write(b"".join(group))
+                group, size = [], 0
+            group.append(line)
+            size += len(line)
+        stdout.write(b"".join(group))
 
     def close(self) -> None:
         self.flush()

@@ -192,7 +192,7 @@ class ClusterRuntime:
         )
         self.checker.start()
 
-    def _health_changed(self, host: UpstreamHost, healthy: bool) -> None:  # type: ignore[override]
+    def _health_changed(self, host: UpstreamHost, healthy: bool) -> None:
         host.healthy = healthy
         host.available = healthy and not host.ejected
         log.warning(
@@ -218,9 +218,6 @@ class ClusterRuntime:
             await self.checker.stop()
 
     # -- connections -------------------------------------------------------------------------
-
-    def pick(self, hash_key: str | None, exclude: list[UpstreamHost]) -> UpstreamHost | None:
-        return self.balancer.pick(hash_key, exclude)
 
     def checkout(self, host: UpstreamHost) -> UpstreamConnection | None:
         idle = host.idle

@@ -541,6 +541,22 @@ def _parse_response(buf: bytes, end: int, request_method: bytes) -> ResponseHead
     return head
 
 
+def field_value(fields: bytes, lname: bytes) -> bytes | None:
+    """The value of header `lname` (lower-case) in raw header lines; repeated ones joined by
+    commas (RFC 9110 5.3); None when absent."""
+    lowered = b"\n" + fields.lower()
+    needle = b"\n" + lname + b":"
+    value = None
+    pos = 0
+    while (i := lowered.find(needle, pos)) >= 0:
+        start = i - 1 + len(needle)
+        end = fields.find(b"\r\n", start)
+        piece = fields[start:end].strip(b" \t")
+        value = piece if value is None else value + b"," + piece
+        pos = end + 1
+    return value
+
+
 def without(fields: bytes, drop: Sequence[tuple[int, int]]) -> bytes:
     """`fields` minus the dropped line spans (sorted, not overlapping)."""
     if not drop:

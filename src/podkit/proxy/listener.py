@@ -9,14 +9,13 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from podkit.common.clock import rfc3339
-from podkit.proxy.h1 import without
+from podkit.proxy import h1
 from podkit.proxy.http1 import host_without_port
-from podkit.proxy.routing import Router, field_value
+from podkit.proxy.routing import Router
 from podkit.proxy.stats import BUCKETS, ListenerStats
 
 if TYPE_CHECKING:
     from podkit.proxy.access_log import AccessLog
-    from podkit.proxy.clock import Clock
     from podkit.proxy.cluster import ClusterRuntime
     from podkit.proxy.config import Listener
     from podkit.proxy.h1 import RequestHead
@@ -75,7 +74,7 @@ class Prepared:
         if route.rewrite is not None:
             path = route.rewrite_path(path)
         target = path + b"?" + query if query else path
-        fields = without(head.fields, head.drop) if head.drop else head.fields
+        fields = h1.without(head.fields, head.drop) if head.drop else head.fields
         self.upstream_start = b"".join((head.method, b" ", target, b" HTTP/1.1\r\n", fields))
         cluster = clusters[route.cluster]
         if not (head.chunked or head.content_length or head.upgrade or cluster.hash_on):
@@ -87,13 +86,11 @@ class ListenerRuntime:
         self,
         config: Listener,
         clusters: dict[str, ClusterRuntime],
-        clock: Clock,
         access_log: AccessLog | None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.clusters = clusters
-        self.clock = clock
         self.access_log = access_log
         self.router = Router(config.routes)
         self.limits = config.limits
@@ -143,14 +140,12 @@ class ListenerRuntime:
         stats = self.stats
         requests = stats.requests
         requests[status] = requests.get(status, 0) + 1
-        latency = stats.latency
-        i = bisect_left(BUCKETS, elapsed)
-        latency.counts[i] += 1
-        latency.sum += elapsed
+        bucket = bisect_left(BUCKETS, elapsed)
+        stats.latency.add(bucket, elapsed)
         if cluster is not None:
-            latency = cluster.stats.latency
-            latency.counts[i] += 1
-            latency.sum += elapsed
+            requests = cluster.stats.requests
+            requests[status] = requests.get(status, 0) + 1
+            cluster.stats.latency.add(bucket, elapsed)
         log = self.access_log
         if log is None:
             return
@@ -172,7 +167,7 @@ class ListenerRuntime:
                 "upstream": session.upstream_key or None,
                 "attempts": len(session.tried),
                 "request_id": session.request_id.decode("latin-1") or None,
-                "user_agent": _text(field_value(head.fields, b"user-agent")),
+                "user_agent": _text(h1.field_value(head.fields, b"user-agent")),
             }
         )
 

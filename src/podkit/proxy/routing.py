@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from podkit.proxy import h1
 from podkit.proxy.config import HeaderMatch, Redirect, RetryPolicy, Route
 
 
@@ -25,7 +26,7 @@ class _HeaderRule:
         self.invert = rule.invert
 
     def holds(self, fields: bytes) -> bool:
-        value = field_value(fields, self.name)
+        value = h1.field_value(fields, self.name)
         if self.present is not None:
             ok = (value is not None) == self.present
         elif value is None:
@@ -156,22 +157,6 @@ def _matches_all(route: CompiledRoute) -> bool:
         and route.path is None
         and route.regex is None
     )
-
-
-def field_value(fields: bytes, lname: bytes) -> bytes | None:
-    """The value of header `lname` (lower-case) in raw header lines; repeated ones joined by
-    commas (RFC 9110 5.3); None when absent."""
-    lowered = b"\n" + fields.lower()
-    needle = b"\n" + lname + b":"
-    value = None
-    pos = 0
-    while (i := lowered.find(needle, pos)) >= 0:
-        start = i - 1 + len(needle)
-        end = fields.find(b"\r\n", start)
-        piece = fields[start:end].strip(b" \t")
-        value = piece if value is None else value + b"," + piece
-        pos = end + 1
-    return value
 
 
 def redirect_location(

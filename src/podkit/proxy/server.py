@@ -32,8 +32,7 @@ class Proxy:
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
         self.clusters = {c.name: ClusterRuntime(c, self.clock) for c in config.clusters}
         self.listeners = [
-            ListenerRuntime(lc, self.clusters, self.clock, self.access_log)
-            for lc in config.listeners
+            ListenerRuntime(lc, self.clusters, self.access_log) for lc in config.listeners
         ]
         self.tls: dict[str, ServerTls] = {}
         self.slots: dict[str, Slot] = {}  # listen address -> its bound server

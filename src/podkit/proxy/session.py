@@ -21,7 +21,8 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from podkit.proxy import h1, http1
-from podkit.proxy.upstream import U_HEAD, ClientSide
+from podkit.proxy.routing import redirect_location
+from podkit.proxy.upstream import ClientSide
 
 if TYPE_CHECKING:
     from podkit.proxy.cluster import ClusterRuntime, UpstreamHost
@@ -44,7 +45,6 @@ _END_CLOSE = b"connection: close\r\n\r\n"
 class HttpSession(ClientSide, asyncio.Protocol):
     def __init__(self, listener: ListenerRuntime) -> None:
         self.listener = listener
-        self.clock = listener.clock
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_ip_b = b""
@@ -186,16 +186,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
                 self._reject(exc.status, exc.reason)
                 return False
             prep = listener.prepare(key, head)
-        else:
-            head = prep.head
-        self.started = time.perf_counter()
-        self.head = head
-        self.host = prep.host
-        self.keep_alive = head.keep_alive
-        if self.body:
-            self.body = []
-        self.body_size = 0
-        self.replayable = True
+        head = self._begin(prep)
         if head.chunked:
             self.scanner = h1.ChunkedScanner()
             self.complete = False
@@ -275,17 +266,32 @@ class HttpSession(ClientSide, asyncio.Protocol):
 
     # -- one exchange ------------------------------------------------------------------------
 
-    def _start(self, prep: Prepared) -> None:
+    def _begin(self, prep: Prepared) -> h1.RequestHead:
+        """The state of a new exchange, for the request `prep` describes."""
+        head = prep.head
+        self.started = time.perf_counter()
+        self.head = head
+        self.host = prep.host
+        self.route = prep.route
+        self.keep_alive = head.keep_alive
+        self.request_id = head.request_id or b""
+        if self.body:
+            self.body = []
+        self.body_size = 0
+        self.replayable = True
+        self.sent_all = False
         self.resp_started = False
         self.resp_status = 0
         self.resp_bytes = 0
         self.resp_close = False
-        self.sent_all = False
         self.upstream_key = ""
         self.tried = []
+        return head
+
+    def _start(self, prep: Prepared) -> None:
+        """Route the request `_begin` set up: answer it here, or send it to its cluster."""
         head = prep.head
-        self.request_id = head.request_id or b""
-        route = self.route = prep.route
+        route = prep.route
         if route is None or route.cluster is None:
             if prep.error is not None:
                 status, reason = prep.error
@@ -305,7 +311,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster.active_requests += 1
         self.request_head = self._request_head(prep)
         if self.complete:
-            self._deadline(D_UPSTREAM, route.timeout)
+            self._deadline(D_UPSTREAM, self._route_timeout())
         else:
             self._deadline(D_BODY, listener.timeouts.body_idle)
         if head.upgrade is not None:
@@ -326,31 +332,14 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if conn is None:
             self.picked = host  # the general path connects to it: a pick is never thrown away
             return False
-        head = prep.head
-        self.started = time.perf_counter()
-        self.head = head
-        self.host = prep.host
-        self.keep_alive = head.keep_alive
+        self._begin(prep)
         self.complete = True
-        self.sent_all = True
         self.state = S_WAIT
-        self.resp_started = False
-        self.resp_close = False
-        self.resp_bytes = 0
-        self.route = route = prep.route
         self.cluster = cluster
         cluster.active_requests += 1
-        self.request_head = request_head = self._request_head(prep)
-        self.dkind = D_UPSTREAM if route.timeout > 0 else D_NONE  # type: ignore[union-attr]
-        self.deadline = monotonic() + route.timeout  # type: ignore[union-attr]
-        self.upstream = conn
-        conn.session = self
-        conn.method = head.method
-        conn.state = U_HEAD
-        host.active += 1
-        self.tried = [host]
-        self.upstream_key = host.key
-        conn.transport.write(request_head)  # type: ignore[union-attr]
+        self.request_head = self._request_head(prep)
+        self._deadline(D_UPSTREAM, self._route_timeout())
+        self.connected(conn)
         return True
 
     def fast_response(
@@ -371,48 +360,12 @@ class HttpSession(ClientSide, asyncio.Protocol):
             cluster.record_result(conn.host, "5xx" if status >= 500 else "success")
         self.resp_status = status
         self.resp_bytes = len(body)
-        keep_alive = self.keep_alive
-        out = self.out
-        if out:  # an interim 100 Continue before it
-            self.flush()
-        if not self.closed:
-            self.transport.write(  # type: ignore[union-attr]
-                b"".join((forwarded, _END if keep_alive else _END_CLOSE, body))
-            )
-        # The connection goes back to the pool (or to a waiting request).
-        self.upstream = None
-        host = conn.host
-        host.active -= 1
-        if conn.alive and conn.clean and conn.keep_alive and not cluster.pending:
-            conn.session = None
-            conn.idle_deadline = self.clock.now + cluster.idle_timeout
-            host.idle.append(conn)
-        else:
-            cluster.release(conn)
-        self.head = None
-        requests = cluster.stats.requests
-        requests[status] = requests.get(status, 0) + 1
-        self.listener.finished(self, head, status, cluster)
-        self.picked = None
-        self.cluster = None
-        cluster.active_requests -= 1
-        if self.retrying:
-            self.retrying = False
-            cluster.active_retries -= 1
-        self.route = None
-        if self.closed:
-            return True
-        if not keep_alive:
-            self._close()
-            return True
-        self.state = S_HEAD
-        if self.buf:
-            self._pump()
-        else:
-            self.dkind = D_IDLE
-            self.deadline = monotonic() + self.listener.timeouts.keepalive
-        if self.paused and self.state == S_HEAD:
-            self.resume_reading()
+        self.resp_close = not self.keep_alive
+        # After an interim 100 Continue, if there was one: one write for it all.
+        self.out += (forwarded, _END_CLOSE if self.resp_close else _END, body)
+        self._release_upstream(reuse=True)
+        self.flush()
+        self._end_exchange(status)
         return True
 
     def _answer_directly(self, route: CompiledRoute, prep: Prepared) -> None:
@@ -421,8 +374,6 @@ class HttpSession(ClientSide, asyncio.Protocol):
             self._respond(status, body, content_type=ctype)
             return
         assert route.redirect is not None
-        from podkit.proxy.routing import redirect_location
-
         location = redirect_location(
             route.redirect, route, self.listener.scheme, prep.host, prep.path, prep.query
         )
@@ -482,12 +433,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
             return None
         if rule.source_ip:
             return self.client_ip
-        want = b"\n" + (rule.header or "cookie").lower().encode() + b":"
-        lowered = b"\n" + head.fields.lower()
-        i = lowered.find(want)
-        if i < 0:
+        value = h1.field_value(head.fields, (rule.header or "cookie").lower().encode())
+        if value is None:
             return None
-        value = head.fields[i - 1 + len(want) : head.fields.find(b"\r\n", i - 1)].strip(b" \t")
         if rule.header:
             return value.decode("latin-1")
         for part in value.split(b";"):
@@ -812,11 +760,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if head is None:
             return
         self.head = None
-        cluster = self.cluster
-        if cluster is not None:
-            requests = cluster.stats.requests
-            requests[status] = requests.get(status, 0) + 1
-        self.listener.finished(self, head, status, cluster)
+        self.listener.finished(self, head, status, self.cluster)
         self._leave_cluster()
         self.route = None
         if self.closed:

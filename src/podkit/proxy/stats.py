@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -35,8 +34,10 @@ class Histogram:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BUCKETS, seconds)] += 1
+    def add(self, bucket: int, seconds: float) -> None:
+        """One observation; `bucket` = bisect_left(BUCKETS, seconds), worked out once by the
+        caller for the listener's and the cluster's histogram."""
+        self.counts[bucket] += 1
         self.sum += seconds
 
 

@@ -71,7 +71,7 @@ class TcpSession(ClientSide, asyncio.Protocol):
         loop = asyncio.get_running_loop()
         tried: list[UpstreamHost] = []
         for _ in range(CONNECT_ATTEMPTS):
-            host = cluster.pick(self.client_ip, tried)
+            host = cluster.balancer.pick(self.client_ip, tried)  # ring hash: on the client IP
             if host is None or self.closed:
                 break
             tried.append(host)

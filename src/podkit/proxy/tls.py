@@ -4,7 +4,6 @@ certificate per SNI name, ALPN, optional client certificates (mTLS)."""
 from __future__ import annotations
 
 import ssl
-from typing import Any
 
 from podkit.proxy.config import ListenerTls
 
@@ -40,7 +39,11 @@ def _name_matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
-def _build(config: ListenerTls) -> list[tuple[list[str], ssl.SSLContext]]:
+Contexts = list[tuple[list[str], ssl.SSLContext]]  # (SNI names, context), the default first
+Loaded = tuple[ListenerTls, Contexts]  # certificates read, not yet in use
+
+
+def _build(config: ListenerTls) -> Contexts:
     built = [
         (cert.server_names, _context(config, str(cert.cert_file), str(cert.key_file)))
         for cert in config.certificates
@@ -58,12 +61,9 @@ class ServerTls:
     def __init__(self, config: ListenerTls) -> None:
         self.config = config
         self._stamp = self._files_stamp()
-        self._contexts = self._build()
+        self._contexts = _build(config)
         self.context = self._contexts[0][1]
         self.context.sni_callback = self._pick  # type: ignore[assignment]
-
-    def _build(self) -> list[tuple[list[str], ssl.SSLContext]]:
-        return _build(self.config)
 
     def _files_stamp(self) -> tuple[tuple[int, int], ...]:
         out = []
@@ -82,12 +82,12 @@ class ServerTls:
         keep = {"certificates"}
         return self.config.model_dump(exclude=keep) == config.model_dump(exclude=keep)
 
-    def load(self, config: ListenerTls) -> Any:
+    def load(self, config: ListenerTls) -> Loaded:
         """New certificates (a config reload), loaded but not in use until install(); raises
         ssl.SSLError / OSError."""
         return config, _build(config)
 
-    def install(self, loaded: Any) -> None:
+    def install(self, loaded: Loaded) -> None:
         self.config, self._contexts = loaded
         self._stamp = self._files_stamp()
 
@@ -97,7 +97,7 @@ class ServerTls:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
-        self._contexts = self._build()  # raises ssl.SSLError / OSError: the caller logs it
+        self._contexts = _build(self.config)  # raises ssl.SSLError / OSError: the caller logs it
         return True
 
     def _pick(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:

@@ -8,6 +8,7 @@ early_stop.install()
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import functools  # noqa: E402
 import gc  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     current = {"proxy": Proxy(config)}
     pool = (
         workers_mod.Workers(args.config, config.workers)
-        if not worker and config.workers > 1 and args.config
+        if not worker and config.workers > 1
         else None
     )
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return None
 
+    @functools.cache  # one registry; its collector reads the current stats on each scrape
     def registry():  # type: ignore[no-untyped-def]
         from prometheus_client import CollectorRegistry
 

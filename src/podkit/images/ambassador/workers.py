@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def write_snapshot(stats_dir: Path, worker: int, ready: bool, stats: dict[str, A
     tmp.replace(path)  # atomic: a reader never sees half a file
 
 
-async def keep_writing(stats_dir: Path, worker: int, state: Any) -> None:
+async def keep_writing(stats_dir: Path, worker: int, state: Callable[[], Any]) -> None:
     """A worker's loop: its stats file, once a second."""
     while True:
         proxy = state()
@@ -58,7 +59,7 @@ async def keep_writing(stats_dir: Path, worker: int, state: Any) -> None:
 class Workers:
     """Worker 0's view of workers 1..count-1."""
 
-    def __init__(self, config_path: str, count: int) -> None:
+    def __init__(self, config_path: str | None, count: int) -> None:
         self.config_path = config_path
         self.count = count
         self.dir = Path(tempfile.mkdtemp(prefix="ambassador-workers-"))
@@ -72,13 +73,14 @@ class Workers:
         self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     def _spawn(self, worker: int) -> None:
+        # The same config: the same file (if any) and the same environment, inherited.
+        config = ["--config", self.config_path] if self.config_path else []
         self.procs[worker] = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "podkit.images.ambassador",
-                "--config",
-                self.config_path,
+                *config,
                 "--worker",
                 str(worker),
                 "--stats-dir",

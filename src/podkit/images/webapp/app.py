@@ -30,6 +30,7 @@ from podkit.common.httpserver import Request, Response
 from podkit.common.podinfo import PodInfo
 from podkit.images.webapp.access_log import AccessLog
 from podkit.images.webapp.counts import RequestCounts
+from podkit.proxy.h1 import ChunkedScanner, ProtocolError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -170,7 +171,10 @@ async def api_call(state: WebappState, request: Request) -> Response:
     if len(status_line) < 2 or not status_line[1].isdigit():
         return _json({"error": "upstream sent no HTTP response"}, 502)
     if b"transfer-encoding: chunked" in head.lower():
-        body = _unchunk(body)
+        try:
+            body = _unchunk(body)
+        except ProtocolError:
+            return _json({"error": "upstream sent a malformed chunked body"}, 502)
     out: dict[str, Any] = {"upstream_status": int(status_line[1])}
     try:
         out["body"] = orjson.loads(body)
@@ -180,15 +184,10 @@ async def api_call(state: WebappState, request: Request) -> Response:
 
 
 def _unchunk(body: bytes) -> bytes:
-    out = []
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out.append(rest[:size])
-        body = rest[size + 2 :]
-    return b"".join(out)
+    """The payload of a chunked body, framing checked by the proxy engine's own scanner."""
+    payload: list[bytes] = []
+    ChunkedScanner(status=502, payload=payload).feed(body)
+    return b"".join(payload)
 
 
 Route = Callable[[WebappState, Request], Response]
