@@ -207,6 +207,38 @@ class TcpBanner(BackgroundServer, socketserver.ThreadingTCPServer):
         self.serve_in_background()
 
 
+class Unanswering(BackgroundServer, socketserver.ThreadingTCPServer):
+    """A hung backend: accepts connections and reads requests, never answers. `received`
+    counts the request heads that came in (body-less requests)."""
+
+    def __init__(self) -> None:
+        server = self
+        self.received = 0
+        self.lock = threading.Lock()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                pending = b""
+                while True:
+                    try:
+                        data = self.request.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    pending += data
+                    with server.lock:
+                        server.received += pending.count(b"\r\n\r\n")
+                    pending = (
+                        pending[pending.rfind(b"\r\n\r\n") + 4 :]
+                        if b"\r\n\r\n" in pending
+                        else pending
+                    )
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.serve_in_background()
+
+
 class TlsServerMixin:
     """Makes a socketserver server speak TLS: the handshake runs in the request's own thread
     (a stalled client holds up no one), the SNI names clients sent are kept in `server_names`,

@@ -32,6 +32,7 @@ from proxy_harness import (
     EchoServer,
     Nginx,
     RawBackend,
+    Unanswering,
     free_port,
     http_route,
     poll_until,
@@ -1156,6 +1157,100 @@ def test_post_answered_5xx_is_passed_on_not_retried(retrying: Retrying) -> None:
     assert set(statuses) == {200, 503}, statuses
     assert retrying.failing.requests("POST", path) == statuses.count(503)
     assert cluster_stats(retrying.amb, "5xx")["retries"] == before["retries"]
+
+
+class PerTry:
+    def __init__(self, amb: Ambassador, ports: dict[str, int], hung: Unanswering) -> None:
+        self.amb, self.ports, self.hung = amb, ports, hung
+
+
+@pytest.fixture(scope="module")
+def per_try(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerTry]:
+    with contextlib.ExitStack() as stack:
+        hung = Unanswering()
+        stack.callback(hung.stop)
+        live = EchoServer("live")
+        stack.callback(live.stop)
+        ports = {n: free_port() for n in ("retried", "whole", "not_retried")}
+        per_try_retry = {"per_try_timeout": "0.3s", "retries": 3}
+        config = {
+            "access_log": {"enabled": True},
+            "listeners": [
+                listener(
+                    "retried",
+                    ports["retried"],
+                    "pair",
+                    route={"retry": {**per_try_retry, "retry_on": ["gateway-error"]}},
+                ),
+                listener(
+                    "whole",
+                    ports["whole"],
+                    "hung",
+                    route={"timeout": "0.5s", "retry": {**per_try_retry, "retry_on": ["5xx"]}},
+                ),
+                listener(
+                    "not_retried", ports["not_retried"], "hung", route={"retry": per_try_retry}
+                ),
+            ],
+            "clusters": [
+                {
+                    "name": "pair",
+                    "endpoints": [{"address": hung.address}, {"address": live.address}],
+                },
+                {"name": "hung", "endpoints": [{"address": hung.address}]},
+            ],
+        }
+        amb = Ambassador(tmp_path_factory.mktemp("per-try"), config)
+        stack.callback(amb.stop)
+        yield PerTry(amb, ports, hung)
+
+
+def test_a_per_try_timeout_is_retried_on_another_endpoint(per_try: PerTry) -> None:
+    """Envoy's per_try_timeout: a try that times out counts as a 504, and retry_on gateway-error
+    (or 5xx) sends the request to the next endpoint instead of answering 504."""
+    path = sentinel_path()
+    before = per_try.hung.received
+    results = [fetch(per_try.ports["retried"], path) for _ in range(4)]
+    assert [s for s, _, _ in results] == [200] * 4, results
+    assert {json.loads(b)["server"] for _, b, _ in results} == {"live"}
+    entries = logged(per_try.amb, "retried", path, 4)
+    retried = [e for e in entries if e["attempts"] == 2]
+    assert retried, entries  # round robin sent some to the hung endpoint first
+    assert all(e["attempts"] in (1, 2) for e in entries), entries
+    assert per_try.hung.received - before == len(retried)
+    took = sorted(t for _, _, t in results)
+    slow = took[len(took) - len(retried) :]
+    assert all(0.3 <= t < 1.0 for t in slow), took  # one per-try timeout each, no more
+    assert all(t < 0.3 for t in took[: len(took) - len(retried)]), took
+
+
+def test_the_route_timeout_bounds_all_tries_together(per_try: PerTry) -> None:
+    before = per_try.hung.received
+    status, body, took = fetch(per_try.ports["whole"], sentinel_path())
+    assert status == 504, body
+    # tries at 0 and 0.3 s, the second cut at the route's 0.5 s (not at its own 0.6 s)
+    assert 0.5 <= took < 0.8, took
+    assert poll_until(lambda: per_try.hung.received - before == 2, 2.0), per_try.hung.received
+
+
+def test_a_per_try_timeout_is_not_retried_without_a_status_retry_policy(per_try: PerTry) -> None:
+    before = per_try.hung.received
+    status, body, took = fetch(per_try.ports["not_retried"], sentinel_path())
+    assert status == 504, body
+    assert 0.3 <= took < 0.6, took
+    assert poll_until(lambda: per_try.hung.received - before == 1, 2.0)
+
+
+def test_a_post_is_not_retried_after_a_per_try_timeout(per_try: PerTry) -> None:
+    path = sentinel_path()
+    before = per_try.hung.received
+    statuses = [
+        fetch(per_try.ports["retried"], path, method="POST", body=b"x")[0] for _ in range(4)
+    ]
+    assert sorted(statuses) == [200, 200, 504, 504], statuses
+    assert per_try.hung.received - before == 2  # the two 504s, each sent once
+    for entry in logged(per_try.amb, "retried", path, 4):
+        assert entry["attempts"] == 1, entry
 
 
 def test_a_retried_request_never_carries_an_earlier_requests_body(tmp_path: Path) -> None:

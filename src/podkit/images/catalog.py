@@ -14,6 +14,8 @@ BUILTIN: dict[str, str] = {
     "simple-webapp": "podkit.images.webapp",
     "log-agent": "podkit.images.log_agent",
     "ambassador": "podkit.images.ambassador",
+    "metrics-adapter": "podkit.images.metrics_adapter",
+    "auth-adapter": "podkit.images.auth_adapter",
 }
 
 

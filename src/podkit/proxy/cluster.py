@@ -21,6 +21,7 @@ from podkit.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from podkit.proxy.clock import Clock
+    from podkit.proxy.credentials import CredentialProvider
     from podkit.proxy.health_check import ActiveHealthChecker
     from podkit.proxy.session import HttpSession
 
@@ -73,12 +74,15 @@ def client_ssl_context(config: Cluster) -> ssl.SSLContext | None:
 
 
 class ClusterRuntime:
-    def __init__(self, config: Cluster, clock: Clock) -> None:
+    def __init__(
+        self, config: Cluster, clock: Clock, credentials: CredentialProvider | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self.clock = clock
         self.stats = ClusterStats()
         self.ssl = client_ssl_context(config)
+        self.credentials = credentials  # added to every request (the auth-adapter's tokens)
         self.limits = config.circuit_breaker
         self.idle_timeout = config.timeouts.idle
         self.hosts: list[UpstreamHost] = []
@@ -233,14 +237,17 @@ class ClusterRuntime:
         self.connections += 1
         host.connections += 1
         self.stats.connections_total += 1
-        asyncio.get_running_loop().create_task(self._connect(host, session))
+        asyncio.get_running_loop().create_task(self._connect(host, session, session.attempt))
 
     def server_name(self, host: UpstreamHost) -> str:
         """The name TLS to `host` sends (SNI) and checks: the configured one, else the host's."""
         tls = self.config.tls
         return (tls.server_name if tls is not None else None) or host.name
 
-    async def _connect(self, host: UpstreamHost, session: HttpSession) -> None:
+    async def _connect(self, host: UpstreamHost, session: HttpSession, attempt: int) -> None:
+        """Connect for the session's try number `attempt`. A session that moved on meanwhile
+        (the try timed out, the request ended) no longer wants this connection: it is pooled,
+        or a failure is only counted."""
         loop = asyncio.get_running_loop()
         server_hostname = self.server_name(host) if self.ssl is not None else None
         try:
@@ -257,10 +264,16 @@ class ClusterRuntime:
             host.connections -= 1
             self.stats.connect_failures += 1
             reason = "connect timeout" if isinstance(exc, TimeoutError) else _short(exc)
-            session.connect_failed(host, reason)
+            if session.attempt == attempt:
+                session.connect_failed(host, reason)
+            else:
+                self.record_result(host, "connect_failure")
             self._serve_pending()
             return
-        session.connected(conn)
+        if session.attempt == attempt:
+            session.connected(conn)
+        else:
+            self.release(conn)
 
     def release(self, conn: UpstreamConnection) -> None:
         """A response is done: pool the connection if it can carry another request."""
@@ -307,6 +320,7 @@ class ClusterRuntime:
             "overflows": s.overflows,
             "no_healthy": s.no_healthy,
             "ejections": s.ejections,
+            "auth_retries": s.auth_retries,
             "latency": histogram_json(s.latency),
             "endpoints": [
                 {

@@ -161,6 +161,10 @@ class Route(Section):
     rewrite_prefix: str | None = Field(
         default=None, description="replace the matched prefix (match.prefix) before forwarding"
     )
+    host_rewrite: str | None = Field(
+        default=None,
+        description="the Host sent upstream (Envoy's host_rewrite_literal); none = the client's",
+    )
     timeout: Duration = Field(
         default=15.0, description="whole response from the upstream (Envoy's default); 0 = none"
     )

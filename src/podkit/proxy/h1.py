@@ -411,6 +411,13 @@ def _drop_named(lowered: bytes, names: list[bytes], drop: list[tuple[int, int]])
             drop.append(m.span())
 
 
+def without_fields(fields: bytes, names: Sequence[bytes]) -> bytes:
+    """`fields` minus every line of the named fields (lower-case names)."""
+    drop: list[tuple[int, int]] = []
+    _drop_named(b"\n" + fields.lower(), list(names), drop)
+    return without(fields, sorted(drop))
+
+
 def _field_problem(fields: bytes) -> str:
     for line in fields.split(b"\r\n")[:-1]:
         if line[:1] in (b" ", b"\t"):

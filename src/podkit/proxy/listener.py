@@ -75,9 +75,24 @@ class Prepared:
             path = route.rewrite_path(path)
         target = path + b"?" + query if query else path
         fields = h1.without(head.fields, head.drop) if head.drop else head.fields
-        self.upstream_start = b"".join((head.method, b" ", target, b" HTTP/1.1\r\n", fields))
         cluster = clusters[route.cluster]
-        if not (head.chunked or head.content_length or head.upgrade or cluster.hash_on):
+        replaced = []
+        if route.host_rewrite is not None:
+            replaced.append(b"host")
+        if cluster.credentials is not None:
+            replaced.append(b"authorization")  # the provider's credential, never the client's
+        if replaced:
+            fields = h1.without_fields(fields, replaced)
+        if route.host_rewrite is not None:
+            fields = b"host: " + route.host_rewrite + b"\r\n" + fields
+        self.upstream_start = b"".join((head.method, b" ", target, b" HTTP/1.1\r\n", fields))
+        if not (
+            head.chunked
+            or head.content_length
+            or head.upgrade
+            or cluster.hash_on
+            or cluster.credentials is not None
+        ):
             self.fast = cluster
 
 
@@ -134,21 +149,28 @@ class ListenerRuntime:
 
     def finished(
         self, session: HttpSession, head: RequestHead, status: int, cluster: ClusterRuntime | None
-    ) -> None:
-        """One request is done (answered, failed or abandoned): count it and log it."""
-        elapsed = time.perf_counter() - session.started
+    ) -> float:
+        """One request is done (answered, failed or abandoned): count it and log it. Returns
+        the time now (time.perf_counter(), the clock of the session's deadlines)."""
+        now = time.perf_counter()
+        elapsed = now - session.started
         stats = self.stats
         requests = stats.requests
         requests[status] = requests.get(status, 0) + 1
         bucket = bisect_left(BUCKETS, elapsed)
-        stats.latency.add(bucket, elapsed)
+        latency = stats.latency
+        latency.counts[bucket] += 1
+        latency.sum += elapsed
         if cluster is not None:
-            requests = cluster.stats.requests
+            stats = cluster.stats
+            requests = stats.requests
             requests[status] = requests.get(status, 0) + 1
-            cluster.stats.latency.add(bucket, elapsed)
+            latency = stats.latency
+            latency.counts[bucket] += 1
+            latency.sum += elapsed
         log = self.access_log
         if log is None:
-            return
+            return now
         route = session.route
         log.write(
             {
@@ -170,6 +192,7 @@ class ListenerRuntime:
                 "user_agent": _text(h1.field_value(head.fields, b"user-agent")),
             }
         )
+        return now
 
     def expire(self, now: float) -> None:
         for session in [s for s in self.sessions if s.dkind and s.deadline <= now]:

@@ -22,6 +22,7 @@ UPSTREAM_COUNTERS = {
     "overflows": "Requests refused by the circuit breaker",
     "no_healthy": "Requests refused because no endpoint was available",
     "ejections": "Endpoints ejected by outlier detection",
+    "auth_retries": "Requests sent once more with a new credential after a 401",
 }
 
 

@@ -6,6 +6,7 @@ Everything is bytes, as the parser hands it over, so the hot path decodes nothin
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,12 +46,14 @@ class _HeaderRule:
 class CompiledRoute:
     name: str
     cluster: str | None
-    timeout: float
+    timeout: float  # for the whole request, retries included (inf: none)
+    try_timeout: float  # for each try: the per-try timeout, else the route's (0: none)
     retry: RetryPolicy
     retry_statuses: frozenset[int]  # 5xx / gateway-error / listed codes, whatever retry_on says
     retry_connect: bool  # connect-failure in retry_on
     retry_reset: bool  # reset in retry_on
     rewrite: tuple[bytes, bytes] | None  # (matched prefix, replacement)
+    host_rewrite: bytes | None
     direct: tuple[int, bytes, bytes] | None  # (status, body, content type)
     redirect: Redirect | None
     # match
@@ -100,6 +103,13 @@ def _retry_statuses(policy: RetryPolicy) -> frozenset[int]:
     return frozenset(codes)
 
 
+def _try_timeout(route: Route) -> float:
+    per_try = route.retry.per_try_timeout
+    if per_try and route.timeout:
+        return min(per_try, route.timeout)
+    return per_try or route.timeout
+
+
 def compile_route(route: Route, index: int) -> CompiledRoute:
     m = route.match
     hosts = [h.lower() for h in m.hosts]
@@ -111,7 +121,8 @@ def compile_route(route: Route, index: int) -> CompiledRoute:
     return CompiledRoute(
         name=route.name or f"route{index}",
         cluster=route.cluster,
-        timeout=route.timeout,
+        timeout=route.timeout or math.inf,
+        try_timeout=_try_timeout(route),
         retry=route.retry,
         retry_statuses=_retry_statuses(route.retry),
         retry_connect="connect-failure" in route.retry.retry_on,
@@ -119,6 +130,7 @@ def compile_route(route: Route, index: int) -> CompiledRoute:
         rewrite=(m.prefix.encode(), route.rewrite_prefix.encode())
         if route.rewrite_prefix is not None and m.prefix is not None
         else None,
+        host_rewrite=route.host_rewrite.encode() if route.host_rewrite is not None else None,
         direct=direct,
         redirect=route.redirect,
         hosts_exact=frozenset(h.encode() for h in hosts if not h.startswith("*")),

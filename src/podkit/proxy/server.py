@@ -14,6 +14,7 @@ from podkit.proxy.access_log import AccessLog
 from podkit.proxy.clock import TICK, Clock
 from podkit.proxy.cluster import ClusterRuntime
 from podkit.proxy.config import Listener, ProxyConfig
+from podkit.proxy.credentials import CredentialProvider
 from podkit.proxy.listener import ListenerRuntime
 from podkit.proxy.session import HttpSession
 from podkit.proxy.stats import stats_json
@@ -26,11 +27,17 @@ HOUSEKEEPING_EVERY = 1.0  # seconds between idle-pool sweeps and certificate che
 
 
 class Proxy:
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(
+        self, config: ProxyConfig, credentials: dict[str, CredentialProvider] | None = None
+    ) -> None:
+        """`credentials`: by cluster name, what that cluster's requests carry upstream."""
         self.config = config
         self.clock = Clock()
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
-        self.clusters = {c.name: ClusterRuntime(c, self.clock) for c in config.clusters}
+        creds = credentials or {}
+        self.clusters = {
+            c.name: ClusterRuntime(c, self.clock, creds.get(c.name)) for c in config.clusters
+        }
         self.listeners = [
             ListenerRuntime(lc, self.clusters, self.access_log) for lc in config.listeners
         ]

@@ -16,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from podkit.proxy import h1, http1
+from podkit.proxy.credentials import Refused
 from podkit.proxy.routing import redirect_location
 from podkit.proxy.upstream import ClientSide
 
 if TYPE_CHECKING:
     from podkit.proxy.cluster import ClusterRuntime, UpstreamHost
+    from podkit.proxy.credentials import Credential, CredentialProvider
     from podkit.proxy.listener import ListenerRuntime, Prepared
     from podkit.proxy.routing import CompiledRoute
     from podkit.proxy.upstream import UpstreamConnection
@@ -86,6 +89,13 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.request_id = b""
         self.deadline = 0.0
         self.dkind = D_NONE
+        self.give_up_at = 0.0  # the route timeout's end: no try goes on past it
+        self.attempt = 0  # numbers the tries: a connection made for an earlier one is not taken
+        self.prep: Prepared | None = None  # what the current request's head said
+        self.credential: Credential | None = None  # carried upstream (a cluster's provider's)
+        self.credential_wait = False  # waiting for the provider's credential
+        self.auth_retried = False  # sent once more after a 401 already
+        self.with_credentials = False  # any of the three above may be set: reset them
 
     # -- asyncio.Protocol (client side) ------------------------------------------------------
 
@@ -236,7 +246,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if self.upstream is not None:
             self.sent_all = True
         if self.head is not None and self.cluster is not None and self.dkind == D_BODY:
-            self._deadline(D_UPSTREAM, self._route_timeout())
+            self._upstream_deadline(first=True)
         if end < len(data):
             self.buf += data[end:]
         if self.head is None:
@@ -271,6 +281,12 @@ class HttpSession(ClientSide, asyncio.Protocol):
         head = prep.head
         self.started = time.perf_counter()
         self.head = head
+        self.prep = prep
+        if self.with_credentials:
+            self.with_credentials = False
+            self.credential = None
+            self.credential_wait = False
+            self.auth_retried = False
         self.host = prep.host
         self.route = prep.route
         self.keep_alive = head.keep_alive
@@ -309,13 +325,47 @@ class HttpSession(ClientSide, asyncio.Protocol):
             return
         self.cluster = cluster
         cluster.active_requests += 1
-        self.request_head = self._request_head(prep)
         if self.complete:
-            self._deadline(D_UPSTREAM, self._route_timeout())
+            self._upstream_deadline(first=True)
         else:
             self._deadline(D_BODY, listener.timeouts.body_idle)
         if head.upgrade is not None:
             self.pause_reading()  # nothing more is HTTP until the upstream answers 101
+        provider = cluster.credentials
+        if provider is not None:
+            self.with_credentials = True
+            self.credential = provider.current()
+            if self.credential is None:
+                self._wait_for_credential(provider, prep)
+                return
+        self.request_head = self._request_head(prep)
+        self.dispatch()
+
+    def _wait_for_credential(self, provider: CredentialProvider, prep: Prepared) -> None:
+        """Ask the provider for a credential; the request goes on (or is answered) when it
+        comes. Reading the client's body goes on meanwhile, as while waiting for a connection."""
+        self.credential_wait = True
+        self.attempt += 1
+        attempt = self.attempt
+        task = asyncio.get_running_loop().create_task(provider.fetch())
+        task.add_done_callback(lambda done: self._credential_came(done, prep, attempt))
+
+    def _credential_came(
+        self, task: asyncio.Task[Credential], prep: Prepared, attempt: int
+    ) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if self.attempt != attempt or self.head is None or self.closed or task.cancelled():
+            return  # the request ended meanwhile (timed out, client gone)
+        self.credential_wait = False
+        if isinstance(exc, Refused):
+            self._respond(exc.status, exc.body, content_type=exc.content_type, headers=exc.headers)
+            return
+        if exc is not None:
+            log.error("credential provider failed", extra={"error": type(exc).__name__})
+            self._respond(503, http1.error_body(503, "no credential for the upstream"))
+            return
+        self.credential = task.result()
+        self.request_head = self._request_head(prep)
         self.dispatch()
 
     def _fast_start(self, prep: Prepared) -> bool:
@@ -338,7 +388,12 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.cluster = cluster
         cluster.active_requests += 1
         self.request_head = self._request_head(prep)
-        self._deadline(D_UPSTREAM, self._route_timeout())
+        route = prep.route
+        assert route is not None
+        timeout = route.try_timeout  # _upstream_deadline(first=True), inlined
+        self.dkind = D_UPSTREAM if timeout > 0 else D_NONE
+        self.deadline = self.started + timeout
+        self.give_up_at = self.started + route.timeout
         self.connected(conn)
         return True
 
@@ -352,19 +407,34 @@ class HttpSession(ClientSide, asyncio.Protocol):
         status = resp.status
         if head is None or route is None or status in route.retry_statuses:
             return False
+        if status == 401 and self.credential is not None:
+            return False
         if head.version != b"1.1" or self.listener.draining or not self.sent_all:
             return False
         cluster = self.cluster
         assert cluster is not None
+        host = conn.host
         if cluster.outlier is not None:
-            cluster.record_result(conn.host, "5xx" if status >= 500 else "success")
+            cluster.record_result(host, "5xx" if status >= 500 else "success")
         self.resp_status = status
         self.resp_bytes = len(body)
-        self.resp_close = not self.keep_alive
+        close = self.resp_close = not self.keep_alive
+        end = _END_CLOSE if close else _END
         # After an interim 100 Continue, if there was one: one write for it all.
-        self.out += (forwarded, _END_CLOSE if self.resp_close else _END, body)
-        self._release_upstream(reuse=True)
-        self.flush()
+        out = self.out
+        data = b"".join((*out, forwarded, end, body)) if out else forwarded + end + body
+        out.clear()
+        # _release_upstream and the pool's release, inlined for the common case
+        self.upstream = None
+        host.active -= 1
+        conn.session = None
+        if conn.alive and conn.clean and conn.keep_alive and not cluster.pending:
+            conn.idle_deadline = cluster.clock.now + cluster.idle_timeout
+            host.idle.append(conn)
+        else:
+            cluster.release(conn)
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
         self._end_exchange(status)
         return True
 
@@ -395,6 +465,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
             end = b"transfer-encoding: chunked\r\n\r\n"
         else:
             end = b"\r\n"
+        if self.credential is not None:
+            end = self.credential.header + end
         if head.request_id:
             return start + end
         self.request_id = rid = http1.request_id()
@@ -418,11 +490,19 @@ class HttpSession(ClientSide, asyncio.Protocol):
             parts += (b"x-forwarded-host: ", fwd_host, b"\r\n")
         return b"".join(parts)
 
-    def _route_timeout(self) -> float:
+    def _upstream_deadline(self, *, first: bool) -> None:
+        """The deadline for this try's response: the per-try timeout, but never past the route
+        timeout, which runs from the first try for the whole request, retries included (as in
+        Envoy)."""
         route = self.route
-        if route is None:
-            return 0.0
-        return route.retry.per_try_timeout or route.timeout
+        assert route is not None
+        now = monotonic()
+        if first:
+            self.give_up_at = now + route.timeout
+        timeout = route.try_timeout
+        left = max(self.give_up_at - now, 0.001)
+        self.dkind = D_UPSTREAM if timeout > 0 or left < math.inf else D_NONE
+        self.deadline = now + min(timeout or math.inf, left)
 
     def _hash_key(self) -> str | None:
         cluster = self.cluster
@@ -449,6 +529,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster = self.cluster
         assert cluster is not None
         self.waiting = False
+        self.attempt += 1
         host = self.picked
         if host is not None:
             self.picked = None
@@ -487,11 +568,11 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.tried.append(host)
         self.upstream_key = host.key
         if self.body:
-            conn.send(b"".join((self.request_head, *self.body)))
+            conn.transport.write(b"".join((self.request_head, *self.body)))  # type: ignore[union-attr]
             if not self.replayable:
                 self.body.clear()
         else:
-            conn.send(self.request_head)
+            conn.transport.write(self.request_head)  # type: ignore[union-attr]
         if self.complete:
             self.sent_all = True
         if self.paused and head.upgrade is None and len(self.buf) <= MAX_BUFFERED:
@@ -519,6 +600,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster = self.cluster
         if head is None or route is None or cluster is None or self.resp_started:
             return False
+        if self.credential_wait:
+            return False  # nothing was sent yet, and nothing will be without the credential
         if head.method not in IDEMPOTENT or not self.replayable or head.upgrade is not None:
             return False
         if len(self.tried) > route.retry.retries:
@@ -533,7 +616,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
             self.retrying = True
             cluster.active_retries += 1
         self.sent_all = False
-        self._deadline(D_UPSTREAM, self._route_timeout())
+        self._upstream_deadline(first=False)
         self.dispatch()
 
     # -- upstream events (called by UpstreamConnection) --------------------------------------
@@ -554,6 +637,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster = self.cluster
         assert head is not None and route is not None and cluster is not None
         status = resp.status
+        if status == 401 and self.credential is not None and self._credential_rejected(conn, resp):
+            return False
         if route.retry_statuses and status in route.retry_statuses and self._may_retry():
             cluster.record_result(conn.host, "5xx" if status >= 500 else "success")
             self._drop_upstream()
@@ -586,6 +671,29 @@ class HttpSession(ClientSide, asyncio.Protocol):
         else:
             extra += b"\r\n"
         self.out += (forwarded, extra)
+        return True
+
+    def _credential_rejected(self, conn: UpstreamConnection, resp: h1.ResponseHead) -> bool:
+        """A 401 to a request with the provider's credential: the provider decides whether it
+        was the credential's fault. If so, the request is sent once more with a new one, when
+        its whole body is at hand to send again (True: this response is dropped)."""
+        cluster = self.cluster
+        credential = self.credential
+        prep = self.prep
+        assert cluster is not None and cluster.credentials is not None and credential is not None
+        provider = cluster.credentials
+        if not provider.rejected(credential, resp.status, resp.fields):
+            return False
+        if self.auth_retried or not self.complete or not self.replayable or prep is None:
+            return False
+        if prep.head.upgrade is not None:
+            return False
+        self.auth_retried = True
+        cluster.stats.auth_retries += 1
+        self._drop_upstream()  # the 401's body is not wanted: the connection goes
+        self.sent_all = False
+        self.credential = None
+        self._wait_for_credential(provider, prep)
         return True
 
     def chunk_payload(self) -> list[bytes] | None:
@@ -760,7 +868,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if head is None:
             return
         self.head = None
-        self.listener.finished(self, head, status, self.cluster)
+        self.attempt += 1
+        now = self.listener.finished(self, head, status, self.cluster)
         self._leave_cluster()
         self.route = None
         if self.closed:
@@ -777,7 +886,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
             # Even when draining: the response said keep-alive (draining began after its head
             # went out), so the client may be sending its next request right now; that one is
             # answered with Connection: close instead of finding the connection gone.
-            self._deadline(D_IDLE, self.listener.timeouts.keepalive)
+            timeout = self.listener.timeouts.keepalive
+            self.dkind = D_IDLE if timeout > 0 else D_NONE  # _deadline, inlined
+            self.deadline = now + timeout
         if self.paused and self.state == S_HEAD:
             self.resume_reading()
 
@@ -860,4 +971,14 @@ class HttpSession(ClientSide, asyncio.Protocol):
                 self._abort()
                 return
             self._drop_upstream()
+            route = self.route
+            if (
+                route is not None
+                and route.retry.per_try_timeout
+                and 504 in route.retry_statuses  # 5xx or gateway-error: a timeout is a 504
+                and now < self.give_up_at
+                and self._may_retry()
+            ):
+                self._retry()
+                return
             self._respond(504, http1.error_body(504, "upstream did not answer in time"))

@@ -58,7 +58,7 @@ async def serve(settings: WebappSettings, stop: asyncio.Event) -> int:
         file=log_file, shipper=shipper, container=pod.container_name or "simple-webapp"
     )
     state = WebappState(pod, access, upstream_url=settings.upstream_url)
-    server = HttpServer(build_handler(state), max_body=MAX_BODY, on_response=access.log_response)
+    server = HttpServer(build_handler(state), max_body=MAX_BODY, on_response=state.on_response)
     try:
         await server.start(settings.host, settings.port)
     except OSError as exc:

@@ -2,6 +2,8 @@
 
     GET  /            HTML page about the pod
     GET  /api/info    the same as JSON (pod name, namespace, uid, node, container, uptime, ...)
+    GET  /status      counters as JSON (requests, errors, in_flight, uptime, per route), the
+                      status the pod's metrics-adapter turns into Prometheus metrics
     GET  /api/call    ?path=/x: GET <UPSTREAM_URL>/x (through the pod's ambassador) as JSON
     ANY  /api/echo    the request back as JSON: method, path, query, headers, remote, body
     GET  /healthz  /readyz  /metrics   (common/admin.py)
@@ -29,7 +31,7 @@ from podkit.common.admin import ALLOW_GET, admin_response
 from podkit.common.httpserver import Request, Response
 from podkit.common.podinfo import PodInfo
 from podkit.images.webapp.access_log import AccessLog
-from podkit.images.webapp.counts import RequestCounts
+from podkit.images.webapp.counts import RequestCounts, StatusCounts
 from podkit.proxy.h1 import ChunkedScanner, ProtocolError
 
 if TYPE_CHECKING:
@@ -47,11 +49,17 @@ class WebappState:
         self.ready = False
         self.counts = RequestCounts()
         access.on_request.append(self.counts.inc)
+        self.status = StatusCounts(KNOWN_ROUTES)
         self._registry: CollectorRegistry | None = None
 
     @property
     def uptime(self) -> float:
         return time.monotonic() - self.started
+
+    def on_response(self, request: Request, response: Response, sent: int, took: float) -> None:
+        """HttpServer's response hook: the access line, then the /status counters."""
+        self.access.log_response(request, response, sent, took)
+        self.status.finished(unquote(request.path), response.status)
 
     def registry(self) -> CollectorRegistry:
         """Built at the first scrape: prometheus_client stays off the start-up path."""
@@ -81,6 +89,32 @@ def info(state: WebappState) -> dict[str, Any]:
         "uptime_seconds": round(state.uptime, 3),
         "requests_served": state.access.requests,
     }
+
+
+def status_page(state: WebappState, request: Request) -> Response:
+    """Counters as the app itself sees them (the metrics-adapter's input). `requests` counts
+    responses written, so this one is not in it yet; `in_flight` includes it."""
+    counts = state.status
+    data: dict[str, Any] = {
+        "app": "simple-webapp",
+        "version": __version__,
+        "ready": state.ready,
+        "uptime_seconds": round(state.uptime, 3),
+        "requests": counts.requests,
+        "errors": counts.errors,
+        "client_errors": counts.client_errors,
+        "in_flight": counts.in_flight,
+        "routes": counts.routes(),
+    }
+    shipper = state.access.shipper
+    if shipper is not None:
+        data["log_agent"] = {
+            "connected": shipper.connected,
+            "sent": shipper.sent,
+            "dropped": shipper.dropped,
+            "queued": shipper.queued,
+        }
+    return _json(data)
 
 
 def _show(value: Any) -> str:
@@ -196,7 +230,10 @@ ROUTES: dict[str, tuple[frozenset[str] | None, Route]] = {
     "/": (frozenset({"GET", "HEAD"}), index),
     "/api/info": (frozenset({"GET", "HEAD"}), api_info),
     "/api/echo": (None, api_echo),
+    "/status": (frozenset({"GET", "HEAD"}), status_page),
 }
+# Paths counted by name in /status (anything else is "other").
+KNOWN_ROUTES = frozenset({*ROUTES, "/api/call", "/healthz", "/readyz", "/metrics"})
 
 
 def build_handler(state: WebappState) -> Callable[[Request], Awaitable[Response]]:
@@ -206,16 +243,23 @@ def build_handler(state: WebappState) -> Callable[[Request], Awaitable[Response]
         return state.ready
 
     async def handle(request: Request) -> Response:
+        state.status.in_flight += 1
+        try:
+            return await route(request)
+        finally:
+            state.status.in_flight -= 1
+
+    async def route(request: Request) -> Response:
         path = unquote(request.path)
         if path != request.path:
             request = replace(request, path=path)
         if path == "/api/call" and request.method in ("GET", "HEAD"):
             return await api_call(state, request)
-        route = ROUTES.get(path)
-        if route is None:
+        entry = ROUTES.get(path)
+        if entry is None:
             admin = admin_response(request, ready=ready, registry=state.registry)
             return admin if admin is not None else Response.text(404, "404: Not Found\n")
-        methods, handler = route
+        methods, handler = entry
         if methods is not None and request.method not in methods:
             return Response(405, b"405: Method Not Allowed\n", headers=dict(ALLOW_GET))
         return handler(state, request)

@@ -19,3 +19,37 @@ class RequestCounts:
 
     def snapshot(self) -> dict[tuple[str, int], tuple[float, float]]:
         return {key: (entry[0], entry[1]) for key, entry in self._counts.items()}
+
+
+class StatusCounts:
+    """What GET /status reports: responses written (by route), 5xx and 4xx among them, and
+    requests being handled now. Routes are the app's own paths, everything else is "other",
+    so a scanner's random paths cannot grow the table."""
+
+    def __init__(self, routes: frozenset[str]) -> None:
+        self.known_routes = routes
+        self.requests = 0
+        self.errors = 0  # 5xx: the app failed
+        self.client_errors = 0  # 4xx: the request was wrong
+        self.in_flight = 0
+        self._routes: dict[str, list[int]] = {}  # route -> [requests, errors, client_errors]
+
+    def route_of(self, path: str) -> str:
+        return path if path in self.known_routes else "other"
+
+    def finished(self, path: str, status: int) -> None:
+        entry = self._routes.setdefault(self.route_of(path), [0, 0, 0])
+        self.requests += 1
+        entry[0] += 1
+        if status >= 500:
+            self.errors += 1
+            entry[1] += 1
+        elif status >= 400:
+            self.client_errors += 1
+            entry[2] += 1
+
+    def routes(self) -> list[dict[str, object]]:
+        return [
+            {"route": route, "requests": n, "errors": errors, "client_errors": client_errors}
+            for route, (n, errors, client_errors) in sorted(self._routes.items())
+        ]
