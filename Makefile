@@ -42,6 +42,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/log_agent.py
 	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/adapters.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

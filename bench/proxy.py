@@ -15,7 +15,10 @@ Each measurement is `wrk -t1 -c50 -d<DURATION>s --latency` (DURATION, default 10
 warm-up run that is not recorded: over HTTP the backend directly, then HAProxy, nginx and the
 ambassador; then over HTTPS HAProxy, nginx and the ambassador. Requests/s, p50 and p99 latency
 are taken from wrk's output; a run where wrk saw socket errors or non-2xx/3xx responses gets an
-"errors" field with the counts. After all runs the ambassador's peak RSS (VmHWM summed over its
+"errors" field with the counts. Each server's CPU time (user + system, its whole process tree,
+from /proc) during the run, divided by the requests wrk made, is its CPU per request: the
+`cpu_ratio_*` figures (the peer's CPU per request over the ambassador's) say how the work of a
+request compares without the machine's drift in it. After all runs the ambassador's peak RSS (VmHWM summed over its
 process tree) is read. A table goes to stderr; the last stdout line is one JSON object.
 The whole sequence runs ROUNDS times (default 3) and each figure is the median over the rounds:
 this machine's speed drifts by tens of percent within a minute, and a single pass would favour
@@ -406,12 +409,14 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: dict[str, int]
+    cpu_us: float = 0.0  # the server's CPU time (user + system) per request during the run
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "rps": round(self.rps),
             "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3),
+            "cpu_us_per_request": round(self.cpu_us, 1),
         }
         if self.errors:
             out["errors"] = self.errors
@@ -443,6 +448,19 @@ def parse_wrk(output: str) -> Result:
     return Result(float(rps[1]), to_ms(p50[1]), to_ms(p99[1]), errors)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time so far of these processes (/proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, seconds: int, latency: bool) -> str:
     argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"] + (["--latency"] if latency else [])
     done = subprocess.run(
@@ -463,16 +481,27 @@ def median_result(runs: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in runs),
         statistics.median(r.p99_ms for r in runs),
         errors,
+        statistics.median(r.cpu_us for r in runs),
     )
 
 
-def measure(label: str, url: str) -> Result:
+def measure(label: str, url: str, server: Server) -> Result:
+    """wrk against `url`, and the CPU time `server` spent per request meanwhile: a figure that
+    drifts far less than requests/s on this shared VM (it does not depend on how much of the
+    machine the server got, only on how much work a request is)."""
     wrk(url, WARMUP, latency=False)  # warm-up: connections, caches, CPU frequency; not recorded
-    result = parse_wrk(wrk(url, DURATION, latency=True))
+    pids = process_tree(server.proc.pid)
+    before = cpu_seconds(pids)
+    output = wrk(url, DURATION, latency=True)
+    spent = cpu_seconds(pids) - before
+    result = parse_wrk(output)
+    total = re.search(r"^\s*(\d+) requests in", output, re.M)
+    if total is not None and int(total[1]):
+        result.cpu_us = spent * 1e6 / int(total[1])
     note = f", ERRORS {result.errors}" if result.errors else ""
     print(
         f"{label:<18} {result.rps:>10,.0f} req/s  p50 {result.p50_ms:.3f} ms  "
-        f"p99 {result.p99_ms:.3f} ms{note}",
+        f"p99 {result.p99_ms:.3f} ms  cpu {result.cpu_us:.1f} us/req{note}",
         file=sys.stderr,
     )
     return result
@@ -531,7 +560,7 @@ def print_table(results: dict[str, dict[str, Result]]) -> None:
     err = sys.stderr
     print(
         f"\n{'':<6}{'':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}"
-        f"{'rps/haproxy':>13}{'rps/nginx':>11}{'p99/haproxy':>13}",
+        f"{'rps/haproxy':>13}{'rps/nginx':>11}{'p99/haproxy':>13}{'cpu us/req':>12}",
         file=err,
     )
     for proto, runs in results.items():
@@ -542,7 +571,8 @@ def print_table(results: dict[str, dict[str, Result]]) -> None:
             cols.append(f"{r.p99_ms / runs['haproxy'].p99_ms:.2f}" if "haproxy" in runs else "-")
             print(
                 f"{proto:<6}{name:<12}{r.rps:>10,.0f}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}"
-                f"{cols[0]:>13}{cols[1]:>11}{cols[2]:>13}" + (" ERRORS" if r.errors else ""),
+                f"{cols[0]:>13}{cols[1]:>11}{cols[2]:>13}{r.cpu_us:>12.1f}"
+                + (" ERRORS" if r.errors else ""),
                 file=err,
             )
 
@@ -588,11 +618,13 @@ def run(tmp: Path, names: list[str]) -> dict[str, object]:
         print(f"round {number} of {ROUNDS}", file=sys.stderr)
         for name in names:
             url = f"http://127.0.0.1:{servers[name].http_port}/"
-            rounds["http"].setdefault(name, []).append(measure(f"http  {name}", url))
+            rounds["http"].setdefault(name, []).append(measure(f"http  {name}", url, servers[name]))
         for name in names:
             if name in PROXIES:
                 url = f"https://127.0.0.1:{servers[name].https_port}/"
-                rounds["https"].setdefault(name, []).append(measure(f"https {name}", url))
+                rounds["https"].setdefault(name, []).append(
+                    measure(f"https {name}", url, servers[name])
+                )
     results = {
         proto: {name: median_result(runs) for name, runs in by_name.items()}
         for proto, by_name in rounds.items()
@@ -613,13 +645,20 @@ def run(tmp: Path, names: list[str]) -> dict[str, object]:
         ("p99_ratio_vs_haproxy", "http", "haproxy", "p99_ms"),
         ("https_ratio_vs_haproxy", "https", "haproxy", "rps"),
         ("https_ratio_vs_nginx", "https", "nginx", "rps"),
+        # CPU per request, theirs over ours: above 1, the ambassador does a request's work with
+        # less CPU; the same kind of ratio as requests/s, without the machine's drift in it.
+        ("cpu_ratio_vs_haproxy", "http", "haproxy", "cpu_us"),
+        ("cpu_ratio_vs_nginx", "http", "nginx", "cpu_us"),
+        ("https_cpu_ratio_vs_haproxy", "https", "haproxy", "cpu_us"),
     )
     for key, proto, peer, figure in pairs:
         mine, theirs = rounds[proto].get("ambassador"), rounds[proto].get(peer)
         if mine and theirs:
-            per_round = [
-                getattr(a, figure) / getattr(b, figure) for a, b in zip(mine, theirs, strict=True)
-            ]
+            pairs_ = zip(mine, theirs, strict=True)
+            if figure == "cpu_us":
+                per_round = [b.cpu_us / a.cpu_us if a.cpu_us else 0.0 for a, b in pairs_]
+            else:
+                per_round = [getattr(a, figure) / getattr(b, figure) for a, b in pairs_]
             out[key] = round(statistics.median(per_round), 2)
             shown = ", ".join(f"{x:.2f}" for x in per_round)
             print(f"{key}: {out[key]} (rounds: {shown})", file=sys.stderr)

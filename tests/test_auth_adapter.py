@@ -354,7 +354,7 @@ def run_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
             "upstreams:\n- name: a\n  url: https://user:hunter2@api/\n  oauth2: {token_url: "
             "http://i/t, client_id: c, client_secret_env: S}\n",
             "upstreams[0].url",
-            "must not carry credentials",
+            "credentials in the URL are not allowed",
         ),
         (
             "upstreams:\n- name: a\n  url: https://api/\n  oauth2: {token_url: http://i/t, "

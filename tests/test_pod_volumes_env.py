@@ -126,3 +126,47 @@ def test_volumes_env_and_working_dir(tmp_path: Path, podkit) -> None:
     assert out["cwd"] == "/work/here"
     assert out["shared"] == "hi"
     assert not Path("/work/here").exists()  # the workingDir was created inside only
+
+
+def test_a_mount_under_a_symlinked_directory_stays_inside_the_container(
+    tmp_path: Path, podkit
+) -> None:
+    """/var/run is a link to /run (absolute, on Debian): a volume at /var/run/secrets/... must
+    be resolved inside the container's root, never follow the link onto the host's /run (where
+    Kubernetes' own /var/run/secrets/kubernetes.io/serviceaccount would land otherwise)."""
+    name = f"podkit-test-{tmp_path.name}"
+    host_side = Path("/run/secrets") / name
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        textwrap.dedent(f"""
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: token}}
+        stringData: {{token: inside-only}}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: symlinked-mount}}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: reader
+            image: x
+            command: ["sh", "-c", "echo token=$(cat /var/run/secrets/{name}/token)"]
+            volumeMounts:
+            - {{name: token, mountPath: /var/run/secrets/{name}, readOnly: true}}
+          volumes:
+          - {{name: token, secret: {{secretName: token}}}}
+        """)
+    )
+    parent_existed = host_side.parent.exists()
+    try:
+        run = podkit("run", str(manifest))
+        assert run.wait(30) == 0, run.text()
+        assert "[reader] token=inside-only" in run.stdout_lines("[reader] "), run.text()
+        assert not host_side.exists()
+    finally:
+        if host_side.is_dir():  # the bug this test is about: clean up after it
+            host_side.rmdir()
+            if not parent_existed:
+                host_side.parent.rmdir()

@@ -16,6 +16,7 @@ BUILTIN: dict[str, str] = {
     "ambassador": "podkit.images.ambassador",
     "metrics-adapter": "podkit.images.metrics_adapter",
     "auth-adapter": "podkit.images.auth_adapter",
+    "oauth-demo": "podkit.images.oauth_demo",  # stand-in external API + IdP (examples)
 }
 
 

@@ -14,26 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from podkit.common.config import parse_hostport
-from podkit.common.config_section import Section
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> Any:
-    """'250ms' -> 0.25, '10s' -> 10.0, 3 -> 3.0; anything else is left for pydantic to reject."""
-    if isinstance(value, str):
-        m = _DURATION.fullmatch(value)
-        if m is None:
-            raise ValueError(
-                f"invalid duration {value!r}: expected seconds, or e.g. 250ms, 10s, 5m, 1h"
-            )
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+from podkit.common.config_section import Duration, PositiveDuration, Section
 
 
 def _check_address(value: str) -> str:

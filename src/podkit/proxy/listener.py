@@ -86,13 +86,7 @@ class Prepared:
         if route.host_rewrite is not None:
             fields = b"host: " + route.host_rewrite + b"\r\n" + fields
         self.upstream_start = b"".join((head.method, b" ", target, b" HTTP/1.1\r\n", fields))
-        if not (
-            head.chunked
-            or head.content_length
-            or head.upgrade
-            or cluster.hash_on
-            or cluster.credentials is not None
-        ):
+        if not (head.chunked or head.content_length or head.upgrade or cluster.hash_on):
             self.fast = cluster
 
 

@@ -370,11 +370,16 @@ class HttpSession(ClientSide, asyncio.Protocol):
 
     def _fast_start(self, prep: Prepared) -> bool:
         """The common case in one go: one whole body-less request, a head seen before, routed to
-        a cluster with an idle pooled connection. False (nothing done) otherwise."""
+        a cluster with an idle pooled connection (and a credential at hand, when the cluster's
+        requests carry one). False (nothing done) otherwise."""
         cluster = prep.fast
         assert cluster is not None
         if cluster.active_requests >= cluster.limits.max_requests:
             return False
+        provider = cluster.credentials
+        credential = provider.current() if provider is not None else None
+        if provider is not None and credential is None:
+            return False  # the general path waits for one
         host = cluster.balancer.pick(None, ())
         if host is None:
             return False
@@ -383,6 +388,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
             self.picked = host  # the general path connects to it: a pick is never thrown away
             return False
         self._begin(prep)
+        if credential is not None:
+            self.credential = credential
+            self.with_credentials = True
         self.complete = True
         self.state = S_WAIT
         self.cluster = cluster
@@ -637,7 +645,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster = self.cluster
         assert head is not None and route is not None and cluster is not None
         status = resp.status
-        if status == 401 and self.credential is not None and self._credential_rejected(conn, resp):
+        if status == 401 and self.credential is not None and self._credential_rejected(resp):
             return False
         if route.retry_statuses and status in route.retry_statuses and self._may_retry():
             cluster.record_result(conn.host, "5xx" if status >= 500 else "success")
@@ -673,7 +681,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.out += (forwarded, extra)
         return True
 
-    def _credential_rejected(self, conn: UpstreamConnection, resp: h1.ResponseHead) -> bool:
+    def _credential_rejected(self, resp: h1.ResponseHead) -> bool:
         """A 401 to a request with the provider's credential: the provider decides whether it
         was the credential's fault. If so, the request is sent once more with a new one, when
         its whole body is at hand to send again (True: this response is dropped)."""

@@ -55,6 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
         "method",
         "clean",
         "keep_alive",
+        "last_head",
+        "last_parsed",
     )
 
     def __init__(self, cluster: ClusterRuntime, host: UpstreamHost) -> None:
@@ -71,6 +73,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.method = b"GET"
         self.clean = True  # False once anything unexpected happened: never reuse it then
         self.keep_alive = True
+        # This connection's last response head (bytes, parsed): the next is most often the same
+        # (a Date changes once a second), and a startswith() is cheaper than a cache lookup.
+        self.last_head = b""
+        self.last_parsed: tuple[h1.ResponseHead, bytes] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -117,18 +123,28 @@ class UpstreamConnection(asyncio.Protocol):
             self._chunked(session, data, 0)
 
     def _head(self, session: HttpSession, buf: bytes) -> None:
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_RESPONSE_HEAD:
-                self.clean = False
-                session.upstream_failed(self, "response head too large")
-            else:
-                self.buf = buf
-            return
+        last = self.last_head
+        if last and buf.startswith(last) and self.method != b"HEAD":
+            # The head ends where `last` does: it holds no CRLFCRLF before its end.
+            start = len(last)
+            end = start - 4
+            cached = self.last_parsed
+        else:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_RESPONSE_HEAD:
+                    self.clean = False
+                    session.upstream_failed(self, "response head too large")
+                else:
+                    self.buf = buf
+                return
+            start = end + 4
+            key = buf if start == len(buf) else buf[:start]
+            cached = _HEADS.get(key) if self.method != b"HEAD" else None
+            if cached is not None:
+                self.last_head = key
+                self.last_parsed = cached
         self.buf = b""
-        start = end + 4
-        key = buf if start == len(buf) else buf[:start]
-        cached = _HEADS.get(key) if self.method != b"HEAD" else None
         if cached is None:
             try:
                 head = h1.parse_response(buf, end, request_method=self.method)

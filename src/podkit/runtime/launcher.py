@@ -12,6 +12,7 @@ podkit dies the whole chain dies, and PID 1's death tears down the container's P
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -89,7 +90,31 @@ def _host_mount_points(state_dir: str) -> list[str]:
 
 
 def _inside(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
+    """The container's `path` under `root`, its symlinks followed as the container sees them: an
+    absolute link starts again at `root` and `..` stops there (runc's securejoin). Joined plainly,
+    /var/run/secrets would follow the host's /var/run -> /run link out of the root, and a mount
+    meant for the container would land on the host."""
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, part)
+        if not os.path.islink(here):
+            done.append(part)
+            continue
+        links += 1
+        if links > 40:
+            raise OSError(errno.ELOOP, f"too many symbolic links in {path}")
+        target = os.readlink(here)
+        if target.startswith("/"):
+            done = []
+        todo[:0] = [p for p in target.split("/") if p not in ("", ".")]
+    return os.path.join(root, *done)
 
 
 def _overlay(lower: str, target: str, scratch: str, tag: str) -> None:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from podkit.common.config import parse_hostport
-from podkit.common.config_section import Section
+from podkit.common.config_section import Section, check_http_url
 from podkit.images.auth_adapter.oauth_config import OAuth2Config
 from podkit.proxy.config import Duration, PositiveDuration, ProxyConfig
 
@@ -84,17 +84,9 @@ class Upstream(Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be http:// or https:// with a host")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials")  # never echoed: it may hold a secret
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
+        check_http_url(value, instead="oauth2 (the adapter adds the credentials)")
+        if urlsplit(value).query:
+            raise ValueError("a query is not allowed: the app's request brings its own")
         return value
 
     @property

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from podkit.common.config_section import Section
+from podkit.common.config_section import Section, check_http_url
 from podkit.images.auth_adapter.token_request import (
     GRANT_TOKEN_EXCHANGE,
     KEY_ALGS,
@@ -149,16 +149,7 @@ class OAuth2Config(Section):
     @field_validator("token_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.username is not None or parts.password is not None:
-            # Checked first: this message does not quote the value.
-            raise ValueError("credentials in the URL are not allowed: use client_secret_file")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"need an http:// or https:// URL with a host, got {value!r}")
-        _ = parts.port  # ValueError for a port that is not a number in 0-65535
-        if parts.fragment:
-            raise ValueError("a URL fragment is never sent: remove it")
-        return value
+        return check_http_url(value, instead="client_secret_file")
 
     @field_validator("scopes")
     @classmethod

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from podkit.common.config import parse_hostport
-from podkit.common.config_section import Section
+from podkit.common.config_section import Duration, PositiveDuration, Section
 from podkit.images.metrics_adapter import mapping, selector
 from podkit.images.metrics_adapter.mapping import (
     LABEL_NAME,
@@ -28,26 +28,6 @@ DEFAULT_LISTEN = "0.0.0.0:9102"  # the page Prometheus scrapes: reachable on the
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9103"
 DEFAULT_URL = "http://127.0.0.1:8080/status"  # simple-webapp's status on the pod's localhost
 MiB = 1024 * 1024
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> Any:
-    """'250ms' -> 0.25, '10s' -> 10.0, 3 -> 3.0 (the ambassador's spelling); anything else is
-    left for pydantic to reject."""
-    if isinstance(value, str):
-        m = _DURATION.fullmatch(value)
-        if m is None:
-            raise ValueError(
-                f"invalid duration {value!r}: expected seconds, or e.g. 250ms, 10s, 5m, 1h"
-            )
-        return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 def _check_listen(value: str) -> str:

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from podkit.common.config_section import Section
+from podkit.common.config_section import Section, check_http_url
 from podkit.images.log_agent.sinks.base import RejectedError, RetryableError
 
 if TYPE_CHECKING:
@@ -100,17 +100,7 @@ class HttpClientConfig(Section):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.username is not None or parts.password is not None:
-            # They would show wherever the URL is logged (checked first: this message does not
-            # quote the value).
-            raise ValueError("credentials in the URL are not allowed: use auth")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"need an http:// or https:// URL with a host, got {value!r}")
-        _ = parts.port  # ValueError for a port that is not a number in 0-65535
-        if parts.fragment:
-            raise ValueError("a URL fragment is never sent: remove it")
-        return value
+        return check_http_url(value, instead="auth")
 
     @field_validator("headers")
     @classmethod
