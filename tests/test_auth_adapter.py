@@ -124,6 +124,8 @@ def test_the_apps_request_reaches_the_api_with_a_token_and_otherwise_unchanged(
         assert seen["host"] == setup.api.url.removeprefix("http://")
         assert seen["content-type"] == "application/json" and seen["x-trace"] == "abc"
         assert "x-hop" not in seen
+        assert not [k for k in seen if k.startswith("x-forwarded-")]  # the API is outside
+        assert seen["x-request-id"]
         assert setup.idp.token_requests == 1
 
 

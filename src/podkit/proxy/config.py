@@ -193,6 +193,11 @@ class Listener(Section):
         description="clients whose X-Forwarded-For/-Proto/-Host are kept and appended to; "
         "from anyone else they are replaced",
     )
+    forwarded_headers: bool = Field(
+        default=True,
+        description="add X-Forwarded-For/-Proto/-Host; an egress proxy to an outside API may "
+        "leave them out (the client's own are dropped either way)",
+    )
     limits: Limits = Field(default_factory=Limits)
     timeouts: ListenerTimeouts = Field(default_factory=ListenerTimeouts)
 

@@ -105,6 +105,7 @@ class ListenerRuntime:
         self.limits = config.limits
         self.timeouts = config.timeouts
         self.scheme = b"https" if config.tls is not None else b"http"
+        self.forwarded = config.forwarded_headers
         self.stats = ListenerStats()
         self.sessions: set[HttpSession | TcpSession] = set()
         self.draining = False

@@ -481,6 +481,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
         return b"".join((start, b"x-request-id: ", rid, b"\r\n", end))
 
     def _forwarded_start(self, prep: Prepared) -> bytes:
+        if not self.listener.forwarded:
+            return prep.upstream_start
         head = prep.head
         if self.trusted:
             xff = head.xff + b", " + self.client_ip_b if head.xff else self.client_ip_b

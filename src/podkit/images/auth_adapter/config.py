@@ -179,7 +179,14 @@ def proxy_config(config: AuthAdapterConfig) -> ProxyConfig:
             "drain_time": config.drain_time,
             "log_level": config.log_level,
             "listeners": [
-                {"name": "app", "listen": config.listen, "protocol": "http", "routes": routes}
+                {
+                    "name": "app",
+                    "listen": config.listen,
+                    "protocol": "http",
+                    "routes": routes,
+                    # The API is outside: the pod's addresses and ports are none of its business.
+                    "forwarded_headers": False,
+                }
             ],
             "clusters": clusters,
         }
