@@ -41,6 +41,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/pod_startup.py
 	$(BIN)/python bench/lifecycle.py
 	$(BIN)/python bench/log_agent.py
+	$(BIN)/python bench/proxy_hot_path.py
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/adapters.py
 

@@ -1,0 +1,109 @@
+"""The proxy engine's own Python cost per request, without sockets.
+
+One HttpSession and one pooled UpstreamConnection with stand-in transports (they only collect
+what is written: no socket can be this quiet), fed the request wrk sends and the response nginx
+gives, in a loop. What this measures is the Python of the common case (a cached request head,
+an idle pooled connection, a one-read Content-Length response) and nothing of uvloop or the
+kernel: the part of bench/proxy.py's CPU per request that the engine's code decides. It prints
+the best of REPS runs of N exchanges (defaults 30 and 20,000), then one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from podkit.proxy.clock import Clock
+from podkit.proxy.cluster import ClusterRuntime
+from podkit.proxy.config import ProxyConfig
+from podkit.proxy.listener import ListenerRuntime
+from podkit.proxy.session import HttpSession
+from podkit.proxy.upstream import UpstreamConnection
+
+CONFIG = {
+    "listeners": [
+        {
+            "name": "http",
+            "listen": "127.0.0.1:8080",
+            "routes": [{"match": {"prefix": "/"}, "cluster": "backend"}],
+        }
+    ],
+    "clusters": [{"name": "backend", "endpoints": [{"address": "127.0.0.1:8081"}]}],
+}
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 05:40:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 17\r\nConnection: keep-alive\r\n\r\n"
+    b"hello from nginx\n"
+)
+
+
+class Collecting:
+    """A stand-in transport: keeps what is written; closing would mean the exchange failed."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        raise SystemExit("the proxy closed a connection: the exchange failed")
+
+    abort = close
+
+
+async def main() -> None:
+    n = int(os.environ.get("N", "20000"))
+    reps = int(os.environ.get("REPS", "30"))
+    config = ProxyConfig.model_validate(CONFIG)
+    clock = Clock()
+    clusters = {c.name: ClusterRuntime(c, clock) for c in config.clusters}
+    listener = ListenerRuntime(config.listeners[0], clusters, None)
+    cluster = clusters["backend"]
+    host = cluster.hosts[0]
+    conn = UpstreamConnection(cluster, host)
+    upstream = Collecting()
+    conn.connection_made(upstream)  # type: ignore[arg-type]
+    conn.idle_deadline = float("inf")
+    host.idle.append(conn)
+    cluster.connections = 1
+    session = HttpSession(listener)
+    client = Collecting()
+    session.connection_made(client)  # type: ignore[arg-type]
+
+    def exchange() -> None:
+        session.data_received(REQUEST)
+        conn.data_received(RESPONSE)
+
+    for _ in range(1000):
+        exchange()
+    if not client.written[-1].endswith(b"hello from nginx\n") or host.idle != [conn]:
+        raise SystemExit("the exchange did not go through the fast path")
+    best = float("inf")
+    for _ in range(reps):
+        client.written.clear()
+        upstream.written.clear()
+        started = time.perf_counter()
+        for _ in range(n):
+            exchange()
+        best = min(best, (time.perf_counter() - started) / n)
+    print(f"{best * 1e6:.2f} us of Python per request (best of {reps} x {n})", file=sys.stderr)
+    print(json.dumps({"python_us_per_request": round(best * 1e6, 2)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
