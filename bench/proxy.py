@@ -19,7 +19,8 @@ are taken from wrk's output; a run where wrk saw socket errors or non-2xx/3xx re
 from /proc) during the run, divided by the requests wrk made, is its CPU per request: the
 `cpu_ratio_*` figures (the peer's CPU per request over the ambassador's) say how the work of a
 request compares without the machine's drift in it. After all runs the ambassador's peak RSS
-(VmHWM summed over its process tree) is read. A table goes to stderr; the last stdout line is one JSON object.
+(VmHWM summed over its process tree) is read. A table goes to stderr; the last stdout line is
+one JSON object.
 The whole sequence runs ROUNDS times (default 3) and each figure is the median over the rounds:
 this machine's speed drifts by tens of percent within a minute, and a single pass would favour
 whoever ran in a fast stretch. ONLY=direct,haproxy,nginx,ambassador (any subset) measures only
