@@ -138,7 +138,7 @@ def test_a_large_body_streams_through_both_ways(setup: Setup) -> None:
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(payload).hexdigest()
 
 
-def test_a_path_outside_every_prefix_gets_404_and_no_token_is_spent(setup: Setup) -> None:
+def test_a_path_outside_every_prefix_gets_404_and_never_reaches_the_api(setup: Setup) -> None:
     with running(setup.adapter()) as adapter:
         before = len(setup.api.seen)
         status, _, _ = request(adapter, "/elsewhere")
@@ -169,7 +169,7 @@ def test_200_concurrent_requests_on_a_cold_cache_make_one_token_request(setup: S
 # -- token lifetime, outages, 401 ------------------------------------------------------------
 
 
-def test_tokens_are_refreshed_ahead_of_expiry_and_no_401_reaches_the_app(setup: Setup) -> None:
+def test_short_lived_tokens_are_renewed_and_no_401_reaches_the_app(setup: Setup) -> None:
     setup.idp.expires_in = 2
     up = setup.upstream(oauth2={"refresh": {"margin": 0.5}})
     with running(setup.adapter(up)) as adapter:
