@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from podkit.proxy.credentials import CredentialProvider
     from podkit.proxy.health_check import ActiveHealthChecker
     from podkit.proxy.session import HttpSession
+    from podkit.proxy.writes import WriteBatch
 
 log = logging.getLogger("podkit.proxy")
 
@@ -75,11 +76,16 @@ def client_ssl_context(config: Cluster) -> ssl.SSLContext | None:
 
 class ClusterRuntime:
     def __init__(
-        self, config: Cluster, clock: Clock, credentials: CredentialProvider | None = None
+        self,
+        config: Cluster,
+        clock: Clock,
+        writes: WriteBatch,
+        credentials: CredentialProvider | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.clock = clock
+        self.writes = writes  # the Proxy's: every write to an upstream connection goes through it
         self.stats = ClusterStats()
         self.ssl = client_ssl_context(config)
         self.credentials = credentials  # added to every request (the auth-adapter's tokens)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from podkit.proxy.routing import CompiledRoute
     from podkit.proxy.session import HttpSession
     from podkit.proxy.tcp import TcpSession
+    from podkit.proxy.writes import WriteBatch
 
 
 PREPARED_CACHE = 1024  # distinct request heads remembered per listener
@@ -96,8 +97,10 @@ class ListenerRuntime:
         config: Listener,
         clusters: dict[str, ClusterRuntime],
         access_log: AccessLog | None,
+        writes: WriteBatch,
     ) -> None:
         self.config = config
+        self.writes = writes  # the Proxy's: every write to a client connection goes through it
         self.name = config.name
         self.clusters = clusters
         self.access_log = access_log

@@ -20,6 +20,7 @@ from podkit.proxy.session import HttpSession
 from podkit.proxy.stats import stats_json
 from podkit.proxy.tcp import TcpSession
 from podkit.proxy.tls import ServerTls
+from podkit.proxy.writes import WriteBatch
 
 log = logging.getLogger("podkit.proxy")
 
@@ -33,13 +34,16 @@ class Proxy:
         """`credentials`: by cluster name, what that cluster's requests carry upstream."""
         self.config = config
         self.clock = Clock()
+        self.writes = WriteBatch()
         self.access_log = AccessLog(config.access_log.path) if config.access_log.enabled else None
         creds = credentials or {}
         self.clusters = {
-            c.name: ClusterRuntime(c, self.clock, creds.get(c.name)) for c in config.clusters
+            c.name: ClusterRuntime(c, self.clock, self.writes, creds.get(c.name))
+            for c in config.clusters
         }
         self.listeners = [
-            ListenerRuntime(lc, self.clusters, self.access_log) for lc in config.listeners
+            ListenerRuntime(lc, self.clusters, self.access_log, self.writes)
+            for lc in config.listeners
         ]
         self.tls: dict[str, ServerTls] = {}
         self.slots: dict[str, Slot] = {}  # listen address -> its bound server

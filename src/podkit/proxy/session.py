@@ -48,6 +48,7 @@ _END_CLOSE = b"connection: close\r\n\r\n"
 class HttpSession(ClientSide, asyncio.Protocol):
     def __init__(self, listener: ListenerRuntime) -> None:
         self.listener = listener
+        self.writes = listener.writes
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_ip_b = b""
@@ -442,7 +443,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         else:
             cluster.release(conn)
         if not self.closed:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.writes.write(self.transport, data)  # type: ignore[arg-type]
         self._end_exchange(status)
         return True
 
@@ -578,11 +579,11 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.tried.append(host)
         self.upstream_key = host.key
         if self.body:
-            conn.transport.write(b"".join((self.request_head, *self.body)))  # type: ignore[union-attr]
+            self.writes.write(conn.transport, b"".join((self.request_head, *self.body)))  # type: ignore[arg-type]
             if not self.replayable:
                 self.body.clear()
         else:
-            conn.transport.write(self.request_head)  # type: ignore[union-attr]
+            self.writes.write(conn.transport, self.request_head)  # type: ignore[arg-type]
         if self.complete:
             self.sent_all = True
         if self.paused and head.upgrade is None and len(self.buf) <= MAX_BUFFERED:
@@ -799,7 +800,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
 
     def tunnel_in(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(data)
+            self.writes.write(self.transport, data)
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -807,7 +808,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         out = self.out
         if out:
             if not self.closed and self.transport is not None:
-                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+                self.writes.write(self.transport, b"".join(out) if len(out) > 1 else out[0])
             out.clear()
 
     def _release_upstream(self, *, reuse: bool) -> None:
@@ -926,20 +927,20 @@ class HttpSession(ClientSide, asyncio.Protocol):
             self.head = None
         self.out.clear()
         if self.transport is not None and not self.closed:
-            self.transport.write(
-                http1.response(status, http1.error_body(status, reason), close=True)
+            self.writes.write(
+                self.transport, http1.response(status, http1.error_body(status, reason), close=True)
             )
         self._close()
 
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.close()
+            self.writes.close(self.transport)
         self.closed = True
 
     def _abort(self) -> None:
         """The response was cut: the client must see an error, not a short but clean reply."""
         if not self.closed and self.transport is not None:
-            self.transport.abort()
+            self.writes.abort(self.transport)
         self.closed = True
         self._drop_upstream()
 

@@ -253,7 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        self.cluster.writes.write(self.transport, data)
 
     def reusable(self) -> bool:
         return self.alive and self.clean and self.keep_alive and self.state == U_IDLE
@@ -261,9 +261,9 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self.clean = False
         if self.transport is not None:
-            self.transport.close()
+            self.cluster.writes.close(self.transport)
 
     def abort(self) -> None:
         self.clean = False
         if self.transport is not None:
-            self.transport.abort()
+            self.cluster.writes.abort(self.transport)

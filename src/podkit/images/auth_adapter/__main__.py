@@ -25,6 +25,7 @@ from podkit.common import config as config_loader  # noqa: E402
 from podkit.common import logging as podkit_logging  # noqa: E402
 from podkit.common import signals  # noqa: E402
 from podkit.common.admin import AdminServer  # noqa: E402
+from podkit.common.gc_freeze import freeze_startup_objects  # noqa: E402
 from podkit.common.httpserver import Request, Response  # noqa: E402
 from podkit.images.auth_adapter.bearer import BearerCredentials  # noqa: E402
 from podkit.images.auth_adapter.config import AuthAdapterConfig, proxy_config  # noqa: E402
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             await admin.close()
             return 1
         await sources.start()  # first tokens now, then refreshed ahead of expiry
+        freeze_startup_objects()
         log.info(
             "listening",
             extra={

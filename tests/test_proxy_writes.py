@@ -1,0 +1,111 @@
+"""The proxy's write batch (proxy/writes.py) on real sockets and a real uvloop loop: what is
+written in one pass of the loop reaches the peer after the pass, in order; closes and aborts
+keep their place among the writes; a dead or broken connection holds back no other."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
+from podkit.proxy.writes import WriteBatch
+
+DEADLINE = 5.0
+
+
+class Quiet(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def connection() -> tuple[asyncio.Transport, socket.socket, Quiet]:
+    """Our side as a uvloop transport, the peer as a plain non-blocking socket."""
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    transport, protocol = await asyncio.get_running_loop().create_connection(Quiet, sock=ours)
+    return transport, peer, protocol
+
+
+async def read_to_eof(peer: socket.socket) -> bytes:
+    """Everything the peer receives until the connection ends (EOF or reset)."""
+    loop = asyncio.get_running_loop()
+    got = b""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            try:
+                chunk = await loop.sock_recv(peer, 65536)
+            except ConnectionResetError:
+                return got
+            if not chunk:
+                return got
+            got += chunk
+
+
+def nothing_yet(peer: socket.socket) -> bool:
+    try:
+        return peer.recv(1, socket.MSG_PEEK) is None
+    except BlockingIOError:
+        return True
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    uvloop.run(test())
+
+
+def test_writes_of_one_pass_go_out_after_it_in_order() -> None:
+    async def test() -> None:
+        batch = WriteBatch()
+        transport, peer, _ = await connection()
+        for piece in (b"one ", b"two ", b"three"):
+            batch.write(transport, piece)
+        assert nothing_yet(peer), "a write went out before the loop's pass ended"
+        batch.close(transport)
+        assert await read_to_eof(peer) == b"one two three"
+
+    run(test)
+
+
+def test_close_and_abort_keep_their_place_and_later_writes_are_dropped() -> None:
+    async def test() -> None:
+        batch = WriteBatch()
+        closed, closed_peer, closed_proto = await connection()
+        aborted, aborted_peer, aborted_proto = await connection()
+        batch.write(closed, b"before close")
+        batch.write(aborted, b"before abort")
+        batch.close(closed)
+        batch.abort(aborted)
+        batch.write(closed, b" after close")
+        batch.write(aborted, b" after abort")
+        assert await read_to_eof(closed_peer) == b"before close"
+        assert await read_to_eof(aborted_peer) == b"before abort"
+        async with asyncio.timeout(DEADLINE):
+            await closed_proto.lost
+            await aborted_proto.lost
+
+    run(test)
+
+
+def test_a_connection_gone_or_broken_meanwhile_holds_back_no_other() -> None:
+    async def test() -> None:
+        batch = WriteBatch()
+        gone, gone_peer, _ = await connection()
+        broken, broken_peer, broken_proto = await connection()
+        fine, fine_peer, _ = await connection()
+        batch.write(gone, b"to a closed connection")
+        batch.write(broken, "not bytes")  # type: ignore[arg-type]  # the transport raises
+        batch.write(fine, b"still delivered")
+        batch.close(fine)
+        gone.abort()  # closed before the pass ends, as when the peer resets it
+        assert await read_to_eof(fine_peer) == b"still delivered"
+        assert await read_to_eof(gone_peer) == b""
+        async with asyncio.timeout(DEADLINE):
+            await broken_proto.lost  # the broken one is aborted, not left half-written
+        assert await read_to_eof(broken_peer) == b""
+
+    run(test)
