@@ -72,6 +72,7 @@ class Collecting:
 
 
 PASS = 25
+CONNECTIONS = 50
 
 
 async def main() -> None:
@@ -80,6 +81,7 @@ async def main() -> None:
     config = ProxyConfig.model_validate(CONFIG)
     clock = Clock()
     writes = WriteBatch()
+    writes.busy = CONNECTIONS  # as under bench/proxy.py's load: writes wait for the pass's end
     clusters = {c.name: ClusterRuntime(c, clock, writes) for c in config.clusters}
     listener = ListenerRuntime(config.listeners[0], clusters, None, writes)
     cluster = clusters["backend"]

@@ -58,9 +58,32 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     uvloop.run(test())
 
 
-def test_writes_of_one_pass_go_out_after_it_in_order() -> None:
+def busy_batch() -> WriteBatch:
+    """A batch of a proxy with several exchanges in flight: writes wait for the pass's end."""
+    batch = WriteBatch()
+    batch.busy = 3
+    return batch
+
+
+def test_with_one_exchange_in_flight_a_write_goes_out_at_once() -> None:
     async def test() -> None:
         batch = WriteBatch()
+        batch.busy = 1
+        transport, peer, _ = await connection()
+        batch.write(transport, b"now")
+        assert peer.recv(16) == b"now"  # no waiting for the pass to end: nothing to batch with
+        batch.busy = 2
+        batch.write(transport, b" later")
+        assert nothing_yet(peer)
+        batch.close(transport)
+        assert await read_to_eof(peer) == b" later"
+
+    run(test)
+
+
+def test_writes_of_one_pass_go_out_after_it_in_order() -> None:
+    async def test() -> None:
+        batch = busy_batch()
         transport, peer, _ = await connection()
         for piece in (b"one ", b"two ", b"three"):
             batch.write(transport, piece)
@@ -73,7 +96,7 @@ def test_writes_of_one_pass_go_out_after_it_in_order() -> None:
 
 def test_close_and_abort_keep_their_place_and_later_writes_are_dropped() -> None:
     async def test() -> None:
-        batch = WriteBatch()
+        batch = busy_batch()
         closed, closed_peer, closed_proto = await connection()
         aborted, aborted_peer, aborted_proto = await connection()
         batch.write(closed, b"before close")
@@ -91,9 +114,22 @@ def test_close_and_abort_keep_their_place_and_later_writes_are_dropped() -> None
     run(test)
 
 
+def test_a_half_close_comes_after_the_writes_and_leaves_the_connection_open() -> None:
+    async def test() -> None:
+        batch = busy_batch()
+        transport, peer, _ = await connection()
+        batch.write(transport, b"request")
+        batch.write_eof(transport)
+        assert await read_to_eof(peer) == b"request"
+        assert not transport.is_closing()  # only our sending side is done (TCP half-close)
+        transport.close()
+
+    run(test)
+
+
 def test_a_connection_gone_or_broken_meanwhile_holds_back_no_other() -> None:
     async def test() -> None:
-        batch = WriteBatch()
+        batch = busy_batch()
         gone, gone_peer, _ = await connection()
         broken, broken_peer, broken_proto = await connection()
         fine, fine_peer, _ = await connection()

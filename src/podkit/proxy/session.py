@@ -326,6 +326,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
             return
         self.cluster = cluster
         cluster.active_requests += 1
+        self.writes.busy += 1
         if self.complete:
             self._upstream_deadline(first=True)
         else:
@@ -396,6 +397,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.state = S_WAIT
         self.cluster = cluster
         cluster.active_requests += 1
+        self.writes.busy += 1
         self.request_head = self._request_head(prep)
         route = prep.route
         assert route is not None
@@ -910,6 +912,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
             return
         self.cluster = None
         cluster.active_requests -= 1
+        self.writes.busy -= 1
         if self.retrying:
             self.retrying = False
             cluster.active_retries -= 1

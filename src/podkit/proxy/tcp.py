@@ -64,6 +64,7 @@ class TcpSession(ClientSide, asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.listener.opened(self)
         self.cluster.active_requests += 1
+        self.listener.writes.busy += 1
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -100,11 +101,12 @@ class TcpSession(ClientSide, asyncio.Protocol):
             cluster.connections += 1
             transport = pipe.transport
             assert transport is not None
+            writes = self.listener.writes
             for data in self.pending:
-                transport.write(data)
+                writes.write(transport, data)
             self.pending.clear()
-            if self.client_eof and transport.can_write_eof():
-                transport.write_eof()
+            if self.client_eof:
+                writes.write_eof(transport)
             self.resume_client()  # reading paused while too much waited for this connection
             return
         self._close()
@@ -112,7 +114,7 @@ class TcpSession(ClientSide, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         up = self.upstream
         if up is not None and up.transport is not None:
-            up.transport.write(data)
+            self.listener.writes.write(up.transport, data)
         else:
             self.pending.append(data)
             if sum(map(len, self.pending)) > 256 * 1024 and self.transport is not None:
@@ -121,17 +123,17 @@ class TcpSession(ClientSide, asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True  # passed on now, or once the upstream connection is up
         up = self.upstream
-        if up is not None and up.transport is not None and up.transport.can_write_eof():
-            up.transport.write_eof()
+        if up is not None and up.transport is not None:
+            self.listener.writes.write_eof(up.transport)
         return True
 
     def to_client(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(data)
+            self.listener.writes.write(self.transport, data)
 
     def upstream_eof(self) -> None:
-        if not self.closed and self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        if not self.closed and self.transport is not None:
+            self.listener.writes.write_eof(self.transport)
 
     def upstream_closed(self) -> None:
         if self.host is not None:
@@ -154,11 +156,12 @@ class TcpSession(ClientSide, asyncio.Protocol):
             self.closed = True
         self.listener.closed(self)
         self.cluster.active_requests -= 1
+        self.listener.writes.busy -= 1
         up = self.upstream
         if up is not None and up.transport is not None:
-            up.transport.close()
+            self.listener.writes.close(up.transport)
 
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.close()
+            self.listener.writes.close(self.transport)
         self.closed = True
