@@ -21,7 +21,9 @@ latency is what the extra hop through the adapter costs one request. The pairs r
 speed drifts by tens of percent within a minute. The added latency (adapter minus direct, p50
 and p99) is taken within each round and the median of those is reported. After the rounds the
 adapter's peak RSS (VmHWM summed over its process tree) is read, and the token requests it made
-during the load (expected: 0, the cache holds).
+during the load (expected: 0, the cache holds). The adapter's CPU time per request (user +
+system, from /proc, over the requests wrk made) is printed too: it drifts less with the machine
+than latency does, so it says better whether the adapter itself got faster or slower.
 Cold cache: a fresh adapter is started with `readiness: {require_token: false}`, so it serves
 before it has a token; the token endpoint holds its answers until all 200 of the app's requests
 have been sent (and at least COLD_DELAY_MS, default 300 ms), so they all arrive while the
@@ -331,12 +333,13 @@ def print_table(
     medians: dict[int, dict[str, Result]], added: dict[int, dict[str, float]], rss: float
 ) -> None:
     err = sys.stderr
-    print(f"\n{'':<6}{'':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}", file=err)
+    print(f"\n{'':<6}{'':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'cpu us/req':>12}", file=err)
     for connections, results in medians.items():
         load = f"c{connections}"
         for name, r in results.items():
+            cpu = f"{r.cpu_us:>12.1f}" if r.cpu_us else f"{'-':>12}"
             print(
-                f"{load:<6}{name:<10}{r.rps:>10,.0f}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}"
+                f"{load:<6}{name:<10}{r.rps:>10,.0f}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}{cpu}"
                 + (f"  ERRORS {r.errors}" if r.errors else ""),
                 file=err,
             )
@@ -373,16 +376,17 @@ def run(tmp: Path) -> dict[str, object]:
         "direct": (
             f"http://127.0.0.1:{api.http_port}/v1/items",
             [f"Authorization: Bearer {token}"],
+            None,
         ),
-        "adapter": (f"http://127.0.0.1:{adapter.http_port}/v1/items", []),
+        "adapter": (f"http://127.0.0.1:{adapter.http_port}/v1/items", [], adapter),
     }
     rounds: dict[int, dict[str, list[Result]]] = {c: {n: [] for n in targets} for c in loads}
     for number in range(1, ROUNDS + 1):
         print(f"round {number} of {ROUNDS}", file=sys.stderr)
         for connections in loads:
-            for name, (url, headers) in targets.items():
+            for name, (url, headers, server) in targets.items():
                 label = f"c{connections} {name}"
-                rounds[connections][name].append(measure(label, url, None, connections, headers))
+                rounds[connections][name].append(measure(label, url, server, connections, headers))
     tokens_during_load = endpoint.requests - 2  # the direct one and the adapter's first
     rss = peak_rss_mb(adapter.proc.pid)
     stop(adapter)
@@ -418,6 +422,7 @@ def run(tmp: Path) -> dict[str, object]:
             out["token_requests_cold_200"] = cold_tokens
     for name, r in medians[CONNECTIONS].items():
         out[f"{name}_rps"] = round(r.rps)
+    out["adapter_cpu_us_per_request"] = round(medians[CONNECTIONS]["adapter"].cpu_us, 1)
     out["adapter_peak_rss_mb"] = round(rss, 1)
     out["token_requests_during_load"] = tokens_during_load
     if errors:
