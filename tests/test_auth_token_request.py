@@ -178,6 +178,34 @@ def test_a_token_answer() -> None:
     assert answer(200, {"access_token": "AT", "expires_in": -5}).expires_in is None
 
 
+def _jws(payload: bytes) -> str:
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return ".".join((b64(b'{"alg":"ES256"}'), b64(payload), b64(b"signature")))
+
+
+def test_without_expires_in_a_jwt_access_tokens_exp_gives_the_lifetime() -> None:
+    now = 1_800_000_000.0
+    jwt = _jws(json.dumps({"sub": "app", "exp": int(now) + 600}).encode())
+    assert answer(200, {"access_token": jwt}, now_epoch=now).expires_in == 600.0
+    # expires_in, when given, is what the server says: it wins over the token's own claim
+    assert answer(200, {"access_token": jwt, "expires_in": 60}, now_epoch=now).expires_in == 60.0
+    # already expired by our clock: no lifetime left (the cache then keeps it 1 s at least)
+    assert answer(200, {"access_token": jwt}, now_epoch=now + 700).expires_in == 0.0
+    for unreadable in (
+        "at-opaque",  # not a JWT
+        _jws(json.dumps({"sub": "app"}).encode()),  # no exp
+        _jws(json.dumps({"exp": "soon"}).encode()),  # exp not a number
+        _jws(json.dumps({"exp": True}).encode()),
+        _jws(b"not json"),
+        _jws(json.dumps([1, 2]).encode()),
+        "a.%%%.c",  # not base64url
+        "a.b.c.d.e",  # an encrypted JWT (JWE): nothing to read
+    ):
+        assert answer(200, {"access_token": unreadable}, now_epoch=now).expires_in is None
+
+
 def test_oauth_error_answer_becomes_the_reason() -> None:
     with pytest.raises(tr.TokenEndpointError) as info:
         answer(

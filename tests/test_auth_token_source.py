@@ -373,6 +373,50 @@ def test_without_expires_in_the_default_lifetime_applies(tmp_path: Path, idp: OA
     assert second is not first and idp.token_requests == 2
 
 
+def test_without_expires_in_a_jwt_token_is_refreshed_before_its_own_exp(tmp_path: Path) -> None:
+    """An IdP that issues JWT access tokens living ~4 s and says no expires_in: the default
+    lifetime (an hour here) would use a token long after the API stops taking it."""
+    idp = OAuthServer(token_format="jwt")
+    api = ResourceServer(idp)
+    try:
+        idp.add_client("app", secret="s3cret")
+        idp.expires_in = None
+        idp.lifetime_when_absent = 4.0  # exp = iat + 4 (whole seconds): 3-4 s from now
+        cfg = basic_config(
+            idp,
+            secret_file(tmp_path, "s3cret"),
+            refresh={"default_expires_in": 3600, "margin": 1.5},
+        )
+
+        async def main() -> tuple[set[int], list[Token]]:
+            source = TokenSource(cfg, name="api")
+            await source.start()
+            tokens: list[Token] = []
+            statuses: set[int] = set()
+            try:
+
+                async def two_tokens() -> bool:
+                    token = await source.token()
+                    if not tokens or tokens[-1] is not token:
+                        tokens.append(token)
+                    statuses.add((await call_api(api.url + "/", token))[0])
+                    return len(tokens) >= 2
+
+                assert await poll(two_tokens, 8.0, interval=0.05)
+            finally:
+                await source.aclose()
+            return statuses, tokens
+
+        statuses, tokens = run(main())
+        assert statuses == {200}  # never a token the API had stopped taking
+        first = tokens[0]
+        assert first.lifetime_given and "default lifetime" not in repr(first)
+        assert first.expires_at - first.obtained_at <= 4.0
+    finally:
+        api.stop()
+        idp.stop()
+
+
 def test_200_concurrent_calls_on_a_cold_cache_make_exactly_one_token_request(
     tmp_path: Path, idp: OAuthServer, api: ResourceServer
 ) -> None:

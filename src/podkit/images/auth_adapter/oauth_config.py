@@ -82,7 +82,10 @@ class RefreshConfig(Section):
         description="also refresh once this share of the lifetime has passed; the earlier wins",
     )
     default_expires_in: float = Field(
-        default=300.0, gt=0, description="seconds a token is trusted when expires_in is absent"
+        default=300.0,
+        gt=0,
+        description="seconds a token is trusted when the answer has no expires_in and the "
+        "access token is not a JWT with an exp claim",
     )
 
 

@@ -360,6 +360,23 @@ def _expires_in(value: Any) -> float | None:
     return None
 
 
+def _jwt_lifetime(access_token: str, now_epoch: float) -> float | None:
+    """Seconds left before a JWT access token's own `exp` (RFC 9068), None when the token is not
+    a readable JWT with one. The signature is not checked, nor need be: the value only says when
+    to fetch the next token, never whether the API should accept this one."""
+    parts = access_token.split(".")
+    if len(parts) != 3:  # not a JWS (opaque, or an encrypted JWT we cannot read)
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # bad base64 (binascii.Error), bad UTF-8 or bad JSON
+        return None
+    exp = payload.get("exp") if isinstance(payload, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return max(0.0, exp - now_epoch)
+
+
 def parse_answer(
     status: int,
     content_type: str,
@@ -367,9 +384,12 @@ def parse_answer(
     *,
     retry_after: str | None = None,
     secrets: Iterable[str | Secret | None] = (),
+    now_epoch: float | None = None,
 ) -> TokenAnswer:
     """The token in a token endpoint's answer, or TokenEndpointError saying why there is none.
-    `secrets` are scrubbed from anything quoted from the answer (a server may echo them)."""
+    `secrets` are scrubbed from anything quoted from the answer (a server may echo them).
+    Without expires_in, a JWT access token's `exp` gives its lifetime (from `now_epoch`, the
+    wall clock by default)."""
     secrets = list(secrets)
     doc: Any = None
     if "json" in content_type.lower() or body[:1] in (b"{", b"["):
@@ -421,10 +441,13 @@ def parse_answer(
     scope = doc.get("scope")
     refresh_token = doc.get("refresh_token")
     issued = doc.get("issued_token_type")
+    expires_in = _expires_in(doc.get("expires_in"))
+    if expires_in is None:
+        expires_in = _jwt_lifetime(access_token, time.time() if now_epoch is None else now_epoch)
     return TokenAnswer(
         access_token=access_token,
         token_type="Bearer",
-        expires_in=_expires_in(doc.get("expires_in")),
+        expires_in=expires_in,
         scope=scope if isinstance(scope, str) else None,
         refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
         issued_token_type=issued if isinstance(issued, str) else None,
