@@ -23,7 +23,10 @@ request compares without the machine's drift in it. After all runs the ambassado
 one JSON object.
 The whole sequence runs ROUNDS times (default 3) and each figure is the median over the rounds:
 this machine's speed drifts by tens of percent within a minute, and a single pass would favour
-whoever ran in a fast stretch. ONLY=direct,haproxy,nginx,ambassador (any subset) measures only
+whoever ran in a fast stretch. Then PAIRS (default 12; 0 skips them) quick rounds of 2 s HTTP
+runs, the three proxies back to back: `paired_ratio_vs_*` is the median of the ambassador's
+requests/s over each peer's within a round, and `paired_ambassador_ahead_of_*` in how many rounds
+it was at least as fast. ONLY=direct,haproxy,nginx,ambassador (any subset) measures only
 those.
 Targets (issue 5): ambassador >= 0.8x HAProxy and >= 1.0x nginx in requests/s, p99 <= 1.5x
 HAProxy's, peak RSS < 80 MB.
@@ -53,6 +56,7 @@ from benchlib import (
     get,
     measure,
     median_result,
+    parse_wrk,
     peak_rss_mb,
     start,
     start_nginx,
@@ -60,6 +64,8 @@ from benchlib import (
 )
 
 NAMES = ["direct", "haproxy", "nginx", "ambassador"]
+PAIRS = int(os.environ.get("PAIRS", "12"))
+PAIR_SECONDS = 2
 PROXIES = ["haproxy", "nginx", "ambassador"]
 BODY = "hello from nginx\n"
 
@@ -382,9 +388,41 @@ def run(tmp: Path, names: list[str]) -> dict[str, object]:
             out[key] = round(statistics.median(per_round), 2)
             shown = ", ".join(f"{x:.2f}" for x in per_round)
             print(f"{key}: {out[key]} (rounds: {shown})", file=sys.stderr)
+    if all(name in servers for name in PROXIES) and PAIRS:
+        out.update(quick_pairs(servers))
     if rss is not None:
         out["ambassador_peak_rss_mb"] = round(rss, 1)
         print(f"ambassador peak RSS: {rss:.1f} MB", file=sys.stderr)
+    return out
+
+
+def quick_pairs(servers: dict[str, Server]) -> dict[str, object]:
+    """PAIRS more rounds of PAIR_SECONDS-long HTTP runs, the three proxies back to back (the
+    order rotating): a figure that says who is ahead with less of the machine's drift in it
+    than the 10 s rounds, whose runs are a minute apart."""
+    per_round: dict[str, list[float]] = {"haproxy": [], "nginx": []}
+    order = list(PROXIES)
+    print(f"quick pairs: {PAIRS} rounds of {PAIR_SECONDS} s runs", file=sys.stderr)
+    for number in range(PAIRS):
+        turn = order[number % 3 :] + order[: number % 3]
+        rps = {
+            name: parse_wrk(
+                benchlib.wrk(f"http://127.0.0.1:{servers[name].http_port}/", PAIR_SECONDS, True)
+            ).rps
+            for name in turn
+        }
+        for peer, ratios in per_round.items():
+            ratios.append(rps["ambassador"] / rps[peer])
+    out: dict[str, object] = {}
+    for peer, ratios in per_round.items():
+        key = f"paired_ratio_vs_{peer}"
+        out[key] = round(statistics.median(ratios), 2)
+        ahead = sum(r >= 1.0 for r in ratios)
+        out[f"paired_ambassador_ahead_of_{peer}"] = f"{ahead}/{len(ratios)}"
+        shown = ", ".join(f"{x:.2f}" for x in ratios)
+        print(
+            f"{key}: {out[key]}, ambassador ahead in {ahead} of {PAIRS} ({shown})", file=sys.stderr
+        )
     return out
 
 
