@@ -10,14 +10,18 @@ receives and can hold its answers (the cold-cache burst below).
   same endpoint), as an app that handles OAuth2 itself would;
 - adapter: wrk at podkit's auth-adapter (`python -m podkit.images.auth_adapter --config ...`,
   access log off), whose one upstream is that nginx; it is measured once /readyz says it holds
-  its first token, so every request is served from the token cache.
+  its first token, so every request is served from the token cache;
+- haproxy: a reference, not a competitor: HAProxy (Debian; nbthread 1) in front of the same
+  nginx, setting one fixed `Authorization: Bearer <token>` on every request (no token endpoint,
+  no refresh: the least a credential injector can do). Its added latency (`haproxy_added_*`)
+  says how much of the target a fast C proxy's extra hop already takes on this machine.
 Each measurement is `wrk -t1 -c50 -d<DURATION>s --latency` (DURATION, default 10 s) after a 2 s
 warm-up run that is not recorded. With 50 connections wrk keeps every connection busy, so the
 latencies there are mostly queueing (about connections / requests per second) and the added
 latency is mostly the adapter's lower throughput; the same pair is therefore also measured with
 one connection (`-c1`, the `c1_*` figures; SINGLE_CONNECTION=0 skips it), where the added
-latency is what the extra hop through the adapter costs one request. The pairs run ROUNDS times
-(default 3), direct then adapter, and each figure is the median over the rounds: this machine's
+latency is what the extra hop through the adapter costs one request. The runs go ROUNDS times
+(default 3), direct, adapter, haproxy, and each figure is the median over the rounds: this machine's
 speed drifts by tens of percent within a minute. The added latency (adapter minus direct, p50
 and p99) is taken within each round and the median of those is reported. After the rounds the
 adapter's peak RSS (VmHWM summed over its process tree) is read, and the token requests it made
@@ -211,6 +215,45 @@ upstreams:
 """
 
 
+# HAProxy as the simplest credential injector there is: one fixed token, set on every request.
+HAPROXY = """
+global
+  nbthread 1
+  maxconn 2000
+
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+
+frontend app
+  bind 127.0.0.1:{port}
+  http-request set-header Authorization "Bearer {token}"
+  default_backend api
+
+backend api
+  server nginx 127.0.0.1:{api}
+"""
+
+
+def start_haproxy(tmp: Path, api: int, token: str) -> Server:
+    work = tmp / "haproxy"
+    work.mkdir()
+    port = free_ports(1)[0]
+    conf = work / "haproxy.cfg"
+    conf.write_text(HAPROXY.format(port=port, token=token, api=api))
+    server = start("haproxy", ["haproxy", "-db", "-f", str(conf)], work / "output.log")
+    server.http_port = port
+    wait_until(
+        server,
+        f"200 on http://127.0.0.1:{port}/v1/items",
+        lambda: get(port, "/v1/items") == (200, BODY.encode()),
+    )
+    return server
+
+
 def start_api(tmp: Path) -> Server:
     port = free_ports(1)[0]
     server = start_nginx("nginx", tmp, NGINX_API, port=port, body=BODY.replace("\n", "\\n"))
@@ -330,7 +373,10 @@ def added_per_round(adapter: list[Result], direct: list[Result], label: str) -> 
 
 
 def print_table(
-    medians: dict[int, dict[str, Result]], added: dict[int, dict[str, float]], rss: float
+    medians: dict[int, dict[str, Result]],
+    added: dict[int, dict[str, float]],
+    reference: dict[int, dict[str, float]],
+    rss: float,
 ) -> None:
     err = sys.stderr
     print(f"\n{'':<6}{'':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'cpu us/req':>12}", file=err)
@@ -343,8 +389,8 @@ def print_table(
                 + (f"  ERRORS {r.errors}" if r.errors else ""),
                 file=err,
             )
-        a = added[connections]
-        print(f"{load:<6}{'added':<10}{'':>10}{a['p50']:>10.3f}{a['p99']:>10.3f}", file=err)
+        for label, a in (("added", added[connections]), ("hap. added", reference[connections])):
+            print(f"{load:<6}{label:<10}{'':>10}{a['p50']:>10.3f}{a['p99']:>10.3f}", file=err)
     verdict = "met" if added[CONNECTIONS]["p50"] < 1.0 else "NOT met"
     print(
         f"target: p50 added < 1 ms at c{CONNECTIONS}: {verdict}; adapter peak RSS {rss:.1f} MB",
@@ -362,6 +408,7 @@ def run(tmp: Path) -> dict[str, object]:
     endpoint = TokenEndpoint(secret)
     token = endpoint.token(secret)
     adapter = start_adapter(tmp, "adapter", api.http_port, endpoint, secret_file, wait_token=True)
+    haproxy = start_haproxy(tmp, api.http_port, token)
     if get(adapter.http_port) != (200, BODY.encode()):
         raise SystemExit(
             f"the adapter does not pass the API's answer through: {get(adapter.http_port)}"
@@ -379,6 +426,7 @@ def run(tmp: Path) -> dict[str, object]:
             None,
         ),
         "adapter": (f"http://127.0.0.1:{adapter.http_port}/v1/items", [], adapter),
+        "haproxy": (f"http://127.0.0.1:{haproxy.http_port}/v1/items", [], haproxy),
     }
     rounds: dict[int, dict[str, list[Result]]] = {c: {n: [] for n in targets} for c in loads}
     for number in range(1, ROUNDS + 1):
@@ -393,6 +441,10 @@ def run(tmp: Path) -> dict[str, object]:
     added = {
         c: added_per_round(runs["adapter"], runs["direct"], f"c{c}") for c, runs in rounds.items()
     }
+    reference = {
+        c: added_per_round(runs["haproxy"], runs["direct"], f"c{c} haproxy")
+        for c, runs in rounds.items()
+    }
 
     print(f"cold cache: {COLD_REQUESTS} requests at once on a fresh adapter", file=sys.stderr)
     cold_tokens, problems = cold_burst(tmp, api.http_port, secret, secret_file)
@@ -406,7 +458,7 @@ def run(tmp: Path) -> dict[str, object]:
         c: {name: median_result(results) for name, results in runs.items()}
         for c, runs in rounds.items()
     }
-    print_table(medians, added, rss)
+    print_table(medians, added, reference, rss)
     out: dict[str, object] = {}
     errors: dict[str, dict[str, int]] = {}
     for connections in loads:
@@ -418,6 +470,8 @@ def run(tmp: Path) -> dict[str, object]:
                 errors[f"c{connections}_{name}"] = r.errors
         out[f"{prefix}added_p50_ms"] = round(added[connections]["p50"], 3)
         out[f"{prefix}added_p99_ms"] = round(added[connections]["p99"], 3)
+        out[f"{prefix}haproxy_added_p50_ms"] = round(reference[connections]["p50"], 3)
+        out[f"{prefix}haproxy_added_p99_ms"] = round(reference[connections]["p99"], 3)
         if connections == CONNECTIONS:
             out["token_requests_cold_200"] = cold_tokens
     for name, r in medians[CONNECTIONS].items():
@@ -433,7 +487,7 @@ def run(tmp: Path) -> dict[str, object]:
 
 
 def main() -> None:
-    benchlib.main("adapters", ["nginx", "wrk"], run)
+    benchlib.main("adapters", ["nginx", "wrk", "haproxy"], run)
 
 
 if __name__ == "__main__":
