@@ -165,6 +165,10 @@ class BackgroundServer:
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's listen backlog is 5: a proxy opening 20 connections at once (after a
+    # reload, its pool empty) would see SYNs dropped and retried a second later. A real
+    # backend's is in the hundreds (nginx: 511).
+    request_queue_size = 128
     server_address: Any
 
     def serve_in_background(self) -> None:

@@ -10,7 +10,11 @@ from collections.abc import Awaitable, Callable
 
 import uvloop
 
+from podkit.proxy.config import ProxyConfig
+from podkit.proxy.server import Proxy
+from podkit.proxy.session import HttpSession
 from podkit.proxy.writes import WriteBatch
+from proxy_harness import EchoServer
 
 DEADLINE = 5.0
 
@@ -145,3 +149,50 @@ def test_a_connection_gone_or_broken_meanwhile_holds_back_no_other() -> None:
         assert await read_to_eof(broken_peer) == b""
 
     run(test)
+
+
+def test_a_request_arriving_while_a_session_closes_is_not_sent_upstream() -> None:
+    """Draining closes idle keep-alive connections; the close takes effect at the pass's end, so
+    a request the client sent meanwhile can still be read in that pass. It must be dropped, as
+    bytes after a close always were: not sent upstream with nobody left to answer."""
+    backend = EchoServer()
+    backend.serve_in_background()
+    request = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
+
+    async def test() -> None:
+        config = ProxyConfig.model_validate(
+            {
+                "listeners": [
+                    {
+                        "name": "main",
+                        "listen": "127.0.0.1:0",
+                        "routes": [{"match": {"prefix": "/"}, "cluster": "backend"}],
+                    }
+                ],
+                "clusters": [{"name": "backend", "endpoints": [{"address": backend.address}]}],
+            }
+        )
+        proxy = Proxy(config)
+        listener, cluster = proxy.listeners[0], proxy.clusters["backend"]
+        ours, peer = socket.socketpair()
+        peer.setblocking(False)
+        session = HttpSession(listener)
+        await asyncio.get_running_loop().create_connection(lambda: session, sock=ours)
+        # One exchange first: the head is known now and a pooled connection waits (the fast path).
+        await asyncio.get_running_loop().sock_sendall(peer, request)
+        async with asyncio.timeout(DEADLINE):
+            while session.head is not None or not cluster.hosts[0].idle:
+                await asyncio.sleep(0.01)
+        assert cluster.active_requests == 0
+        proxy.writes.busy = 3  # others in flight: the close waits for the pass's end
+        session.close_if_idle()
+        session.data_received(request)
+        assert session.head is None and cluster.active_requests == 0
+        assert len(cluster.hosts[0].idle) == 1  # the pooled connection was not taken
+        answer = await read_to_eof(peer)
+        assert answer.count(b"HTTP/1.1 200") == 1  # the first request's, and nothing after
+
+    try:
+        run(test)
+    finally:
+        backend.stop()

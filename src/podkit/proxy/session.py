@@ -118,6 +118,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
             self._end_exchange(499 if not self.resp_started else self.resp_status)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # closing (proxy/writes.py closes at the pass's end): bytes after are dropped
         state = self.state
         if state == S_HEAD:
             if not self.buf:

@@ -112,6 +112,8 @@ class TcpSession(ClientSide, asyncio.Protocol):
         self._close()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # closing at the pass's end (proxy/writes.py): nothing more goes upstream
         up = self.upstream
         if up is not None and up.transport is not None:
             self.listener.writes.write(up.transport, data)
