@@ -10,8 +10,9 @@ runs: 1.21x the requests/s at 50 connections (median of 12 pairs, 11 better).
 
 Order is kept: every write, half-close, close and abort of the engine's connections (client and
 upstream, HTTP and TCP listeners) goes through the one batch of its Proxy, in the order they were
-asked for. A pass of the loop handles the events one poll returned; the batch is written after
-them and before the loop polls again (call_soon), so no write waits for another poll.
+asked for. A pass of the loop handles the events one poll returned; what they wrote is written
+after them and before the loop polls again (call_soon). A close waits likewise, and the
+transport reads on until then: a closing session drops what still arrives.
 """
 
 from __future__ import annotations
