@@ -26,8 +26,9 @@ speed drifts by tens of percent within a minute. The added latency (adapter minu
 and p99) is taken within each round and the median of those is reported. After the rounds the
 adapter's peak RSS (VmHWM summed over its process tree) is read, and the token requests it made
 during the load (expected: 0, the cache holds). The adapter's CPU time per request (user +
-system, from /proc, over the requests wrk made) is printed too: it drifts less with the machine
-than latency does, so it says better whether the adapter itself got faster or slower.
+system, from /proc, over the requests wrk made) is printed and in the JSON
+(`adapter_cpu_us_per_request`): it drifts less with the machine than latency does, so it says
+better whether the adapter itself got faster or slower.
 Cold cache: a fresh adapter is started with `readiness: {require_token: false}`, so it serves
 before it has a token; the token endpoint holds its answers until all 200 of the app's requests
 have been sent (and at least COLD_DELAY_MS, default 300 ms), so they all arrive while the
@@ -303,6 +304,12 @@ def start_adapter(
 # --- cold cache -------------------------------------------------------------------------------
 
 
+def waiting_for_token(adapter: Server) -> int:
+    """The requests the adapter holds (its /stats: its one cluster's active requests)."""
+    status, body = get(adapter.extra["admin"], "/stats")
+    return int(json.loads(body)["clusters"]["api"]["active_requests"]) if status == 200 else 0
+
+
 def cold_burst(tmp: Path, api: int, secret: str, secret_file: Path) -> tuple[int, list[str]]:
     """A fresh adapter with no token yet, COLD_REQUESTS requests at once: the token requests
     the endpoint received, and what went wrong (statuses other than 200, failures)."""
@@ -337,7 +344,10 @@ def cold_burst(tmp: Path, api: int, secret: str, secret_file: Path) -> tuple[int
             t.start()
         for _ in threads:
             written.acquire(timeout=30)
-        time.sleep(0.05)  # let the adapter read what was written before the token comes
+        # The adapter has read them all once each waits for the token (held until `sent`).
+        deadline = time.monotonic() + 10
+        while waiting_for_token(adapter) < COLD_REQUESTS and time.monotonic() < deadline:
+            time.sleep(0.01)
         tokens_before_answer = endpoint.requests
         sent.set()
         for t in threads:

@@ -50,7 +50,7 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InsufficientScopeError, InvalidTokenError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 
-from proxy_harness import BackgroundServer, TlsServerMixin, free_port
+from proxy_harness import BackgroundServer, TlsServerMixin, free_port, poll_until
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE = "urn:ietf:params:oauth:token-type:"
@@ -843,12 +843,8 @@ class AuthAdapter:
             tmp,
         )
         self.process.wait_for(lambda recs: any(r.get("msg") == "listening" for r in recs), 10.0)
-        if wait_ready:
-            deadline = time.monotonic() + 10.0
-            while self.admin_get("/readyz")[0] != 200:
-                if time.monotonic() > deadline:
-                    raise AssertionError("the auth-adapter never got ready:\n" + self.output())
-                time.sleep(0.02)
+        if wait_ready and not poll_until(lambda: self.admin_get("/readyz")[0] == 200, 10.0):
+            raise AssertionError("the auth-adapter never got ready:\n" + self.output())
 
     @property
     def url(self) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from log_agent_harness import metric_samples
 from oauth_harness import AuthAdapter, OAuthServer, ResourceServer, SecretVolume
 from proxy_harness import TlsEchoServer, free_port, issue_cert, make_ca, poll_until
 
@@ -87,8 +87,12 @@ def running(adapter: AuthAdapter) -> Iterator[AuthAdapter]:
 
 
 def secrets_in(text: str, setup: Setup) -> list[str]:
-    """Every secret the adapter handled that shows up in `text`."""
+    """Every secret the adapter handled that shows up in `text`: the client secret, the tokens,
+    and the Authorization fields the token endpoint received (and may echo)."""
     values = [SECRET] + [t.access_token for t in setup.idp.issued()]
+    for seen in setup.idp.requests():
+        if "Authorization" in seen.headers:
+            values += [seen.headers["Authorization"], seen.headers["Authorization"].split()[1]]
     return [v for v in values if v in text]
 
 
@@ -263,11 +267,7 @@ def test_metrics_show_token_fetches_cache_hits_statuses_and_retries(setup: Setup
             assert request(adapter, "/api/m")[0] == 200
         setup.idp.revoke_all()
         assert request(adapter, "/api/m")[0] == 200
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(adapter.metrics())
-            for s in family.samples
-        }
+        samples = metric_samples(f"127.0.0.1:{adapter.admin_port}")
         assert (
             samples[("auth_adapter_token_fetches_total", (("result", "ok"), ("upstream", "api")))]
             == 2
@@ -290,9 +290,10 @@ def test_no_secret_or_token_in_any_log_line(setup: Setup) -> None:
         request(adapter, "/api/y")  # 401, a failed token request, then a 503
         setup.secrets.update({"client_secret": "wrong"})
         setup.idp.set_outage(None)
-        poll_until(lambda: request(adapter, "/api/z")[0] == 503, 10.0)
+        # The wrong secret refused, and the IdP quoting the credentials it got in its error.
+        refused = lambda: any(r.error == "invalid_client" for r in setup.idp.requests())  # noqa: E731
+        assert poll_until(lambda: request(adapter, "/api/z")[0] == 503 and refused(), 10.0)
         stats = json.dumps(adapter.stats())
-    adapter.stop()
     output = adapter.output()
     assert "token request failed" in output or "no_token" in output  # the failures were logged
     assert not secrets_in(output, setup), secrets_in(output, setup)

@@ -26,6 +26,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from log_agent_harness import ImageProcess, clean_environ
+from proxy_harness import BackgroundServer
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -95,8 +96,7 @@ class _AppHandler(BaseHTTPRequestHandler):
         return None
 
 
-class _AppServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _AppServer(BackgroundServer, ThreadingHTTPServer):
     app: StatusApp
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -116,8 +116,8 @@ class StatusApp:
         self.release = threading.Event()
         self.server = _AppServer(("127.0.0.1", 0), _AppHandler)
         self.server.app = self
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/status"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.port}/status"
+        self.server.serve_in_background()
 
     def answer(
         self, body: bytes, content_type: str = "application/json", status: int = 200
@@ -127,8 +127,7 @@ class StatusApp:
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture
@@ -343,9 +342,9 @@ def test_garbage_from_the_app_is_up_0_not_a_broken_page(
     app.close()  # the app is gone: connection refused
     samples = scrape(adapter)
     assert samples[("metrics_adapter_up", ())] == 0 and result(samples, "connect_error") == 1
-    failures = [r for r in adapter.records() if r.get("msg") == "scrape failed"]
-    assert failures[0]["result"] == expected  # logged once per outage, with the reason
-    assert failures[0]["error"]
+    [failure] = [r for r in adapter.records() if r.get("msg") == "scrape failed"]
+    assert failure["result"] == expected  # logged once per outage, with the reason
+    assert failure["error"]
 
 
 def test_a_config_error_exits_2_naming_the_file_and_field_path(tmp_path: Path) -> None:

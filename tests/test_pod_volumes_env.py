@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
+
+from podkit_harness import write_manifest
 
 SCRIPT = r"""
 echo "cfg=$(cat /etc/app/settings.conf) mode=$(stat -c %a /etc/app/settings.conf)"
@@ -28,9 +29,9 @@ def test_volumes_env_and_working_dir(tmp_path: Path, podkit) -> None:
     host_dir = tmp_path / "hostdata"
     host_dir.mkdir()
     (host_dir / "data.txt").write_text("from the host")
-    manifest = tmp_path / "pod.yaml"
-    manifest.write_text(
-        textwrap.dedent(f"""
+    manifest = write_manifest(
+        tmp_path,
+        f"""
         apiVersion: v1
         kind: ConfigMap
         metadata: {{name: app-config}}
@@ -100,9 +101,9 @@ def test_volumes_env_and_working_dir(tmp_path: Path, podkit) -> None:
           - {{name: scratch, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
           - {{name: data, emptyDir: {{}}}}
           - {{name: host, hostPath: {{path: {host_dir}, type: Directory}}}}
-        """)
+        """,
     )
-    run = podkit("run", str(manifest))
+    run = podkit("run", manifest)
     assert run.wait(30) == 0, run.text()
     out = {}
     for line in run.stdout_lines("[reader] "):
@@ -136,9 +137,9 @@ def test_a_mount_under_a_symlinked_directory_stays_inside_the_container(
     Kubernetes' own /var/run/secrets/kubernetes.io/serviceaccount would land otherwise)."""
     name = f"podkit-test-{tmp_path.name}"
     host_side = Path("/run/secrets") / name
-    manifest = tmp_path / "pod.yaml"
-    manifest.write_text(
-        textwrap.dedent(f"""
+    manifest = write_manifest(
+        tmp_path,
+        f"""
         apiVersion: v1
         kind: Secret
         metadata: {{name: token}}
@@ -157,11 +158,11 @@ def test_a_mount_under_a_symlinked_directory_stays_inside_the_container(
             - {{name: token, mountPath: /var/run/secrets/{name}, readOnly: true}}
           volumes:
           - {{name: token, secret: {{secretName: token}}}}
-        """)
+        """,
     )
     parent_existed = host_side.parent.exists()
     try:
-        run = podkit("run", str(manifest))
+        run = podkit("run", manifest)
         assert run.wait(30) == 0, run.text()
         assert "[reader] token=inside-only" in run.stdout_lines("[reader] "), run.text()
         assert not host_side.exists()

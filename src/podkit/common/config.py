@@ -232,6 +232,11 @@ def _format_validation_error(
     return "\n".join(lines)
 
 
+def format_hostport(host: str, port: int) -> str:
+    """('::1', 80) -> '[::1]:80'; ('example.com', 80) -> 'example.com:80'."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """'127.0.0.1:5170' -> ('127.0.0.1', 5170); ':5170' uses default_host; '[::1]:80' works."""
     text = value.strip()

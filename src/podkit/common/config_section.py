@@ -1,5 +1,5 @@
 """What the images' config models share: the base section (unknown keys are an error, validators
-built on first use), durations with units, and checked http(s) URLs."""
+built on first use), durations with units, and checked http(s) URLs and how messages show them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from podkit.common.config import parse_hostport
 
 
 class Section(BaseModel):
@@ -32,8 +34,20 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+def _check_listen(value: str) -> str:
+    parse_hostport(value)
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_check_listen)]  # HOST:PORT, or :PORT for all addresses
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+def display_url(url: str) -> str:
+    """The URL for messages: no query string (it may carry an API key)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def check_http_url(value: str, *, instead: str) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import gc
 
 
-def freeze_startup_objects() -> int:
-    """Collect once, then move everything left to the permanent generation; the count moved."""
+def freeze_startup_objects() -> None:
+    """Collect once, then move everything left to the permanent generation."""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()

@@ -30,7 +30,7 @@ What is refused (ProtocolError with the status to answer):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 TOKEN = _TCHAR + rb"+"
@@ -401,9 +401,9 @@ def _target_authority(method: bytes, target: bytes) -> bytes | None:
     return authority
 
 
-def _drop_named(lowered: bytes, names: list[bytes], drop: list[tuple[int, int]]) -> None:
-    """Add the lines of fields named by Connection to `drop` (spans in the un-prefixed fields).
-    One pass over the lines, however many names a Connection lists."""
+def _drop_named(lowered: bytes, names: Iterable[bytes], drop: list[tuple[int, int]]) -> None:
+    """Add the lines of the named fields (those a Connection lists, or any) to `drop`: spans in
+    the un-prefixed fields, in the order found. One pass over the lines, however many names."""
     wanted = set(names)
     have = set(drop)
     for m in _ANY_FIELD.finditer(lowered):
@@ -414,8 +414,8 @@ def _drop_named(lowered: bytes, names: list[bytes], drop: list[tuple[int, int]])
 def without_fields(fields: bytes, names: Sequence[bytes]) -> bytes:
     """`fields` minus every line of the named fields (lower-case names)."""
     drop: list[tuple[int, int]] = []
-    _drop_named(b"\n" + fields.lower(), list(names), drop)
-    return without(fields, sorted(drop))
+    _drop_named(b"\n" + fields.lower(), names, drop)
+    return without(fields, drop)
 
 
 def _field_problem(fields: bytes) -> str:

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from podkit.common.config import format_hostport
 from podkit.proxy.config import HealthCheck, parse_status_range
 from podkit.proxy.health import HealthThresholds
 
@@ -60,10 +61,6 @@ def parse_status_line(line: bytes) -> int:
     ):
         raise ValueError(f"not an HTTP status line: {line[:80]!r}")
     return int(parts[1])
-
-
-def _hostport(name: str, port: int) -> str:
-    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
 
 class ActiveHealthChecker:
@@ -191,7 +188,7 @@ class ActiveHealthChecker:
 
     def _request(self, host: CheckTarget) -> bytes:
         config = self.config
-        host_header = config.host or _hostport(host.name, host.port)
+        host_header = config.host or format_hostport(host.name, host.port)
         return (
             f"GET {config.path} HTTP/1.1\r\n"
             f"Host: {host_header}\r\n"

@@ -149,8 +149,8 @@ class ListenerRuntime:
         self, session: HttpSession, head: RequestHead, status: int, cluster: ClusterRuntime | None
     ) -> float:
         """One request is done (answered, failed or abandoned): count it and log it. Returns
-        the time now (time.perf_counter(), the clock of the session's deadlines)."""
-        now = time.perf_counter()
+        the time now (time.monotonic(), the clock of the session's deadlines)."""
+        now = time.monotonic()
         elapsed = now - session.started
         stats = self.stats
         requests = stats.requests

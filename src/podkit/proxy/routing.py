@@ -47,7 +47,7 @@ class CompiledRoute:
     name: str
     cluster: str | None
     timeout: float  # for the whole request, retries included (inf: none)
-    try_timeout: float  # for each try: the per-try timeout, else the route's (0: none)
+    try_timeout: float  # for each try: the per-try timeout, else the route's (inf: none)
     retry: RetryPolicy
     retry_statuses: frozenset[int]  # 5xx / gateway-error / listed codes, whatever retry_on says
     retry_connect: bool  # connect-failure in retry_on
@@ -103,13 +103,6 @@ def _retry_statuses(policy: RetryPolicy) -> frozenset[int]:
     return frozenset(codes)
 
 
-def _try_timeout(route: Route) -> float:
-    per_try = route.retry.per_try_timeout
-    if per_try and route.timeout:
-        return min(per_try, route.timeout)
-    return per_try or route.timeout
-
-
 def compile_route(route: Route, index: int) -> CompiledRoute:
     m = route.match
     hosts = [h.lower() for h in m.hosts]
@@ -122,7 +115,7 @@ def compile_route(route: Route, index: int) -> CompiledRoute:
         name=route.name or f"route{index}",
         cluster=route.cluster,
         timeout=route.timeout or math.inf,
-        try_timeout=_try_timeout(route),
+        try_timeout=min(route.retry.per_try_timeout or math.inf, route.timeout or math.inf),
         retry=route.retry,
         retry_statuses=_retry_statuses(route.retry),
         retry_connect="connect-failure" in route.retry.retry_on,

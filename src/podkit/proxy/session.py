@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -92,11 +91,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.dkind = D_NONE
         self.give_up_at = 0.0  # the route timeout's end: no try goes on past it
         self.attempt = 0  # numbers the tries: a connection made for an earlier one is not taken
-        self.prep: Prepared | None = None  # what the current request's head said
         self.credential: Credential | None = None  # carried upstream (a cluster's provider's)
-        self.credential_wait = False  # waiting for the provider's credential
         self.auth_retried = False  # sent once more after a 401 already
-        self.with_credentials = False  # any of the three above may be set: reset them
+        self.with_credentials = False  # either of the two above may be set: reset them
 
     # -- asyncio.Protocol (client side) ------------------------------------------------------
 
@@ -282,13 +279,11 @@ class HttpSession(ClientSide, asyncio.Protocol):
     def _begin(self, prep: Prepared) -> h1.RequestHead:
         """The state of a new exchange, for the request `prep` describes."""
         head = prep.head
-        self.started = time.perf_counter()
+        self.started = monotonic()
         self.head = head
-        self.prep = prep
         if self.with_credentials:
             self.with_credentials = False
             self.credential = None
-            self.credential_wait = False
             self.auth_retried = False
         self.host = prep.host
         self.route = prep.route
@@ -348,7 +343,6 @@ class HttpSession(ClientSide, asyncio.Protocol):
     def _wait_for_credential(self, provider: CredentialProvider, prep: Prepared) -> None:
         """Ask the provider for a credential; the request goes on (or is answered) when it
         comes. Reading the client's body goes on meanwhile, as while waiting for a connection."""
-        self.credential_wait = True
         self.attempt += 1
         attempt = self.attempt
         task = asyncio.get_running_loop().create_task(provider.fetch())
@@ -357,10 +351,11 @@ class HttpSession(ClientSide, asyncio.Protocol):
     def _credential_came(
         self, task: asyncio.Task[Credential], prep: Prepared, attempt: int
     ) -> None:
-        exc = None if task.cancelled() else task.exception()
-        if self.attempt != attempt or self.head is None or self.closed or task.cancelled():
+        if task.cancelled():
+            return
+        exc = task.exception()  # always retrieved: asyncio would log it as never retrieved
+        if self.attempt != attempt or self.head is None or self.closed:
             return  # the request ended meanwhile (timed out, client gone)
-        self.credential_wait = False
         if isinstance(exc, Refused):
             self._respond(exc.status, exc.body, content_type=exc.content_type, headers=exc.headers)
             return
@@ -404,7 +399,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         route = prep.route
         assert route is not None
         timeout = route.try_timeout  # _upstream_deadline(first=True), inlined
-        self.dkind = D_UPSTREAM if timeout > 0 else D_NONE
+        self.dkind = D_UPSTREAM if timeout < math.inf else D_NONE
         self.deadline = self.started + timeout
         self.give_up_at = self.started + route.timeout
         self.connected(conn)
@@ -514,10 +509,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
         now = monotonic()
         if first:
             self.give_up_at = now + route.timeout
-        timeout = route.try_timeout
         left = max(self.give_up_at - now, 0.001)
-        self.dkind = D_UPSTREAM if timeout > 0 or left < math.inf else D_NONE
-        self.deadline = now + min(timeout or math.inf, left)
+        self.deadline = now + min(route.try_timeout, left)
+        self.dkind = D_UPSTREAM if self.deadline < math.inf else D_NONE
 
     def _hash_key(self) -> str | None:
         cluster = self.cluster
@@ -583,11 +577,11 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.tried.append(host)
         self.upstream_key = host.key
         if self.body:
-            self.writes.write(conn.transport, b"".join((self.request_head, *self.body)))  # type: ignore[arg-type]
+            conn.send(b"".join((self.request_head, *self.body)))
             if not self.replayable:
                 self.body.clear()
         else:
-            self.writes.write(conn.transport, self.request_head)  # type: ignore[arg-type]
+            conn.send(self.request_head)
         if self.complete:
             self.sent_all = True
         if self.paused and head.upgrade is None and len(self.buf) <= MAX_BUFFERED:
@@ -615,8 +609,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster = self.cluster
         if head is None or route is None or cluster is None or self.resp_started:
             return False
-        if self.credential_wait:
-            return False  # nothing was sent yet, and nothing will be without the credential
+        if self.with_credentials and self.credential is None:
+            return False  # waiting for the credential: nothing was sent, nor will be without it
         if head.method not in IDEMPOTENT or not self.replayable or head.upgrade is not None:
             return False
         if len(self.tried) > route.retry.retries:
@@ -694,12 +688,13 @@ class HttpSession(ClientSide, asyncio.Protocol):
         its whole body is at hand to send again (True: this response is dropped)."""
         cluster = self.cluster
         credential = self.credential
-        prep = self.prep
+        prep = self.last_prep  # the current request's: its head went upstream with `credential`
         assert cluster is not None and cluster.credentials is not None and credential is not None
+        assert prep is not None
         provider = cluster.credentials
         if not provider.rejected(credential, resp.status, resp.fields):
             return False
-        if self.auth_retried or not self.complete or not self.replayable or prep is None:
+        if self.auth_retried or not self.complete or not self.replayable:
             return False
         if prep.head.upgrade is not None:
             return False

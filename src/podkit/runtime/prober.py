@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httptools
 
+from podkit.common.config import format_hostport
 from podkit.runtime.forward import SocketFactory
 from podkit.runtime.probes import (
     ExecAction,
@@ -104,10 +105,6 @@ def _ip_family(host: str) -> int | None:
     return None
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def _connect(target: ProbeTarget, host: str, port: int) -> socket.socket:
     """A connected non-blocking socket from inside the pod's network namespace."""
     loop = asyncio.get_running_loop()
@@ -154,7 +151,7 @@ async def _tcp_probe(h: TCPSocketAction, target: ProbeTarget, timeout: float) ->
     except _PortNotFound as exc:
         return ProbeResult(False, str(exc))
     host = h.host or target.pod_ip
-    where = _hostport(host, port)
+    where = format_hostport(host, port)
     try:
         async with asyncio.timeout(timeout):
             sock = await _connect(target, host, port)
@@ -232,7 +229,7 @@ async def _http_get(
     try:
         sock = await _connect(target, host, port)
     except OSError as exc:
-        raise _DialError(_hostport(host, port), exc) from None
+        raise _DialError(format_hostport(host, port), exc) from None
     tls = _insecure_tls() if parts.scheme == "https" else None
     is_ip = _ip_family(host) is not None
     try:
@@ -286,7 +283,7 @@ async def _http_probe(h: HTTPGetAction, target: ProbeTarget, timeout: float) -> 
         return ProbeResult(False, str(exc))
     host = h.host or target.pod_ip
     path = h.path if h.path.startswith("/") else "/" + h.path
-    url = f"{h.scheme.lower()}://{_hostport(host, port)}{path}"
+    url = f"{h.scheme.lower()}://{format_hostport(host, port)}{path}"
     host_header, headers = _split_headers(h)
     if any(c in "\r\n" for kv in headers for c in "".join(kv)) or "\r" in (host_header or ""):
         return ProbeResult(False, f'Get "{url}": invalid header field value')
@@ -564,7 +561,7 @@ async def _health_check(sock: socket.socket, authority: str, service: str, timeo
 
 async def _grpc_probe(h: GRPCAction, target: ProbeTarget, timeout: float) -> ProbeResult:
     host = target.pod_ip  # a grpc probe has no host field: always the pod IP
-    addr = _hostport(host, h.port)
+    addr = format_hostport(host, h.port)
     within = f"{timeout:g}s"  # Go's time.Duration spelling
     try:
         async with asyncio.timeout(timeout):

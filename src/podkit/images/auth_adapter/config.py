@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from podkit.common.config import parse_hostport
+from podkit.common.config import format_hostport, parse_hostport
 from podkit.common.config_section import Section, check_http_url
 from podkit.images.auth_adapter.oauth_config import OAuth2Config
 from podkit.proxy.config import Duration, PositiveDuration, ProxyConfig
@@ -37,7 +37,7 @@ def _loopback(value: str) -> str:
     if host == "localhost":
         return value
     try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
@@ -163,7 +163,7 @@ def proxy_config(config: AuthAdapterConfig) -> ProxyConfig:
         )
         cluster: dict[str, Any] = {
             "name": up.name,
-            "endpoints": [{"address": f"{_bracketed(up.host)}:{up.port}"}],
+            "endpoints": [{"address": format_hostport(up.host, up.port)}],
         }
         if up.https:
             cluster["tls"] = {
@@ -191,7 +191,3 @@ def proxy_config(config: AuthAdapterConfig) -> ProxyConfig:
             "clusters": clusters,
         }
     )
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -35,18 +35,12 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from podkit.common.config_section import Section, check_http_url
 from podkit.images.auth_adapter.token_request import (
-    GRANT_TOKEN_EXCHANGE,
     KEY_ALGS,
     TOKEN_TYPE_URN,
     AuthMethod,
 )
 
 GrantType = Literal["client_credentials", "refresh_token", "token_exchange"]
-GRANT_WIRE = {
-    "client_credentials": "client_credentials",
-    "refresh_token": "refresh_token",
-    "token_exchange": GRANT_TOKEN_EXCHANGE,
-}
 # RFC 8693 3. A token file from another issuer (a Kubernetes projected service account token,
 # an OIDC ID token) is a JWT; `access_token` would claim the token endpoint itself issued it.
 TOKEN_TYPES = ("jwt", "access_token", "id_token", "refresh_token", "saml1", "saml2")

@@ -123,10 +123,6 @@ class SecretSource:
         self._stamp, self._value = stamp, Secret(text)
         return self._value
 
-    def read_bytes(self) -> bytes:
-        """The raw content (a PEM key), with the same change detection as get()."""
-        return self.get().reveal().encode("utf-8")
-
 
 def scrub(text: str, secrets: Iterable[str | Secret | None]) -> str:
     """`text` with every occurrence of each secret value replaced by "[REDACTED]": for messages

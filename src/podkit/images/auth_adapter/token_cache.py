@@ -16,8 +16,8 @@ time is a number the caller passes (time.monotonic() in the image, a fake clock 
 
 Single flight: at most one fetch runs at a time, whatever the number of callers. Backoff: after
 a failure the next fetch waits `min(initial * 2**(n-1), max)` (times a jitter factor in
-[1 - jitter, 1]) after the n-th failure in a row, or the server's Retry-After if longer; a
-still-valid token keeps being used meanwhile.
+[1 - jitter, 1]) after the n-th failure in a row, or the server's Retry-After if longer (up to
+max); a still-valid token keeps being used meanwhile.
 
 Token lifetime: counted from when the fetch STARTED (a slow answer cannot make a token look
 fresher than it is), less a small leeway so a token is not sent in its last seconds. The refresh

@@ -16,11 +16,12 @@ time (as the log-agent does: prometheus_client's own Counter locks per increment
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 
 
@@ -56,35 +57,39 @@ class TokenMetrics:
         for (upstream, result), value in sorted(self.fetches.items()):
             fetches.add_metric([upstream, result], value)
         yield fetches
-        seconds = CounterMetricFamily(
+        yield _by_upstream(
+            CounterMetricFamily,
             "auth_adapter_token_fetch_seconds",
             "Time spent in token requests, by upstream.",
-            labels=["upstream"],
+            self.fetch_seconds,
         )
-        for upstream, value in sorted(self.fetch_seconds.items()):
-            seconds.add_metric([upstream], value)
-        yield seconds
-        hits = CounterMetricFamily(
+        yield _by_upstream(
+            CounterMetricFamily,
             "auth_adapter_token_cache_hits",
             "Requests served a cached token without waiting for a token request, by upstream.",
-            labels=["upstream"],
+            self.cache_hits,
         )
-        for upstream, value in sorted(self.cache_hits.items()):
-            hits.add_metric([upstream], value)
-        yield hits
-        lag = GaugeMetricFamily(
+        yield _by_upstream(
+            GaugeMetricFamily,
             "auth_adapter_token_refresh_lag_seconds",
             "How long after its predecessor's refresh time the last new token came (0: on time).",
-            labels=["upstream"],
+            self.refresh_lag,
         )
-        for upstream, value in sorted(self.refresh_lag.items()):
-            lag.add_metric([upstream], value)
-        yield lag
-        ready = GaugeMetricFamily(
+        yield _by_upstream(
+            GaugeMetricFamily,
             "auth_adapter_token_ready",
             "1 once a first token was obtained for the upstream.",
-            labels=["upstream"],
+            {upstream: 1.0 if ready else 0.0 for upstream, ready in self.ready().items()},
         )
-        for upstream, value in sorted(self.ready().items()):
-            ready.add_metric([upstream], 1.0 if value else 0.0)
-        yield ready
+
+
+def _by_upstream(
+    kind: type[CounterMetricFamily | GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    values: Mapping[str, float],
+) -> Metric:
+    family = kind(name, documentation, labels=["upstream"])
+    for upstream, value in sorted(values.items()):
+        family.add_metric([upstream], value)
+    return family

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 from podkit.images.auth_adapter.secrets import Secret, scrub
 
@@ -289,7 +289,6 @@ class TokenAnswer:
     expires_in: float | None
     scope: str | None
     refresh_token: str | None
-    issued_token_type: str | None
 
     def __repr__(self) -> str:
         return (
@@ -440,7 +439,6 @@ def parse_answer(
         )
     scope = doc.get("scope")
     refresh_token = doc.get("refresh_token")
-    issued = doc.get("issued_token_type")
     expires_in = _expires_in(doc.get("expires_in"))
     if expires_in is None:
         expires_in = _jwt_lifetime(access_token, time.time() if now_epoch is None else now_epoch)
@@ -450,11 +448,4 @@ def parse_answer(
         expires_in=expires_in,
         scope=scope if isinstance(scope, str) else None,
         refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        issued_token_type=issued if isinstance(issued, str) else None,
     )
-
-
-def display_url(url: str) -> str:
-    """The URL for messages: without a query string."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from podkit.common.config_section import display_url
 from podkit.images.auth_adapter import token_request as tr
 from podkit.images.auth_adapter.oauth_config import USES_SECRET, OAuth2Config
 from podkit.images.auth_adapter.secrets import Secret, SecretError, SecretSource, scrub
@@ -121,7 +122,7 @@ class TokenSource:
     def __repr__(self) -> str:
         c = self.config
         return (
-            f"TokenSource({self.name}, {tr.display_url(c.token_url)}, {c.grant_type}, "
+            f"TokenSource({self.name}, {display_url(c.token_url)}, {c.grant_type}, "
             f"{c.auth_method}, client_id={c.client_id!r})"
         )
 
@@ -371,7 +372,7 @@ class TokenSource:
         import aiohttp
 
         cfg = self.config
-        where = tr.display_url(cfg.token_url)
+        where = display_url(cfg.token_url)
         connector = aiohttp.TCPConnector(ssl=self._ssl_context() or False, force_close=True)
         timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         try:
@@ -407,8 +408,7 @@ class TokenSource:
         if not self._https:
             return None
         tls = self.config.tls
-        files = [f for f in (tls.ca_file, tls.cert_file, tls.key_file) if f] if tls else []
-        stamp = tuple(_file_stamp(f) for f in files)
+        stamp = self._tls_stamp()
         if self._ssl is not None and stamp == self._ssl_stamp:
             return self._ssl
         try:
@@ -439,11 +439,12 @@ class TokenSource:
         sources = (self._secret, self._key_file, self._subject, self._initial_refresh)
         if any(s is not None and s.changed() for s in sources):
             return True
+        return self._ssl is not None and self._tls_stamp() != self._ssl_stamp
+
+    def _tls_stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
         tls = self.config.tls
-        if self._ssl is not None and tls is not None:
-            files = [f for f in (tls.ca_file, tls.cert_file, tls.key_file) if f]
-            return tuple(_file_stamp(f) for f in files) != self._ssl_stamp
-        return False
+        files = [f for f in (tls.ca_file, tls.cert_file, tls.key_file) if f] if tls else []
+        return tuple(_file_stamp(f) for f in files)
 
     # -- the background refresher -------------------------------------------------------------
 
@@ -533,13 +534,12 @@ def _file_stamp(path: os.PathLike[str]) -> tuple[int, int, int] | None:
 
 class TokenSources:
     """The token caches of an adapter: one TokenSource per OAuth2Config.cache_key(), so
-    upstreams with the same token endpoint, client, scopes and audience share tokens (the first
-    upstream's name labels its metrics)."""
+    upstreams that ask the same token endpoint for the same token (client, grant, scopes,
+    audience, resource) share it (the first upstream's name labels its metrics)."""
 
-    def __init__(self, metrics: TokenMetrics | None = None, **kwargs: Any) -> None:
+    def __init__(self, metrics: TokenMetrics | None = None) -> None:
         self.metrics = metrics if metrics is not None else TokenMetrics()
         self.metrics.ready = lambda: {s.name: s.ready for s in self._by_key.values()}
-        self._kwargs = kwargs
         self._by_key: dict[tuple[Any, ...], TokenSource] = {}
 
     def get(self, name: str, config: OAuth2Config) -> TokenSource:
@@ -548,7 +548,7 @@ class TokenSources:
         key = config.cache_key()
         source = self._by_key.get(key)
         if source is None:
-            source = TokenSource(config, name=name, metrics=self.metrics, **self._kwargs)
+            source = TokenSource(config, name=name, metrics=self.metrics)
             self._by_key[key] = source
         elif _settings(source.config) != _settings(config):
             raise ValueError(

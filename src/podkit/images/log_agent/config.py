@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
-from podkit.common.config import parse_hostport
-from podkit.common.config_section import Section
+from podkit.common.config_section import Listen, Section
 from podkit.images.log_agent.sinks import elasticsearch, file, http, loki, otlp, stdout, syslog
 from podkit.images.log_agent.sources.file_config import FileSourceConfig
 from podkit.images.log_agent.transform_config import Match, TransformConfig
@@ -35,14 +34,6 @@ def default_data_dir() -> Path:
         return Path("/var/lib/log-agent")
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "log-agent"
-
-
-def _check_listen(value: str) -> str:
-    parse_hostport(value)
-    return value
-
-
-Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
 class TcpSourceConfig(Section):

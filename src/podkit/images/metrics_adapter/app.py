@@ -59,9 +59,8 @@ def build_handler(state: AdapterState) -> Callable[[Request], Awaitable[Response
             view = await state.scraper.view()
             body, content_type = render(page_families(view), request.headers.get("accept", ""))
             return Response(200, body, content_type, headers={"Cache-Control": "no-store"})
-        if request.path in ("/healthz", "/readyz"):
-            answer = admin_response(request, ready=ready, registry=None)
-            assert answer is not None
+        answer = admin_response(request, ready=ready, registry=None)  # /healthz, /readyz
+        if answer is not None:
             return answer
         if request.path == "/" and request.method in ("GET", "HEAD"):
             return Response.text(

@@ -54,19 +54,18 @@ class ScrapeCache:
 
     def record(self, outcome: Outcome) -> None:
         self.last = outcome
-        self.counts[outcome.result] = self.counts.get(outcome.result, 0) + 1
+        self.counts[outcome.result] += 1
         if outcome.result == "ok":
             self.last_ok = outcome
 
     def view(self, now: float) -> View:
         last = self.last
         up = last is not None and last.result == "ok"
-        shown = None
+        shown = age_shown = None
         if self.last_ok is not None:
             age = now - self.last_ok.finished
             if up or age <= self.serve_stale_for:
-                shown = self.last_ok
-        age_shown = None if shown is None else max(0.0, now - shown.finished)
+                shown, age_shown = self.last_ok, max(0.0, age)
         return View(up, last, shown, age_shown, dict(self.counts))
 
 

@@ -12,8 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from podkit.common.config import parse_hostport
-from podkit.common.config_section import Duration, PositiveDuration, Section
+from podkit.common.config_section import Duration, Listen, PositiveDuration, Section
 from podkit.images.metrics_adapter import mapping, selector
 from podkit.images.metrics_adapter.mapping import (
     LABEL_NAME,
@@ -28,14 +27,6 @@ DEFAULT_LISTEN = "0.0.0.0:9102"  # the page Prometheus scrapes: reachable on the
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9103"
 DEFAULT_URL = "http://127.0.0.1:8080/status"  # simple-webapp's status on the pod's localhost
 MiB = 1024 * 1024
-
-
-def _check_listen(value: str) -> str:
-    parse_hostport(value)
-    return value
-
-
-Listen = Annotated[str, AfterValidator(_check_listen)]
 
 
 def _check_selector(text: str) -> str:

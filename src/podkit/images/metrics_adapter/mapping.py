@@ -26,7 +26,7 @@ Scope = Literal["auto", "item", "root"]
 
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-RESERVED_PREFIX = "metrics_adapter_"  # the adapter's own metrics (page.py)
+RESERVED_PREFIX = "metrics_adapter_"  # the adapter's own metrics (cache.py)
 
 
 # --- label and value sources ---------------------------------------------------------------------

@@ -38,7 +38,6 @@ class ScrapeError(Exception):
 
 @dataclass(frozen=True)
 class Reply:
-    status: int
     content_type: str
     body: bytes
 
@@ -122,7 +121,7 @@ async def fetch(url: str, headers: dict[str, str], max_bytes: int) -> Reply:
         writer.close()
     if not 200 <= status < 300:
         raise ScrapeError("http_error", f"the app answered {status}")
-    return Reply(status, response.headers.get("content-type", ""), body)
+    return Reply(response.headers.get("content-type", ""), body)
 
 
 class Scraper:
@@ -171,22 +170,17 @@ class Scraper:
             data = decode(reply.body, reply.content_type, self.fmt)
             families, problems = self._map(data)
         except TimeoutError:
-            outcome = self._failed("timeout", f"no answer within {self.timeout}s", started)
+            outcome = self._outcome("timeout", started, error=f"no answer within {self.timeout}s")
         except ScrapeError as exc:
-            outcome = self._failed(exc.result, str(exc), started)
+            outcome = self._outcome(exc.result, started, error=str(exc))
         except DecodeError as exc:
-            outcome = self._failed("bad_body", str(exc), started)
+            outcome = self._outcome("bad_body", started, error=str(exc))
         except Exception as exc:  # a bug here must still leave a page (up 0), not a 500
             log.exception("scrape crashed", extra={"url": self.url})
-            outcome = self._failed("bad_body", f"internal error: {exc!r}", started)
+            outcome = self._outcome("bad_body", started, error=f"internal error: {exc!r}")
         else:
-            outcome = Outcome(
-                "ok",
-                self.clock() - started,
-                self.clock(),
-                time.time(),
-                families=tuple(families),
-                problems=tuple(problems),
+            outcome = self._outcome(
+                "ok", started, families=tuple(families), problems=tuple(problems)
             )
             if not was_up:
                 log.info("scrape recovered", extra={"url": self.url})
@@ -205,9 +199,9 @@ class Scraper:
             return auto_families(data), []
         return map_document(self.rules, data)
 
-    def _failed(self, result: str, error: str, started: float) -> Outcome:
+    def _outcome(self, result: str, started: float, **fields: Any) -> Outcome:
         now = self.clock()
-        return Outcome(result, now - started, now, time.time(), error=error)
+        return Outcome(result, now - started, now, time.time(), **fields)
 
     def _log_problems(self, problems: Sequence[Problem]) -> None:
         if len(self._reported) > 10_000:  # reasons quote values: keep the memory bounded

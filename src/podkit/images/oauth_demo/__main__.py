@@ -7,7 +7,8 @@ persistence. It exists so the auth-adapter has a real OAuth2 server to talk to i
     POST /token     OAuth2 token endpoint (authlib's AuthorizationServer): grant_type
                     client_credentials, client_secret_basic or client_secret_post; opaque
                     bearer tokens that live --token-lifetime seconds
-    GET|POST /...   the protected API (authlib's ResourceProtector + BearerTokenValidator): 200
+    GET|HEAD|POST /...
+                    the protected API (authlib's ResourceProtector + BearerTokenValidator): 200
                     {"client_id", "path", "time"} with a valid token; 401 with
                     `WWW-Authenticate: Bearer ...` (error="invalid_token" for an unknown or
                     expired token, no error code when there is none, as RFC 6750 3.1 says)
@@ -36,7 +37,7 @@ import sys  # noqa: E402
 
 from podkit.common import logging as podkit_logging  # noqa: E402
 from podkit.common import signals  # noqa: E402
-from podkit.common.config import EXIT_CONFIG_ERROR, parse_hostport  # noqa: E402
+from podkit.common.config import EXIT_CONFIG_ERROR, format_hostport, parse_hostport  # noqa: E402
 from podkit.common.httpserver import HttpServer  # noqa: E402
 from podkit.images.oauth_demo.server import Client, Demo  # noqa: E402
 
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"oauth-demo: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     podkit_logging.setup("oauth-demo")
-    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    demo = Demo(Client(args.client_id, secret), args.token_lifetime, f"http://{hostport}/token")
+    token_url = f"http://{format_hostport(host, port)}/token"
+    demo = Demo(Client(args.client_id, secret), args.token_lifetime, token_url)
 
     async def serve(stop: asyncio.Event) -> int:
         server = HttpServer(demo.handle, max_body=64 * 1024)

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import orjson
 
 from podkit import __version__
-from podkit.common.admin import ALLOW_GET, admin_response
+from podkit.common.admin import ADMIN_PATHS, ALLOW_GET, admin_response
 from podkit.common.httpserver import Request, Response
 from podkit.common.podinfo import PodInfo
 from podkit.images.webapp.access_log import AccessLog
@@ -100,7 +100,7 @@ def status_page(state: WebappState, request: Request) -> Response:
         "version": __version__,
         "ready": state.ready,
         "uptime_seconds": round(state.uptime, 3),
-        "requests": counts.requests,
+        "requests": state.access.requests,
         "errors": counts.errors,
         "client_errors": counts.client_errors,
         "in_flight": counts.in_flight,
@@ -233,7 +233,7 @@ ROUTES: dict[str, tuple[frozenset[str] | None, Route]] = {
     "/status": (frozenset({"GET", "HEAD"}), status_page),
 }
 # Paths counted by name in /status (anything else is "other").
-KNOWN_ROUTES = frozenset({*ROUTES, "/api/call", "/healthz", "/readyz", "/metrics"})
+KNOWN_ROUTES = frozenset({*ROUTES, "/api/call", *ADMIN_PATHS})
 
 
 def build_handler(state: WebappState) -> Callable[[Request], Awaitable[Response]]:

@@ -22,13 +22,12 @@ class RequestCounts:
 
 
 class StatusCounts:
-    """What GET /status reports: responses written (by route), 5xx and 4xx among them, and
-    requests being handled now. Routes are the app's own paths, everything else is "other",
-    so a scanner's random paths cannot grow the table."""
+    """What GET /status reports beside the access log's count of responses written: 5xx and 4xx
+    among them, the same by route, and requests being handled now. Routes are the app's own
+    paths, everything else is "other", so a scanner's random paths cannot grow the table."""
 
     def __init__(self, routes: frozenset[str]) -> None:
         self.known_routes = routes
-        self.requests = 0
         self.errors = 0  # 5xx: the app failed
         self.client_errors = 0  # 4xx: the request was wrong
         self.in_flight = 0
@@ -39,7 +38,6 @@ class StatusCounts:
 
     def finished(self, path: str, status: int) -> None:
         entry = self._routes.setdefault(self.route_of(path), [0, 0, 0])
-        self.requests += 1
         entry[0] += 1
         if status >= 500:
             self.errors += 1

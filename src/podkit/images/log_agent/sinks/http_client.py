@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from podkit.common.config_section import Section, check_http_url
+from podkit.common.config_section import Section, check_http_url, display_url
 from podkit.images.log_agent.sinks.base import RejectedError, RetryableError
 
 if TYPE_CHECKING:
@@ -117,12 +117,6 @@ class HttpClientConfig(Section):
         if self.tls is not None and urlsplit(self.endpoint).scheme != "https":
             raise ValueError("tls settings need an https:// endpoint")
         return self
-
-
-def display_url(url: str) -> str:
-    """The URL for messages: no query string (it may carry an API key)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def raise_for_status(
