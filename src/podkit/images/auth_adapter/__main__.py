@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load(path: str | None) -> tuple[AuthAdapterConfig, TokenSources, Proxy]:
     """The config, its token sources and the proxy; raises ConfigError naming the field."""
     config = config_loader.load(AuthAdapterConfig, path, env_prefix=ENV_PREFIX)
+    where = path or "(defaults)"  # a config from the environment alone has no file
     if not config.upstreams:
-        where = path or "(defaults)"
         raise config_loader.ConfigError(f"{where}: upstreams: at least one upstream is needed")
     sources = TokenSources(metrics=TokenMetrics())
     credentials = {}
@@ -64,7 +64,7 @@ def load(path: str | None) -> tuple[AuthAdapterConfig, TokenSources, Proxy]:
         try:
             source = sources.get(up.name, up.oauth2)
         except ValueError as exc:
-            raise config_loader.ConfigError(f"{path}: upstreams[{i}].oauth2: {exc}") from None
+            raise config_loader.ConfigError(f"{where}: upstreams[{i}].oauth2: {exc}") from None
         credentials[up.name] = BearerCredentials(up.name, source, retry_on_401=up.retry_on_401)
     return config, sources, Proxy(proxy_config(config), credentials)
 
