@@ -15,7 +15,8 @@ Guarantees, and how:
 - copytruncate: a file shorter than our offset, or with other first bytes, was truncated: it is
   read again from its start, and what we had not read yet is read from the copy (a sibling
   named after it, with our first bytes). Lines written between logrotate's copy and its
-  truncate are in neither file: that gap is copytruncate's, unavoidable by any reader.
+  truncate are in neither file: that gap is copytruncate's, unavoidable by any reader. A line
+  of the gap we had begun to read is delivered as far as we read it.
 - Inode reuse: a checkpoint whose first bytes do not match is another file: read from its start.
 - Over-long lines are cut into pieces of max_line_bytes, each line cut counted (`counters.cut`).
 - Backpressure: `ingest` waits while the pipeline is full; reading simply stops meanwhile.
