@@ -35,6 +35,7 @@ run: $(STAMP) debs bytecode
 # Soak tests marked `slow` are skipped unless SLOW=1.
 test: $(STAMP) debs bytecode
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
 
 bench: $(STAMP) debs bytecode
@@ -48,6 +49,7 @@ bench: $(STAMP) debs bytecode
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

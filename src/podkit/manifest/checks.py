@@ -256,7 +256,7 @@ def _resource_ref(
     m: Manifest, spec: dict[str, Any], path: FieldPath, ref: dict[str, Any], in_volume: bool
 ) -> Iterator[Problem]:
     container = ref.get("containerName")
-    names = [c.get("name") for _, c in _containers(spec)]
+    names = [n for _, c in _containers(spec) if isinstance(n := c.get("name"), str)]
     if not container and in_volume:
         yield m.problem(path + ("containerName",), "required field is missing")
     elif container and container not in names:
@@ -436,7 +436,7 @@ def _port_claims(m: Manifest, spec: dict[str, Any]) -> Iterator[Problem]:
                 continue
             owner = container.get("name", "")
             protocol = port.get("protocol") or "TCP"
-            key = (number, protocol)
+            key: tuple[Any, ...] = (number, protocol)
             what = f"port {number}/{protocol}"
             yield from _claim(m, ports, key, owner, port_path + ("containerPort",), what)
             if host:

@@ -315,6 +315,7 @@ class RingHash(Balancer[H]):
         # per host key: its point hashes, so a DNS re-resolve only hashes the new hosts
         self._cache: dict[str, list[int]] = {}
         self._signature: list[tuple[str, int]] = []
+        self._owner_index: list[int] = []  # by ring point: its owner's place in the hosts
         super().__init__(hosts, rng)
 
     def set_hosts(self, hosts: Sequence[H]) -> None:

@@ -111,7 +111,7 @@ class ClusterRuntime:
         )
         self.budget = RetryBudget(config.retry_budget.percent, config.retry_budget.min_concurrency)
         self.active_retries = 0
-        self.checker: ActiveHealthChecker | None = None
+        self.checker: ActiveHealthChecker[UpstreamHost] | None = None
         self._targets = [(*parse_hostport(e.address), e.weight) for e in config.endpoints]
         self.resolved = all(_is_ip(h) for h, _, _ in self._targets)
         if self.resolved:

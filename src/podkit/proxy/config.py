@@ -106,13 +106,14 @@ class RouteMatch(Section):
 
 
 RetryOn = Literal["connect-failure", "reset", "5xx", "gateway-error", "retriable-status-codes"]
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset")
 
 
 class RetryPolicy(Section):
     """Retries happen only for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE)."""
 
     retries: int = Field(default=2, ge=0, le=10, description="attempts after the first")
-    retry_on: list[RetryOn] = Field(default_factory=lambda: ["connect-failure", "reset"])
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     retriable_status_codes: list[int] = Field(default_factory=list)
     per_try_timeout: Duration | None = Field(default=None, description="none = the route timeout")
 

@@ -14,7 +14,7 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from podkit.common.config import format_hostport
 from podkit.proxy.config import HealthCheck, parse_status_range
@@ -63,7 +63,10 @@ def parse_status_line(line: bytes) -> int:
     return int(parts[1])
 
 
-class ActiveHealthChecker:
+T = TypeVar("T", bound=CheckTarget)
+
+
+class ActiveHealthChecker(Generic[T]):
     """Checks `hosts()` every `config.interval` (the first round at once) and calls
     `on_change(host, healthy)` when a host's state flips. New hosts start healthy (HAProxy's
     default); hosts that leave `hosts()` are forgotten, so one that comes back starts afresh.
@@ -75,8 +78,8 @@ class ActiveHealthChecker:
     def __init__(
         self,
         config: HealthCheck,
-        hosts: Callable[[], Sequence[CheckTarget]],
-        on_change: Callable[[CheckTarget, bool], None],
+        hosts: Callable[[], Sequence[T]],
+        on_change: Callable[[T, bool], None],
         *,
         ssl_context: ssl.SSLContext | None = None,
         server_name: str | None = None,

@@ -160,10 +160,10 @@ class ListenerRuntime:
         latency.counts[bucket] += 1
         latency.sum += elapsed
         if cluster is not None:
-            stats = cluster.stats
-            requests = stats.requests
+            cstats = cluster.stats
+            requests = cstats.requests
             requests[status] = requests.get(status, 0) + 1
-            latency = stats.latency
+            latency = cstats.latency
             latency.counts[bucket] += 1
             latency.sum += elapsed
         log = self.access_log

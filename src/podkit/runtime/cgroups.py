@@ -236,7 +236,7 @@ def owner_name() -> str:
 
 def owner_alive(name: str) -> bool:
     match = _OWNER.match(name)
-    return bool(match) and statedir.owner_alive(f"{match['pid']} {match['start']}")
+    return match is not None and statedir.owner_alive(f"{match['pid']} {match['start']}")
 
 
 def _check_name(name: str, what: str) -> str:

@@ -229,7 +229,7 @@ class ContainerRunner:
 
     def _target(self) -> ProbeTarget:
         ports = {p.name: p.container_port for p in self.c.ports if p.name}
-        assert self.pid is not None
+        assert self.pid is not None and self.pod.files.socket is not None
         return ProbeTarget(self.pod.files.socket, self.pid, ports, self.pod.files.pod_ip)
 
     async def _post_start(self, proc: asyncio.subprocess.Process) -> None:

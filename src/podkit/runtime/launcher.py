@@ -308,8 +308,8 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         os.close(err_r)
         _exec_container(spec, root, err_w)
     child = pid
-    for sig in pending:
-        os.kill(pid, sig)
+    for signum in pending:
+        os.kill(pid, signum)
     os.close(err_w)
     failure = os.read(err_r, 4096).decode()  # EOF without data: exec succeeded
     os.close(err_r)

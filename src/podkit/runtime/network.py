@@ -164,7 +164,8 @@ def free_address(net: ipaddress.IPv4Network, taken: Iterable[str]) -> str | None
 
 def split_dead(leases: Leases, alive: Callable[[str], bool]) -> tuple[Leases, Leases]:
     """(leases whose owner runs, leases whose owner is gone)."""
-    live, dead = {}, {}
+    live: Leases = {}
+    dead: Leases = {}
     for ip, lease in leases.items():
         (live if alive(lease.owner) else dead)[ip] = lease
     return live, dead
@@ -177,13 +178,13 @@ def lease_for(
     for ip, lease in leases.items():
         if lease.uid == uid and lease.owner == owner:
             return leases, ip
-    ip = free_address(net, leases)
-    if ip is None:
+    free = free_address(net, leases)
+    if free is None:
         raise AddressPoolExhausted(
             f"no free pod address left in {net} ({len(leases)} leases held); "
             "set PODKIT_SUBNET to a larger private network"
         )
-    return {**leases, ip: Lease(uid, owner, veth_name(ip))}, ip
+    return {**leases, free: Lease(uid, owner, veth_name(free))}, free
 
 
 def without(leases: Leases, ip: str, uid: str = "") -> Leases:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+from collections.abc import Callable
 
 from podkit.manifest.model import Bundle
 from podkit.runtime import cgroups, forward, network, statedir
@@ -48,7 +49,9 @@ async def run_pods(
     try:
         by_key = {r.key: r for r in runners}
         for p, sock in zip(published, listeners, strict=True):
-            servers.append(await forward.serve(sock, p, by_key[p.pod].files.socket))
+            sockets = by_key[p.pod].files.socket
+            assert sockets is not None  # the sandboxes were created before the loop ran
+            servers.append(await forward.serve(sock, p, sockets))
             report(p.pod, "info", f"port {p.container_port} of {p.container} published on {p.url}")
         phases = await asyncio.gather(*(r.run() for r in runners))
     finally:
@@ -103,7 +106,7 @@ def run(
     try:
         import uvloop
 
-        run_loop = uvloop.run
+        run_loop: Callable[..., int] = uvloop.run
     except ImportError:  # uvloop is a dependency, but the runtime does not need its speed
         run_loop = asyncio.run
     runners = [PodRunner(pod, bundle, opts, report, terminal, watch) for pod in bundle.pods]

@@ -195,6 +195,7 @@ def _parse_handler(kind: HandlerKind, raw: Any) -> Handler:
         scheme = raw.get("scheme") or "HTTP"
         if scheme not in ("HTTP", "HTTPS"):
             raise ProbeSpecError("httpGet.scheme", f'must be "HTTP" or "HTTPS", not {scheme!r}')
+        checked_scheme: Literal["HTTP", "HTTPS"] = "HTTPS" if scheme == "HTTPS" else "HTTP"
         path = _opt_str("httpGet.path", raw.get("path")) or "/"
         headers: list[tuple[str, str]] = []
         for i, h in enumerate(raw.get("httpHeaders") or []):
@@ -208,7 +209,7 @@ def _parse_handler(kind: HandlerKind, raw: Any) -> Handler:
             port=_port("httpGet.port", raw.get("port")),
             path=path,
             host=_opt_str("httpGet.host", raw.get("host")),
-            scheme=scheme,
+            scheme=checked_scheme,
             headers=tuple(headers),
         )
     if kind == "tcpSocket":

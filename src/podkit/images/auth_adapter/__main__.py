@@ -31,6 +31,7 @@ from podkit.images.auth_adapter.bearer import BearerCredentials  # noqa: E402
 from podkit.images.auth_adapter.config import AuthAdapterConfig, proxy_config  # noqa: E402
 from podkit.images.auth_adapter.token_metrics import TokenMetrics  # noqa: E402
 from podkit.images.auth_adapter.token_source import TokenSources  # noqa: E402
+from podkit.proxy.credentials import CredentialProvider  # noqa: E402
 from podkit.proxy.server import Proxy  # noqa: E402
 
 ENV_PREFIX = "AUTH_ADAPTER_"
@@ -59,7 +60,7 @@ def load(path: str | None) -> tuple[AuthAdapterConfig, TokenSources, Proxy]:
     if not config.upstreams:
         raise config_loader.ConfigError(f"{where}: upstreams: at least one upstream is needed")
     sources = TokenSources(metrics=TokenMetrics())
-    credentials = {}
+    credentials: dict[str, CredentialProvider] = {}
     for i, up in enumerate(config.upstreams):
         try:
             source = sources.get(up.name, up.oauth2)

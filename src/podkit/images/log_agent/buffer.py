@@ -244,14 +244,14 @@ class SinkBuffer:
             except Exception as caught:
                 # Anything unforeseen (a sink bug, an unwrapped client error) is retried too:
                 # a dead delivery task would stall this sink and its sources' offsets for ever.
-                exc = caught if isinstance(caught, RetryableError) else RetryableError(repr(caught))
+                err = caught if isinstance(caught, RetryableError) else RetryableError(repr(caught))
                 rejected += self._item_rejects()
-                if exc.remaining is not None:
-                    payload = exc.remaining
+                if err.remaining is not None:
+                    payload = err.remaining
                 if self.policy.max_attempts and attempts >= self.policy.max_attempts:
                     log.error(
                         "giving up after retries",
-                        extra={"component": self.id, "attempts": attempts, "error": str(exc)},
+                        extra={"component": self.id, "attempts": attempts, "error": str(err)},
                     )
                     self._counters.drop(self.id, "retries_exhausted", rec.events - rejected)
                     return 0, 0
@@ -260,7 +260,7 @@ class SinkBuffer:
                 self._counters.retried(self.id)
                 log.warning(
                     "send failed, retrying",
-                    extra={"component": self.id, "error": str(exc), "retry_in_s": delay},
+                    extra={"component": self.id, "error": str(err), "retry_in_s": delay},
                 )
                 await asyncio.sleep(delay)
                 continue

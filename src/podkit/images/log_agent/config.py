@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -107,10 +107,16 @@ SINK_MODELS = {
     ),
     "otlp": (_with_options(otlp.OtlpConfig), otlp.OtlpSink),
 }
-SinkConfig = Annotated[
-    Union[tuple(model for model, _ in SINK_MODELS.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:  # the union below is built at run time: what every member has
+
+    class SinkConfig(SinkOptions):
+        type: str
+
+else:
+    SinkConfig = Annotated[
+        Union[tuple(model for model, _ in SINK_MODELS.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 class Admin(Section):

@@ -143,6 +143,10 @@ def _filter(pred: Predicate) -> Step:
 Operand = Callable[[Any], Any]  # item -> value, or _MISSING
 
 
+def _comparison(op: str, left: Operand, right: Operand) -> Predicate:
+    return lambda item: _compare(op, left(item), right(item))
+
+
 def _compare(op: str, left: Any, right: Any) -> bool:
     if left is _MISSING or right is _MISSING:
         return op == "!=" and not (left is _MISSING and right is _MISSING)
@@ -407,7 +411,7 @@ class _Parser:
             if self.text.startswith(op, self.pos):
                 self.pos += len(op)
                 right, _ = self.operand()
-                return lambda item, op=op: _compare(op, left(item), right(item))
+                return _comparison(op, left, right)
         if self.peek() == "=":
             raise self.fail("use == to compare")
         if not left_is_path:

@@ -181,13 +181,13 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> WebappSetti
         if not loc:
             continue
         origin = f"environment {name}"
-        key = loc[0]
-        if not isinstance(key, str) or key not in _CHECKS:
+        first = loc[0]
+        if not isinstance(first, str) or first not in _CHECKS:
             errors.append(f"{origin}: {format_path(loc[:1])}: unknown field (check the spelling)")
         elif len(loc) > 1:
-            errors.append(f"{origin}: {format_path(loc)}: {key} has no fields inside it")
+            errors.append(f"{origin}: {format_path(loc)}: {first} has no fields inside it")
         else:
-            raw[key] = (env_value(environ[name]), origin)
+            raw[first] = (env_value(environ[name]), origin)
     for key, env_name in PLAIN_ENV.items():
         if env_name in environ:
             raw[key] = (environ[env_name], f"environment {env_name}")
