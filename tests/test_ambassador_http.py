@@ -689,6 +689,33 @@ def test_ring_hash_on_a_cookie_is_sticky_and_spread(env: Setup) -> None:
     assert len({next(iter(n)) for n in owner.values()}) >= 2, owner
 
 
+def server_for(port: int, path: str, headers: list[tuple[str, str]]) -> str:
+    """The backend that answered one GET with these header lines (repeats kept, in order)."""
+    (reply,) = exchange(port, request("GET", path, headers + [("Connection", "close")]), ["GET"])
+    assert reply.status == 200, reply.body
+    return str(reply.json()["server"])
+
+
+def test_ring_hash_on_a_repeated_header_uses_all_its_values_in_any_order(env: Setup) -> None:
+    path = "/lb/ring-header/echo"
+    owners = set()
+    for i in range(12):
+        user = f"user-{i}"
+        one_way = server_for(env.port, path, [("X-User", user), ("X-User", "team-1")])
+        other_way = server_for(env.port, path, [("X-User", "team-1"), ("X-User", user)])
+        assert one_way == other_way, user  # Envoy's rule: the values' order does not matter
+        owners.add(one_way)
+    assert len(owners) >= 2, owners  # every value counts, not only the one all requests share
+
+
+def test_ring_hash_on_a_cookie_finds_it_in_any_cookie_field(env: Setup) -> None:
+    path = "/lb/ring-cookie/echo"
+    for i in range(12):
+        alone = server_for(env.port, path, [("Cookie", f"session=s{i}")])
+        split = server_for(env.port, path, [("Cookie", "theme=t1"), ("Cookie", f"session=s{i}")])
+        assert alone == split, i
+
+
 # -- 3. headers ------------------------------------------------------------------------------------
 
 

@@ -401,6 +401,14 @@ def test_bytearray_buffer() -> None:
     assert parse_response(bytearray(resp), head_end(resp), request_method=b"GET").framing == LENGTH
 
 
+def test_field_values_one_per_line_in_order() -> None:
+    fields = b"X-User: b\r\nAccept: */*\r\nx-user:  a, c \r\nX-Users: no\r\n"
+    assert h1.field_values(fields, b"x-user") == [b"b", b"a, c"]
+    assert h1.field_value(fields, b"x-user") == b"b,a, c"  # RFC 9110 5.3: joined by commas
+    assert h1.field_values(fields, b"cookie") == []
+    assert h1.field_value(fields, b"cookie") is None
+
+
 def test_without() -> None:
     fields = b"A: 1\r\nB: 2\r\nC: 3\r\n"
     assert without(fields, []) is fields

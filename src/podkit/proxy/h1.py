@@ -551,17 +551,22 @@ def _parse_response(buf: bytes, end: int, request_method: bytes) -> ResponseHead
 def field_value(fields: bytes, lname: bytes) -> bytes | None:
     """The value of header `lname` (lower-case) in raw header lines; repeated ones joined by
     commas (RFC 9110 5.3); None when absent."""
+    values = field_values(fields, lname)
+    return b",".join(values) if values else None
+
+
+def field_values(fields: bytes, lname: bytes) -> list[bytes]:
+    """The values of header `lname` (lower-case) in raw header lines, one per line, in order."""
     lowered = b"\n" + fields.lower()
     needle = b"\n" + lname + b":"
-    value = None
+    values = []
     pos = 0
     while (i := lowered.find(needle, pos)) >= 0:
         start = i - 1 + len(needle)
         end = fields.find(b"\r\n", start)
-        piece = fields[start:end].strip(b" \t")
-        value = piece if value is None else value + b"," + piece
+        values.append(fields[start:end].strip(b" \t"))
         pos = end + 1
-    return value
+    return values
 
 
 def without(fields: bytes, drop: Sequence[tuple[int, int]]) -> bytes:

@@ -522,15 +522,15 @@ class HttpSession(ClientSide, asyncio.Protocol):
             return None
         if rule.source_ip:
             return self.client_ip
-        value = h1.field_value(head.fields, (rule.header or "cookie").lower().encode())
-        if value is None:
-            return None
+        values = h1.field_values(head.fields, (rule.header or "cookie").lower().encode())
         if rule.header:
-            return value.decode("latin-1")
-        for part in value.split(b";"):
-            k, _, v = part.strip().partition(b"=")
-            if k.decode("latin-1") == rule.cookie:
-                return v.decode("latin-1")
+            # A repeated header hashes all its values in any order, as Envoy's does.
+            return b"\n".join(sorted(values)).decode("latin-1") if values else None
+        for value in values:  # a client may split its cookies over several Cookie fields
+            for part in value.split(b";"):
+                k, _, v = part.strip().partition(b"=")
+                if k.decode("latin-1") == rule.cookie:
+                    return v.decode("latin-1")
         return None
 
     def dispatch(self) -> None:
