@@ -46,7 +46,7 @@ class _Pipe(asyncio.Protocol):
 
 class TcpSession(ClientSide, asyncio.Protocol):
     dkind = 0  # no deadline: a tunnel lives as long as both ends keep it
-    deadline = float("inf")
+    deadline = float("inf")  # never due
 
     def __init__(self, listener: ListenerRuntime, cluster: ClusterRuntime) -> None:
         self.listener = listener
