@@ -127,6 +127,31 @@ def test_a_bad_new_config_keeps_the_running_one(backend: EchoServer, ambassador)
     assert amb.stop()[0] == 0
 
 
+def test_a_reload_asked_for_while_starting_is_done_once_serving(
+    backend: EchoServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    # SIGHUP held back in the child from its first instruction: it arrives while the
+    # ambassador is still importing, the moment at which its default action would end it.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        amb = Ambassador(tmp_path, simple_config(port, [backend.address]), wait_ready=False)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        amb.process.proc.send_signal(signal.SIGHUP)
+        wait_for(
+            "the reload",
+            lambda: any(r.get("msg") == "config reloaded" for r in amb.process.records()),
+        )
+        status, body = _get(f"http://127.0.0.1:{port}/after")
+        assert status == 200 and json.loads(body)["path"] == "/after"
+        assert amb.stop()[0] == 0
+    finally:
+        if amb.process.proc.poll() is None:
+            amb.process.kill()
+
+
 def test_two_workers_share_the_port_and_the_admin_counts_both(
     backend: EchoServer, ambassador
 ) -> None:

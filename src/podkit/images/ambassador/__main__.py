@@ -16,6 +16,11 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 _STARTED = time.monotonic()
+# SIGHUP's default action ends the process: one that comes while starting is kept for later
+# (and one held back by whoever started us is delivered now).
+_EARLY_RELOADS: list[int] = []
+signal.signal(signal.SIGHUP, lambda signum, _frame: _EARLY_RELOADS.append(signum))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from pathlib import Path  # noqa: E402
@@ -162,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> int:
         loop = asyncio.get_running_loop()
+        wanted = asyncio.Event()  # a reload: before "ready" is logged, so none is lost after it
+        loop.add_signal_handler(signal.SIGHUP, wanted.set)
+        if _EARLY_RELOADS:
+            wanted.set()
         host, port = config_loader.parse_hostport(config.admin.listen)
         proxy = current["proxy"]
         try:
@@ -190,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
                 pool.start()
                 extra["workers"] = config.workers
         log.info("ready" if proxy.ready else "listening (endpoints not resolved yet)", extra=extra)
-        wanted = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, wanted.set)
         watcher = loop.create_task(_watch(args.config, wanted))
         stopping = loop.create_task(stop.wait())
         while not stop.is_set():
