@@ -492,6 +492,30 @@ def test_volumes_mounts_must_name_a_declared_volume_and_names_are_unique() -> No
     ]
 
 
+def test_a_container_without_a_name_does_not_break_the_other_checks() -> None:
+    # Each problem is reported; before, the unnamed container made the containerName check
+    # raise a TypeError instead of listing them.
+    write(
+        "pod.yaml",
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: web}
+        spec:
+          containers:
+          - image: busybox
+            env:
+            - name: CPU
+              valueFrom: {resourceFieldRef: {containerName: nope, resource: limits.cpu}}
+        """,
+    )
+    assert problems("pod.yaml") == [
+        "pod.yaml: document 1: spec.containers[0].name (line 6): required field is missing",
+        "pod.yaml: document 1: spec.containers[0].env[0].valueFrom.resourceFieldRef.containerName "
+        '(line 9): container "nope" not found in this pod',
+    ]
+
+
 def test_references_to_configmaps_and_secrets_must_be_loaded_unless_optional() -> None:
     write(
         "config.yaml",
