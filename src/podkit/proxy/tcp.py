@@ -50,6 +50,7 @@ class TcpSession(ClientSide, asyncio.Protocol):
 
     def __init__(self, listener: ListenerRuntime, cluster: ClusterRuntime) -> None:
         self.listener = listener
+        self.writes = listener.writes  # every write, half-close and close goes through it
         self.cluster = cluster
         self.transport: asyncio.Transport | None = None
         self.upstream: _Pipe | None = None
@@ -65,7 +66,7 @@ class TcpSession(ClientSide, asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.listener.opened(self)
         self.cluster.active_requests += 1
-        self.listener.writes.busy += 1
+        self.writes.busy += 1
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -102,12 +103,11 @@ class TcpSession(ClientSide, asyncio.Protocol):
             cluster.connections += 1
             transport = pipe.transport
             assert transport is not None
-            writes = self.listener.writes
             for data in self.pending:
-                writes.write(transport, data)
+                self.writes.write(transport, data)
             self.pending.clear()
             if self.client_eof:
-                writes.write_eof(transport)
+                self.writes.write_eof(transport)
             self.resume_client()  # reading paused while too much waited for this connection
             return
         self._close()
@@ -117,7 +117,7 @@ class TcpSession(ClientSide, asyncio.Protocol):
             return  # closing at the pass's end (proxy/writes.py): nothing more goes upstream
         up = self.upstream
         if up is not None and up.transport is not None:
-            self.listener.writes.write(up.transport, data)
+            self.writes.write(up.transport, data)
         else:
             self.pending.append(data)
             if sum(map(len, self.pending)) > 256 * 1024 and self.transport is not None:
@@ -127,16 +127,16 @@ class TcpSession(ClientSide, asyncio.Protocol):
         self.client_eof = True  # passed on now, or once the upstream connection is up
         up = self.upstream
         if up is not None and up.transport is not None:
-            self.listener.writes.write_eof(up.transport)
+            self.writes.write_eof(up.transport)
         return True
 
     def to_client(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
-            self.listener.writes.write(self.transport, data)
+            self.writes.write(self.transport, data)
 
     def upstream_eof(self) -> None:
         if not self.closed and self.transport is not None:
-            self.listener.writes.write_eof(self.transport)
+            self.writes.write_eof(self.transport)
 
     def upstream_closed(self) -> None:
         if self.host is not None:
@@ -159,12 +159,12 @@ class TcpSession(ClientSide, asyncio.Protocol):
             self.closed = True
         self.listener.closed(self)
         self.cluster.active_requests -= 1
-        self.listener.writes.busy -= 1
+        self.writes.busy -= 1
         up = self.upstream
         if up is not None and up.transport is not None:
-            self.listener.writes.close(up.transport)
+            self.writes.close(up.transport)
 
     def _close(self) -> None:
         if not self.closed and self.transport is not None:
-            self.listener.writes.close(self.transport)
+            self.writes.close(self.transport)
         self.closed = True

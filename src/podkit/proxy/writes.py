@@ -36,14 +36,14 @@ class WriteBatch:
     __slots__ = ("_queue", "busy")
 
     def __init__(self) -> None:
-        self._queue: list[tuple[asyncio.BaseTransport, bytes]] = []
+        self._queue: list[tuple[asyncio.Transport, bytes]] = []
         # Exchanges (and TCP tunnels) in flight, kept by the sessions. With one or none there
         # is nothing to batch with, and waiting for the pass to end would cost a request its
         # latency and the loop one more turn: with one connection, every write waiting gave
         # 0.85x the requests/s of the engine before the batch; writing at once, 1.07x.
         self.busy = 0
 
-    def write(self, transport: asyncio.BaseTransport, data: bytes) -> None:
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
         queue = self._queue
         if not queue:
             if self.busy <= 1:
@@ -52,15 +52,15 @@ class WriteBatch:
             asyncio.get_running_loop().call_soon(self.flush)
         queue.append((transport, data))
 
-    def close(self, transport: asyncio.BaseTransport) -> None:
+    def close(self, transport: asyncio.Transport) -> None:
         """Close after what was written before (as transport.close() does with its buffer)."""
         self.write(transport, _CLOSE)
 
-    def write_eof(self, transport: asyncio.BaseTransport) -> None:
+    def write_eof(self, transport: asyncio.Transport) -> None:
         """Half-close (TCP listeners) after what was written before."""
         self.write(transport, _EOF)
 
-    def abort(self, transport: asyncio.BaseTransport) -> None:
+    def abort(self, transport: asyncio.Transport) -> None:
         """Abort after what was written before: bytes already written go out, as they did
         when every write was made at once; nothing written later does."""
         self.write(transport, _ABORT)
@@ -72,19 +72,19 @@ class WriteBatch:
             _apply(transport, data)
 
 
-def _apply(transport: asyncio.BaseTransport, data: bytes) -> None:
+def _apply(transport: asyncio.Transport, data: bytes) -> None:
     if transport.is_closing():
         return  # closed meanwhile (here, or by the peer): nothing more goes out
     try:
         if data is _CLOSE:
             transport.close()
         elif data is _ABORT:
-            transport.abort()  # type: ignore[attr-defined]
+            transport.abort()
         elif data is _EOF:
-            if transport.can_write_eof():  # type: ignore[attr-defined]
-                transport.write_eof()  # type: ignore[attr-defined]
+            if transport.can_write_eof():
+                transport.write_eof()
         else:
-            transport.write(data)  # type: ignore[attr-defined]
+            transport.write(data)
     except Exception:  # one broken transport must not hold back the others' bytes
         log.exception("write to a connection failed")
-        transport.abort()  # type: ignore[attr-defined]
+        transport.abort()
