@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables \
+DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables libseccomp2 \
           rsyslog logrotate haproxy nginx wrk testssl.sh
 MANIFEST ?= examples/pod-definition.yaml
 

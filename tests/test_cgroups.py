@@ -413,3 +413,56 @@ def test_v2_mechanics_on_a_real_cgroup2_mount(driver: CgroupDriver) -> None:
     finally:
         assert pod.remove()
     assert not v2.roots[""].exists()
+
+
+DEVICE_TRIES = """
+import os, stat, sys
+for path, kind, major, minor in (("null", stat.S_IFCHR, 1, 3), ("loop", stat.S_IFBLK, 7, 0)):
+    node = f"{sys.argv[1]}/{path}"
+    os.mknod(node, 0o600 | kind, os.makedev(major, minor))
+    try:
+        os.close(os.open(node, os.O_RDONLY | os.O_NONBLOCK))
+        print(path, "opened")
+    except OSError as exc:
+        print(path, exc.strerror)
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_device_allowlist_holds_on_v1_and_v2(
+    version: int, driver: CgroupDriver, tmp_path: Path
+) -> None:
+    """v1: devices.deny/devices.allow; v2 (here the controller-less unified mount beside v1):
+    the eBPF device program. Either way a made node of the standard set opens, a disk does
+    not; a privileged container's cgroup lets it open."""
+    if version == 1:
+        assert "devices" in driver.controllers, "this machine kind has the v1 devices hierarchy"
+        chosen = driver
+    else:
+        base = _writable_cgroup2()
+        assert base is not None, "no writable cgroup2 mount: the v2 filter cannot be shown"
+        chosen = CgroupDriver(2, {"": base / f"podkit-test-{uuid.uuid4().hex[:8]}"}, controllers=())
+    pod = chosen.pod("uid")
+    try:
+        for name, all_devices, expected in (
+            ("plain", False, "null opened\nloop Operation not permitted\n"),
+            ("privileged", True, "null opened\nloop opened\n"),
+        ):
+            (tmp_path / name).mkdir()
+            cg = pod.container(name, 0, res(), all_devices=all_devices)
+
+            def join(cg: ContainerCgroup = cg) -> None:
+                failure = launcher._join_cgroups(cg.procs_files())
+                if failure:
+                    raise OSError(failure)
+
+            done = subprocess.run(
+                [sys.executable, "-S", "-c", DEVICE_TRIES, str(tmp_path / name)],
+                preexec_fn=join,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            assert done.stdout == expected, done.stderr
+    finally:
+        assert pod.remove()

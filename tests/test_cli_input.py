@@ -222,7 +222,7 @@ def test_unsupported_fields_are_listed_in_one_warning(tmp_path, state_dir):
           - name: c
             image: x
             command: ["true"]
-            securityContext: {capabilities: {add: [NET_ADMIN]}}
+            securityContext: {seLinuxOptions: {level: "s0:c1"}}
         """,
     )
     result = run_podkit("run", path, state_dir=state_dir)
@@ -230,7 +230,7 @@ def test_unsupported_fields_are_listed_in_one_warning(tmp_path, state_dir):
     warnings = [x for x in result.stderr.splitlines() if x.startswith("warning:")]
     assert len(warnings) == 1
     assert "spec.tolerations" in warnings[0]
-    assert "spec.containers[0].securityContext" in warnings[0]
+    assert "spec.containers[0].securityContext.seLinuxOptions" in warnings[0]
 
 
 def test_help_explains_every_option(state_dir):

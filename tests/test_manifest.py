@@ -732,7 +732,7 @@ def test_one_warning_lists_exactly_the_fields_podkit_ignores() -> None:
             imagePullPolicy: IfNotPresent
             terminationMessagePolicy: File
             securityContext:
-              capabilities: {add: [NET_ADMIN]}
+              seLinuxOptions: {level: "s0:c1"}
             livenessProbe:
               httpGet: {path: /healthz, port: 8080}
             env:
@@ -753,7 +753,7 @@ def test_one_warning_lists_exactly_the_fields_podkit_ignores() -> None:
     assert load("pod.yaml").warnings == [
         "pod simple-webapp: these fields are valid Kubernetes but not implemented by podkit and "
         "are ignored: metadata.generateName, spec.affinity, "
-        "spec.containers[0].securityContext, spec.dnsPolicy, spec.tolerations"
+        "spec.containers[0].securityContext.seLinuxOptions, spec.dnsPolicy, spec.tolerations"
     ]
 
 

@@ -178,3 +178,33 @@ def test_exec_and_tcp_probes_work_rootless(user_dir: Path) -> None:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(20)
     assert code == 0
+
+
+def test_rootless_containers_are_confined_too(user_dir: Path) -> None:
+    """What a user namespace allows: the default capabilities (inside it), seccomp, the masked
+    and read-only /proc paths; with no cgroups for an ordinary user, no device allowlist."""
+    manifest = user_dir / "confined.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: confined}\nspec:\n"
+        "  restartPolicy: Never\n  containers:\n  - name: c\n    image: x\n"
+        '    command: [sh, -c, \'grep -E "^(CapEff|Seccomp):" /proc/self/status; '
+        "echo core > /proc/sys/kernel/core_pattern || echo refused']\n"
+        "  - name: nnp\n    image: x\n"
+        "    command: [sh, -c, 'grep -E \"^(CapEff|NoNewPrivs):\" /proc/self/status']\n"
+        "    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n"
+    )
+    manifest.chmod(0o644)
+    result = subprocess.run(
+        as_user(user_dir, "run", str(manifest), "--no-color"),
+        cwd=user_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "[c] CapEff:\t00000000a80425fb" in lines
+    assert "[c] Seccomp:\t2" in lines
+    assert "[c] refused" in lines
+    assert "[nnp] CapEff:\t0000000000000000" in lines
+    assert "[nnp] NoNewPrivs:\t1" in lines

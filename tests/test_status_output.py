@@ -139,6 +139,13 @@ def test_port_forward_into_a_running_pod(podkit, state_dir):
             )[0]
             == 200
         )
+        # Inside the pod's network it is at most a container there: nobody, no capability,
+        # no_new_privs, the RuntimeDefault seccomp filter.
+        with open(f"/proc/{fwd.pid}/status") as f:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        assert status["Uid"].split()[0] == status["Gid"].split()[0] == "65534"
+        assert status["CapEff"] == status["CapBnd"] == "0000000000000000"
+        assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
     finally:
         fwd.send_signal(signal.SIGINT)
         assert fwd.wait(10) == 0

@@ -98,6 +98,14 @@ def run(
             "(images: {NAME: {command: [...], args: [...]}}).",
         ),
     ] = None,
+    seccomp_profile_root: Annotated[
+        Path,
+        typer.Option(
+            "--seccomp-profile-root",
+            help="Where seccompProfile.localhostProfile paths start (the kubelet's, as podman "
+            "kube play's).",
+        ),
+    ] = Path("/var/lib/kubelet/seccomp"),
     backoff_scale: Annotated[
         float,
         typer.Option(
@@ -155,6 +163,8 @@ def run(
     from podkit.runtime.logs import Terminal
     from podkit.runtime.network import NetworkConfig
     from podkit.runtime.pod import RunOptions
+    from podkit.runtime.seccomp_bpf import BpfFiles
+    from podkit.runtime.security import SecurityOptions, check_pods
     from podkit.runtime.statedir import default_state_dir
 
     if output not in (None, "json", "yaml"):
@@ -186,6 +196,14 @@ def run(
         raise _fail(
             f"--state-dir {opts_state_dir}: cannot use it: {exc.strerror}", EXIT_BAD_INPUT
         ) from None
+    security = SecurityOptions(BpfFiles(opts_state_dir / "seccomp"), seccomp_profile_root)
+    errors, warnings = check_pods(bundle.pods, security)
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
+    if errors:
+        for message in errors:
+            err.print(f"[bold red]error:[/] {escape(message)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
     why_not = linux.namespaces_available()
     if why_not:
         raise _fail(why_not, 1)
@@ -202,6 +220,7 @@ def run(
         grace=grace,
         user_images=user_images,
         backoff_scale=backoff_scale,
+        security=security,
     )
     show_logs = logs if logs is not None else output is None
     terminal = Terminal(colour=colour) if show_logs else None
@@ -293,20 +312,29 @@ def port_forward(
     ] = None,
 ) -> None:
     """Forward local ports to a pod that `podkit run` is running, until Ctrl-C."""
+    import os
+
     from podkit.runtime import forward, podlist
     from podkit.runtime.ports import PublishError, parse_forward
+    from podkit.runtime.seccomp_bpf import BpfFiles
+    from podkit.runtime.seccomp_profile import runtime_default
     from podkit.runtime.statedir import default_state_dir
 
     name = pod.removeprefix("pod/").removeprefix("pods/")
+    state = state_dir or default_state_dir()
     try:
         pairs = [parse_forward(text) for text in ports]
-        _, sandbox_pid = podlist.find_running(state_dir or default_state_dir(), namespace, name)
+        _, sandbox_pid = podlist.find_running(state, namespace, name)
     except PublishError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     except LookupError as exc:
         raise _fail(str(exc), 1) from None
+    seccomp = BpfFiles(state / "seccomp").path(runtime_default(frozenset()))
+    confinement = forward.confined_forwarder(seccomp, rootless=os.geteuid() != 0)
     try:
-        code = forward.port_forward(f"{namespace}/{name}", sandbox_pid, address, pairs, print)
+        code = forward.port_forward(
+            f"{namespace}/{name}", sandbox_pid, address, pairs, print, confinement
+        )
     except OSError as exc:
         raise _fail(str(exc.strerror or exc), 1) from None
     raise typer.Exit(code)

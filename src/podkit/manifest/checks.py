@@ -14,6 +14,7 @@ from podkit.manifest.lifecycle_checks import grace_problems, lifecycle_problems
 from podkit.manifest.model import KeyValueObject
 from podkit.manifest.patterns import find
 from podkit.manifest.quantity import parse_quantity
+from podkit.manifest.security_checks import security_problems
 from podkit.manifest.validation import (
     ENV_FIELD_PATHS,
     ENV_NAME_ERROR,
@@ -41,6 +42,11 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "spec.initContainers[].ports[].protocol": _PROTOCOLS,
     "spec.containers[].terminationMessagePolicy": _MESSAGE_POLICIES,
     "spec.initContainers[].terminationMessagePolicy": _MESSAGE_POLICIES,
+    **{
+        f"spec.{kind}[].securityContext.procMount": ("Default", "Unmasked")
+        for kind in ("containers", "initContainers")
+    },
+    "spec.securityContext.fsGroupChangePolicy": ("OnRootMismatch", "Always"),
     "spec.volumes[].hostPath.type": (
         "",
         "DirectoryOrCreate",
@@ -101,6 +107,7 @@ def pod_problems(m: Manifest, known: Known) -> list[Problem]:
         problems += _resources(m, path, container)
         problems += lifecycle_problems(m, spec, path, container)
     problems += grace_problems(m, spec)
+    problems += security_problems(m, spec, list(_containers(spec)))
     problems += _port_claims(m, spec)
     problems += _enums(m)
     return sorted(problems, key=lambda p: p.line or 0)

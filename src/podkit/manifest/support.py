@@ -46,6 +46,14 @@ _CONTAINER_FIELDS = (
     "lifecycle.preStop",
     "terminationMessagePath",  # accepted silently: defaults every manifest generator writes
     "terminationMessagePolicy",
+    "securityContext.capabilities",
+    "securityContext.privileged",
+    "securityContext.allowPrivilegeEscalation",
+    "securityContext.readOnlyRootFilesystem",
+    "securityContext.runAsUser",
+    "securityContext.runAsGroup",
+    "securityContext.runAsNonRoot",
+    "securityContext.seccompProfile",
 )
 
 _KINDS = ("containers", "initContainers")
@@ -90,6 +98,14 @@ SUPPORTED_POD_FIELDS: tuple[str, ...] = (
     *(f"spec.volumes[].projected.sources[].{kind}.{f}" for kind in _OBJECTS for f in _PROJECTED),
     *(f"spec.volumes[].projected.sources[].downwardAPI.{f}" for f in _DOWNWARD_ITEMS),
     "spec.restartPolicy",
+    "spec.securityContext.runAsUser",
+    "spec.securityContext.runAsGroup",
+    "spec.securityContext.runAsNonRoot",
+    "spec.securityContext.supplementalGroups",
+    "spec.securityContext.fsGroup",
+    "spec.securityContext.fsGroupChangePolicy",  # volumes are new each run: both policies agree
+    "spec.securityContext.sysctls",
+    "spec.securityContext.seccompProfile",
     "spec.shareProcessNamespace",
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
@@ -112,6 +128,8 @@ DEFAULT_VALUES: dict[str, Any] = {
     "spec.hostPID": False,
     "spec.hostIPC": False,
     **{f"spec.{kind}[].{f}": False for kind in _KINDS for f in ("stdin", "stdinOnce", "tty")},
+    # procMount Unmasked (no masked or read-only /proc paths) is not implemented.
+    **{f"spec.{kind}[].securityContext.procMount": "Default" for kind in _KINDS},
 }
 
 

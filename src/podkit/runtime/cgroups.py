@@ -17,6 +17,11 @@ Translation follows the kubelet (pkg/kubelet/cm, kuberuntime_container_linux.go)
 limits.memory -> memory.max / memory.limit_in_bytes; limits.cpu -> CFS quota over a 100 ms
 period (minimum 1 ms); requests.cpu -> cpu.shares (v1) or cpu.weight (v2); requests.memory is
 accepted and sets nothing, as in the kubelet without the MemoryQoS feature.
+
+Devices follow containerd and runc: a container may open only the standard character devices
+(null, zero, full, random, urandom, tty, console, ptmx, pts) and may mknod any node, which it
+then cannot open. On v1 that is the devices hierarchy's allowlist, on v2 an eBPF program
+(device_filter.py); a privileged container may use every device.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from podkit.manifest.quantity import milli_value, parse_quantity, value
-from podkit.runtime import statedir
+from podkit.runtime import device_filter, statedir
 
 CPU_PERIOD_US = 100_000  # the kubelet's default cpuCFSQuotaPeriod
 MIN_QUOTA_US = 1_000  # kubelet's MinQuotaPeriod: smaller quotas are raised to 1 ms
@@ -43,6 +48,7 @@ MIN_SHARES = 2
 MAX_SHARES = 262_144
 SHARES_PER_CPU = 1024
 REQUIRED = ("cpu", "memory")
+OPTIONAL_V1 = ("cpuacct", "devices")  # usage figures; the device allowlist
 PODKIT_DIR = "podkit"
 REMOVE_TIMEOUT = 2.0
 
@@ -159,6 +165,32 @@ def v1_settings(res: Resources) -> list[Setting]:
         # do the same but exists only with swap accounting (swapaccount=1).
         out.append(Setting("memory", "memory.swappiness", "0", required=False))
     return out
+
+
+# containerd's WithDefaultUnixDevices after a deny-all, plus runc's mknod of any node ("m").
+ALLOWED_DEVICES = (
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",  # null
+    "c 1:8 rwm",  # random
+    "c 1:7 rwm",  # full
+    "c 5:0 rwm",  # tty
+    "c 1:5 rwm",  # zero
+    "c 1:9 rwm",  # urandom
+    "c 5:1 rwm",  # console
+    "c 136:* rwm",  # pts
+    "c 5:2 rwm",  # ptmx
+)
+
+
+def device_settings(all_devices: bool) -> list[Setting]:
+    """v1 devices.deny/devices.allow writes: deny all, then the allowlist, one rule a write.
+    A new cgroup inherits its parent's (podkit's: every device), so all_devices writes none."""
+    if all_devices:
+        return []
+    return [Setting("devices", "devices.deny", "a")] + [
+        Setting("devices", "devices.allow", rule) for rule in ALLOWED_DEVICES
+    ]
 
 
 def parse_keyed(text: str) -> dict[str, int]:
@@ -430,8 +462,11 @@ class PodCgroup:
     def dirs(self) -> dict[str, Path]:
         return {k: root / self.driver.owner / self.uid for k, root in self.driver.roots.items()}
 
-    def container(self, name: str, restart: int, resources: Resources) -> ContainerCgroup:
-        """Create `<container>-<restart>` with its limits written; CgroupError names the file.
+    def container(
+        self, name: str, restart: int, resources: Resources, all_devices: bool = False
+    ) -> ContainerCgroup:
+        """Create `<container>-<restart>` with its limits and device allowlist written;
+        CgroupError names the file.
 
         A fresh cgroup per run keeps the OOM counters of one run from leaking into the next."""
         leaf = f"{_check_name(name, 'container name')}-{int(restart)}"
@@ -439,10 +474,16 @@ class PodCgroup:
         cg = ContainerCgroup(self.driver.version, dirs)
         self.driver._make(cg.unique_dirs())
         try:
-            self.driver._apply(cg, resources)
+            self.driver._apply(cg, resources, all_devices)
         except CgroupError:
             cg.remove()
             raise
+        if self.driver.version == 2 and not all_devices:
+            try:  # v2 has no devices.allow: an eBPF program does its work
+                device_filter.attach(str(dirs[""]), list(ALLOWED_DEVICES))
+            except OSError as exc:
+                cg.remove()
+                raise CgroupError(f"cannot attach the device filter to {dirs['']}: {exc}") from None
         self.containers.append(cg)
         return cg
 
@@ -466,6 +507,8 @@ class CgroupDriver:
     roots: Mapping[str, Path]  # v1: controller -> <base>/podkit; v2: {"": <base>/podkit}
     controllers: tuple[str, ...] = REQUIRED  # v2: enabled for the subtree; v1: hierarchies used
     owner: str = field(default_factory=owner_name)
+    # v1: controller -> the controllers mounted together in its hierarchy ("cpu,cpuacct")
+    hierarchies: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         where = ", ".join(f"{k}: {d}" if k else str(d) for k, d in self.roots.items())
@@ -477,10 +520,21 @@ class CgroupDriver:
         self._make(list(dict.fromkeys(pod.dirs().values())))
         return pod
 
-    def settings(self, resources: Resources) -> list[Setting]:
-        chosen = v2_settings(resources) if self.version == 2 else v1_settings(resources)
+    def settings(self, resources: Resources, all_devices: bool = False) -> list[Setting]:
+        if self.version == 2:
+            chosen = v2_settings(resources)
+        else:
+            chosen = v1_settings(resources) + device_settings(all_devices)
         # Only controllers this driver manages: detect() guarantees memory and cpu.
         return [s for s in chosen if s.controller in self.controllers]
+
+    def mounts(self) -> list[list[str]]:
+        """[directory under /sys/fs/cgroup, fstype, options] for each hierarchy a container
+        has its own cgroup in (launcher.LaunchSpec.cgroup_mounts)."""
+        if self.version == 2:
+            return [["", "cgroup2", ""]]
+        options = dict.fromkeys(self.hierarchies.get(c, c) for c in self.roots)
+        return [[o, "cgroup", o] for o in options]
 
     def _make(self, dirs: list[Path]) -> None:
         for d in dirs:
@@ -520,8 +574,8 @@ class CgroupDriver:
             names = " and ".join(self.controllers)
             raise CgroupError(f"cannot enable {names} in {directory}: {exc.strerror}") from None
 
-    def _apply(self, cg: ContainerCgroup, resources: Resources) -> None:
-        for s in self.settings(resources):
+    def _apply(self, cg: ContainerCgroup, resources: Resources, all_devices: bool) -> None:
+        for s in self.settings(resources, all_devices):
             d = cg.dirs[""] if self.version == 2 else cg.dirs[s.controller]
             path = d / s.file
             try:
@@ -592,18 +646,29 @@ def _detect_v2(mount: MountEntry, own_path: str | None) -> tuple[CgroupDriver | 
     return None, "cgroup v2: " + "; ".join(reasons) + _not_root_hint()
 
 
+def _controllers_of(mount: MountEntry) -> str:
+    """The controllers a v1 hierarchy was mounted with, as mount(2) wants them back."""
+    known = {*REQUIRED, *OPTIONAL_V1, "cpuset", "blkio", "freezer", "net_cls", "net_prio"}
+    known |= {"perf_event", "hugetlb", "pids", "rdma", "misc"}
+    return ",".join(sorted(mount.options & known))
+
+
 def _detect_v1(mounts: list[MountEntry], own: Mapping[str, str]) -> tuple[CgroupDriver | None, str]:
     roots: dict[str, Path] = {}
-    for controller in (*REQUIRED, "cpuacct"):
+    hierarchies: dict[str, str] = {}
+    for controller in (*REQUIRED, *OPTIONAL_V1):
         mount = next((m for m in mounts if m.fstype == "cgroup" and controller in m.options), None)
+        optional = controller in OPTIONAL_V1
         if mount is None:
-            if controller == "cpuacct":
-                continue  # only for usage figures
+            if optional:
+                continue
             return (
                 None,
                 f"no cgroup v2 with memory and cpu, and no cgroup v1 {controller} hierarchy",
             )
         if "ro" in mount.options:
+            if optional:
+                continue
             return None, f"{mount.mount_point} is mounted read-only"
         own_path = own.get(controller)
         bases = [own_dir(mount, own_path)] if own_path is not None else []
@@ -612,11 +677,14 @@ def _detect_v1(mounts: list[MountEntry], own: Mapping[str, str]) -> tuple[Cgroup
             root, why = _probe_root(base)
             if root is not None:
                 roots[controller] = root
+                hierarchies[controller] = _controllers_of(mount)
                 break
             reasons.append(why)
         else:
+            if optional:
+                continue
             return None, f"cgroup v1 {controller}: " + "; ".join(reasons) + _not_root_hint()
-    return CgroupDriver(1, roots, controllers=tuple(roots)), ""
+    return CgroupDriver(1, roots, controllers=tuple(roots), hierarchies=hierarchies), ""
 
 
 def detect(

@@ -13,36 +13,30 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podkit.manifest.model import Container
-from podkit.runtime import container_spec, hooks
+from podkit.runtime import container_spec, hooks, security
 from podkit.runtime import env as envmod
 from podkit.runtime.backoff import Backoff
 from podkit.runtime.cgroups import CgroupError, ContainerCgroup, Resources
+from podkit.runtime.confine import Confinement
+from podkit.runtime.enter import helper_argv
 from podkit.runtime.events import container_path
 from podkit.runtime.logs import ContainerLog, pump
 from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ContainerProbes
+from podkit.runtime.seccomp_profile import ProfileError
+from podkit.runtime.security_context import non_root_violation
 from podkit.runtime.status import ContainerTracker, init_should_restart, should_restart
 
 if TYPE_CHECKING:
     from podkit.runtime.pod import PodRunner
 
 APP, INIT, SIDECAR = "app", "init", "sidecar"
-# The launcher needs only the standard library and podkit: skip site (and its .pth hooks).
-_PODKIT_PARENT = str(Path(__file__).resolve().parents[2])
-LAUNCHER = [
-    sys.executable,
-    "-S",
-    "-c",
-    f"import sys; sys.path.insert(0, {_PODKIT_PARENT!r}); "
-    "from podkit.runtime.launcher import main; sys.exit(main())",
-]
+LAUNCHER = helper_argv("podkit.runtime.launcher")
 
 
 class ContainerRunner:
@@ -70,6 +64,7 @@ class ContainerRunner:
         self._probe_task: asyncio.Future[None] | None = None
         self._kill: asyncio.Future[None] | None = None
         self._backoff = Backoff(scale=pod.opts.backoff_scale)
+        self.confinement = Confinement()  # set at each launch, for exec probes and hooks too
 
     # ---- control from the pod ------------------------------------------------------------
     def request_stop(self, deadline: float) -> None:
@@ -144,9 +139,7 @@ class ContainerRunner:
             env = container_spec.environment(pod.pod, c, pod.bundle, pod.files.pod_ip)
             argv = container_spec.argv(c, env, pod.opts.user_images)
         except envmod.ResolveError as exc:
-            self.post_started.set()
-            self.tracker.waiting("CreateContainerConfigError", str(exc))
-            events.warning("Failed", f"Error: {exc}", self.field_path)
+            self._config_error("CreateContainerConfigError", str(exc))
             return None
         except container_spec.ImageError as exc:
             self.post_started.set()
@@ -157,16 +150,29 @@ class ContainerRunner:
         events.normal(
             "Pulled", f'Container image "{c.image}" already present on machine', self.field_path
         )
+        sec = security.container_security(pod.pod, c)
+        p = pod.pod
+        violation = non_root_violation(sec, None, "", f"{p.name}_{p.namespace}({p.uid})", c.name)
+        if violation is not None:
+            self._config_error("CreateContainerConfigError", violation)
+            return None
+        assert pod.opts.security is not None
+        try:
+            self.confinement = security.confinement(sec, pod.opts.security)
+        except ProfileError as exc:
+            self._config_error("CreateContainerError", str(exc))
+            return None
         self.cgroup = None
         if pod.cgroup is not None:
             try:
                 self.cgroup = pod.cgroup.container(
-                    c.name, self.tracker.restart_count, Resources.from_spec(c.resources)
+                    c.name,
+                    self.tracker.restart_count,
+                    Resources.from_spec(c.resources),
+                    all_devices=sec.privileged,
                 )
             except (CgroupError, ValueError) as exc:
-                self.post_started.set()
-                self.tracker.waiting("CreateContainerError", str(exc))
-                events.warning("Failed", f"Error: {exc}", self.field_path)
+                self._config_error("CreateContainerError", str(exc))
                 return None
         cdir = pod.files.dir / "containers" / c.name
         cdir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +187,8 @@ class ContainerRunner:
             "keep_host_mounts_under": str(pod.opts.state_dir),
             "hold_signals": container_spec.holds_signals(c),
             "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
+            "cgroup_mounts": pod.cgroup.driver.mounts() if self.cgroup and pod.cgroup else [],
+            "confinement": self.confinement.to_json(),
         }
         spec_r, spec_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -227,10 +235,24 @@ class ContainerRunner:
             self.post_started.set()
         return proc
 
+    def _config_error(self, reason: str, message: str) -> None:
+        """The container cannot be created: it waits with `reason`, as in the kubelet."""
+        self.post_started.set()
+        self.tracker.waiting(reason, message)
+        self.pod.events.warning("Failed", f"Error: {message}", self.field_path)
+
     def _target(self) -> ProbeTarget:
         ports = {p.name: p.container_port for p in self.c.ports if p.name}
         assert self.pid is not None and self.pod.files.socket is not None
-        return ProbeTarget(self.pod.files.socket, self.pid, ports, self.pod.files.pod_ip)
+        procs = tuple(self.cgroup.procs_files()) if self.cgroup else ()
+        return ProbeTarget(
+            self.pod.files.socket,
+            self.pid,
+            ports,
+            self.pod.files.pod_ip,
+            self.confinement,
+            procs,
+        )
 
     async def _post_start(self, proc: asyncio.subprocess.Process) -> None:
         """Run postStart (the container is not Running until it is done), then the probes."""

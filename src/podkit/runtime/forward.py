@@ -16,7 +16,10 @@ import socket
 from collections.abc import Callable
 
 from podkit.runtime import linux
+from podkit.runtime.confine import Confinement
 from podkit.runtime.ports import Published, port_holder
+
+NOBODY = 65534
 
 
 class PortTakenError(OSError):
@@ -93,12 +96,14 @@ def port_forward(
     address: str,
     pairs: list[tuple[int, int]],
     say: Callable[[str], None],
+    confinement: Confinement | None = None,
 ) -> int:
     """`podkit port-forward`: serve until SIGINT/SIGTERM or until the pod goes away.
 
     The listeners are bound on the host first; then this whole process moves into the pod's
     network namespace (and, rootless, its user namespace first, which only a single-threaded
-    process may do), so every upstream socket is simply made inside the pod.
+    process may do), so every upstream socket is simply made inside the pod. There it gives up
+    what it no longer needs before it relays a byte: `confinement` (see confined_forwarder).
     """
     listeners = []
     pidfd = os.pidfd_open(sandbox_pid)  # readable when the pod's sandbox exits
@@ -107,6 +112,9 @@ def port_forward(
             p = Published(pod, "", remote, address, local)
             listeners.append((bind_listener(p), p))
         _join_pod_network(sandbox_pid)
+        if confinement is not None:
+            confinement.read_program()
+            confinement.apply()
     except OSError:
         for sock, _ in listeners:
             sock.close()
@@ -133,6 +141,14 @@ def port_forward(
     finally:
         os.close(pidfd)
     return 0
+
+
+def confined_forwarder(seccomp: str, rootless: bool) -> Confinement:
+    """A port-forward process inside a pod's network is at most a container there: no
+    capability, no_new_privs, the RuntimeDefault seccomp filter (`seccomp`: its program file)
+    and, as root, the nobody user (rootless, the pod's user namespace maps only its root)."""
+    uid = None if rootless else NOBODY
+    return Confinement(no_new_privs=True, seccomp=seccomp, uid=uid, gid=uid)
 
 
 def _join_pod_network(sandbox_pid: int) -> None:

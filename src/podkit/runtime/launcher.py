@@ -2,11 +2,15 @@
 
 The launcher joins the pod sandbox's network, UTS, IPC and mount namespaces, makes its own mount
 and PID namespaces, builds the container's root (an overlay of the host's files over a tmpfs, so
-writes vanish with the container), mounts the volumes, then forks the container's PID 1 which
-chroots and execs the command. The launcher stays as the container's parent: it forwards signals,
-reports `started` or `error ...` on the status fd, and exits with the container's exit code
-(128 + signal when killed, as Kubernetes reports it). Every process here has PDEATHSIG set, so if
-podkit dies the whole chain dies, and PID 1's death tears down the container's PID namespace.
+writes vanish with the container), mounts the volumes, a fresh read-only /sys and a /dev of the
+standard devices only, then forks the container's PID 1. PID 1 joins the container's cgroups and
+its own cgroup namespace, mounts /proc with containerd's masked and read-only paths, makes the
+root its own mount namespace's root (pivot_root), confines itself (confine.py: capabilities,
+seccomp, user, no_new_privs) and execs the command.
+The launcher stays as the container's parent: it forwards signals, reports `started` or
+`error ...` on the status fd, and exits with the container's exit code (128 + signal when
+killed, as Kubernetes reports it). Every process here has PDEATHSIG set, so if podkit dies the
+whole chain dies, and PID 1's death tears down the container's PID namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from typing import Any
 
 from podkit.runtime import linux
+from podkit.runtime.confine import Confinement, mask_paths
 
 FORWARDED = (
     signal.SIGTERM,
@@ -56,6 +61,8 @@ class LaunchSpec:
         hold_signals: bool = False,
         pid_ns_pid: int | None = None,
         cgroup_procs: list[str] | None = None,
+        cgroup_mounts: list[list[str]] | None = None,
+        confinement: dict[str, Any] | None = None,
     ) -> None:
         self.sandbox_pid, self.scratch, self.argv, self.env = sandbox_pid, scratch, argv, env
         self.working_dir = working_dir
@@ -68,6 +75,10 @@ class LaunchSpec:
         # cgroup.procs files (runtime/cgroups.py) the container's PID 1 joins between fork and
         # exec, so the container and all it forks are limited from their first instruction.
         self.cgroup_procs = cgroup_procs or []
+        # [directory under /sys/fs/cgroup, filesystem type, mount options] of each hierarchy
+        # the container has its own cgroup in: mounted read-only inside its cgroup namespace.
+        self.cgroup_mounts = cgroup_mounts or []
+        self.confinement = Confinement.from_json(confinement or {})
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
@@ -117,6 +128,18 @@ def _inside(root: str, path: str) -> str:
     return os.path.join(root, *done)
 
 
+def _mounts_under(root: str) -> list[str]:
+    """The mount points at or below `root` (mountinfo's own list: os.path.ismount is fooled by
+    an overlay's files, which show their lower layer's device)."""
+    found: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == root or target.startswith(root + "/"):
+                found.append(target)
+    return list(dict.fromkeys(found))
+
+
 def _overlay(lower: str, target: str, scratch: str, tag: str) -> None:
     upper, work = f"{scratch}/upper/{tag}", f"{scratch}/work/{tag}"
     os.makedirs(upper, exist_ok=True)
@@ -125,10 +148,6 @@ def _overlay(lower: str, target: str, scratch: str, tag: str) -> None:
     linux.mount(
         "overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}"
     )
-
-
-# nosuid, nodev, noexec, noatime, nodiratime, relatime: statvfs's ST_* equal the MS_* flags.
-_LOCKABLE = 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000
 
 
 def _bind(source: str, target: str, read_only: bool) -> None:
@@ -140,9 +159,7 @@ def _bind(source: str, target: str, read_only: bool) -> None:
             open(target, "a").close()
     linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
     if read_only:
-        # Keep the flags the kernel locks on mounts from another user namespace (rootless).
-        kept = os.statvfs(target).f_flag & _LOCKABLE
-        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | kept)
+        linux.remount_read_only(target)
 
 
 # The device nodes runc gives a container; the host's /dev (disks and all) stays outside.
@@ -166,9 +183,13 @@ def _root_by_entries(root: str, scratch: str, points: list[str]) -> None:
             _overlay(source, target, scratch, f"top-{name}")
 
 
-def _make_dev(dev: str) -> None:
-    """A fresh tmpfs /dev with the standard nodes, its own devpts, and the usual links."""
+def _make_dev(dev: str, privileged: bool) -> None:
+    """A fresh tmpfs /dev with the standard nodes, its own devpts, and the usual links; a
+    privileged container gets the host's /dev, every device in it (as in Kubernetes)."""
     os.makedirs(dev, exist_ok=True)
+    if privileged:
+        linux.mount("/dev", dev, None, linux.MS_BIND | linux.MS_REC)
+        return
     linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID, "mode=0755,size=65536k")
     for name in DEVICES:
         if os.path.exists(f"/dev/{name}"):
@@ -192,8 +213,31 @@ def _make_dev(dev: str) -> None:
         os.symlink(target, f"{dev}/{link}")
 
 
-def build_root(spec: LaunchSpec) -> str:
-    """Assemble the container's root filesystem under spec.scratch and return its path."""
+_SYS_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+
+
+def _make_sys(sys_dir: str, spec: LaunchSpec) -> None:
+    """/sys: a fresh sysfs of the pod's network namespace, read-only unless privileged (runc's),
+    with a tmpfs at /sys/fs/cgroup for the container's own cgroups (mounted by PID 1). Where
+    sysfs cannot be mounted (rootless), the host's /sys, read-only all the way down."""
+    os.makedirs(sys_dir, exist_ok=True)
+    read_only = 0 if spec.confinement.privileged else linux.MS_RDONLY
+    try:
+        linux.mount("sysfs", sys_dir, "sysfs", _SYS_FLAGS | read_only)
+    except PermissionError:
+        linux.mount("/sys", sys_dir, None, linux.MS_BIND | linux.MS_REC)
+        linux.make_read_only_recursive(sys_dir)
+        return
+    if spec.cgroup_mounts:
+        linux.mount("tmpfs", f"{sys_dir}/fs/cgroup", "tmpfs", _SYS_FLAGS, "mode=0755")
+        for name, _, _ in spec.cgroup_mounts:
+            if name:
+                os.makedirs(f"{sys_dir}/fs/cgroup/{name}", exist_ok=True)
+
+
+def build_root(spec: LaunchSpec) -> tuple[str, list[str]]:
+    """Assemble the container's root filesystem under spec.scratch; returns its path and the
+    mounts (inside it) that make up the root filesystem itself."""
     scratch = spec.scratch
     os.makedirs(scratch, exist_ok=True)
     linux.mount("tmpfs", scratch, "tmpfs", 0, "mode=0755")
@@ -215,8 +259,9 @@ def build_root(spec: LaunchSpec) -> str:
         except OSError:  # a filesystem overlay cannot sit on: show it read-only instead
             with contextlib.suppress(OSError):
                 _bind(point, target, read_only=True)
-    _make_dev(_inside(root, "/dev"))
-    _bind("/sys", _inside(root, "/sys"), read_only=True)
+    rootfs = _mounts_under(root)  # before /dev, /sys, /proc and the volumes join them
+    _make_dev(_inside(root, "/dev"), spec.confinement.privileged)
+    _make_sys(_inside(root, "/sys"), spec)
     if spec.keep_host_mounts_under:  # other pods' volumes and logs are none of its business
         hidden = _inside(root, spec.keep_host_mounts_under)
         os.makedirs(hidden, exist_ok=True)
@@ -224,7 +269,7 @@ def build_root(spec: LaunchSpec) -> str:
     os.makedirs(_inside(root, "/proc"), exist_ok=True)
     for m in spec.mounts:
         _bind(m.source, _inside(root, m.target), m.read_only)
-    return root
+    return root, [p[len(root) :] or "/" for p in rootfs]
 
 
 def _join_cgroups(procs_files: list[str]) -> str | None:
@@ -241,17 +286,47 @@ def _join_cgroups(procs_files: list[str]) -> str | None:
     return None
 
 
-def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
+def _mount_cgroups(root: str, spec: LaunchSpec) -> None:
+    """In the container's own cgroup namespace, so each hierarchy shows its cgroup as the root:
+    read-only, as containerd mounts them, unless privileged."""
+    if not spec.cgroup_mounts:
+        return
+    linux.unshare(linux.CLONE_NEWCGROUP)
+    base = f"{root}/sys/fs/cgroup"
+    read_only = 0 if spec.confinement.privileged else linux.MS_RDONLY
+    for name, fstype, options in spec.cgroup_mounts:
+        target = f"{base}/{name}" if name else base
+        linux.mount("cgroup", target, fstype, _SYS_FLAGS | read_only, options or None)
+    if any(name for name, _, _ in spec.cgroup_mounts):
+        linux.mount(None, base, None, linux.MS_REMOUNT | _SYS_FLAGS | linux.MS_RDONLY)
+
+
+def _make_read_only(rootfs: list[str]) -> None:
+    """readOnlyRootFilesystem: the root's own mounts read-only (volumes, /dev, /proc keep
+    theirs); called after pivot_root, so the paths are the container's."""
+    for path in rootfs:
+        linux.remount_read_only(path)
+
+
+def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: int) -> None:
     """Runs as the container's PID 1; never returns."""
-    # Before chroot: the cgroup files are host paths (and /sys is read-only inside).
+    # Before pivot_root: the cgroup files are host paths (and /sys is read-only inside).
     cgroup_failure = _join_cgroups(spec.cgroup_procs)
     if cgroup_failure:
         os.write(report_fd, cgroup_failure.encode())
         os._exit(128)
+    confinement = spec.confinement
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
-        linux.mount("proc", f"{root}/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV)
-        os.chroot(root)
+        # Its own mount namespace, whose root becomes the container's by pivot_root: a chroot
+        # would leave the host's root above it, one chroot-and-climb away (CAP_SYS_CHROOT).
+        linux.unshare(linux.CLONE_NEWNS)
+        _mount_cgroups(root, spec)
+        linux.mount("proc", f"{root}/proc", "proc", _SYS_FLAGS)
+        if not confinement.privileged:
+            mask_paths(root, confinement.masked_paths, confinement.read_only_paths)
+        confinement.read_program()
+        linux.pivot_root(root)
         workdir = spec.working_dir or "/"
         try:
             os.makedirs(workdir, exist_ok=True)  # runc creates a missing working directory too
@@ -259,6 +334,8 @@ def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
         except OSError as exc:
             os.write(report_fd, f"chdir to working directory {workdir!r}: {exc.strerror}".encode())
             os._exit(128)
+        if confinement.read_only_root:
+            _make_read_only(rootfs)
         # Nothing of podkit's but stdin/out/err (and the exec report, closed by exec) goes in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1 << 16)
@@ -266,6 +343,15 @@ def _exec_container(spec: LaunchSpec, root: str, report_fd: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
         held = {signal.SIGTERM, signal.SIGINT} if spec.hold_signals else set()
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    except OSError as exc:
+        os.write(report_fd, f"container set-up: {exc}".encode())
+        os._exit(128)
+    try:
+        confinement.apply()
+    except OSError as exc:
+        os.write(report_fd, f"security context: {exc}".encode())
+        os._exit(128)
+    try:
         os.execvpe(spec.argv[0], spec.argv, spec.env)
     except FileNotFoundError:
         msg = f'exec: "{spec.argv[0]}": executable file not found in $PATH'
@@ -288,7 +374,7 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         linux.setns(fd)
         os.close(fd)
     linux.unshare(linux.CLONE_NEWNS | (0 if spec.pid_ns_pid else linux.CLONE_NEWPID))
-    root = build_root(spec)
+    root, rootfs = build_root(spec)
     # Forward signals from before the fork on, so a stop during start-up is never lost.
     child = 0
     pending: list[int] = []
@@ -306,7 +392,7 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
-        _exec_container(spec, root, err_w)
+        _exec_container(spec, root, rootfs, err_w)
     child = pid
     for signum in pending:
         os.kill(pid, signum)
@@ -314,16 +400,11 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
     failure = os.read(err_r, 4096).decode()  # EOF without data: exec succeeded
     os.close(err_r)
     os.write(status_fd, (f"error {failure}\n" if failure else f"started {pid}\n").encode())
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
+    return linux.wait_exit_code(pid)
 
 
 def main() -> int:
-    parent = os.getppid()
-    linux.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:
+    if not linux.die_with_parent():
         return 1
     # The spec (the container's environment, secrets included) comes over a pipe: never a file.
     spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])

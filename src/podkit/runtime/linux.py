@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import signal
 import socket
 import struct
 
@@ -18,16 +19,35 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWCGROUP = 0x02000000
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
 
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# seccomp(2) and mount_setattr(2) by machine: os has neither, and libc wraps only the first.
+_SYSCALLS = {
+    "x86_64": {"seccomp": 317, "mount_setattr": 442, "pivot_root": 155},
+    "aarch64": {"seccomp": 277, "mount_setattr": 442, "pivot_root": 41},
+}
+MNT_DETACH = 2
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
 
 
 def _load_libc() -> ctypes.CDLL:
@@ -51,6 +71,11 @@ _libc.prctl.argtypes = [
     ctypes.c_ulong,
     ctypes.c_ulong,
 ]
+
+
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once, with errno kept (for other modules' system calls)."""
+    return _libc
 
 
 def _check(result: int, what: str) -> None:
@@ -87,6 +112,115 @@ def mount(
     )
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def prctl(option: int, arg2: int = 0, what: str = "prctl") -> None:
+    _check(_libc.prctl(option, arg2, 0, 0, 0), what)
+
+
+def set_capabilities(effective: int, permitted: int, inheritable: int = 0) -> None:
+    """capset(2): this thread's effective, permitted and inheritable sets, as bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+def _syscall_number(name: str) -> int:
+    number = _SYSCALLS.get(os.uname().machine, {}).get(name)
+    if number is None:
+        raise OSError(38, f"{name}: system call number unknown on {os.uname().machine}")
+    return number
+
+
+def load_seccomp(program: bytes, flags: int = 0) -> None:
+    """Install a BPF seccomp filter (struct sock_filter[]) on this thread; needs no_new_privs
+    or CAP_SYS_ADMIN. It stays for every process this one execs or forks."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    if flags:
+        rc = _libc.syscall(
+            ctypes.c_long(_syscall_number("seccomp")),
+            ctypes.c_uint(1),  # SECCOMP_SET_MODE_FILTER
+            ctypes.c_uint(flags),
+            ctypes.byref(prog),
+        )
+        _check(rc, "seccomp")
+    else:
+        rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0)
+        _check(rc, "prctl(PR_SET_SECCOMP)")
+
+
+def pivot_root(new_root: str) -> None:
+    """Make `new_root` (a mount point) this mount namespace's root and detach the old one, as
+    runc does: unlike chroot(2), nothing is left above the new root to climb back to."""
+    old = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
+    new = os.open(new_root, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        os.fchdir(new)
+        rc = _libc.syscall(ctypes.c_long(_syscall_number("pivot_root")), b".", b".")
+        _check(rc, f"pivot_root {new_root}")
+        os.fchdir(old)  # the old root is now stacked under the new one: detach it
+        mount(None, ".", None, MS_REC | MS_SLAVE)
+        _check(_libc.umount2(b".", MNT_DETACH), "umount the old root")
+        os.chdir("/")
+    finally:
+        os.close(old)
+        os.close(new)
+
+
+def make_read_only_recursive(path: str) -> None:
+    """mount_setattr(2): `path` and every mount below it read-only (Linux >= 5.12)."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    rc = _libc.syscall(
+        ctypes.c_long(_syscall_number("mount_setattr")),
+        ctypes.c_int(-100),  # AT_FDCWD
+        ctypes.c_char_p(os.fsencode(path)),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(rc, f"mount_setattr {path}")
+
+
+# nosuid, nodev, noexec, noatime, nodiratime, relatime: statvfs's ST_* equal the MS_* flags.
+LOCKABLE = 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000
+
+
+def remount_read_only(path: str) -> None:
+    """Make the mount at `path` read-only, keeping the flags the kernel locks on mounts made in
+    another user namespace (rootless), which a remount may not drop."""
+    kept = os.statvfs(path).f_flag & LOCKABLE
+    mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), "sethostname")
@@ -95,6 +229,23 @@ def sethostname(name: str) -> None:
 def set_parent_death_signal(sig: int) -> None:
     """Ask the kernel to send `sig` to this process when its parent dies: no orphans."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def die_with_parent() -> bool:
+    """SIGKILL this process when its parent dies; False if the parent died already (before
+    prctl took effect), so the caller should exit now."""
+    parent = os.getppid()
+    set_parent_death_signal(signal.SIGKILL)
+    return os.getppid() == parent
+
+
+def wait_exit_code(pid: int) -> int:
+    """Wait for the child `pid`; its exit code as Kubernetes reports it (128 + signal when
+    killed)."""
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def set_name(name: str) -> None:

@@ -25,6 +25,8 @@ from podkit.runtime.events import Event, EventLog
 from podkit.runtime.logs import Terminal
 from podkit.runtime.network import NetworkConfig
 from podkit.runtime.podfs import PodFiles
+from podkit.runtime.seccomp_bpf import BpfFiles
+from podkit.runtime.security import SecurityOptions
 from podkit.runtime.status import (
     Conditions,
     display_status,
@@ -46,6 +48,11 @@ class RunOptions:
     backoff_scale: float = 1.0
     cgroups: CgroupDriver | None = None  # None: limits are not enforced here
     network: NetworkConfig | None = None  # None: pods have loopback only
+    security: SecurityOptions | None = None  # None: compiled filters under state_dir/seccomp
+
+    def __post_init__(self) -> None:
+        if self.security is None:
+            self.security = SecurityOptions(BpfFiles(self.state_dir / "seccomp"))
 
 
 class PodRunner:

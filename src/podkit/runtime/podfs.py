@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from podkit.manifest import quantity
 from podkit.manifest.model import Bundle, Container, Pod
 from podkit.runtime import network as podnet
-from podkit.runtime import sandbox, statedir
+from podkit.runtime import sandbox, security_context, statedir
 from podkit.runtime.network import NetworkConfig, PodNetwork
 from podkit.runtime.volume_files import projected_files
 
 PROJECTED = ("configMap", "secret", "downwardAPI", "projected")  # always mounted read-only
+
+
+def fs_group_mode(mode: int, is_dir: bool, read_only: bool) -> int:
+    """The kubelet's SetVolumeOwnership: the fsGroup may read (and, on a writable volume,
+    write) every file; directories also let it through and hand their group down (setgid)."""
+    mode |= 0o440 if read_only else 0o660
+    if is_dir:
+        mode |= 0o2110
+    return mode
+
+
+def _give_to_group(top: str, gid: int, read_only: bool) -> None:
+    """pod.spec.securityContext.fsGroup on a volume: its files belong to that group."""
+    for directory, _, files in os.walk(top):
+        for path in [directory, *(os.path.join(directory, f) for f in files)]:
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            os.lchown(path, -1, gid)
+            is_dir = stat.S_ISDIR(info.st_mode)
+            os.chmod(path, fs_group_mode(stat.S_IMODE(info.st_mode), is_dir, read_only))
 
 
 class PodFiles:
@@ -47,8 +69,12 @@ class PodFiles:
         for sub in ("logs", "volumes", "containers", "etc"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "owner").write_text(statedir.owner_record())
+        sysctls = [
+            (security_context.sysctl_path(name), value)
+            for name, value in security_context.sysctls(self.pod.raw.get("spec") or {})
+        ]
         self.sandbox_pid, self.pid_ns_pid, self.socket = sandbox.fork_sandbox(
-            self.pod.hostname, self.tmpfs_volumes(), share_pid
+            self.pod.hostname, self.tmpfs_volumes(), share_pid, sysctls
         )
         (self.dir / "sandbox").write_text(str(self.sandbox_pid))  # for `podkit port-forward`
         if network is not None:
@@ -72,12 +98,15 @@ class PodFiles:
         )
 
     def _prepare_volumes(self) -> None:
+        fs_group = ((self.pod.raw.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
         for v in self.pod.volumes:
             path = f"{self.dir}/volumes/{v.name}"
             if v.kind == "hostPath":
                 self.volume_paths[v.name] = v.source["path"]
                 continue
             os.makedirs(self.in_sandbox(path), exist_ok=True)
+            if v.kind == "emptyDir":  # the kubelet's emptyDir is world-writable
+                os.chmod(self.in_sandbox(path), 0o777)
             if v.kind in PROJECTED:
                 for rel, (content, mode) in projected_files(self.pod, v, self.bundle).items():
                     target = self.in_sandbox(f"{path}/{rel}")
@@ -86,6 +115,8 @@ class PodFiles:
                     with os.fdopen(fd, "wb") as f:
                         f.write(content)
                     os.chmod(target, mode)
+            if fs_group is not None:
+                _give_to_group(self.in_sandbox(path), int(fs_group), v.kind in PROJECTED)
             self.volume_paths[v.name] = path
 
     def mounts(self, c: Container) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
 """Run one probe against one container: the I/O half of the kubelet's prober.
 
 Network probes open their socket inside the pod's network namespace (`socket_in_netns`), so an
-image needs no curl and a port bound only to the pod's localhost is reachable. Exec probes enter
-the container's namespaces and root with util-linux nsenter. Results and messages follow the
-kubelet's pkg/probe/{http,tcp,exec,grpc} so the events read the same as on a cluster.
+image needs no curl and a port bound only to the pod's localhost is reachable. Exec probes run
+their command inside the container, under the container's own confinement (enter.py). Results
+and messages follow the kubelet's pkg/probe/{http,tcp,exec,grpc} so the events read the same as
+on a cluster.
 
 The thresholds, schedule and events live in the pure `probes` module; this one runs a probe
 once, bounded by timeoutSeconds, and never raises for anything the probed side does.
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -26,6 +27,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httptools
 
 from podkit.common.config import format_hostport
+from podkit.runtime.confine import Confinement
+from podkit.runtime.enter import enter_spec, helper_argv
 from podkit.runtime.forward import SocketFactory
 from podkit.runtime.probes import (
     ExecAction,
@@ -38,7 +41,7 @@ from podkit.runtime.probes import (
 USER_AGENT = "kube-probe/1.37"  # the kubelet sends kube-probe/<major.minor>
 MAX_OUTPUT = 10 * 1024  # kubelet: maxRespBodyLength / exec maxReadLength
 MAX_REDIRECTS = 10  # Go's http.Client default, which the kubelet keeps
-NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+ENTER = helper_argv("podkit.runtime.enter")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # containerd's
 
 
@@ -48,6 +51,9 @@ class ProbeTarget:
     container_pid: int  # host pid of the container's PID 1 (exec probes)
     ports: Mapping[str, int] = field(default_factory=dict)  # named containerPorts
     pod_ip: str = "127.0.0.1"
+    # exec probes and hooks run under the container's own confinement, in its cgroups
+    confinement: Confinement = field(default_factory=Confinement)
+    cgroup_procs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,29 +345,8 @@ def _container_env(pid: int) -> dict[str, str]:
         key, sep, value = item.partition(b"=")
         if sep and key:
             env[os.fsdecode(key)] = os.fsdecode(value)
-    env.setdefault("PATH", DEFAULT_PATH)  # nsenter looks the command up on this PATH
+    env.setdefault("PATH", DEFAULT_PATH)  # the command is looked up on this PATH
     return env
-
-
-def _nsenter_argv(pid: int, command: tuple[str, ...]) -> list[str]:
-    # --root/--wd: the container's root (its chroot) and working directory.
-    argv = [NSENTER, f"--target={pid}", "--mount", "--uts", "--ipc", "--net", "--pid"]
-    if os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino:
-        # Rootless: join the pod's user namespace, keeping our own ids (they map to its root);
-        # nsenter's usual setgroups() is refused there (setgroups is "deny").
-        argv += ["--user", "--preserve-credentials"]
-    else:
-        # Run as the container's own user, as a CRI exec would.
-        uid = gid = 0
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    uid = int(line.split()[1])
-                elif line.startswith("Gid:"):
-                    gid = int(line.split()[1])
-        if uid or gid:
-            argv += [f"--setuid={uid}", f"--setgid={gid}"]
-    return [*argv, "--root", "--wd", "--", *command]
 
 
 def _go_quote(text: str) -> str:
@@ -372,21 +357,30 @@ async def _exec_probe(h: ExecAction, target: ProbeTarget, timeout: float) -> Pro
     pid = target.container_pid
     try:
         env = _container_env(pid)
-        argv = _nsenter_argv(pid, h.command)
+    except OSError:
+        return ProbeResult(False, f"container process {pid} is not running")
+    spec = enter_spec(pid, list(h.command), env, target.confinement, list(target.cgroup_procs))
+    spec_r, spec_w = os.pipe()
+    try:
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *ENTER,
+            str(spec_r),
+            pass_fds=[spec_r],
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=env,
+            env={},
             start_new_session=True,  # its own process group, so a timeout can kill all of it
         )
-    except FileNotFoundError as exc:
-        if exc.filename == NSENTER:
-            return ProbeResult(False, f"exec probes need util-linux nsenter: {NSENTER} not found")
-        return ProbeResult(False, f"container process {pid} is not running")
     except OSError as exc:
+        os.close(spec_w)
         return ProbeResult(False, f"cannot exec in container process {pid}: {_os_error(exc)}")
+    finally:
+        os.close(spec_r)
+    # The spec (the container's environment) goes over a pipe, never to disk; it is far below
+    # the pipe buffer, so this write does not block.
+    with os.fdopen(spec_w, "wb") as f:
+        f.write(json.dumps(spec).encode())
     assert proc.stdout is not None
     stdout = proc.stdout
     output = bytearray()

@@ -2,8 +2,9 @@
 
 podkit forks it while still single-threaded (no interpreter start-up on the pod's critical
 path). It creates the pod's network (loopback up), UTS (hostname), IPC and mount namespaces,
-mounts pod-wide tmpfs volumes (emptyDir medium: Memory, /dev/shm, secrets) inside its own mount
-namespace so they never appear on the host, reports `ready` and waits. Containers join its
+sets the pod's sysctls, mounts pod-wide tmpfs volumes (emptyDir medium: Memory, /dev/shm,
+secrets) inside its own mount namespace so they never appear on the host, reports `ready` and
+waits. Containers join its
 namespaces through /proc/<pid>/ns/*. It dies with podkit (PDEATHSIG), and its namespaces with it.
 """
 
@@ -29,10 +30,21 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
         f.write(f"0 {gid} 1")
 
 
-def _setup(hostname: str, tmpfs: list[tuple[str, int | None]]) -> None:
+def _setup(
+    hostname: str, tmpfs: list[tuple[str, int | None]], sysctls: list[tuple[str, str]]
+) -> None:
     if os.geteuid() != 0:
         _enter_user_namespace(os.geteuid(), os.getegid())
     linux.unshare(linux.CLONE_NEWNET | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS)
+    # The pod's sysctls: /proc/sys/net and the IPC ones are those of the namespaces of whoever
+    # opens them, so written from here they are the pod's (the kubelet has the runtime do it).
+    for path, value in sysctls:
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as exc:
+            name = path.removeprefix("/proc/sys/").replace("/", ".")
+            raise OSError(exc.errno, f"sysctl {name}: {exc.strerror}") from None
     # Mounts made from here on stay in the pod; the host never sees them.
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     linux.sethostname(hostname)
@@ -64,6 +76,7 @@ def _pid_namespace_init() -> int:
 def _child(
     hostname: str,
     tmpfs: list[tuple[str, int | None]],
+    sysctls: list[tuple[str, str]],
     share_pid: bool,
     parent: int,
     report: int,
@@ -79,7 +92,7 @@ def _child(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit may hold some back
-        _setup(hostname, tmpfs)
+        _setup(hostname, tmpfs, sysctls)
         pid_ns = _pid_namespace_init() if share_pid else 0
         os.write(report, f"ready {pid_ns}".encode())
         # podkit's sockets and files are none of the sandbox's; only its control socket stays.
@@ -122,10 +135,14 @@ class PodSockets:
 
 
 def fork_sandbox(
-    hostname: str, tmpfs: list[tuple[str, int | None]], share_pid: bool = False
+    hostname: str,
+    tmpfs: list[tuple[str, int | None]],
+    share_pid: bool = False,
+    sysctls: list[tuple[str, str]] | None = None,
 ) -> tuple[int, int | None, PodSockets]:
     """Start a pod sandbox once its namespaces exist; returns its pid, with share_pid the pid of
-    the pod PID namespace's init, and the factory of sockets inside the pod. Raises OSError."""
+    the pod PID namespace's init, and the factory of sockets inside the pod. `sysctls` are
+    (/proc/sys path, value) to set in the pod's namespaces. Raises OSError."""
     if threading.active_count() != 1:
         raise RuntimeError("the pod sandbox must be forked before any thread starts")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -135,7 +152,7 @@ def fork_sandbox(
     if pid == 0:
         os.close(read_end)
         ours.close()
-        _child(hostname, tmpfs, share_pid, parent, write_end, theirs)
+        _child(hostname, tmpfs, sysctls or [], share_pid, parent, write_end, theirs)
     os.close(write_end)
     theirs.close()
     with os.fdopen(read_end, "rb") as f:
