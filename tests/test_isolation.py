@@ -707,3 +707,39 @@ def test_the_escape_example_is_refused_everything(podkit: Any) -> None:
     assert lines[0] == (
         "[attacker] core_pattern: [Errno 30] Read-only file system: '/proc/sys/kernel/core_pattern'"
     )
+
+
+def test_what_is_not_implemented_or_unknown_is_named_in_warnings(
+    tmp_path: Path, podkit: Any
+) -> None:
+    m = write_manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: warned}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: c
+            image: busybox
+            command: ["true"]
+            securityContext:
+              procMount: Unmasked
+              capabilities: {add: [NOT_A_CAP]}
+          - name: d
+            image: busybox
+            command: ["true"]
+            securityContext: {procMount: Default}
+        """,
+    )
+    run = podkit("run", m)
+    assert run.wait(30) == 0, run.text()
+    warnings = [line for line in run.err if line.startswith("warning:")]
+    assert len(warnings) == 2, warnings
+    # Unmasked is named; Default, which is what podkit does, is not.
+    assert warnings[0].endswith("are ignored: spec.containers[0].securityContext.procMount")
+    assert warnings[1].endswith(
+        "pod warned: spec.containers[0].securityContext.capabilities: no such capability, "
+        "ignored: NOT_A_CAP"
+    )

@@ -22,6 +22,7 @@ from podkit.runtime.seccomp_profile import (
     Rule,
     parse_oci,
     runtime_default,
+    runtime_default_key,
 )
 from podkit.runtime.security_context import effective, non_root_violation, sysctl_path
 
@@ -243,13 +244,21 @@ def test_a_compiled_filter_allows_and_refuses_in_a_real_process() -> None:
 
 
 def test_compiled_programs_are_kept_by_profile(tmp_path: Path) -> None:
+    built: list[frozenset[int]] = []
+
+    def path(files: BpfFiles, caps: frozenset[int]) -> str:
+        def profile() -> Profile:
+            built.append(caps)
+            return runtime_default(caps)
+
+        return files.path(runtime_default_key(caps), profile)
+
     files = BpfFiles(tmp_path / "seccomp")
-    a = files.path(runtime_default(capabilities.DEFAULT))
-    assert a == files.path(runtime_default(capabilities.DEFAULT))
-    assert a != files.path(runtime_default(frozenset()))
+    a = path(files, capabilities.DEFAULT)
+    assert a == path(files, capabilities.DEFAULT)
+    assert a != path(files, frozenset())
+    assert built == [capabilities.DEFAULT, frozenset()]  # each profile built once
     assert len(list((tmp_path / "seccomp").iterdir())) == 2
-    # A later run finds the file and compiles nothing.
-    again = BpfFiles(tmp_path / "seccomp")
-    mtime = os.stat(a).st_mtime_ns
-    assert again.path(runtime_default(capabilities.DEFAULT)) == a
-    assert os.stat(a).st_mtime_ns == mtime
+    # A later run finds the file and builds nothing.
+    assert path(BpfFiles(tmp_path / "seccomp"), capabilities.DEFAULT) == a
+    assert len(built) == 2

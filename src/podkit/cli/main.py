@@ -317,7 +317,7 @@ def port_forward(
     from podkit.runtime import forward, podlist
     from podkit.runtime.ports import PublishError, parse_forward
     from podkit.runtime.seccomp_bpf import BpfFiles
-    from podkit.runtime.seccomp_profile import runtime_default
+    from podkit.runtime.seccomp_profile import runtime_default, runtime_default_key
     from podkit.runtime.statedir import default_state_dir
 
     name = pod.removeprefix("pod/").removeprefix("pods/")
@@ -329,7 +329,9 @@ def port_forward(
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     except LookupError as exc:
         raise _fail(str(exc), 1) from None
-    seccomp = BpfFiles(state / "seccomp").path(runtime_default(frozenset()))
+    seccomp = BpfFiles(state / "seccomp").path(
+        runtime_default_key(()), lambda: runtime_default(())
+    )
     confinement = forward.confined_forwarder(seccomp, rootless=os.geteuid() != 0)
     try:
         code = forward.port_forward(

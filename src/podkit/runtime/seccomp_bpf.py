@@ -5,19 +5,18 @@ ready binding fits: Debian's python3-seccomp is built for Debian's /usr/bin/pyth
 installed into podkit's virtualenv, and PyPI's pyseccomp (ctypes too) costs 20 ms at import
 (ctypes.util.find_library runs `ldconfig -p` twice), 4% of a pod's start.
 
-Only podkit's own process compiles. A program is kept under the state directory, named by the
-digest of its profile, libseccomp's version and the machine, so each distinct profile is built
-once (about 10 ms), not once per container; the launcher reads the file and hands it to the
+Only podkit's own process compiles. A program is kept under the state directory, named after
+its profile, libseccomp's version and the machine, so each distinct profile is built once
+(about 10 ms), not once per container or per run; the launcher reads the file and hands it to the
 kernel with prctl(2), importing no libseccomp.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from podkit.runtime.seccomp_profile import EPERM, Arg, Profile, ProfileError
@@ -127,7 +126,7 @@ def _action(name: str, errno: int | None) -> int:
 def _conditions(args: tuple[Arg, ...]) -> list[tuple[Arg, ...]]:
     """libseccomp ANDs a rule's conditions but takes one per argument: several on the same
     argument become one rule each, so they OR (runc's rule)."""
-    indexes = [a.index for a in args]
+    indexes = [a.argument for a in args]
     if len(set(indexes)) == len(indexes):
         return [args]
     return [(a,) for a in args]
@@ -158,7 +157,7 @@ def compile_profile(profile: Profile) -> bytes:
                     continue  # unknown to this libseccomp (a newer call, or another machine's)
                 for group in _conditions(rule.args):
                     conds = (_ArgCmp * len(group))(
-                        *(_ArgCmp(a.index, _OPERATORS[a.op], a.value, a.value_two) for a in group)
+                        *(_ArgCmp(a.argument, _OPERATORS[a.op], a.value, a.value_two) for a in group)
                     )
                     rc = lib.seccomp_rule_add_array(ctx, action, number, len(group), conds)
                     if rc < 0:
@@ -176,23 +175,21 @@ def compile_profile(profile: Profile) -> bytes:
 
 
 class BpfFiles:
-    """Compiled programs under `directory`, one file per profile, libseccomp and machine."""
+    """Compiled programs under `directory`: one file per profile, libseccomp and machine."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._paths: dict[str, str] = {}
 
-    def path(self, profile: Profile) -> str:
-        """The file of the profile's program, compiled now if no run compiled it before."""
-        key = profile.key()
+    def path(self, key: str, profile: Callable[[], Profile]) -> str:
+        """The file of the program named `key` (a name fit for a file, unique to the profile),
+        compiled from `profile()` now if no run compiled it before."""
         known = self._paths.get(key)
         if known is not None:
             return known
-        version = _libseccomp().version
-        digest = hashlib.sha256(f"{key} {version} {platform.machine()}".encode()).hexdigest()
-        path = self.directory / f"{digest[:32]}.bpf"
+        path = self.directory / f"{key}-{_libseccomp().version}-{os.uname().machine}.bpf"
         if not path.is_file():
-            program = compile_profile(profile)
+            program = compile_profile(profile())
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory)
             with os.fdopen(fd, "wb") as f:

@@ -15,12 +15,11 @@ Pure: parsing and building only; compile.py turns a Profile into a BPF program.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
+import os
+import zlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from podkit.runtime.capabilities import NUMBERS
 
@@ -71,34 +70,26 @@ class ProfileError(ValueError):
     """A Localhost profile that cannot be used; the message names the file and the field."""
 
 
-@dataclass(frozen=True)
-class Arg:
-    index: int
+class Arg(NamedTuple):
+    argument: int  # the OCI format's index: which argument of the call, 0 to 5
     value: int
     value_two: int = 0
     op: str = "SCMP_CMP_EQ"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     names: tuple[str, ...]
     action: str
     errno: int | None = None  # SCMP_ACT_ERRNO's errno; EPERM when not given (as runc)
     args: tuple[Arg, ...] = ()
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     default_action: str
     rules: tuple[Rule, ...]
     architectures: tuple[str, ...] = ()
     default_errno: int | None = None
     flags: tuple[str, ...] = ()
-
-    def key(self) -> str:
-        """A digest of the profile: equal profiles compile to one BPF program."""
-        raw = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(raw).hexdigest()[:24]
 
 
 # ------------------------------------------------------------------------------ RuntimeDefault
@@ -232,9 +223,20 @@ def _allow(*names: str, args: tuple[Arg, ...] = ()) -> Rule:
     return Rule(tuple(names), "SCMP_ACT_ALLOW", args=args)
 
 
+# Names a compiled RuntimeDefault program (seccomp_bpf.BpfFiles) without building the profile:
+# the tables' checksum, so a program compiled from other tables is never taken for this one.
+_TABLES = zlib.crc32(repr((_ALLOWED, _BY_MACHINE, _BY_CAPABILITY)).encode())
+
+
+def runtime_default_key(caps: Iterable[int]) -> str:
+    """The name of RuntimeDefault's program for the bounding set `caps`."""
+    mask = sum(1 << c for c in set(caps))
+    return f"default-{_TABLES:08x}-{mask:x}"
+
+
 def runtime_default(caps: Iterable[int], machine: str | None = None) -> Profile:
     """containerd's default profile for a container whose bounding set is `caps`."""
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine
     arches, machine_calls = _BY_MACHINE.get(machine, ((), ()))
     bounding = set(caps)
     rules = [

@@ -7,36 +7,46 @@ profiles from the node's profile root (the kubelet's <root-dir>/seccomp; podman 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 from podkit.manifest.model import Container, Pod
 from podkit.runtime import capabilities, security_context
 from podkit.runtime.confine import Confinement
 from podkit.runtime.seccomp_bpf import BpfFiles
-from podkit.runtime.seccomp_profile import Profile, ProfileError, parse_oci, runtime_default
+from podkit.runtime.seccomp_profile import (
+    Profile,
+    ProfileError,
+    parse_oci,
+    runtime_default,
+    runtime_default_key,
+)
 from podkit.runtime.security_context import LOCALHOST, UNCONFINED, ContainerSecurity
 
 DEFAULT_PROFILE_ROOT = Path("/var/lib/kubelet/seccomp")
 
 
-@dataclass
 class SecurityOptions:
-    bpf: BpfFiles
-    profile_root: Path = DEFAULT_PROFILE_ROOT
-    _profiles: dict[str, Profile] = field(default_factory=dict)
+    """Where compiled programs are kept, and where Localhost profiles are found."""
 
-    def localhost(self, name: str) -> Profile:
-        """A Localhost profile by its localhostProfile path; ProfileError names the file."""
+    def __init__(self, bpf: BpfFiles, profile_root: Path = DEFAULT_PROFILE_ROOT) -> None:
+        self.bpf, self.profile_root = bpf, profile_root
+        self._profiles: dict[str, tuple[str, Profile]] = {}
+
+    def localhost(self, name: str) -> tuple[str, Profile]:
+        """A Localhost profile by its localhostProfile path, with the name of its program;
+        ProfileError names the file."""
         known = self._profiles.get(name)
         if known is None:
+            import hashlib
+
             path = self.profile_root / name
             try:
                 text = path.read_text()
             except OSError as exc:
                 raise ProfileError(f"seccomp profile {path}: {exc.strerror}") from None
-            known = self._profiles[name] = parse_oci(text, f"seccomp profile {path}")
+            profile = parse_oci(text, f"seccomp profile {path}")
+            key = "localhost-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+            known = self._profiles[name] = (key, profile)
         return known
 
 
@@ -44,20 +54,16 @@ def container_security(pod: Pod, c: Container) -> ContainerSecurity:
     return security_context.effective(pod.raw.get("spec") or {}, c.raw)
 
 
-@cache
-def _runtime_default(caps: frozenset[int]) -> Profile:
-    return runtime_default(caps)
-
-
 def confinement(sec: ContainerSecurity, opts: SecurityOptions) -> Confinement:
     """The launcher's part of `sec`; raises ProfileError when its seccomp profile is unusable."""
     seccomp: str | None = None
     flags: list[str] = []
     if sec.seccomp.type == LOCALHOST:
-        profile = opts.localhost(sec.seccomp.localhost_profile or "")
-        seccomp, flags = opts.bpf.path(profile), list(profile.flags)
+        key, profile = opts.localhost(sec.seccomp.localhost_profile or "")
+        seccomp, flags = opts.bpf.path(key, lambda: profile), list(profile.flags)
     elif sec.seccomp.type != UNCONFINED:
-        seccomp = opts.bpf.path(_runtime_default(sec.capabilities))
+        caps = sec.capabilities
+        seccomp = opts.bpf.path(runtime_default_key(caps), lambda: runtime_default(caps))
     return Confinement(
         capabilities=capabilities.mask(sec.capabilities),
         no_new_privs=sec.no_new_privs,

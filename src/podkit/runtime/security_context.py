@@ -12,8 +12,7 @@ runs under the RuntimeDefault seccomp profile unless it asks for Unconfined (the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from podkit.manifest.security_checks import normalize_sysctl
 from podkit.runtime import capabilities
@@ -38,15 +37,13 @@ READ_ONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sys
 RUNTIME_DEFAULT, UNCONFINED, LOCALHOST = "RuntimeDefault", "Unconfined", "Localhost"
 
 
-@dataclass(frozen=True)
-class Seccomp:
+class Seccomp(NamedTuple):
     type: str  # RuntimeDefault | Unconfined | Localhost
     localhost_profile: str | None = None  # relative to the node's seccomp profile root
     pod_level: bool = False  # set in the pod's securityContext, not the container's
 
 
-@dataclass(frozen=True)
-class ContainerSecurity:
+class ContainerSecurity(NamedTuple):
     privileged: bool = False
     capabilities: frozenset[int] = capabilities.DEFAULT
     unknown_capabilities: tuple[str, ...] = ()
@@ -57,8 +54,8 @@ class ContainerSecurity:
     run_as_non_root: bool = False
     supplemental_groups: tuple[int, ...] = ()  # the pod's fsGroup and supplementalGroups
     read_only_root: bool = False
-    masked_paths: tuple[str, ...] = field(default=MASKED_PATHS)
-    read_only_paths: tuple[str, ...] = field(default=READ_ONLY_PATHS)
+    masked_paths: tuple[str, ...] = MASKED_PATHS
+    read_only_paths: tuple[str, ...] = READ_ONLY_PATHS
 
 
 def _dict(value: Any) -> dict[str, Any]:
