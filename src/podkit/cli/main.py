@@ -329,9 +329,7 @@ def port_forward(
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     except LookupError as exc:
         raise _fail(str(exc), 1) from None
-    seccomp = BpfFiles(state / "seccomp").path(
-        runtime_default_key(()), lambda: runtime_default(())
-    )
+    seccomp = BpfFiles(state / "seccomp").path(runtime_default_key(()), lambda: runtime_default(()))
     confinement = forward.confined_forwarder(seccomp, rootless=os.geteuid() != 0)
     try:
         code = forward.port_forward(

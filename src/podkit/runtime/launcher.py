@@ -226,7 +226,11 @@ def _make_sys(sys_dir: str, spec: LaunchSpec) -> None:
         linux.mount("sysfs", sys_dir, "sysfs", _SYS_FLAGS | read_only)
     except PermissionError:
         linux.mount("/sys", sys_dir, None, linux.MS_BIND | linux.MS_REC)
-        linux.make_read_only_recursive(sys_dir)
+        try:
+            linux.make_read_only_recursive(sys_dir)
+        except OSError:  # before Linux 5.12: one mount at a time
+            for path in _mounts_under(sys_dir):
+                linux.remount_read_only(path)
         return
     if spec.cgroup_mounts:
         linux.mount("tmpfs", f"{sys_dir}/fs/cgroup", "tmpfs", _SYS_FLAGS, "mode=0755")

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from podkit.runtime.seccomp_profile import EPERM, Arg, Profile, ProfileError
+from podkit.runtime.seccomp_profile import EPERM, Arg, Profile, ProfileError, Rule
 
 # seccomp.h: actions, comparison operators, and AUDIT_ARCH_* values of the architectures.
 _ACTIONS = {
@@ -132,6 +132,22 @@ def _conditions(args: tuple[Arg, ...]) -> list[tuple[Arg, ...]]:
     return [(a,) for a in args]
 
 
+def _add_rule(lib: ctypes.CDLL, ctx: int, rule: Rule, default: int) -> None:
+    action = _action(rule.action, rule.errno)
+    if action == default:
+        return  # adds nothing (and libseccomp refuses it)
+    for name in rule.names:
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number < 0:
+            continue  # unknown to this libseccomp (a newer call, or another machine's)
+        for group in _conditions(rule.args):
+            conds = [_ArgCmp(a.argument, _OPERATORS[a.op], a.value, a.value_two) for a in group]
+            array = (_ArgCmp * len(conds))(*conds)
+            rc = lib.seccomp_rule_add_array(ctx, action, number, len(conds), array)
+            if rc < 0:
+                raise ProfileError(f"{name}: libseccomp refused the rule: {os.strerror(-rc)}")
+
+
 def compile_profile(profile: Profile) -> bytes:
     """The profile's BPF program (struct sock_filter[]) for its architectures and this one.
 
@@ -148,22 +164,7 @@ def compile_profile(profile: Profile) -> bytes:
             if lib.seccomp_arch_exist(ctx, token) != 0 and lib.seccomp_arch_add(ctx, token) < 0:
                 raise ProfileError(f"architectures: {arch}: libseccomp does not support it")
         for rule in profile.rules:
-            action = _action(rule.action, rule.errno)
-            if action == default:
-                continue
-            for name in rule.names:
-                number = lib.seccomp_syscall_resolve_name(name.encode())
-                if number < 0:
-                    continue  # unknown to this libseccomp (a newer call, or another machine's)
-                for group in _conditions(rule.args):
-                    conds = (_ArgCmp * len(group))(
-                        *(_ArgCmp(a.argument, _OPERATORS[a.op], a.value, a.value_two) for a in group)
-                    )
-                    rc = lib.seccomp_rule_add_array(ctx, action, number, len(group), conds)
-                    if rc < 0:
-                        raise ProfileError(
-                            f"{name}: libseccomp refused the rule: {os.strerror(-rc)}"
-                        )
+            _add_rule(lib, ctx, rule, default)
         with tempfile.TemporaryFile() as out:
             rc = lib.seccomp_export_bpf(ctx, out.fileno())
             if rc < 0:
