@@ -58,13 +58,13 @@ class Confinement:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def read_program(self) -> None:
-        """Read the seccomp program while the host's files are still in view (before chroot)."""
+        """Read the seccomp program while the host's files are still in view (before pivot_root)."""
         if self.seccomp:
             with open(self.seccomp, "rb") as f:
                 self._program = f.read()
 
     def apply(self) -> None:
-        """Confine this process (after chroot, before exec); raises OSError naming the step."""
+        """Confine this process (in the container's root, before exec); OSError names the step."""
         uid = self.uid if self.uid is not None else 0
         gid, groups = users.process_ids(
             uid, self.gid, self.supplemental_groups, _read("/etc/passwd"), _read("/etc/group")
