@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -55,16 +56,32 @@ def write_manifest(tmp_path: Path, text: str, name: str = "pod.yaml") -> str:
 _handed_out: set[int] = set()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    """A port free now and not handed out before in this test run (two runs started one after
-    the other must not be given the same one)."""
+    """A port free now, not handed out before in this test run (two runs started one after
+    the other must not be given the same one), and outside the kernel's ephemeral range: an
+    outgoing connection made meanwhile could otherwise take it before the server binds it."""
+    low, high = _ephemeral_range()
+    candidates = range(10000, low) if low > 11000 else range(high + 1, 65536)
     while True:
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:

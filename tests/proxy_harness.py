@@ -18,13 +18,12 @@ from typing import Any
 
 import yaml
 
+import podkit_harness
 from log_agent_harness import ImageProcess, image_env
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return podkit_harness.free_port()
 
 
 class Ambassador:

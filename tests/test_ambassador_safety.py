@@ -992,11 +992,26 @@ def test_no_502_against_nginx_closing_idle_connections_soak(pair: Pair) -> None:
 
 def test_upstream_connections_are_pooled(pair: Pair) -> None:
     """The baseline the tests below depend on: a whole response leaves its connection for the
-    next request."""
+    next request of the same client at once, and for another client's once it has been quiet
+    for the settle time (1 s); another client's request sooner gets a fresh connection (HAProxy's
+    http-reuse safe: late bytes of one client's exchange never reach another's)."""
+    client = http.client.HTTPConnection("127.0.0.1", pair.raw_port, timeout=5)
+    try:
+        for _ in range(2):
+            client.request("GET", "/ok")
+            assert client.getresponse().read() == b"ok"
+    finally:
+        client.close()
+    kept = [conn for conn, path in pair.raw.seen[-2:]]
+    assert kept[0] == kept[1]  # the same client: the same upstream connection
     assert fetch(pair.raw_port, "/ok")[0] == 200
-    first = pair.raw.connection_of("/ok")
+    fresh = pair.raw.connection_of("/ok")
+    assert fresh != kept[0]  # another client, at once: a fresh connection
+    opened = pair.raw.connections
+    time.sleep(1.2)  # the settle time passing is the scenario
     assert fetch(pair.raw_port, "/ok")[0] == 200
-    assert pair.raw.connection_of("/ok") == first
+    assert pair.raw.connection_of("/ok") in (kept[0], fresh)  # a pooled one, settled
+    assert pair.raw.connections == opened
 
 
 def raw_get(port: int, path: str) -> tuple[bytes, str, float]:

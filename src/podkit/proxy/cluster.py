@@ -16,7 +16,7 @@ from podkit.common.config import parse_hostport
 from podkit.proxy.balancer import make_balancer
 from podkit.proxy.config import Cluster
 from podkit.proxy.health import OutlierDetector, RetryBudget
-from podkit.proxy.stats import ClusterStats, histogram_json
+from podkit.proxy.stats import ClusterStats, histogram_json, status_counts
 from podkit.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from podkit.proxy.writes import WriteBatch
 
 log = logging.getLogger("podkit.proxy")
+
+# Seconds an idle connection must have stayed quiet before another client's request may take it
+# (its own client's may at once): bytes a confused backend sends after a response would be taken
+# for that request's response. Any that come meanwhile close the connection (data_received).
+SETTLE = 1.0
 
 
 class UpstreamHost:
@@ -47,7 +52,8 @@ class UpstreamHost:
         self.available = True  # healthy and not ejected: what the balancer looks at
         self.healthy = True  # by active health checks
         self.ejected = False  # by outlier detection
-        self.idle: list[UpstreamConnection] = []
+        # pooled connections, oldest first (a dict: a client takes back its own in O(1))
+        self.idle: dict[UpstreamConnection, None] = {}
         self.connections = 0
 
 
@@ -132,6 +138,7 @@ class ClusterRuntime:
             hosts.append(host)
         for gone in old.values():
             for conn in gone.idle:
+                conn.pooled = False
                 conn.close()
             gone.idle.clear()
         self.hosts = hosts
@@ -229,14 +236,32 @@ class ClusterRuntime:
 
     # -- connections -------------------------------------------------------------------------
 
-    def checkout(self, host: UpstreamHost) -> UpstreamConnection | None:
+    def checkout(self, host: UpstreamHost, session: HttpSession) -> UpstreamConnection | None:
+        """An idle connection to `host` for `session`'s request, or None (connect a new one).
+
+        The session's own connection (the one its previous request used) when it waits in the
+        pool. Another client's only once it has been quiet for SETTLE seconds and has no byte
+        waiting unread: HAProxy's http-reuse safe gives a client's first request a fresh
+        connection; this goes further, for every request, and still shares a pool."""
         idle = host.idle
+        if not idle:
+            return None
         now = self.clock.now
-        while idle:
-            conn = idle.pop()  # most recently used first: the likeliest to still be open
-            if conn.alive and conn.idle_deadline > now:
-                return conn
-            conn.close()
+        own = session.own_connections.get(host)
+        if own is not None and own.pooled:
+            del idle[own]
+            own.pooled = False
+            if own.alive and own.idle_deadline > now:
+                return own
+            own.close()
+        settled = now - SETTLE
+        for conn in reversed(list(idle)):  # the most recently pooled first
+            if conn.idle_since <= settled or not conn.alive:
+                del idle[conn]
+                conn.pooled = False
+                if conn.alive and conn.idle_deadline > now and conn.quiet():
+                    return conn
+                conn.close()
         return None
 
     def connect(self, host: UpstreamHost, session: HttpSession) -> None:
@@ -279,26 +304,45 @@ class ClusterRuntime:
         if session.attempt == attempt:
             session.connected(conn)
         else:
-            self.release(conn)
+            self.release(conn, fresh=True)
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """A response is done: pool the connection if it can carry another request."""
+    def release(
+        self, conn: UpstreamConnection, owner: HttpSession | None = None, fresh: bool = False
+    ) -> None:
+        """A response is done: pool the connection if it can carry another request (`owner`,
+        the session it served, may take it back at once; see checkout). A `fresh` one never
+        carried a request: anyone may take it."""
         conn.session = None
         if not conn.reusable():
             conn.close()
             return
         if self.pending:
-            self.pending.popleft().connected(conn)
+            # At the connection limit a waiting request takes it as it is: but not with bytes
+            # already waiting on it (they would be taken for its response).
+            if conn.quiet():
+                self.pending.popleft().connected(conn)
+            else:
+                conn.close()  # its slot goes to the waiting request (connection_closed)
             return
-        conn.idle_deadline = self.clock.now + self.idle_timeout
-        conn.host.idle.append(conn)
+        self.pool(conn, owner, fresh)
+
+    def pool(
+        self, conn: UpstreamConnection, owner: HttpSession | None, fresh: bool = False
+    ) -> None:
+        now = self.clock.now
+        conn.idle_deadline = now + self.idle_timeout
+        conn.idle_since = -SETTLE if fresh else now
+        conn.pooled = True
+        conn.host.idle[conn] = None
+        if owner is not None:
+            owner.own_connections[conn.host] = conn
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         self.connections -= 1
         conn.host.connections -= 1
-        idle = conn.host.idle
-        if conn in idle:
-            idle.remove(conn)
+        if conn.pooled:
+            conn.pooled = False
+            del conn.host.idle[conn]
         self._serve_pending()
 
     def _serve_pending(self) -> None:
@@ -318,7 +362,7 @@ class ClusterRuntime:
             "active_requests": self.active_requests,
             "connections": self.connections,
             "pending": len(self.pending),
-            "requests": {str(k): v for k, v in sorted(s.requests.items())},
+            "requests": status_counts(s.requests),
             "connect_failures": s.connect_failures,
             "resets": s.resets,
             "timeouts": s.timeouts,

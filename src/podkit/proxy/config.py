@@ -151,6 +151,11 @@ class Route(Section):
         default=15.0, description="whole response from the upstream (Envoy's default); 0 = none"
     )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    forward_proxy_authorization: bool = Field(
+        default=False,
+        description="send the client's Proxy-Authorization upstream; it is for this proxy, so "
+        "it is dropped unless the upstream is a proxy that wants it",
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> Route:
@@ -180,6 +185,11 @@ class ListenerTimeouts(Section):
     keepalive: PositiveDuration = Field(
         default=60.0, description="an idle client connection is closed after this"
     )
+    body: PositiveDuration = Field(
+        default=60.0,
+        description="to receive a whole request body, however steadily it trickles (body_idle "
+        "bounds each silence); then 408",
+    )
 
 
 class Listener(Section):
@@ -198,6 +208,16 @@ class Listener(Section):
         default=True,
         description="add X-Forwarded-For/-Proto/-Host; an egress proxy to an outside API may "
         "leave them out (the client's own are dropped either way)",
+    )
+    strip_untrusted_forwarded: bool = Field(
+        default=True,
+        description="drop Forwarded and X-Real-IP from clients outside trusted_cidrs, as their "
+        "X-Forwarded-* are: a backend must not take a client's word for its own address",
+    )
+    default_host_for_http_10: str | None = Field(
+        default=None,
+        description="Host given to an HTTP/1.0 request that has none (Envoy's option); without "
+        "it such a request is sent on as HTTP/1.0",
     )
     limits: Limits = Field(default_factory=Limits)
     timeouts: ListenerTimeouts = Field(default_factory=ListenerTimeouts)

@@ -54,7 +54,8 @@ _CONNECT_TARGET = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]++|\[[0-9A-Fa-f:.]
 
 _REQUEST_SPECIAL_NAMES = (
     rb"host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|"
-    rb"trailer|upgrade|expect|x-request-id|x-forwarded-for|x-forwarded-proto|x-forwarded-host"
+    rb"trailer|upgrade|expect|x-request-id|x-forwarded-for|x-forwarded-proto|x-forwarded-host|"
+    rb"forwarded|x-real-ip|proxy-authorization"
 )
 _RESPONSE_SPECIAL_NAMES = (
     rb"content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer|upgrade"
@@ -146,6 +147,10 @@ class RequestHead:
     # fields named by Connection; an empty tuple when there are none
     drop: Sequence[tuple[int, int]] = ()
     conn_tokens: Sequence[bytes] = ()  # other fields named by Connection (hop-by-hop too)
+    # spans of Forwarded and X-Real-IP (kept from trusted clients only, as X-Forwarded-*), and
+    # of Proxy-Authorization (for this hop: forwarded only where a route asks)
+    client_forwarded: Sequence[tuple[int, int]] = ()
+    proxy_authorization: Sequence[tuple[int, int]] = ()
 
 
 class ResponseHead:
@@ -290,10 +295,15 @@ def _parse_request(
     connection: list[bytes] = []
     drop: list[tuple[int, int]] = []
     upgrade: bytes | None = None
+    client_forwarded: list[tuple[int, int]] = []
     for sm in _REQUEST_SPECIAL.finditer(lowered):
         name = sm[1]
         start, stop = sm.span(2)
-        if name == b"host":
+        if name == b"forwarded" or name == b"x-real-ip":
+            client_forwarded.append(sm.span())
+        elif name == b"proxy-authorization":
+            head.proxy_authorization = (*head.proxy_authorization, sm.span())
+        elif name == b"host":
             hosts += 1
             head.host = buf[base + start : base + stop].rstrip(b" \t")
         elif name == b"content-length":
@@ -365,14 +375,19 @@ def _parse_request(
             _drop_named(lowered, extra, drop)
             if b"x-request-id" in extra:
                 head.request_id = None  # dropped as hop-by-hop: the proxy makes its own
-        # RFC 9110 7.8: an Upgrade in an HTTP/1.0 request is ignored
-        if upgrade and v11 and b"upgrade" in connection:
+        # RFC 9110 7.8: an Upgrade in an HTTP/1.0 request is ignored. One with a body is sent
+        # on as a plain request (HAProxy's rule): a server that declines the upgrade reads the
+        # body as the request's, one that switches would read it as the new protocol's.
+        body = head.chunked or head.content_length
+        if upgrade and v11 and b"upgrade" in connection and not body:
             head.upgrade = upgrade
     elif not v11:
         head.keep_alive = False
     if drop:
         drop.sort()
         head.drop = drop
+    if client_forwarded:
+        head.client_forwarded = client_forwarded
     return head
 
 
@@ -430,6 +445,16 @@ def _field_problem(fields: bytes) -> str:
                 return "invalid header name"
             return "invalid character in a header value"
     return "invalid header line"
+
+
+def check_partial_response(buf: bytes, max_bytes: int) -> str | None:
+    """An upstream's head still without its CRLFCRLF: why it can never become valid (a bare LF
+    ends no head here, and waiting for one would only end in a timeout), or None."""
+    if len(buf) > max_bytes:
+        return "response head too large"
+    if buf.count(b"\n") != buf.count(b"\r\n"):
+        return "bare LF in the response head (lines must end in CRLF)"
+    return None
 
 
 def parse_response(buf: bytes, end: int, *, request_method: bytes) -> ResponseHead:

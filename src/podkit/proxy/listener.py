@@ -33,19 +33,45 @@ class Prepared:
     """Everything about a request that follows from its head bytes alone: parsed once, reused
     for every identical head (a client polling the same URL sends the same bytes each time)."""
 
-    __slots__ = ("head", "host", "path", "query", "route", "error", "upstream_start", "fast")
+    __slots__ = (
+        "head",
+        "host",
+        "path",
+        "query",
+        "route",
+        "error",
+        "upstream_start",
+        "trusted_start",
+        "fast",
+    )
 
     def __init__(
-        self, head: RequestHead, router: Router, clusters: dict[str, ClusterRuntime]
+        self,
+        head: RequestHead,
+        router: Router,
+        clusters: dict[str, ClusterRuntime],
+        config: Listener,
     ) -> None:
         self.head = head
         self.host = head.host
+        # An HTTP/1.0 request may come without Host: give it the listener's default (Envoy's
+        # default_host_for_http_10), or send it on as HTTP/1.0, never as HTTP/1.1 without one.
+        version = b" HTTP/1.1\r\n"
+        add_host = b""
+        if not head.host and head.version == b"1.0":
+            if config.default_host_for_http_10 is not None:
+                self.host = config.default_host_for_http_10.encode()
+                add_host = b"host: " + self.host + b"\r\n"
+            else:
+                version = b" HTTP/1.0\r\n"
         self.route: CompiledRoute | None = None
         # The cluster, when the request can take the session's fast path: no body, no upgrade,
         # no hashing on its content.
         self.fast: ClusterRuntime | None = None
         self.error: tuple[int, str] | None = None
-        self.upstream_start = b""  # request line and forwarded fields, before X-Forwarded-*
+        # request line and forwarded fields, before X-Forwarded-*: for any client, and for a
+        # trusted one (whose Forwarded and X-Real-IP are kept, as its X-Forwarded-* are)
+        self.upstream_start = self.trusted_start = b""
         target = head.target
         if target[:1] == b"/":
             path, _, query = target.partition(b"?")
@@ -75,20 +101,37 @@ class Prepared:
         if route.rewrite is not None:
             path = route.rewrite_path(path)
         target = path + b"?" + query if query else path
-        fields = h1.without(head.fields, head.drop) if head.drop else head.fields
         cluster = clusters[route.cluster]
+        drop = list(head.drop)
+        if head.proxy_authorization and not route.forward_proxy_authorization:
+            drop += head.proxy_authorization  # credentials for this hop, not the upstream
         replaced = []
         if route.host_rewrite is not None:
             replaced.append(b"host")
         if cluster.credentials is not None:
             replaced.append(b"authorization")  # the provider's credential, never the client's
-        if replaced:
-            fields = h1.without_fields(fields, replaced)
-        if route.host_rewrite is not None:
-            fields = b"host: " + route.host_rewrite + b"\r\n" + fields
-        self.upstream_start = b"".join((head.method, b" ", target, b" HTTP/1.1\r\n", fields))
+        line = b"".join((head.method, b" ", target, version, add_host))
+        self.upstream_start = self.trusted_start = line + _fields(
+            head.fields, drop, replaced, route.host_rewrite
+        )
+        if head.client_forwarded and config.strip_untrusted_forwarded:
+            self.upstream_start = line + _fields(
+                head.fields, drop + list(head.client_forwarded), replaced, route.host_rewrite
+            )
         if not (head.chunked or head.content_length or head.upgrade or cluster.hash_on):
             self.fast = cluster
+
+
+def _fields(
+    fields: bytes, drop: list[tuple[int, int]], replaced: list[bytes], host: bytes | None
+) -> bytes:
+    """The client's header lines as sent upstream: minus the `drop` spans and the `replaced`
+    fields, with the route's Host first when it rewrites it."""
+    if drop:
+        fields = h1.without(fields, sorted(drop))
+    if replaced:
+        fields = h1.without_fields(fields, replaced)
+    return b"host: " + host + b"\r\n" + fields if host is not None else fields
 
 
 class ListenerRuntime:
@@ -117,7 +160,7 @@ class ListenerRuntime:
         self._trust_cache: dict[str, bool] = {}
 
     def prepare(self, key: bytes, head: RequestHead) -> Prepared:
-        prep = Prepared(head, self.router, self.clusters)
+        prep = Prepared(head, self.router, self.clusters, self.config)
         if len(key) <= CACHEABLE_HEAD:
             cache = self.prepared
             if len(cache) >= PREPARED_CACHE:
@@ -148,8 +191,9 @@ class ListenerRuntime:
     def finished(
         self, session: HttpSession, head: RequestHead, status: int, cluster: ClusterRuntime | None
     ) -> float:
-        """One request is done (answered, failed or abandoned): count it and log it. Returns
-        the time now (time.monotonic(), the clock of the session's deadlines)."""
+        """One request is done (answered, failed or abandoned): count it and log it. Status 0:
+        the connection was cut mid-exchange (session.aborted says why). Returns the time now
+        (time.monotonic(), the clock of the session's deadlines)."""
         now = time.monotonic()
         elapsed = now - session.started
         stats = self.stats
@@ -170,26 +214,27 @@ class ListenerRuntime:
         if log is None:
             return now
         route = session.route
-        log.write(
-            {
-                "time": rfc3339(),
-                "listener": self.name,
-                "client": session.client_ip,
-                "method": head.method.decode("latin-1"),
-                "target": head.target.decode("latin-1"),
-                "host": session.host.decode("latin-1"),
-                "protocol": "HTTP/" + head.version.decode(),
-                "status": status,
-                "bytes_sent": session.resp_bytes,
-                "duration_ms": round(elapsed * 1000, 3),
-                "route": route.name if route is not None else None,
-                "cluster": cluster.name if cluster is not None else None,
-                "upstream": session.upstream_key or None,
-                "attempts": len(session.tried),
-                "request_id": session.request_id.decode("latin-1") or None,
-                "user_agent": _text(h1.field_value(head.fields, b"user-agent")),
-            }
-        )
+        entry = {
+            "time": rfc3339(),
+            "listener": self.name,
+            "client": session.client_ip,
+            "method": head.method.decode("latin-1"),
+            "target": head.target.decode("latin-1"),
+            "host": session.host.decode("latin-1"),
+            "protocol": "HTTP/" + head.version.decode(),
+            "status": status or "-",
+            "bytes_sent": session.resp_bytes,
+            "duration_ms": round(elapsed * 1000, 3),
+            "route": route.name if route is not None else None,
+            "cluster": cluster.name if cluster is not None else None,
+            "upstream": session.upstream_key or None,
+            "attempts": len(session.tried),
+            "request_id": session.request_id.decode("latin-1") or None,
+            "user_agent": _text(h1.field_value(head.fields, b"user-agent")),
+        }
+        if not status:
+            entry["abort"] = session.aborted
+        log.write(entry)
         return now
 
     def expire(self, now: float) -> None:

@@ -54,6 +54,7 @@ class CompiledRoute:
     retry_reset: bool  # reset in retry_on
     rewrite: tuple[bytes, bytes] | None  # (matched prefix, replacement)
     host_rewrite: bytes | None
+    forward_proxy_authorization: bool
     direct: tuple[int, bytes, bytes] | None  # (status, body, content type)
     redirect: Redirect | None
     # match
@@ -124,6 +125,7 @@ def compile_route(route: Route, index: int) -> CompiledRoute:
         if route.rewrite_prefix is not None and m.prefix is not None
         else None,
         host_rewrite=route.host_rewrite.encode() if route.host_rewrite is not None else None,
+        forward_proxy_authorization=route.forward_proxy_authorization,
         direct=direct,
         redirect=route.redirect,
         hosts_exact=frozenset(h.encode() for h in hosts if not h.startswith("*")),

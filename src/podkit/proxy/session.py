@@ -81,7 +81,10 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.last_start = b""  # ... and its upstream head up to x-request-id
         self.out: list[bytes] = []
         self.resp_status = 0
-        self.resp_started = False
+        self.resp_started = False  # the upstream's final response head came
+        self.resp_sent = False  # ... and bytes of it went to the client: no error page now
+        self.aborted = ""  # why the client's connection was cut mid-exchange, for the log
+        self.body_until = 0.0  # the request body's overall deadline (timeouts.body)
         self.resp_chunk = False  # re-chunk a close-delimited body for an HTTP/1.1 client
         self.resp_bytes = 0
         self.resp_close = False  # close the client connection after this response
@@ -94,6 +97,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.credential: Credential | None = None  # carried upstream (a cluster's provider's)
         self.auth_retried = False  # sent once more after a 401 already
         self.with_credentials = False  # either of the two above may be set: reset them
+        # the pooled connection each upstream host last served this client on (cluster.checkout)
+        self.own_connections: dict[UpstreamHost, UpstreamConnection] = {}
 
     # -- asyncio.Protocol (client side) ------------------------------------------------------
 
@@ -112,7 +117,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if self.head is not None:
             # The client went away mid-exchange: the upstream connection is out of step.
             self._drop_upstream()
-            self._end_exchange(499 if not self.resp_started else self.resp_status)
+            if self.resp_sent and not self.aborted:
+                self.aborted = "client closed the connection mid-response"
+            self._end_exchange(0 if self.aborted else 499)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -197,6 +204,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
                 return False
             prep = listener.prepare(key, head)
         head = self._begin(prep)
+        if head.chunked or head.content_length:
+            self.body_until = self.started + listener.timeouts.body
         if head.chunked:
             self.scanner = h1.ChunkedScanner()
             self.complete = False
@@ -237,7 +246,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if piece:
             self._forward_body(piece)
         if self.dkind == D_BODY:
-            self._deadline(D_BODY, self.listener.timeouts.body_idle)
+            self._body_deadline()
         if not done:
             return
         self.scanner = None
@@ -295,6 +304,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.replayable = True
         self.sent_all = False
         self.resp_started = False
+        self.resp_sent = False
         self.resp_status = 0
         self.resp_bytes = 0
         self.resp_close = False
@@ -327,7 +337,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if self.complete:
             self._upstream_deadline(first=True)
         else:
-            self._deadline(D_BODY, listener.timeouts.body_idle)
+            self._body_deadline()
         if head.upgrade is not None:
             self.pause_reading()  # nothing more is HTTP until the upstream answers 101
         provider = cluster.credentials
@@ -382,7 +392,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         host = cluster.balancer.pick(None, ())
         if host is None:
             return False
-        conn = cluster.checkout(host)
+        conn = cluster.checkout(host, self)
         if conn is None:
             self.picked = host  # the general path connects to it: a pick is never thrown away
             return False
@@ -437,10 +447,14 @@ class HttpSession(ClientSide, asyncio.Protocol):
         host.active -= 1
         conn.session = None
         if conn.alive and conn.clean and conn.keep_alive and not cluster.pending:
-            conn.idle_deadline = cluster.clock.now + cluster.idle_timeout
-            host.idle.append(conn)
+            now = cluster.clock.now  # cluster.pool, inlined
+            conn.idle_deadline = now + cluster.idle_timeout
+            conn.idle_since = now
+            conn.pooled = True
+            host.idle[conn] = None
+            self.own_connections[host] = conn
         else:
-            cluster.release(conn)
+            cluster.release(conn, self)
         if not self.closed:
             self.writes.write(self.transport, data)  # type: ignore[arg-type]
         self._end_exchange(status)
@@ -481,8 +495,9 @@ class HttpSession(ClientSide, asyncio.Protocol):
         return b"".join((start, b"x-request-id: ", rid, b"\r\n", end))
 
     def _forwarded_start(self, prep: Prepared) -> bytes:
+        start = prep.trusted_start if self.trusted else prep.upstream_start
         if not self.listener.forwarded:
-            return prep.upstream_start
+            return start
         head = prep.head
         if self.trusted:
             xff = head.xff + b", " + self.client_ip_b if head.xff else self.client_ip_b
@@ -493,12 +508,16 @@ class HttpSession(ClientSide, asyncio.Protocol):
             proto = self.listener.scheme
             fwd_host = prep.host
         parts = [
-            prep.upstream_start, b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto,
-            b"\r\n",
+            start, b"x-forwarded-for: ", xff, b"\r\nx-forwarded-proto: ", proto, b"\r\n",
         ]  # fmt: skip
         if fwd_host:
             parts += (b"x-forwarded-host: ", fwd_host, b"\r\n")
         return b"".join(parts)
+
+    def _body_deadline(self) -> None:
+        """The next body byte is due within body_idle, and the whole body by body_until."""
+        self.dkind = D_BODY
+        self.deadline = min(monotonic() + self.listener.timeouts.body_idle, self.body_until)
 
     def _upstream_deadline(self, *, first: bool) -> None:
         """The deadline for this try's response: the per-try timeout, but never past the route
@@ -548,7 +567,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
             cluster.stats.no_healthy += 1
             self._fail(503, "no healthy upstream")
             return
-        conn = cluster.checkout(host)
+        conn = cluster.checkout(host, self)
         if conn is not None:
             self.connected(conn)
             return
@@ -646,6 +665,10 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster = self.cluster
         assert head is not None and route is not None and cluster is not None
         status = resp.status
+        if status == 101 and head.upgrade is None:
+            conn.clean = False
+            self.upstream_failed(conn, "101 Switching Protocols to a request for no upgrade")
+            return False
         if status == 401 and self.credential is not None and self._credential_rejected(resp):
             return False
         if route.retry_statuses and status in route.retry_statuses and self._may_retry():
@@ -733,10 +756,13 @@ class HttpSession(ClientSide, asyncio.Protocol):
         if self.resp_chunk:
             self.out.append(http1.LAST_CHUNK)
         cluster = self.cluster
-        assert cluster is not None
+        head = self.head
+        assert cluster is not None and head is not None
         if cluster.outlier is not None:
             cluster.record_result(conn.host, "5xx" if self.resp_status >= 500 else "success")
-        self._release_upstream(reuse=self.sent_all)
+        # Reused only when the whole request went up and it asked for no protocol switch (one
+        # the upstream declined may still have switched, or be reading for the new protocol).
+        self._release_upstream(reuse=self.sent_all and head.upgrade is None)
         self.flush()
         self._end_exchange(self.resp_status)
 
@@ -759,7 +785,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         cluster.record_result(conn.host, "5xx")
         self._release_upstream(reuse=False)
         if self.resp_started:
-            self._abort()
+            self._abort("upstream connection closed mid-response")
             return
         route = self.route
         if route is not None and route.retry_reset and self._may_retry(budget=False):
@@ -776,10 +802,13 @@ class HttpSession(ClientSide, asyncio.Protocol):
             "invalid response from upstream", extra={"upstream": conn.host.key, "error": reason}
         )
         self._release_upstream(reuse=False)
-        if self.resp_started:
-            self._abort()
-        else:
-            self._fail(502, "invalid response from the upstream")
+        if self.resp_sent:
+            self._abort(f"invalid response from the upstream: {reason}")
+            return
+        # Nothing of it reached the client yet: a whole 502 instead of a cut connection.
+        self.out.clear()
+        self.resp_started = False
+        self._fail(502, "invalid response from the upstream")
 
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The upstream answered 101: from now on both connections are a byte tunnel."""
@@ -809,6 +838,8 @@ class HttpSession(ClientSide, asyncio.Protocol):
             if not self.closed and self.transport is not None:
                 self.writes.write(self.transport, b"".join(out) if len(out) > 1 else out[0])
             out.clear()
+            if self.resp_started:
+                self.resp_sent = True
 
     def _release_upstream(self, *, reuse: bool) -> None:
         conn = self.upstream
@@ -817,7 +848,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         self.upstream = None
         conn.host.active -= 1
         if reuse and self.state != S_TUNNEL:
-            conn.cluster.release(conn)
+            conn.cluster.release(conn, self)
         else:
             conn.session = None
             conn.close()
@@ -869,7 +900,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
 
     def _fail(self, status: int, reason: str) -> None:
         if self.resp_started:
-            self._abort()
+            self._abort(f"{reason} mid-response")
             return
         self._respond(status, http1.error_body(status, reason))
 
@@ -919,7 +950,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
         rejected = self.listener.stats.rejected
         rejected[status] = rejected.get(status, 0) + 1
         if self.head is not None and self.resp_started:
-            self._abort()
+            self._abort(f"client sent an invalid request: {reason}")
             return
         if self.head is not None:
             self._drop_upstream()
@@ -937,12 +968,15 @@ class HttpSession(ClientSide, asyncio.Protocol):
             self.writes.close(self.transport)
         self.closed = True
 
-    def _abort(self) -> None:
-        """The response was cut: the client must see an error, not a short but clean reply."""
+    def _abort(self, reason: str) -> None:
+        """The response was cut: the client must see an error, not a short but clean reply.
+        The access log says so (status "-" and `reason`), not the status it was to get."""
+        self.aborted = reason
         if not self.closed and self.transport is not None:
             self.writes.abort(self.transport)
         self.closed = True
         self._drop_upstream()
+        self._end_exchange(0)
 
     def close_if_idle(self) -> None:
         """Draining: a connection between requests is closed now, a busy one after its response."""
@@ -969,7 +1003,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
                 self._close()
         elif kind == D_BODY:
             if self.resp_started:
-                self._abort()
+                self._abort("request body not received in time")
             else:
                 self._reject(408, "request body not received in time")
         elif kind == D_UPSTREAM:
@@ -979,7 +1013,7 @@ class HttpSession(ClientSide, asyncio.Protocol):
                 if self.upstream is not None:
                     cluster.record_result(self.upstream.host, "5xx")
             if self.resp_started:
-                self._abort()
+                self._abort("upstream did not finish the response in time")
                 return
             self._drop_upstream()
             route = self.route

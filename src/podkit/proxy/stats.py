@@ -27,6 +27,11 @@ BUCKETS = (
 )
 
 
+def status_counts(requests: dict[int, int]) -> dict[str, int]:
+    """Counts by status for /stats and /metrics; 0 (cut mid-exchange) is shown as "aborted"."""
+    return {(str(k) if k else "aborted"): v for k, v in sorted(requests.items())}
+
+
 class Histogram:
     """Observations by bucket (bisect_left(BUCKETS, seconds)) and their sum. The hot path bumps
     both fields itself (ListenerRuntime.finished): a method call per request costs more."""
@@ -99,7 +104,7 @@ def stats_json(
     return {
         "listeners": {
             name: {
-                "requests": {str(k): v for k, v in sorted(s.requests.items())},
+                "requests": status_counts(s.requests),
                 "connections_total": s.connections_total,
                 "active_connections": s.active_connections,
                 "rejected": {str(k): v for k, v in sorted(s.rejected.items())},

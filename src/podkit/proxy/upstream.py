@@ -1,10 +1,12 @@
 """One connection to an upstream endpoint: sends a request, frames the response (h1.py) and hands
 it piece by piece to the downstream session holding the connection. Idle connections wait in
-their host's pool; a connection is reused only after a whole, well-framed response."""
+their host's pool; a connection is reused only after a whole, well-framed response, and never
+after one whose framing is in doubt (see `clean`)."""
 
 from __future__ import annotations
 
 import asyncio
+import select
 from typing import TYPE_CHECKING, Any
 
 from podkit.proxy import h1
@@ -57,6 +59,9 @@ class UpstreamConnection(asyncio.Protocol):
         "keep_alive",
         "last_head",
         "last_parsed",
+        "pooled",
+        "idle_since",
+        "poller",
     )
 
     def __init__(self, cluster: ClusterRuntime, host: UpstreamHost) -> None:
@@ -77,12 +82,19 @@ class UpstreamConnection(asyncio.Protocol):
         # (a Date changes once a second), and a startswith() is cheaper than a cache lookup.
         self.last_head = b""
         self.last_parsed: tuple[h1.ResponseHead, bytes] | None = None
+        self.pooled = False  # waiting in its host's idle list
+        self.idle_since = 0.0  # when it last went idle (the cluster clock's time)
+        self.poller: select.poll | None = None  # tells whether bytes wait unread (quiet())
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.alive = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -132,13 +144,18 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > MAX_RESPONSE_HEAD:
+                problem = h1.check_partial_response(buf, MAX_RESPONSE_HEAD)
+                if problem is not None:
                     self.clean = False
-                    session.upstream_failed(self, "response head too large")
+                    session.upstream_failed(self, problem)
                 else:
                     self.buf = buf
                 return
             start = end + 4
+            if start > MAX_RESPONSE_HEAD:  # even when it came whole in one read
+                self.clean = False
+                session.upstream_failed(self, "response head too large")
+                return
             key = buf if start == len(buf) else buf[:start]
             cached = _HEADS.get(key) if self.method != b"HEAD" else None
             if cached is not None:
@@ -176,8 +193,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head(session, buf[start:])
             return
         self.keep_alive = head.keep_alive
+        if self.method == b"HEAD" or (head.framing == h1.NO_BODY and head.content_length > 0):
+            # A server that sends a body where none may follow would leave it on the wire for
+            # the next request to take as its response: such an exchange is never trusted.
+            self.clean = False
         if not session.upstream_head(self, head, forwarded):
-            return  # the session gave up this response (a retry): the connection is closed
+            return  # the session gave up this response (a retry, a failure): the connection goes
         framing = head.framing
         if status == 101:
             self.state = U_TUNNEL
@@ -257,6 +278,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         return self.alive and self.clean and self.keep_alive and self.state == U_IDLE
+
+    def quiet(self) -> bool:
+        """No byte and no EOF waits unread: an idle connection's late bytes may have arrived in
+        this very pass of the event loop, before data_received could see them."""
+        return self.poller is None or not self.poller.poll(0)
 
     def close(self) -> None:
         self.clean = False
