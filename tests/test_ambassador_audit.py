@@ -261,6 +261,7 @@ def test_a_body_trickling_in_is_cut_at_the_body_timeout(front: Front) -> None:
 
 FORWARDING = (
     b"Forwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\nProxy-Authorization: Basic c2VjcmV0\r\n"
+    b"Connection: close\r\n"
 )
 
 
