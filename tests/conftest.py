@@ -10,7 +10,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from log_agent_harness import POD_ENV, ImageProcess, StartAgent, image_env  # noqa: E402
+from log_agent_harness import (  # noqa: E402
+    POD_ENV,
+    ImageProcess,
+    RecordingReceiver,
+    StartAgent,
+    image_env,
+)
 from podkit_harness import TEST_BRIDGE, TEST_SUBNET, Podkit  # noqa: E402
 
 # The session's own bridge for pod IPs (podkit_harness.TEST_BRIDGE), removed when it ends, so a
@@ -67,6 +73,23 @@ def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
     yield start
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture
+def receiver() -> Iterator[RecordingReceiver]:
+    """A real HTTP receiver for log-agent's http sink, up from the start."""
+    r = RecordingReceiver()
+    r.up()
+    yield r
+    r.down()
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """A directory for a log-agent to tail."""
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
 
 
 def pytest_configure(config: pytest.Config) -> None:

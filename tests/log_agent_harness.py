@@ -194,11 +194,14 @@ class _Handler(BaseHTTPRequestHandler):
         status = owner.fail_status
         if status is None:
             events = [json.loads(line) for line in body.splitlines() if line.strip()]
+            with owner.lock:
+                owner.active += 1
             if owner.delay:
                 time.sleep(owner.delay)  # a slow receiver: requests are in flight longer
             with owner.lock:
                 owner.events.extend(events)
                 owner.requests.append(len(events))
+                owner.active -= 1
             status = 200
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -225,6 +228,7 @@ class RecordingReceiver:
         self.lock = threading.Lock()
         self.fail_status: int | None = None
         self.delay = 0.0
+        self.active = 0  # requests read, not yet recorded
         self.port = 0
         self._server: _RecordingHTTPServer | None = None
 

@@ -108,7 +108,7 @@ def test_metrics_count_events_and_readiness(start_agent: StartAgent) -> None:
     samples = metric_samples(listening["admin"])
     assert samples[("log_agent_events_in_total", (("source", "tcp"),))] == 3
     assert samples[("log_agent_events_in_total", (("source", "http"),))] == 2
-    assert samples[("log_agent_events_out_total", (("sink", "stdout"),))] == 5
+    assert samples[("log_agent_events_out_total", (("delivery", "first"), ("sink", "stdout")))] == 5
     assert samples[("log_agent_bytes_in_total", (("source", "tcp"),))] == 6
     assert samples[("log_agent_parse_failures_total", ())] == 0
 
@@ -320,8 +320,8 @@ admin:
     assert shipped[1]["kubernetes"]["container_name"] == "api"
     assert len({e["_id"] for e in shipped}) == 3
     samples = metric_samples(admin)
-    assert samples[("log_agent_events_out_total", (("sink", "all"),))] == 3
-    assert samples[("log_agent_events_out_total", (("sink", "errors"),))] == 2
+    assert samples[("log_agent_events_out_total", (("delivery", "first"), ("sink", "all")))] == 3
+    assert samples[("log_agent_events_out_total", (("delivery", "first"), ("sink", "errors")))] == 2
     assert agent.terminate()[0] == 0
 
 

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from podkit.images.log_agent.buffer import BufferPolicy, SinkBuffer
+from podkit.images.log_agent.disk_queue import HEADER_BYTES, pack
 from podkit.images.log_agent.event import Ack, Batch, Lines, json_lines
 from podkit.images.log_agent.metrics import Counters
 from podkit.images.log_agent.sinks.base import RetryableError
@@ -54,8 +55,12 @@ async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-unt
         await asyncio.sleep(0.001)
 
 
-def payload(n: int) -> bytes:
-    return f"record {n:04d}\n".encode() * 10
+def payload(n: int, pad: int = 0) -> bytes:
+    """Ten lines of record n, with `pad` random hex digits each (zlib saves little on them)."""
+    noise = random.Random(n)
+    return b"".join(
+        f"record {n:04d} {noise.randbytes(pad).hex()[:pad]}\n".encode() for _ in range(10)
+    )
 
 
 def test_records_spilled_to_disk_survive_a_crash_in_order(tmp_path: Path) -> None:
@@ -113,7 +118,10 @@ def test_unexpected_send_errors_are_retried_not_fatal(tmp_path: Path) -> None:
         return counters
 
     counters = asyncio.run(run())
-    assert counters.events_out["scripted"] == 10
+    assert counters.events_out[("scripted", "first")] == 10
+
+
+PAD = 900  # records of about 5 KiB stored: over MIN_SEGMENT_BYTES, a segment each
 
 
 def test_drop_oldest_never_drops_the_record_being_sent(tmp_path: Path) -> None:
@@ -121,19 +129,21 @@ def test_drop_oldest_never_drops_the_record_being_sent(tmp_path: Path) -> None:
         counters = Counters()
         sink = ScriptedSink()
         sink.failing = True
-        size = len(payload(0))
+        size = len(payload(0, PAD))
+        on_disk = max(len(pack(payload(n, PAD))[0]) for n in range(10)) + HEADER_BYTES
         buf = SinkBuffer(
             sink,
-            policy(memory=size, disk=3 * size, when_full="drop_oldest"),
+            # room on disk for four records, a segment each: the one being sent, three queued
+            policy(memory=size, disk=4 * on_disk, when_full="drop_oldest"),
             tmp_path / "q",
             StateStore(tmp_path),
             counters,
         )
         buf.start()
-        await buf.put(payload(0), 10, None, durable=False)
+        await buf.put(payload(0, PAD), 10, None, durable=False)
         await until(lambda: counters.retries.get("scripted", 0) > 0)  # 0 is being sent
         for n in range(1, 10):
-            await buf.put(payload(n), 10, None, durable=False)
+            await buf.put(payload(n, PAD), 10, None, durable=False)
         sink.failing = False
         await until(lambda: buf.queued_events == 0)
         await buf.drain(1.0)
@@ -141,7 +151,7 @@ def test_drop_oldest_never_drops_the_record_being_sent(tmp_path: Path) -> None:
 
     sink, counters = asyncio.run(run())
     # 0 was being sent; 1..6 dropped oldest-first to keep 3 on disk; the newest arrive.
-    assert sink.got == [payload(n) for n in (0, 7, 8, 9)]
+    assert sink.got == [payload(n, PAD) for n in (0, 7, 8, 9)]
     assert counters.dropped[("scripted", "buffer_full")] == 60
 
 

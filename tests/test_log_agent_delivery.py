@@ -4,12 +4,10 @@ for what was in flight, recognisable by the events' deterministic `_id`."""
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,34 +19,8 @@ from log_agent_harness import (
     metric_samples,
     ready_listeners,
 )
+from numbered_lines import all_arrived, numbers, write_lines
 from podkit_harness import wait_for
-
-LINE = "GET /api/info?n={n:07d} HTTP/1.1 200 512 a log line that is about one hundred bytes long"
-
-
-@pytest.fixture
-def receiver() -> Iterator[RecordingReceiver]:
-    r = RecordingReceiver()
-    r.up()
-    yield r
-    r.down()
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    """The directory the agent tails (`*.log`)."""
-    path = tmp_path / "logs"
-    path.mkdir()
-    return path
-
-
-def write_lines(path: Path, start: int, count: int) -> None:
-    with path.open("a") as f:
-        f.writelines(LINE.format(n=n) + "\n" for n in range(start, start + count))
-
-
-def numbers(messages: list[str]) -> collections.Counter[int]:
-    return collections.Counter(int(m.split("n=")[1][:7]) for m in messages)
 
 
 def agent_config(
@@ -91,10 +63,6 @@ def dropped(admin: str, reason: str = "buffer_full") -> float:
 
 def events_in(admin: str) -> float:
     return metric_samples(admin)[("log_agent_events_in_total", (("source", "file"),))]
-
-
-def all_arrived(receiver: RecordingReceiver, total: int) -> bool:
-    return set(numbers(receiver.messages())) >= set(range(total))
 
 
 def test_kill_9_while_shipping_then_restart_loses_nothing(
@@ -156,7 +124,10 @@ def outage(
     assert set(counts) == set(range(written))
     assert sum(counts.values()) == written  # and nothing twice: no restart happened
     samples = metric_samples(admin)
-    assert samples[("log_agent_events_out_total", (("sink", "http"),))] == written
+    assert (
+        samples[("log_agent_events_out_total", (("delivery", "first"), ("sink", "http")))]
+        == written
+    )
     assert dropped(admin) == 0
     assert agent.terminate(10)[0] == 0
 
@@ -185,7 +156,8 @@ def test_full_buffer_drop_oldest_counts_every_drop(
     )
     receiver.down()
     agent, admin = start(start_agent, config, tmp_path)
-    total = 20_000  # about 2 MB of events: far more than the 320 KiB buffer
+    # about 10 MB of events: far more than the 320 KiB buffer holds, compressed as it is on disk
+    total = 100_000
     write_lines(logs / "app.log", 0, total)
 
     # Input is not blocked: the whole file is read while the receiver is down.

@@ -26,6 +26,7 @@ exit 2.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -112,7 +113,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     import yaml  # only when there is a file: ~20 ms of start-up otherwise
 
     try:
-        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        doc = yaml.load(text, Loader=_strict_loader())
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -123,6 +126,40 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: (top level): must be a mapping, got {type(doc).__name__}")
     return doc
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+@functools.cache
+def _strict_loader() -> Any:
+    """PyYAML's safe loader (the C one where there is one), refusing a key given twice in one
+    mapping: plain PyYAML keeps the last and a whole section (a second `sinks:`) silently
+    replaces the first."""
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Strict(base):  # type: ignore[misc,valid-type]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: construct_mapping says so
+                    continue
+                if first != line:
+                    raise _DuplicateKey(
+                        f"line {line}: duplicate key {key!r} (first given on line {first})"
+                    )
+            return super().construct_mapping(node, deep)
+
+    return Strict
 
 
 class _PathError(Exception):

@@ -30,6 +30,7 @@ from podkit.images.log_agent.config import (
     TcpSourceConfig,
     component_ids,
 )
+from podkit.images.log_agent.disk_queue import census
 from podkit.images.log_agent.metrics import Counters, build_registry
 from podkit.images.log_agent.pipeline import Output, Pipeline
 from podkit.images.log_agent.routing import Route
@@ -63,6 +64,7 @@ class Agent:
         self.sources: list[Source] = []
         self.transformers: list[Transformer] = []
         self._lock_fd: int | None = None
+        self._orphans: dict[str, tuple[str, Any]] = {}  # file checkpoints to adopt
         self._registry: CollectorRegistry | None = None
         self.admin: AdminServer | None = None
         if config.admin.enabled:
@@ -137,7 +139,42 @@ class Agent:
             b.id: (b.memory_bytes, b.disk_bytes, b.queued_events) for b in self.buffers
         }
         self.counters.file_lag = self._file_lag
+        self.counters.blocked = lambda: {b.id: b.blocked for b in self.buffers if b.blocked}
         return pipeline
+
+    def _orphaned_buffers(self, state: StateStore) -> None:
+        """Disk buffers of sinks no longer configured (renamed, removed): kept as they are,
+        reported at every start and in metrics, never silently ignored or deleted. Naming a
+        sink after one delivers it."""
+        root = self.config.data_dir / "buffers"
+        owned = {b.id for b in self.buffers}
+        if not root.is_dir():
+            return
+        for directory in sorted(root.iterdir()):
+            if directory.name in owned or not directory.is_dir():
+                continue
+            delivered = int(state.load(f"buffer:{directory.name}").get("delivered", 0))
+            records, events, nbytes = census(directory, delivered)
+            if not records:
+                continue
+            self.counters.orphaned[directory.name] = (events, nbytes)
+            log.warning(
+                "a disk buffer no configured sink owns: kept, not delivered (a sink of this "
+                "name delivers it)",
+                extra={"buffer": directory.name, "events": events, "bytes": nbytes},
+            )
+
+    def _orphaned_checkpoints(self, state: StateStore) -> dict[str, tuple[str, Any]]:
+        """File checkpoints of file sources no longer configured (renamed, removed), by key: a
+        file source adopts those of the files it watches (file_source.FileSource.start)."""
+        owned = {f"{file_source.SCOPE_PREFIX}{s.id}" for s in self.sources}
+        found: dict[str, tuple[str, Any]] = {}
+        for scope in state.scopes():
+            if scope.startswith(file_source.SCOPE_PREFIX) and scope not in owned:
+                for key, cp in state.load(scope).items():
+                    if isinstance(cp, dict):
+                        found[key] = (scope, cp)
+        return found
 
     def _file_lag(self) -> dict[tuple[str, str], int]:
         lag: dict[tuple[str, str], int] = {}
@@ -159,14 +196,22 @@ class Agent:
         if isinstance(cfg, TcpSourceConfig):
             host, port = parse_hostport(cfg.listen)
             return tcp_source.TcpSource(
-                source_id, host, port, ingest, self.counters, max_line_bytes=cfg.max_line_bytes
+                source_id,
+                host,
+                port,
+                ingest,
+                self.counters,
+                max_line_bytes=cfg.max_line_bytes,
+                keep_empty=cfg.empty_lines == "keep",
             )
         if isinstance(cfg, HttpSourceConfig):
             host, port = parse_hostport(cfg.listen)
             return http_source.HttpSource(
                 source_id, host, port, ingest, max_body_bytes=cfg.max_body_bytes
             )
-        return file_source.FileSource(source_id, cfg, ingest, state, self.counters)
+        return file_source.FileSource(
+            source_id, cfg, ingest, state, self.counters, orphans=self._orphans
+        )
 
     async def start(self) -> dict[str, str]:
         """Start everything; return what each component listens on or watches."""
@@ -175,6 +220,8 @@ class Agent:
         listening: dict[str, str] = {}
         try:
             self._build(self.state)
+            self._orphaned_buffers(self.state)
+            self._orphans.update(self._orphaned_checkpoints(self.state))
             for buffer in self.buffers:
                 try:
                     await buffer.sink.start()
@@ -206,6 +253,13 @@ class Agent:
                 await source.stop()
             await self._close_outputs(timeout=1.0)
             raise
+        if self._orphans:
+            scopes = sorted({scope for scope, _ in self._orphans.values()})
+            log.warning(
+                "file checkpoints of file sources no longer configured: kept (a file source "
+                "whose paths match takes them over)",
+                extra={"files": len(self._orphans), "sources": scopes},
+            )
         self.ready = True
         return listening
 

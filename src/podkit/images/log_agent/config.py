@@ -43,6 +43,9 @@ class TcpSourceConfig(Section):
     name: str | None = None
     listen: Listen = DEFAULT_TCP_LISTEN
     max_line_bytes: int = Field(default=1 * MiB, gt=0)
+    empty_lines: Literal["drop", "keep"] = Field(
+        default="drop", description="drop (counted in log_agent_empty_lines_total) or keep"
+    )
 
 
 class HttpSourceConfig(Section):
@@ -68,10 +71,11 @@ class BufferConfig(Section):
 
 
 class RetryConfig(Section):
-    """Failed sends are retried with exponential backoff and jitter; unlimited by default."""
+    """Failed sends are retried with exponential backoff and jitter; unlimited by default. The
+    cap is low so that a receiver back from an outage gets data within seconds."""
 
     initial_backoff: float = Field(default=0.5, gt=0, description="seconds")
-    max_backoff: float = Field(default=30.0, gt=0, description="seconds")
+    max_backoff: float = Field(default=5.0, gt=0, description="seconds")
     max_attempts: int = Field(default=0, ge=0, description="0: retry for ever")
 
     @model_validator(mode="after")
@@ -155,29 +159,32 @@ class AgentConfig(Section):
 
     @model_validator(mode="after")
     def _unique_names(self) -> AgentConfig:
-        for kind, names in (
-            ("sources", component_ids(self.sources)),
-            ("sinks", component_ids(self.sinks)),
-        ):
-            seen: set[str] = set()
-            for name in names:
-                if name in seen:
-                    raise ValueError(f"{kind}: two components are named {name!r}")
-                seen.add(name)
+        for kind, components in (("sources", self.sources), ("sinks", self.sinks)):
+            _check_names(kind, components)
         return self
 
 
-def component_ids(components: list[Any]) -> list[str]:
-    """Each component's id: its `name`, else its type, numbered when a type repeats."""
+def _check_names(kind: str, components: list[Any]) -> None:
+    """A component's id names its metrics, its disk buffer and its checkpoints, so it must not
+    change when the config changes: when a type repeats, each of that type needs a `name` (a
+    number would move when one is added or removed, and the data filed under it with it)."""
     counts: dict[str, int] = {}
     for c in components:
         counts[c.type] = counts.get(c.type, 0) + 1
-    seen: dict[str, int] = {}
-    ids = []
-    for c in components:
-        if c.name:
-            ids.append(c.name)
-            continue
-        seen[c.type] = seen.get(c.type, 0) + 1
-        ids.append(c.type if counts[c.type] == 1 else f"{c.type}_{seen[c.type]}")
-    return ids
+    seen: set[str] = set()
+    for index, c in enumerate(components):
+        if c.name is None and counts[c.type] > 1:
+            raise ValueError(
+                f"{kind}[{index}]: {counts[c.type]} {kind} are of type {c.type}: give each a "
+                f"`name` (its id in metrics and the name of its buffer and file checkpoints, "
+                f"which must stay the same)"
+            )
+        name = c.name or c.type
+        if name in seen:
+            raise ValueError(f"{kind}[{index}]: two {kind} are named {name!r}")
+        seen.add(name)
+
+
+def component_ids(components: list[Any]) -> list[str]:
+    """Each component's id: its `name`, else its type (a type that repeats has names)."""
+    return [c.name or c.type for c in components]

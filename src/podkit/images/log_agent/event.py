@@ -74,7 +74,16 @@ class Batch:
     """Events from one source read: built from dicts, or from `Lines` and turned into dicts
     only when something asks for `events`."""
 
-    __slots__ = ("source_id", "_events", "lines", "common", "nbytes", "ack", "replayable")
+    __slots__ = (
+        "source_id",
+        "_events",
+        "lines",
+        "common",
+        "nbytes",
+        "ack",
+        "replayable",
+        "replay",
+    )
 
     def __init__(
         self,
@@ -87,6 +96,7 @@ class Batch:
         replayable: bool = True,
         *,
         lines: Lines | None = None,
+        replay: bool = False,  # read again after a restart: may have been delivered before
     ) -> None:
         if (events is None) == (lines is None):
             raise ValueError("a batch is made of events or of lines")
@@ -97,6 +107,7 @@ class Batch:
         self.nbytes = nbytes
         self.ack = ack
         self.replayable = replayable
+        self.replay = replay
 
     @property
     def events(self) -> list[Event]:

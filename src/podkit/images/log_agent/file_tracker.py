@@ -61,7 +61,9 @@ class Identity:
         if len(head) > self.fp_len:
             self.fp_len, self.fp = len(head), fingerprint(head)
 
-    def checkpoint(self, offset: int, path: str) -> dict[str, Any]:
+    def checkpoint(self, offset: int, path: str, read: int = 0) -> dict[str, Any]:
+        """`offset`: committed (every sink holds what is before it); `read`: how far batches
+        were handed on (what a restart reads again up to there may have been delivered)."""
         return {
             "path": path,
             "dev": self.dev,
@@ -71,6 +73,7 @@ class Identity:
             "fp_len": self.fp_len,
             "fp": self.fp,
             "offset": offset,
+            "read": max(read, offset),
         }
 
     @classmethod

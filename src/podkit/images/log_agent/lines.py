@@ -20,17 +20,24 @@ class LineReader:
     """Bytes of one file or stream in, (start offsets, decoded lines) out; a partial last line
     is held until its newline arrives.
 
-    Invalid UTF-8 becomes U+FFFD. `\\r\\n` loses the `\\r`; empty lines are dropped. A line
-    longer than `max_line_bytes` is cut into pieces (at a UTF-8 character boundary), each
-    delivered as a line with its own offset; `cut` counts the lines that were cut, once each.
+    Invalid UTF-8 becomes U+FFFD, and `invalid` counts the lines that had some. `\\r\\n` loses
+    the `\\r`. Empty lines are dropped and counted in `empty` (kept as empty messages with
+    `keep_empty`). A line longer than `max_line_bytes` is cut into pieces (at a UTF-8
+    character boundary), each delivered as a line with its own offset; `cut` counts the lines
+    that were cut, once each.
     """
 
-    __slots__ = ("_partial", "_start", "_in_cut", "max_line_bytes", "cut")
+    __slots__ = ("_partial", "_start", "_in_cut", "max_line_bytes", "keep_empty", "counts")
 
-    def __init__(self, max_line_bytes: int, offset: int = 0) -> None:
+    def __init__(self, max_line_bytes: int, offset: int = 0, keep_empty: bool = False) -> None:
         self.max_line_bytes = max_line_bytes
-        self.cut = 0
+        self.keep_empty = keep_empty
+        self.counts = LineCounts()
         self.reset(offset)
+
+    @property
+    def cut(self) -> int:
+        return self.counts.cut
 
     def reset(self, offset: int) -> None:
         self._partial = b""
@@ -54,7 +61,7 @@ class LineReader:
         if len(whole) > self.max_line_bytes:
             offsets, texts = self._split_cutting(whole, start)
         else:
-            offsets, texts = split_lines(whole, start)
+            offsets, texts = split_lines(whole, start, self.counts, self.keep_empty)
         self._in_cut = False
         return self._cut_partial(offsets, texts)
 
@@ -65,7 +72,7 @@ class LineReader:
         rest, start = self._partial, self._start
         self._start += len(rest)
         self._partial, self._in_cut = b"", False
-        return split_lines(rest, start)
+        return split_lines(rest, start, self.counts, self.keep_empty)
 
     def _split_cutting(self, whole: bytes, start: int) -> tuple[list[int], list[str]]:
         """The slow path: some line is longer than the limit."""
@@ -80,11 +87,17 @@ class LineReader:
                 pieces = [(0, part)]
             else:
                 pieces = cut_utf8(part, limit)
-                self.cut += 0 if (i == 0 and self._in_cut) else 1
+                self.counts.cut += 0 if (i == 0 and self._in_cut) else 1
+            if not part:
+                if self.keep_empty:
+                    offsets.append(line_start)
+                    texts.append("")
+                else:
+                    self.counts.empty += 1
             for rel, piece in pieces:
                 if piece:
                     offsets.append(line_start + rel)
-                    texts.append(piece.decode("utf-8", "replace"))
+                    texts.append(_decode(piece, self.counts))
         return offsets, texts
 
     def _cut_partial(self, offsets: list[int], texts: list[str]) -> tuple[list[int], list[str]]:
@@ -93,19 +106,46 @@ class LineReader:
         if len(self._partial) <= limit:
             return offsets, texts
         if not self._in_cut:
-            self.cut += 1
+            self.counts.cut += 1
             self._in_cut = True
         pieces = cut_utf8(self._partial, limit)
         keep = pieces.pop()  # the tail (<= limit) stays held: more of the line may follow
         for rel, piece in pieces:
             offsets.append(self._start + rel)
-            texts.append(piece.decode("utf-8", "replace"))
+            texts.append(_decode(piece, self.counts))
         self._start += keep[0]
         self._partial = keep[1]
         return offsets, texts
 
 
-def split_lines(whole: bytes, start: int) -> tuple[list[int], list[str]]:
+class LineCounts:
+    """What a reader met that changes lines from the bytes: counted, as nothing is lost unseen."""
+
+    __slots__ = ("cut", "empty", "invalid")
+
+    def __init__(self) -> None:
+        self.cut = 0  # over-long lines cut into pieces
+        self.empty = 0  # empty lines dropped
+        self.invalid = 0  # lines with invalid UTF-8 (decoded with U+FFFD)
+
+    def take(self) -> tuple[int, int, int]:
+        """(cut, empty, invalid) since the last take."""
+        counts = (self.cut, self.empty, self.invalid)
+        self.cut = self.empty = self.invalid = 0
+        return counts
+
+
+def _decode(data: bytes, counts: LineCounts) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        counts.invalid += 1
+        return data.decode("utf-8", "replace")
+
+
+def split_lines(
+    whole: bytes, start: int, counts: LineCounts | None = None, keep_empty: bool = False
+) -> tuple[list[int], list[str]]:
     """Newline-separated lines (no trailing newline) starting at file offset `start`."""
     if whole.isascii():
         text = whole.decode("ascii")
@@ -114,7 +154,12 @@ def split_lines(whole: bytes, start: int) -> tuple[list[int], list[str]]:
     else:
         # Replacement never swallows a newline byte, so the str splits into as many parts as
         # the bytes; the lengths (for offsets) come from the bytes.
-        text = whole.decode("utf-8", "replace")
+        try:
+            text = whole.decode("utf-8")
+        except UnicodeDecodeError:
+            text = whole.decode("utf-8", "replace")
+            if counts is not None:
+                counts.invalid += sum(1 for part in whole.split(b"\n") if not _valid(part))
         texts = text.split("\n")
         lens = list(map(len, whole.split(b"\n")))
     # offset of line i: start + the lengths (each + its newline) of the lines before it
@@ -122,11 +167,21 @@ def split_lines(whole: bytes, start: int) -> tuple[list[int], list[str]]:
     del offsets[-1]  # where the line after the last one would start
     if "\r" in text:
         texts = [t[:-1] if t.endswith("\r") else t for t in texts]
-    if "" in texts:
+    if not keep_empty and "" in texts:
         kept = [(o, t) for o, t in zip(offsets, texts, strict=False) if t]
+        if counts is not None:
+            counts.empty += len(texts) - len(kept)
         offsets = [o for o, _ in kept]
         texts = [t for _, t in kept]
     return offsets, texts
+
+
+def _valid(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def cut_utf8(data: bytes, limit: int) -> list[tuple[int, bytes]]:

@@ -68,7 +68,7 @@ class Pipeline:
         for buffer, selected in targets:
             try:
                 payload = buffer.sink.encode(selected)
-                await buffer.put(payload, len(selected), ack, durable=durable)
+                await buffer.put(payload, len(selected), ack, durable=durable, replay=batch.replay)
             except Exception as exc:  # noqa: BLE001 (one sink's failure must not stall the rest)
                 # An event the sink cannot encode, or a disk buffer that cannot be written:
                 # counted and acknowledged, or the source could never commit past this batch.

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from podkit.images.log_agent.throttle import Throttle
+
 FILE_NAME = "state.db"
 log = logging.getLogger("log-agent.state")
 
@@ -41,10 +43,15 @@ class StateStore:
         self._dirty: dict[tuple[str, str], bytes | None] = {}
         self._scheduled = False
         self.commits = 0
+        self._failing = Throttle()  # a full disk fails every commit: one line a minute
 
     def load(self, scope: str) -> dict[str, Any]:
         rows = self._db.execute("SELECT key, value FROM state WHERE scope = ?", (scope,))
         return {key: orjson.loads(value) for key, value in rows}
+
+    def scopes(self) -> list[str]:
+        """Every scope with saved values (not counting writes not yet committed)."""
+        return [row[0] for row in self._db.execute("SELECT DISTINCT scope FROM state")]
 
     def set(self, scope: str, key: str, value: Any) -> None:
         self._dirty[(scope, key)] = orjson.dumps(value)
@@ -87,8 +94,15 @@ class StateStore:
                 db.execute("ROLLBACK")
             # Keep what was not written (newer values win) and try again at the next change.
             self._dirty = {**dirty, **self._dirty}
-            log.error("cannot save state", extra={"path": str(self.path), "error": str(exc)})
+            held = self._failing.due()
+            if held is not None:
+                log.error(
+                    "cannot save state",
+                    extra={"path": str(self.path), "error": str(exc), "failures_since": held},
+                )
             return
+        if self._failing.since:
+            log.info("state saved again", extra={"after_s": round(self._failing.clear(), 1)})
         self.commits += 1
 
     def close(self) -> None:

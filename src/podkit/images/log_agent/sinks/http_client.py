@@ -94,7 +94,11 @@ class HttpClientConfig(Section):
     headers: dict[str, str] = Field(default_factory=dict)
     auth: Auth | None = None
     tls: TlsConfig | None = None
-    timeout: float = Field(default=30.0, gt=0, description="seconds for one request")
+    timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds for one request: a stalled receiver holds a request no longer",
+    )
     compression: Literal["none", "gzip"] = "none"
 
     @field_validator("endpoint")

@@ -49,14 +49,25 @@ class FileSourceConfig(Section):
     multiline: MultilineConfig | None = None
     container_name: str | None = None  # kubernetes.container_name of text files' events
     max_line_bytes: int = Field(default=1 * MiB, gt=0)
+    empty_lines: Literal["drop", "keep"] = Field(
+        default="drop", description="drop (counted in log_agent_empty_lines_total) or keep"
+    )
     fingerprint_bytes: int = Field(default=256, ge=16, le=64 * KiB)
     read_chunk: int = Field(default=256 * KiB, ge=4 * KiB, le=64 * MiB)
     poll_interval: float = Field(
         default=0.25, gt=0, le=10, description="seconds; when inotify is unavailable"
     )
     glob_interval: float = Field(default=1.0, gt=0, le=60, description="seconds between scans")
-    # A rotated file is let go once drained and its successor written (or it was deleted);
-    # this only caps the wait for a writer that never moves on.
+    # A rotated file is let go once drained, its successor written and rotate_wait passed (or
+    # once it was deleted and drained); rotate_idle_timeout only caps the wait for a writer
+    # that never moves on.
+    rotate_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a rotated file stays open after its successor was written: a "
+        "writer that reopens late (workers reopening on a signal) still has its lines read "
+        "(Fluent Bit's Rotate_Wait)",
+    )
     rotate_idle_timeout: float = Field(default=60.0, gt=0, description="seconds")
 
     @field_validator("paths")

@@ -18,7 +18,8 @@ Guarantees, and how:
   truncate are in neither file: that gap is copytruncate's, unavoidable by any reader. A line
   of the gap we had begun to read is delivered as far as we read it.
 - Inode reuse: a checkpoint whose first bytes do not match is another file: read from its start.
-- Over-long lines are cut into pieces of max_line_bytes, each line cut counted (`counters.cut`).
+- Over-long lines are cut into pieces of max_line_bytes, each line cut counted; empty lines and
+  lines with invalid UTF-8 are counted too (`counters.lines`).
 - Backpressure: `ingest` waits while the pipeline is full; reading simply stops meanwhile.
 
 Globs matching the rotated names too (`app.log*`) are fine for rename rotation (same inode),
@@ -63,13 +64,14 @@ log = logging.getLogger("log-agent.file")
 
 Ingest = Callable[[Batch], Awaitable[None]]
 STARTED = "started"  # state key: this source ran before (read_from applies to its first start)
+SCOPE_PREFIX = "file:"  # state scope of a file source: its id follows
 CHUNKS_PER_TURN = 16  # then the next file gets its turn
 # Directory events come in bursts: the first scans at once, the rest at most this often.
 RESCAN_MIN_INTERVAL = 0.02
 
 
-class CutCounter(Protocol):
-    def cut(self, source_id: str, n: int, /) -> None: ...
+class LineCounter(Protocol):
+    def lines(self, source_id: str, counts: tuple[int, int, int], /) -> None: ...
 
 
 @dataclass(eq=False)
@@ -88,10 +90,13 @@ class _Tailed:
     tracker: OffsetTracker
     common: Event
     rotated: bool = False  # no longer at a matched path (renamed or deleted)
+    rotated_at: float = field(default_factory=time.monotonic)  # when it was found rotated
     finished: bool = False  # will not grow again (the copy copytruncate made)
     retired: bool = False  # drained and closed: its checkpoint goes once its batches are done
     at_eof: bool = False
     last_growth: float = field(default_factory=time.monotonic)
+    sent_to: int = 0  # where the next batch's content starts (the last batch's resume point)
+    replay_until: int = 0  # what the last run had handed on: below it, reading is a replay
 
     def resume_point(self) -> int:
         """Where a restart must read from: the start of the first line not delivered."""
@@ -104,12 +109,12 @@ class _Tailed:
                 point = held
         return point
 
-    def take_cuts(self) -> int:
-        n = self.reader.cut + (self.cri.cut if self.cri else 0)
-        self.reader.cut = 0
+    def take_counts(self) -> tuple[int, int, int]:
+        """(cut, empty, invalid) lines since the last call (lines.LineCounts)."""
+        cut, empty, invalid = self.reader.counts.take()
         if self.cri:
-            self.cri.cut = 0
-        return n
+            cut, self.cri.cut = cut + self.cri.cut, 0
+        return cut, empty, invalid
 
     def events(self, data: bytes, received: str, mono: float) -> list[Event] | Lines:
         """The events completed by `data`, the next bytes of the file."""
@@ -148,16 +153,21 @@ class FileSource:
         cfg: FileSourceConfig,
         ingest: Ingest,
         state: StateStore,
-        counters: CutCounter,
+        counters: LineCounter,
         *,
         use_inotify: bool = True,
+        orphans: dict[str, tuple[str, Any]] | None = None,
     ) -> None:
         self.id = id
         self._cfg = cfg
         self._ingest = ingest
         self._state = state
         self._counters = counters
-        self._scope = f"file:{id}"
+        self._scope = f"{SCOPE_PREFIX}{id}"
+        # Checkpoints of file sources no longer configured, shared by every file source: this
+        # one takes over those of files it watches (a renamed source neither reads its files
+        # again nor, reading from tail, skips what was written while the agent was stopped).
+        self._orphans = orphans if orphans is not None else {}
         self._files: dict[FileKey, _Tailed] = {}  # open files
         self._owners: dict[FileKey, _Tailed] = {}  # whose checkpoint each key holds
         self._saved: dict[FileKey, dict[str, Any]] = {}  # checkpoints not yet claimed at start
@@ -188,6 +198,17 @@ class FileSource:
         self._first_start = STARTED not in saved
         saved.pop(STARTED, None)
         self._saved = {k: v for k, v in saved.items() if isinstance(v, dict)}
+        for key, (scope, cp) in list(self._orphans.items()):
+            path = cp.get("path")
+            if key not in self._saved and isinstance(path, str) and self._wanted(path):
+                del self._orphans[key]
+                self._saved[key] = cp
+                self._state.set(self._scope, key, cp)
+                self._state.delete(scope, key)
+                self._first_start = False  # a renamed source: its files are not new to us
+                log.info(
+                    "taking over the checkpoint of a file", extra={"path": path, "from": scope}
+                )
         self._watcher.start()
         self._rescan(initial=True)
         self._recover_renamed()
@@ -270,7 +291,9 @@ class FileSource:
             await self._retire(t, finished)
 
     def _finished(self, t: _Tailed) -> str | None:
-        """Why a rotated file will not be written again, or None while it may be."""
+        """Why a rotated file will not be written again, or None while it may be. A successor
+        with content is not enough at once: a writer that reopens late (workers reopening on a
+        signal) goes on writing here meanwhile, so the file stays open for rotate_wait."""
         if t.finished:
             return "copy drained"
         try:
@@ -279,8 +302,9 @@ class FileSource:
             st = os.stat(t.path)
         except OSError:
             return None
-        if file_key(st.st_dev, st.st_ino) != t.key and st.st_size > 0:
-            return "successor written"
+        successor = file_key(st.st_dev, st.st_ino) != t.key and st.st_size > 0
+        if successor and time.monotonic() - t.rotated_at >= self._cfg.rotate_wait:
+            return "successor written, rotate_wait passed"
         return None
 
     async def _flush_due(self) -> None:
@@ -319,9 +343,7 @@ class FileSource:
             if t.ident is None:  # first content: this is when the file gets its identity
                 self._identify(t, head)
             events = t.events(data, rfc3339_now(), t.last_growth)
-            cuts = t.take_cuts()
-            if cuts:
-                self._counters.cut(self.id, cuts)
+            self._counters.lines(self.id, t.take_counts())
             await self._send(t, events, len(data))
             await asyncio.sleep(0)  # a big backlog must not starve the rest of the agent
         return False
@@ -342,10 +364,13 @@ class FileSource:
         if "kubernetes" in common:  # downstream may enrich it: each batch gets its own
             common["kubernetes"] = dict(common["kubernetes"])
         ack = Ack(partial(self._acked, t, tracker, seq))
+        replay = t.sent_to < t.replay_until
+        t.sent_to = end
+        self._save(t)  # how far was handed on, before a sink can deliver it
         if isinstance(events, Lines):
-            batch = Batch(self.id, None, common, nbytes, ack=ack, lines=events)
+            batch = Batch(self.id, None, common, nbytes, ack=ack, lines=events, replay=replay)
         else:
-            batch = Batch(self.id, events, common, nbytes, ack=ack)
+            batch = Batch(self.id, events, common, nbytes, ack=ack, replay=replay)
         await self._ingest(batch)
 
     def _acked(self, t: _Tailed, tracker: OffsetTracker, seq: int) -> None:
@@ -363,7 +388,8 @@ class FileSource:
         if t.ident is None:  # empty (maybe just truncated): an older checkpoint would mislead
             self._state.delete(self._scope, t.key)
         else:
-            self._state.set(self._scope, t.key, t.ident.checkpoint(t.tracker.committed, t.path))
+            cp = t.ident.checkpoint(t.tracker.committed, t.path, max(t.sent_to, t.replay_until))
+            self._state.set(self._scope, t.key, cp)
 
     def _forget(self, t: _Tailed) -> None:
         del self._owners[t.key]
@@ -388,7 +414,7 @@ class FileSource:
         t.gen = old.gen + 1
         t.ident = None
         t.offset = 0
-        t.reader = LineReader(self._cfg.max_line_bytes, 0)
+        t.reader = self._reader(0)
         t.cri, t.ml = self._assemblers()
         t.tracker = OffsetTracker(0)
         if head:
@@ -418,6 +444,7 @@ class FileSource:
             key, t.path, fd, t.ident, t.gen, t.offset, t.reader, t.cri, t.ml, t.tracker,
             t.common, rotated=True, finished=finished,
         )  # fmt: skip
+        c.sent_to, c.replay_until = t.sent_to, t.replay_until
         self._files[key] = self._owners[key] = c
         self._watcher.watch_file(key, fd, t.path)
         self._watcher.mark(key)
@@ -439,7 +466,7 @@ class FileSource:
                 t.path, t.rotated = path, False
         for key, t in self._files.items():
             if key not in found and not t.rotated:
-                t.rotated, t.last_growth = True, now
+                t.rotated, t.last_growth, t.rotated_at = True, now, now
                 log.info("file rotated away, draining it", extra={"path": t.path})
 
     def _moved(self, old: str, new: str) -> None:
@@ -503,7 +530,8 @@ class FileSource:
             plan = plan_start(cp, st.st_dev, st.st_ino, head, st.st_size, tail=tail)
         except (KeyError, TypeError, ValueError):  # a checkpoint we cannot read: start afresh
             plan = plan_start(None, st.st_dev, st.st_ino, head, st.st_size, tail=tail)
-        t = self._new_tailed(key, path, fd, plan.identity, plan.gen, plan.offset)
+        resumed = cp if plan.reason == "resume" else None
+        t = self._new_tailed(key, path, fd, plan.identity, plan.gen, plan.offset, resumed)
         t.rotated = at is not None
         if plan.reason in ("truncated", "replaced") and cp is not None:
             log.warning(
@@ -525,7 +553,7 @@ class FileSource:
             offset = int(cp["offset"])
             copy = self._find_copy(t.path, old, offset)
             if copy is not None:
-                src = self._new_tailed(t.key, t.path, -1, old, old.gen, offset)
+                src = self._new_tailed(t.key, t.path, -1, old, old.gen, offset, cp)
                 self._adopt(src, copy[1], finished=True)
 
     def _recover_renamed(self) -> None:
@@ -541,7 +569,7 @@ class FileSource:
                     self._state.delete(self._scope, key)
                     unclaimed.pop(key, None)
                 continue
-            t = self._new_tailed(key, cp["path"], fd, ident, ident.gen, offset)
+            t = self._new_tailed(key, cp["path"], fd, ident, ident.gen, offset, cp)
             t.rotated = True
             self._files[key] = self._owners[key] = t
             self._watcher.watch_file(key, fd, t.path)
@@ -561,8 +589,17 @@ class FileSource:
         return None
 
     def _new_tailed(
-        self, key: FileKey, path: str, fd: int, ident: Identity | None, gen: int, offset: int
+        self,
+        key: FileKey,
+        path: str,
+        fd: int,
+        ident: Identity | None,
+        gen: int,
+        offset: int,
+        cp: dict[str, Any] | None = None,
     ) -> _Tailed:
+        """A file to follow from `offset`; `cp`, its checkpoint when resuming from one, says
+        how far the last run had read (what is read again up to there is a replay)."""
         cfg = self._cfg
         cri, ml = self._assemblers()
         common: Event = {"source": "file", "file": path}
@@ -573,9 +610,19 @@ class FileSource:
             meta = {"container_name": cfg.container_name}
         if meta:
             common["kubernetes"] = meta
-        reader = LineReader(cfg.max_line_bytes, offset)
-        return _Tailed(
+        reader = self._reader(offset)
+        t = _Tailed(
             key, path, fd, ident, gen, offset, reader, cri, ml, OffsetTracker(offset), common
+        )
+        t.sent_to = offset
+        if cp is not None:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                t.replay_until = int(cp.get("read", 0))
+        return t
+
+    def _reader(self, offset: int) -> LineReader:
+        return LineReader(
+            self._cfg.max_line_bytes, offset, keep_empty=self._cfg.empty_lines == "keep"
         )
 
     def _assemblers(self) -> tuple[CriAssembler | None, Multiline | None]:

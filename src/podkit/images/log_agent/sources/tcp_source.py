@@ -27,8 +27,10 @@ class TcpSource:
         counters: Counters,
         *,
         max_line_bytes: int,
+        keep_empty: bool = False,
     ) -> None:
         self.id = id
+        self._keep_empty = keep_empty
         self._host = host
         self._port = port
         self._ingest = ingest
@@ -56,7 +58,8 @@ class TcpSource:
         assert task is not None
         self._handlers.add(task)
         self._writers.add(writer)
-        splitter = LineReader(self._max_line)  # the file source's splitter; offsets unused
+        # the file source's splitter; offsets unused
+        splitter = LineReader(self._max_line, keep_empty=self._keep_empty)
         counters = self._counters
         try:
             while True:
@@ -67,13 +70,12 @@ class TcpSource:
                 if not data:
                     break
                 _, lines = splitter.feed(data)
-                if splitter.cut:
-                    counters.cut(self.id, splitter.cut)
-                    splitter.cut = 0
+                counters.lines(self.id, splitter.counts.take())
                 await self._ingest(self._batch(lines, len(data)))
         finally:
             # The sender closed the connection: its last line needs no newline to count.
             _, rest = splitter.flush()
+            counters.lines(self.id, splitter.counts.take())
             if rest:
                 await self._ingest(self._batch(rest, 0))
             self._writers.discard(writer)
