@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import logging
 import os
 import re
 import subprocess
@@ -162,6 +164,12 @@ def test_config_defaults_and_errors_name_the_field() -> None:
         config("/l/*.log", format="json")
     assert bad.value.errors()[0]["loc"] == ("format",)
     assert (cfg.rotate_wait, cfg.empty_lines) == (5.0, "drop")
+    assert (cfg.rotated, cfg.rotated_compressed) == (["{name}.[0-9]*", "{name}-[0-9]*"], "read")
+    with pytest.raises(ValidationError) as bad:
+        config("/l/*.log", rotated=["{name}.old", "app.1", "../{name}"])
+    assert bad.value.errors()[0]["loc"] == ("rotated",)
+    assert "'app.1' does not contain {name}" in str(bad.value)
+    assert "no '/'" in str(bad.value)
     with pytest.raises(ValidationError) as bad:
         config("/l/*.log", rotate_wiat=5)
     assert bad.value.errors()[0]["loc"] == ("rotate_wiat",)
@@ -694,7 +702,50 @@ def test_renamed_while_stopped_is_drained_and_gone_checkpoints_dropped(tmp_path:
     saved = state.load("file:files")
     state.close()
     assert gone_key not in saved
-    assert [cp["path"] for k, cp in saved.items() if k != "started"] == [str(log_path)]
+    live = [cp["path"] for cp in saved.values() if isinstance(cp, dict) and not cp.get("done")]
+    assert live == [str(log_path)]
+    # app.log.1, drained and let go, keeps its checkpoint marked done while it is there
+    rotated = (logs / "app.log.1").stat()
+    assert saved[file_key(rotated.st_dev, rotated.st_ino)]["done"] is True
+
+
+def test_rotated_copies_found_at_start_up_by_the_patterns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the second start reads: the rest of the file it followed (renamed to app.log.2),
+    not the copy that was there before it ever ran, and the successor; the compressed copy
+    (app.log.1.gz) it skips with a warning, as asked."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_path = logs / "app.log"
+    append(log_path, "a1\n")
+    append(logs / "app.log.7", "ancient\n")
+    os.utime(logs / "app.log.7", (time.time() - 86400,) * 2)
+    cfg = config(logs / "*.log", rotated_compressed="skip", rotate_wait=0.1)
+
+    async def run(n: int) -> list[str]:
+        sink = Sink()
+        async with running(cfg, sink.ingest, tmp_path / "state"):
+            await until(lambda: len(sink.events) >= n, f"{n} lines")
+            await until(lambda: not open_paths(logs)[1:], "the rotated copies let go")
+        return sorted(sink.messages())
+
+    assert asyncio.run(run(1)) == ["a1"]
+    # While stopped, rotated twice; the second copy compressed (logrotate's `compress`).
+    append(log_path, "a2\n")
+    log_path.rename(logs / "app.log.1")
+    append(log_path, "b1\nb2\n")
+    (logs / "app.log.1").rename(logs / "app.log.2")
+    with log_path.open("rb") as src, gzip.open(logs / "app.log.1.gz", "wb") as dst:
+        dst.write(src.read())
+    log_path.unlink()
+    append(log_path, "c1\n")
+    caplog.set_level(logging.WARNING, "log-agent.file")
+    assert asyncio.run(run(2)) == ["a2", "c1"]
+    skipped = [r for r in caplog.records if "compressed rotated copy" in r.getMessage()]
+    assert [(r.path, r.unread_bytes) for r in skipped] == [  # type: ignore[attr-defined]
+        (str(logs / "app.log.1.gz"), 6)
+    ]
 
 
 def test_cri_files_parts_joined_with_stream_time_and_pod(tmp_path: Path) -> None:

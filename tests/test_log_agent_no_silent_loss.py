@@ -388,3 +388,72 @@ def test_a_late_writer_to_a_rotated_file_is_read_for_rotate_wait(
     wait_for("the late lines delivered", lambda: all_arrived(receiver, 2_500), timeout=20)
     assert lost_and_twice(receiver, 2_500) == ([], 0)
     assert agent.terminate(10)[0] == 0
+
+
+ROTATION_SCHEMES = {
+    "numbered": "",  # app.log.1, app.log.2
+    "dateext": "  dateext\n  dateformat -%Y%m%d-%s\n",  # app.log-20261205-1764932345
+    "compressed": "  compress\n",  # app.log.1.gz, app.log.2.gz
+}
+
+
+@pytest.mark.parametrize("scheme", sorted(ROTATION_SCHEMES))
+def test_files_rotated_while_the_agent_was_killed_are_drained(
+    start_agent: StartAgent,
+    receiver: RecordingReceiver,
+    tmp_path: Path,
+    logs: Path,
+    scheme: str,
+) -> None:
+    """Killed mid-file; while it is down, logrotate runs twice: the file it was reading is
+    now the second copy, and a whole file it never saw was written and rotated to the first."""
+    log_file = logs / "app.log"
+    rotate_conf = tmp_path / "logrotate.conf"
+    rotate_conf.write_text(f"{log_file} {{\n  rotate 5\n  create\n{ROTATION_SCHEMES[scheme]}}}\n")
+    state = tmp_path / "logrotate.state"
+
+    def logrotate() -> None:
+        second = int(time.time())  # dateext names have seconds: one rotation a second
+        wait_for("the next second", lambda: int(time.time()) > second, timeout=2)
+        subprocess.run(["logrotate", "-f", "-s", str(state), str(rotate_conf)], check=True)
+
+    receiver.delay = 0.05  # requests in flight at the kill
+    # A memory buffer that holds the whole file: its offset is committed only as lines are
+    # delivered, so most of it is left to read from the file (its copy) after the kill.
+    sink = http_sink(receiver, buffer="max_memory_bytes: 67108864")
+    config = write_config(tmp_path, file_source(logs), sink)
+    data = tmp_path / "data"
+    agent, _ = start(start_agent, config, data)
+    write_lines(log_file, 0, 20_000)
+    wait_for("a part delivered", lambda: len(receiver.events) > 2_000, timeout=20)
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    assert len(receiver.events) < 20_000, "the kill came too late to test anything"
+
+    logrotate()
+    write_lines(log_file, 20_000, 30_000)  # a file the agent never sees at its name
+    logrotate()
+    write_lines(log_file, 50_000, 1_000)
+    copies = sorted(p.name for p in logs.iterdir())
+    assert len(copies) == 3 and copies[0] == "app.log", copies
+
+    receiver.delay = 0
+    agent, admin = start(start_agent, config, data)
+    wait_for("every line delivered", lambda: all_arrived(receiver, 51_000), timeout=60)
+    lost, twice = lost_and_twice(receiver, 51_000)
+    assert lost == []
+    assert twice <= events_out(admin)[1]  # only what the killed run had handed on, as replays
+    draining = {
+        os.path.basename(str(r["path"]))
+        for r in agent.records()
+        if str(r.get("msg")).startswith("draining")
+    }
+    assert draining == set(copies[1:])  # both copies: one from its checkpoint, one whole
+    assert agent.terminate(10)[0] == 0
+
+    # The next start reads nothing again.
+    agent, admin = start(start_agent, config, data)
+    write_lines(log_file, 51_000, 1)
+    wait_for("the new line delivered", lambda: all_arrived(receiver, 51_001), timeout=20)
+    assert metric(admin, "log_agent_events_in_total", source="file") == 1
+    assert agent.terminate(10)[0] == 0

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from podkit.common.config_section import Section
+from podkit.images.log_agent.rotated import DEFAULT_PATTERNS, check_pattern
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -69,6 +70,24 @@ class FileSourceConfig(Section):
         "(Fluent Bit's Rotate_Wait)",
     )
     rotate_idle_timeout: float = Field(default=60.0, gt=0, description="seconds")
+    rotated: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PATTERNS),
+        description="names of a followed file's rotated copies ({name}: its name; glob "
+        "characters allowed): at start-up, copies made while the agent was stopped are read",
+    )
+    rotated_compressed: Literal["read", "skip"] = Field(
+        default="read",
+        description="a rotated copy compressed while the agent was stopped (.gz): read it, or "
+        "skip it with a warning naming what was not read",
+    )
+
+    @field_validator("rotated")
+    @classmethod
+    def _rotation_patterns(cls, value: list[str]) -> list[str]:
+        problems = [p for p in map(check_pattern, value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("paths")
     @classmethod

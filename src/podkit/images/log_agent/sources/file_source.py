@@ -10,8 +10,13 @@ Guarantees, and how:
   events carry the same `_id` (`<file id>:<offset>`), so a sink can drop the duplicates.
 - Rename rotation loses nothing: the renamed file stays open and is read until it reached EOF
   after its successor (a new file at its path) was written to, or it was deleted and drained;
-  `rotate_idle_timeout` only caps the wait for a writer that never moves on. A file renamed
-  while the agent was down is found again next to its old path (by inode) and drained.
+  `rotate_idle_timeout` only caps the wait for a writer that never moves on.
+- Rotation while the agent was down: a file it had a checkpoint for is found again next to its
+  old path by inode (or, compressed since, by its first bytes) and drained from its checkpoint;
+  a rotated copy (`rotated` patterns: `app.log.1`, `app.log-20261205`) it never saw is read
+  from its start when it was written after the agent last ran (`alive_at`, saved every second).
+  Files drained and let go keep a checkpoint marked done while they exist, so a restart reads
+  neither them again nor, compressed, their copies; only what was written to them since.
 - copytruncate: a file shorter than our offset, or with other first bytes, was truncated: it is
   read again from its start, and what we had not read yet is read from the copy (a sibling
   named after it, with our first bytes). Lines written between logrotate's copy and its
@@ -31,13 +36,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import gzip
 import logging
 import os
 import stat
+import tempfile
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from podkit.images.log_agent.cri import CriAssembler, pod_metadata
@@ -57,6 +66,7 @@ from podkit.images.log_agent.inotify import Changes, Watcher
 from podkit.images.log_agent.lines import Line, LineReader, line_events, text_events
 from podkit.images.log_agent.multiline import Multiline
 from podkit.images.log_agent.offsets import OffsetTracker
+from podkit.images.log_agent.rotated import is_compressed, rotated_of
 from podkit.images.log_agent.sources.file_config import FileSourceConfig
 from podkit.images.log_agent.state import StateStore
 
@@ -64,6 +74,7 @@ log = logging.getLogger("log-agent.file")
 
 Ingest = Callable[[Batch], Awaitable[None]]
 STARTED = "started"  # state key: this source ran before (read_from applies to its first start)
+ALIVE_AT = "alive_at"  # state key: the wall-clock time this source last ran (to the second)
 SCOPE_PREFIX = "file:"  # state scope of a file source: its id follows
 CHUNKS_PER_TURN = 16  # then the next file gets its turn
 # Directory events come in bursts: the first scans at once, the rest at most this often.
@@ -171,7 +182,11 @@ class FileSource:
         self._files: dict[FileKey, _Tailed] = {}  # open files
         self._owners: dict[FileKey, _Tailed] = {}  # whose checkpoint each key holds
         self._saved: dict[FileKey, dict[str, Any]] = {}  # checkpoints not yet claimed at start
+        self._done: dict[FileKey, dict[str, Any]] = {}  # checkpoints of files drained, let go
         self._first_start = False
+        self._last_alive: float | None = None  # when the last run was last seen alive
+        self._next_alive = 0.0
+        self._tmp_dir = state.path.parent  # where compressed copies are unpacked to be read
         self._watcher = Watcher(use_inotify=use_inotify)
         self._warned: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -197,6 +212,8 @@ class FileSource:
         saved = self._state.load(self._scope)
         self._first_start = STARTED not in saved
         saved.pop(STARTED, None)
+        alive = saved.pop(ALIVE_AT, None)
+        self._last_alive = float(alive) if isinstance(alive, (int, float)) else None
         self._saved = {k: v for k, v in saved.items() if isinstance(v, dict)}
         for key, (scope, cp) in list(self._orphans.items()):
             path = cp.get("path")
@@ -212,7 +229,10 @@ class FileSource:
         self._watcher.start()
         self._rescan(initial=True)
         self._recover_renamed()
+        self._recover_rotated()
+        self._drop_unclaimed()
         self._state.set(self._scope, STARTED, True)
+        self._heartbeat(force=True)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -247,6 +267,7 @@ class FileSource:
 
     async def _turn(self, changes: Changes) -> None:
         now = time.monotonic()
+        self._heartbeat()
         for old, new in changes.moves:
             self._moved(old, new)
         self._scan_wanted |= changes.dirs
@@ -392,8 +413,38 @@ class FileSource:
             self._state.set(self._scope, t.key, cp)
 
     def _forget(self, t: _Tailed) -> None:
+        """A drained file let go: its checkpoint stays, marked done, while the file exists (a
+        restart must not take it, or a compressed copy of it, for a file never read)."""
         del self._owners[t.key]
-        self._state.delete(self._scope, t.key)
+        if t.ident is None:
+            self._state.delete(self._scope, t.key)
+            return
+        cp = t.ident.checkpoint(t.tracker.committed, t.path, t.sent_to) | {"done": True}
+        self._done[t.key] = cp
+        self._state.set(self._scope, t.key, cp)
+        self._heartbeat(force=True)  # alive after this file's last write
+        self._prune_done()
+
+    def _prune_done(self) -> None:
+        """Forget the done checkpoints of files no longer there (rotated out, compressed)."""
+        inodes: dict[str, set[int]] = {}
+        for key, cp in list(self._done.items()):
+            dirs = _dirs_of(str(cp.get("path", "")))
+            for d in dirs:
+                if d not in inodes:
+                    inodes[d] = set()
+                    with contextlib.suppress(OSError), os.scandir(d) as entries:
+                        inodes[d] = {e.inode() for e in entries}
+            ino = int(key.split(":")[1])
+            if not any(ino in inodes[d] for d in dirs):
+                del self._done[key]
+                self._state.delete(self._scope, key)
+
+    def _heartbeat(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next_alive:
+            self._next_alive = now + 1.0
+            self._state.set(self._scope, ALIVE_AT, time.time())
 
     # -- truncation ------------------------------------------------------------------------
 
@@ -524,7 +575,7 @@ class FileSource:
             os.close(fd)
             return
         head = os.pread(fd, self._cfg.fingerprint_bytes, 0)
-        cp = self._saved.pop(key, None)
+        cp = self._saved.pop(key, None) or self._done.pop(key, None)
         tail = initial and self._first_start and self._cfg.read_from == "tail"
         try:
             plan = plan_start(cp, st.st_dev, st.st_ino, head, st.st_size, tail=tail)
@@ -557,27 +608,139 @@ class FileSource:
                 self._adopt(src, copy[1], finished=True)
 
     def _recover_renamed(self) -> None:
-        """Checkpoints no glob matched: renamed while we were down (drain it), or gone."""
-        unclaimed = dict(self._saved)
-        for key, cp in self._saved.items():
-            fd = None
+        """Checkpoints no glob matched: files renamed while we were down. Drain what is left of
+        each; one not found may have been compressed since (`_recover_rotated`), or be gone."""
+        for key, cp in list(self._saved.items()):
+            found = None
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 ident, offset = Identity.from_checkpoint(cp), int(cp["offset"])
-                fd = self._find_renamed(cp["path"], ident, offset)
-            if fd is None:
-                if not _still_at(cp):  # unreadable now, maybe not later: keep its checkpoint
-                    self._state.delete(self._scope, key)
-                    unclaimed.pop(key, None)
+                found = self._find_renamed(cp["path"], ident, offset)
+            if found is None:
                 continue
-            t = self._new_tailed(key, cp["path"], fd, ident, ident.gen, offset, cp)
-            t.rotated = True
-            self._files[key] = self._owners[key] = t
-            self._watcher.watch_file(key, fd, t.path)
-            unclaimed.pop(key, None)
-            log.info("draining a file rotated while stopped", extra={"path": cp["path"]})
-        self._saved = unclaimed
+            at, fd = found
+            del self._saved[key]
+            if cp.get("done") and os.fstat(fd).st_size <= offset:
+                os.close(fd)  # read before, nothing written since
+                self._done[key] = cp
+                continue
+            self._drain(key, cp["path"], fd, ident, offset, cp, at=at)
 
-    def _find_renamed(self, path: str, ident: Identity, offset: int) -> int | None:
+    def _recover_rotated(self) -> None:
+        """Rotated copies of our files that no checkpoint led to: made while we were down."""
+        if self._first_start:
+            return  # read_from decides what is read of what was there before
+        bases: dict[str, dict[str, str]] = {}  # dir -> file name -> the followed path
+        known = [t.path for t in self._files.values()]
+        known += [str(cp.get("path", "")) for cp in (*self._saved.values(), *self._done.values())]
+        for path in known:
+            for d in _dirs_of(path):
+                bases.setdefault(d, {})[os.path.basename(path)] = path
+        for d, names in bases.items():
+            with contextlib.suppress(OSError), os.scandir(d) as entries:
+                found = sorted(entries, key=lambda e: e.name)
+            for entry in found:
+                base = rotated_of(entry.name, names, self._cfg.rotated)
+                if base is None or self._wanted(entry.path):
+                    continue  # not a rotated copy, or a file the globs follow anyway
+                if is_excluded(entry.path, self._cfg.exclude):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    key = file_key(st.st_dev, st.st_ino)
+                    if (
+                        stat.S_ISREG(st.st_mode)
+                        and key not in self._owners
+                        and key not in self._done
+                    ):
+                        self._drain_rotated_copy(entry.path, names[base], st)
+
+    def _drain_rotated_copy(self, path: str, followed: str, st: os.stat_result) -> None:
+        """Drain the rotated copy at `path` of the file at `followed`: from the checkpoint with
+        its first bytes, or, without one, from its start if it was written since we last ran."""
+        compressed = is_compressed(path)
+        fd = _open_content(path, compressed, self._tmp_dir)
+        if fd is None:
+            return
+        head = os.pread(fd, self._cfg.fingerprint_bytes, 0)
+        size = os.fstat(fd).st_size
+        key = file_key(st.st_dev, st.st_ino)
+        old_key, cp = self._checkpoint_of(key, followed, head)
+        if cp is not None:
+            ident, offset = Identity.from_checkpoint(cp), int(cp["offset"])
+            self._saved.pop(old_key, None)
+            if old_key != key:  # a compressed copy: its checkpoint is filed under it now
+                self._state.delete(self._scope, old_key)
+            if size <= offset:
+                os.close(fd)
+                self._done[key] = cp | {"done": True}
+                self._state.set(self._scope, key, self._done[key])
+                return
+        elif self._last_alive is not None and st.st_mtime > self._last_alive and size:
+            ident, offset = Identity.new(st.st_dev, st.st_ino, head), 0
+        else:
+            os.close(fd)  # read by an earlier run, or there before we ever ran
+            return
+        if compressed and self._cfg.rotated_compressed == "skip":
+            os.close(fd)
+            log.warning(
+                "a compressed rotated copy holds lines never read: skipped "
+                "(rotated_compressed: read reads it)",
+                extra={"path": path, "unread_bytes": size - offset},
+            )
+            return
+        self._drain(key, followed, fd, ident, offset, cp, at=path, finished=compressed)
+
+    def _checkpoint_of(
+        self, key: FileKey, followed: str, head: bytes
+    ) -> tuple[FileKey, dict[str, Any] | None]:
+        """The unclaimed checkpoint for the content starting with `head`: by inode, else (a
+        compressed copy is another inode) one of the same file name by its first bytes."""
+        name = os.path.basename(followed)
+        candidates = [(key, self._saved[key])] if key in self._saved else []
+        candidates += [
+            (k, cp)
+            for k, cp in self._saved.items()
+            if k != key and os.path.basename(str(cp.get("path", ""))) == name
+        ]
+        for k, cp in candidates:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                if Identity.from_checkpoint(cp).matches(head):
+                    return k, cp
+        return key, None
+
+    def _drain(
+        self,
+        key: FileKey,
+        path: str,
+        fd: int,
+        ident: Identity,
+        offset: int,
+        cp: dict[str, Any] | None,
+        *,
+        at: str,
+        finished: bool = False,
+    ) -> None:
+        """Follow a rotated file found at start-up (at `at`) from `offset` until drained; its
+        events name the file it was (`path`)."""
+        t = self._new_tailed(key, path, fd, ident, ident.gen, offset, cp)
+        t.rotated, t.finished = True, finished
+        self._files[key] = self._owners[key] = t
+        self._watcher.watch_file(key, fd, path)
+        self._save(t)
+        log.info(
+            "draining a copy rotated while stopped",
+            extra={"path": at, "offset": offset, "file": path},
+        )
+
+    def _drop_unclaimed(self) -> None:
+        """Checkpoints of files gone; those still there but unreadable now are kept."""
+        for key, cp in list(self._saved.items()):
+            if not _still_at(cp):
+                self._state.delete(self._scope, key)
+                del self._saved[key]
+
+    def _find_renamed(self, path: str, ident: Identity, offset: int) -> tuple[str, int] | None:
+        """The file of a checkpoint, renamed next to `path`: (where it is, an open fd)."""
         for d in _dirs_of(path):
             with contextlib.suppress(OSError), os.scandir(d) as entries:
                 for entry in entries:
@@ -585,7 +748,7 @@ class FileSource:
                         key = file_key(ident.dev, ident.ino)
                         fd = _open_if(entry.path, ident, offset, self._files, key)
                         if fd is not None:
-                            return fd
+                            return entry.path, fd
         return None
 
     def _new_tailed(
@@ -698,6 +861,22 @@ def _open_if(
         os.close(fd)
         return None
     return fd
+
+
+def _open_content(path: str, compressed: bool, tmp_dir: Path) -> int | None:
+    """An fd to read a file's lines from: the file, or for a compressed one an unnamed
+    temporary file in `tmp_dir` holding its content (gone once closed)."""
+    try:
+        if not compressed:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with tempfile.TemporaryFile(dir=tmp_dir) as tmp, gzip.open(path, "rb") as src:
+            while chunk := src.read(1 << 20):
+                tmp.write(chunk)
+            tmp.flush()
+            return os.dup(tmp.fileno())
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        log.warning("cannot read a rotated copy", extra={"path": path, "error": str(exc)})
+        return None
 
 
 def rfc3339_now() -> str:
