@@ -696,26 +696,33 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     location / {{
-      default_type text/plain;
-      return 200 "hello from nginx\\n";
+      {location}
     }}
   }}
 }}
 """
 
 
+NGINX_HELLO = 'default_type text/plain; return 200 "hello from nginx\\n";'
+
+
 class Nginx:
     """Debian's nginx as a backend (one process, `master_process off`), answering 200 to
-    everything; `http_extra` goes into its http block (e.g. `keepalive_timeout 1s;`)."""
+    everything; `http_extra` goes into its http block (e.g. `keepalive_timeout 1s;`), `location`
+    into its one location (e.g. a `proxy_pass`)."""
 
-    def __init__(self, tmp: Path, http_extra: str = "") -> None:
+    def __init__(self, tmp: Path, http_extra: str = "", location: str = NGINX_HELLO) -> None:
         import subprocess
 
         self.port = free_port()
         self.dir = tmp / f"nginx-{self.port}"
         self.dir.mkdir()
         conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, http_extra=http_extra))
+        conf.write_text(
+            NGINX_CONF.format(
+                dir=self.dir, port=self.port, http_extra=http_extra, location=location
+            )
+        )
         self.proc = subprocess.Popen(
             [
                 "/usr/sbin/nginx",

@@ -14,7 +14,7 @@ from podkit.images.log_agent.buffer import BufferPolicy, SinkBuffer
 from podkit.images.log_agent.disk_queue import HEADER_BYTES, pack
 from podkit.images.log_agent.event import Ack, Batch, Lines, json_lines
 from podkit.images.log_agent.metrics import Counters
-from podkit.images.log_agent.sinks.base import RetryableError
+from podkit.images.log_agent.sinks.base import Batching, RetryableError, TooLargeError
 from podkit.images.log_agent.state import StateStore
 
 
@@ -23,6 +23,7 @@ class ScriptedSink:
 
     def __init__(self) -> None:
         self.id = "scripted"
+        self.batching: Batching | None = None
         self.got: list[bytes] = []
         self.failing = False
         self.error: Exception | None = None
@@ -176,3 +177,129 @@ def test_lines_in_columns_encode_exactly_like_event_dicts() -> None:
         columns = batch()
         assert json_lines(columns) == json_lines(dicts), messages
         assert [json.loads(x)["message"] for x in json_lines(columns).splitlines()] == messages
+
+
+# -- batching sinks (HTTP): requests joined, split, halved, several at a time ---------------------
+
+
+class ItemSink(ScriptedSink):
+    """A batching sink of item lines: refuses with 413 a request over `limit` bytes (and always
+    one holding "huge"), refuses with 401 while `refusing`, and counts the sends in flight."""
+
+    def __init__(self, batching: Batching, limit: int = 1 << 30) -> None:
+        super().__init__()
+        self.batching = batching
+        self.limit = limit
+        self.refusing = False
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.in_flight = self.most_in_flight = 0
+
+    async def send(self, payload: bytes) -> None:
+        if self.refusing:
+            raise RetryableError("HTTP 401: token expired", refused="HTTP 401")
+        if len(payload) > self.limit or b"huge" in payload:
+            raise TooLargeError("HTTP 413")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.hold.wait()
+        finally:
+            self.in_flight -= 1
+        await super().send(payload)
+
+
+def lines(first: int, n: int) -> bytes:
+    return b"".join(b"item %05d\n" % i for i in range(first, first + n))
+
+
+def items_got(sink: ScriptedSink) -> list[bytes]:
+    return [line for request in sink.got for line in request.splitlines()]
+
+
+def run_buffer(
+    tmp_path: Path, sink: ScriptedSink, puts: list[bytes], counters: Counters
+) -> list[int]:
+    """Put the payloads (one record each), wait for all to be delivered or dropped; the order
+    in which the records were acknowledged."""
+    acked: list[int] = []
+
+    async def run() -> None:
+        buf = SinkBuffer(sink, policy(), tmp_path / "q", StateStore(tmp_path), counters)
+        buf.start()
+        for n, data in enumerate(puts):
+            ack = Ack(lambda n=n: acked.append(n))
+            ack.add(1)
+            await buf.put(data, data.count(b"\n"), ack, durable=False)
+        await until(lambda: len(acked) == len(puts))
+        await buf.drain(1.0)
+
+    asyncio.run(run())
+    return acked
+
+
+def test_requests_join_small_records_and_split_large_ones_in_order(tmp_path: Path) -> None:
+    sink = ItemSink(Batching(max_bytes=100, max_events=4, linger=0.05, concurrency=1))
+    puts = [lines(0, 1), lines(1, 2), lines(3, 25), lines(28, 1)]  # one record of 250 bytes
+    acked = run_buffer(tmp_path, sink, puts, counters := Counters())
+    assert items_got(sink) == lines(0, 29).splitlines()  # each once, in order
+    assert all(len(r) <= 100 and r.count(b"\n") <= 4 for r in sink.got)
+    assert len(sink.got) == 8  # 29 items, 4 a request at most (10 bytes each)
+    assert sorted(acked) == [0, 1, 2, 3]
+    assert counters.events_out[("scripted", "first")] == 29
+
+
+def test_too_large_halves_down_to_one_event_dropping_only_that_one(tmp_path: Path) -> None:
+    sink = ItemSink(Batching(max_bytes=10_000, max_events=1000, linger=0, concurrency=1), 250)
+    huge = b"item huge " + b"x" * 500 + b"\n"
+    puts = [lines(0, 40) + huge + lines(40, 40)]  # one record, over the receiver's limit
+    run_buffer(tmp_path, sink, puts, counters := Counters())
+    assert items_got(sink) == lines(0, 80).splitlines()
+    assert counters.dropped == {("scripted", "http_413"): 1}
+    assert counters.events_out[("scripted", "first")] == 80
+    assert max(len(r) for r in sink.got) <= 250
+
+
+def test_several_requests_in_flight_finish_out_of_order_acks_per_record(tmp_path: Path) -> None:
+    sink = ItemSink(Batching(max_bytes=10, max_events=1, linger=0, concurrency=4))
+    sink.hold.clear()
+    acked: list[int] = []
+
+    async def run() -> None:
+        buf = SinkBuffer(sink, policy(), tmp_path / "q", StateStore(tmp_path), Counters())
+        buf.start()
+        for n in range(8):
+            ack = Ack(lambda n=n: acked.append(n))
+            ack.add(1)
+            await buf.put(lines(n, 1), 1, ack, durable=False)
+        await until(lambda: sink.in_flight == 4)
+        assert acked == [] and buf.queued_events == 8
+        sink.hold.set()
+        await until(lambda: len(acked) == 8)
+        await buf.drain(1.0)
+
+    asyncio.run(run())
+    assert sink.most_in_flight == 4
+    assert sorted(items_got(sink)) == lines(0, 8).splitlines()
+
+
+def test_a_refusing_receiver_blocks_the_sink_and_nothing_is_dropped(tmp_path: Path) -> None:
+    sink = ItemSink(Batching(max_bytes=1000, max_events=100, linger=0, concurrency=2))
+    sink.refusing = True
+    counters = Counters()
+
+    async def run() -> None:
+        buf = SinkBuffer(sink, policy(), tmp_path / "q", StateStore(tmp_path), counters)
+        buf.start()
+        await buf.put(lines(0, 5), 5, None, durable=False)
+        await until(lambda: counters.retries.get("scripted", 0) >= 3)
+        assert buf.refused == "receiver refuses: HTTP 401"
+        assert buf.blocked_reasons() == ["receiver refuses: HTTP 401"]
+        sink.refusing = False  # the credentials were fixed
+        await until(lambda: buf.queued_events == 0)
+        assert buf.refused is None and buf.blocked_reasons() == []
+        await buf.drain(1.0)
+
+    asyncio.run(run())
+    assert items_got(sink) == lines(0, 5).splitlines()
+    assert counters.dropped == {}

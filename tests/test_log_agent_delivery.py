@@ -86,8 +86,8 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
     counts = numbers(receiver.messages())
     duplicates = sum(c - 1 for c in counts.values())
     assert set(counts) == set(range(total))
-    # Only what was in flight at the kill comes twice: at most one request's worth.
-    assert duplicates <= max(receiver.requests), (duplicates, max(receiver.requests))
+    # Only what was in flight at the kill comes twice: `concurrency` (4) requests at most.
+    assert duplicates <= 4 * max(receiver.requests), (duplicates, max(receiver.requests))
     # Duplicates carry the same _id, so a receiver can drop them.
     ids = receiver.ids()
     assert len(set(ids)) == total

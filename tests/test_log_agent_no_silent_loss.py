@@ -18,19 +18,21 @@ from log_agent_harness import (
     ImageProcess,
     RecordingReceiver,
     StartAgent,
+    http,
     metric_samples,
     ready_listeners,
 )
 from numbered_lines import LINE, all_arrived, lost_and_twice, numbers, write_lines
 from podkit_harness import wait_for
+from proxy_harness import Nginx
 
 
-def file_source(logs: Path, name: str = "", extra: str = "") -> str:
+def file_source(logs: Path, name: str = "", extra: str = "", read_chunk: int = 65536) -> str:
     named = f"\n    name: {name}" if name else ""
     return f"""
   - type: file{named}
     paths: ["{logs}/*.log"]
-    read_chunk: 65536{extra}"""
+    read_chunk: {read_chunk}{extra}"""
 
 
 def http_sink(
@@ -456,4 +458,101 @@ def test_files_rotated_while_the_agent_was_killed_are_drained(
     write_lines(log_file, 51_000, 1)
     wait_for("the new line delivered", lambda: all_arrived(receiver, 51_001), timeout=20)
     assert metric(admin, "log_agent_events_in_total", source="file") == 1
+    assert agent.terminate(10)[0] == 0
+
+
+# -- HTTP sinks: request size, refusals, a slow receiver
+
+
+def nginx_in_front(tmp_path: Path, receiver: RecordingReceiver) -> Nginx:
+    """Debian's nginx with its default client_max_body_size (1 MiB), passing to the receiver."""
+    return Nginx(tmp_path, location=f"proxy_pass http://127.0.0.1:{receiver.port};")
+
+
+@pytest.mark.parametrize("max_bytes", [None, 5_000_000])
+def test_a_big_backlog_fits_nginx_body_limit_and_only_an_event_too_large_is_dropped(
+    start_agent: StartAgent,
+    receiver: RecordingReceiver,
+    tmp_path: Path,
+    logs: Path,
+    max_bytes: int | None,
+) -> None:
+    """Records of 4 MiB (read_chunk), 100,000 lines; one line of 1.5 MB, larger than nginx
+    takes in a body. With max_bytes at 5 MB the requests start too large: nginx's 413 halves
+    them until they fit."""
+    nginx = nginx_in_front(tmp_path, receiver)
+    try:
+        total = 100_000
+        write_lines(logs / "app.log", 0, total // 2)
+        with (logs / "app.log").open("a") as f:
+            f.write(LINE.format(n=total) + " " + "x" * 1_500_000 + "\n")
+        write_lines(logs / "app.log", total // 2, total // 2)
+        source = file_source(logs, extra="\n    max_line_bytes: 2097152", read_chunk=4194304)
+        sink = http_sink(receiver).replace(str(receiver.port), str(nginx.port))
+        if max_bytes:
+            sink += f"\n    max_bytes: {max_bytes}"
+        agent, admin = start(start_agent, write_config(tmp_path, source, sink), tmp_path / "data")
+        wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=60)
+        assert lost_and_twice(receiver, total) == ([], 0)
+        assert total not in numbers(receiver.messages())
+        wait_for(
+            "the large line counted as dropped",
+            lambda: metric(admin, "log_agent_events_dropped_total", component="http",
+                           reason="http_413") == 1,
+            timeout=10,
+        )  # fmt: skip
+        cut = [r for r in agent.records() if "as too large" in str(r.get("msg"))]
+        assert bool(cut) == bool(max_bytes)  # the default never hits nginx's limit
+        assert agent.terminate(10)[0] == 0
+    finally:
+        nginx.stop()
+
+
+def test_a_refusing_receiver_blocks_the_sink_and_readiness_until_it_takes_the_data(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
+) -> None:
+    receiver.fail_status = 401  # credentials expired
+    config = write_config(tmp_path, file_source(logs), http_sink(receiver))
+    agent, admin = start(start_agent, config, tmp_path / "data")
+    write_lines(logs / "app.log", 0, 1_000)
+    refused = (
+        "log_agent_sink_blocked",
+        (("reason", "receiver refuses: HTTP 401"), ("sink", "http")),
+    )
+    wait_for("the sink shown blocked", lambda: metric_samples(admin).get(refused) == 1, timeout=10)
+    status, body = http("GET", f"http://{admin}/readyz")
+    assert (status, body) == (503, b"not ready: sink http: receiver refuses: HTTP 401\n")
+    assert metric(admin, "log_agent_events_dropped_total", component="http", reason="http_401") == 0
+
+    receiver.fail_status = None  # fixed
+    wait_for("every line delivered", lambda: all_arrived(receiver, 1_000), timeout=10)
+    assert lost_and_twice(receiver, 1_000) == ([], 0)
+    assert http("GET", f"http://{admin}/readyz")[0] == 200
+    assert refused not in metric_samples(admin)
+    assert agent.terminate(10)[0] == 0
+
+
+def test_a_receiver_taking_40ms_a_request_keeps_up_with_20k_lines_a_second(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
+) -> None:
+    receiver.delay = 0.04
+    data = tmp_path / "data"
+    config = write_config(tmp_path, file_source(logs), http_sink(receiver))
+    agent, admin = start(start_agent, config, data)
+    # 20,000 lines a second for 3 s, in small writes as an application makes them (a read of
+    # 1,000 lines every 50 ms would let a sink that sends one read a request keep up by chance)
+    total, step, pace = 60_000, 100, 0.005
+    peak_disk = 0.0
+    began = time.monotonic()
+    for n in range(0, total, step):
+        write_lines(logs / "app.log", n, step)
+        if n % 5_000 == 0:
+            peak_disk = max(peak_disk, metric(admin, "log_agent_buffer_disk_bytes", sink="http"))
+        time.sleep(max(began + (n + step) / step * pace - time.monotonic(), 0))  # the app's pace
+    written = time.monotonic()
+    wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=30)
+    behind = time.monotonic() - written
+    assert lost_and_twice(receiver, total) == ([], 0)
+    assert behind < 1.5, f"{behind:.1f} s behind the writer"  # it kept up
+    assert peak_disk == 0  # from memory all along: the disk buffer never grew
     assert agent.terminate(10)[0] == 0

@@ -1,7 +1,8 @@
 """Admin endpoints every podkit image serves on the pod's localhost.
 
     GET /healthz   200 while the process lives (liveness)
-    GET /readyz    200 once the image says it is ready, 503 before and while shutting down
+    GET /readyz    200 once the image says it is ready, 503 before, while shutting down, or
+                   while the image says why not (`ready` returns a reason instead of True)
     GET /metrics   Prometheus text exposition of the registry the image passes
 
 Two ways to serve them, both on common/httpserver.py (plain asyncio: aiohttp's import alone
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 RegistryFactory = Callable[[], "CollectorRegistry"]
+Ready = Callable[[], bool | str]  # True, or False / the reason it is not
 
 ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ALLOW_GET = {"Allow": "GET, HEAD"}
@@ -37,7 +39,7 @@ def render_metrics(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 
 def admin_response(
-    request: Request, *, ready: Callable[[], bool], registry: RegistryFactory | None
+    request: Request, *, ready: Ready, registry: RegistryFactory | None
 ) -> Response | None:
     """The answer for an admin path, or None when `request.path` is not one of them."""
     path = request.path
@@ -48,7 +50,10 @@ def admin_response(
     if path == "/healthz":
         return Response.text(200, "ok\n")
     if path == "/readyz":
-        return Response.text(200, "ready\n") if ready() else Response.text(503, "not ready\n")
+        state = ready()
+        if state is True:
+            return Response.text(200, "ready\n")
+        return Response.text(503, f"not ready: {state}\n" if state else "not ready\n")
     assert registry is not None
     body, content_type = render_metrics(registry())
     return Response(200, body, content_type)
@@ -58,7 +63,7 @@ class AdminServer:
     def __init__(
         self,
         *,
-        ready: Callable[[], bool],
+        ready: Ready,
         registry: RegistryFactory | None,
         extra: Callable[[Request], Response | None] | None = None,
     ) -> None:

@@ -68,7 +68,15 @@ class Agent:
         self._registry: CollectorRegistry | None = None
         self.admin: AdminServer | None = None
         if config.admin.enabled:
-            self.admin = AdminServer(ready=lambda: self.ready, registry=self._get_registry)
+            self.admin = AdminServer(ready=self._readiness, registry=self._get_registry)
+
+    def _readiness(self) -> bool | str:
+        """Ready once every source listens, unless a receiver refuses a sink's requests (HTTP
+        401, 403...): data waits for credentials to be fixed, and the probe says so."""
+        if not self.ready:
+            return False
+        refused = [f"sink {b.id}: {b.refused}" for b in self.buffers if b.refused]
+        return "; ".join(refused) if refused else True
 
     def _get_registry(self) -> CollectorRegistry:
         # Built on the first scrape: prometheus_client stays off the start-up path.
@@ -139,7 +147,9 @@ class Agent:
             b.id: (b.memory_bytes, b.disk_bytes, b.queued_events) for b in self.buffers
         }
         self.counters.file_lag = self._file_lag
-        self.counters.blocked = lambda: {b.id: b.blocked for b in self.buffers if b.blocked}
+        self.counters.blocked = lambda: [
+            (b.id, r) for b in self.buffers for r in b.blocked_reasons()
+        ]
         return pipeline
 
     def _orphaned_buffers(self, state: StateStore) -> None:

@@ -1,11 +1,18 @@
-"""A sink's buffer and delivery loop: memory first, then disk, then the `when_full` policy.
+"""A sink's buffer and its senders: memory first, then disk, then the `when_full` policy.
 
     put(payload) --> memory queue --(over max_memory_bytes, or not replayable)--> disk queue
-                                   \\--> delivery loop: send, retry with backoff, acknowledge
+                                   \\--> senders: requests, send (delivery.py), acknowledge
 
-Ordering: every record has a sequence number and is delivered in that order. The first record
-that must go to disk (memory full, or input that cannot be read again) takes everything in memory
-with it, the record being sent included; newer records then go to disk until it drains.
+Ordering: every record has a sequence number and is taken for sending in that order. The first
+record that must go to disk (memory full, or input that cannot be read again) takes everything in
+memory with it, the records being sent included; newer records then go to disk until it drains.
+
+Requests: a sink without `batching` gets one record a request, one request at a time. A batching
+sink (HTTP) gets requests of whole item lines from as many records as fit in `max_bytes` and
+`max_events` (a larger record is split into several), waiting up to `linger` for more while
+memory holds less than a full request, with up to `concurrency` requests in flight. Requests
+may finish out of order: acknowledgements and disk releases are per record, done when all of
+its parts are; a crash sends again what was in flight (at most `concurrency` requests).
 
 Acknowledgement (what lets a file source commit its offset):
 - a memory record is acknowledged when the sink took it;
@@ -43,6 +50,8 @@ from pathlib import Path
 from typing import Literal
 
 from podkit.common.backoff import Backoff
+from podkit.images.log_agent import items
+from podkit.images.log_agent.delivery import Sender
 from podkit.images.log_agent.disk_queue import (
     HEADER_BYTES,
     MIN_SEGMENT_BYTES,
@@ -53,7 +62,7 @@ from podkit.images.log_agent.disk_queue import (
 )
 from podkit.images.log_agent.event import Ack
 from podkit.images.log_agent.metrics import Counters
-from podkit.images.log_agent.sinks.base import RejectedError, RetryableError, Sink
+from podkit.images.log_agent.sinks.base import Sink
 from podkit.images.log_agent.state import StateStore
 from podkit.images.log_agent.throttle import Throttle
 
@@ -78,6 +87,17 @@ class _Record:
     ack: Ack | None  # memory records: done once delivered; disk records were acked on write
     disk: DiskRecord | None = None  # where it lies on disk, for a disk record
     replay: bool = False  # sent again after a restart: counted apart (maybe a duplicate)
+    queued_at: float = 0.0  # monotonic, when put in memory (for linger)
+    parts_left: int = 0  # parts not yet delivered, once taken for sending
+
+
+@dataclass(slots=True)
+class _Part:
+    """A run of one record's items in a request."""
+
+    record: _Record
+    payload: bytes
+    events: int
 
 
 class SinkBuffer:
@@ -97,10 +117,12 @@ class SinkBuffer:
         self._state = state
         self._scope = f"buffer:{sink.id}"
         self._counters = counters
-        self._rand = rand
         self._memory: deque[_Record] = deque()
         self.memory_bytes = 0
-        self._inflight: _Record | None = None  # taken out of the queues, being sent
+        self._memory_events = 0
+        self._taken: dict[int, _Record] = {}  # out of the queues, parts being sent (by seq)
+        self._parts: deque[_Part] = deque()  # parts of taken records not yet in a request
+        self._sender = Sender(sink, policy.max_attempts, counters, rand)
         # Segments are deleted whole: keep each small next to the bound, so the files on disk
         # stay near max_disk_bytes even when the queue never empties.
         segment = min(SEGMENT_BYTES, max(policy.max_disk_bytes // 32, MIN_SEGMENT_BYTES))
@@ -118,11 +140,10 @@ class SinkBuffer:
         self._has_work = asyncio.Event()
         self._has_room = asyncio.Event()
         self._has_room.set()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.blocked: str | None = None  # why input waits (or is dropped), while it does
         self._blocking = Throttle()
-        self._failing = Throttle()
 
     # -- numbers for metrics -------------------------------------------------------------------
 
@@ -132,8 +153,16 @@ class SinkBuffer:
 
     @property
     def queued_events(self) -> int:
-        inflight = self._inflight.events if self._inflight is not None else 0
-        return inflight + sum(r.events for r in self._memory) + self._disk.events
+        taken = sum(r.events for r in self._taken.values())
+        return taken + self._memory_events + self._disk.events
+
+    @property
+    def refused(self) -> str | None:
+        """Why the receiver refuses this sink's requests (HTTP 401...), while it does."""
+        return self._sender.refused
+
+    def blocked_reasons(self) -> list[str]:
+        return [r for r in (self.blocked, self.refused) if r]
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -159,8 +188,12 @@ class SinkBuffer:
             )
             if not to_disk:
                 self._seq += 1
-                self._memory.append(_Record(self._seq, payload, events, ack, replay=replay))
+                rec = _Record(
+                    self._seq, payload, events, ack, replay=replay, queued_at=time.monotonic()
+                )
+                self._memory.append(rec)
                 self.memory_bytes += size
+                self._memory_events += events
                 self._unblock()
                 self._has_work.set()
                 return
@@ -228,26 +261,23 @@ class SinkBuffer:
             self.blocked = None
 
     def _spill_memory(self) -> None:
-        """Put the record being sent and every memory record on disk, in order, and
+        """Put the records being sent and every memory record on disk, in order, and
         acknowledge them: from here on the disk holds the whole queue."""
-        inflight = self._inflight
-        if inflight is not None and inflight.disk is None:
-            inflight.disk = self._disk.append(
-                inflight.seq,
-                inflight.events,
-                inflight.payload,
-                queued=False,
-                replay=inflight.replay,
-            )
-            if inflight.ack is not None:
-                inflight.ack.done()
-                inflight.ack = None
+        for taken in sorted(self._taken.values(), key=lambda r: r.seq):
+            if taken.disk is None:
+                taken.disk = self._disk.append(
+                    taken.seq, taken.events, taken.payload, queued=False, replay=taken.replay
+                )
+                if taken.ack is not None:
+                    taken.ack.done()
+                    taken.ack = None
         while self._memory:
             rec = self._memory[0]
             # may raise (a full disk): then it stays in memory, and so does the rest
             self._disk.append(rec.seq, rec.events, rec.payload, replay=rec.replay)
             self._memory.popleft()
             self.memory_bytes -= len(rec.payload)
+            self._memory_events -= rec.events
             if rec.ack is not None:
                 rec.ack.done()
 
@@ -276,127 +306,134 @@ class SinkBuffer:
         outstanding = [self._disk.first_seq]
         if self._memory:
             outstanding.append(self._memory[0].seq)
-        if self._inflight is not None:
-            outstanding.append(self._inflight.seq)
+        if self._taken:
+            outstanding.append(min(self._taken))
         seqs = [seq for seq in outstanding if seq is not None]
         self._state.set(self._scope, "delivered", min(seqs) - 1 if seqs else self._seq)
 
     # -- delivery ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._deliver_loop())
+        batching = self.sink.batching
+        senders = batching.concurrency if batching is not None else 1
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._send_loop()) for _ in range(senders)]
 
-    async def _deliver_loop(self) -> None:
+    async def _send_loop(self) -> None:
         backoff = Backoff(self.policy.initial_backoff, self.policy.max_backoff)
         while True:
             try:
-                rec = self._take()
+                parts = await self._next_request()
             except OSError as exc:  # a segment unreadable for now: try again, do not die
                 log.error(
                     "cannot read the disk buffer", extra={"component": self.id, "error": str(exc)}
                 )
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            if rec is None:
-                if self._stopping:
-                    return
-                self._has_work.clear()
-                await self._has_work.wait()
-                continue
-            self._inflight = rec
-            self._mark_sent(rec.seq)
-            delivered, nbytes = await self._deliver(backoff, rec)
-            self._inflight = None
+            if parts is None:
+                return
+            payload = b"".join(p.payload for p in parts)
+            events = sum(p.events for p in parts)
+            self._mark_sent(max(p.record.seq for p in parts))
+            dropped = await self._sender.send(backoff, payload, events)
             try:
-                self._finish(rec, delivered, nbytes)
+                self._request_done(parts, events - dropped, len(payload))
             except OSError as exc:  # e.g. a segment that cannot be deleted: it is delivered
                 log.error(
                     "buffer bookkeeping failed", extra={"component": self.id, "error": str(exc)}
                 )
 
-    def _take(self) -> _Record | None:
+    async def _next_request(self) -> list[_Part] | None:
+        """The parts of the next request; None once stopping with nothing left."""
+        while True:
+            wait = self._linger_left()
+            if wait > 0:
+                self._has_work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._has_work.wait(), wait)
+                continue
+            parts = self._take_parts()
+            if parts:
+                return parts
+            if self._stopping:
+                return None
+            self._has_work.clear()
+            await self._has_work.wait()
+
+    def _linger_left(self) -> float:
+        """Seconds to wait for more before sending what memory holds: while it holds less than
+        a full request and the oldest of it is younger than `linger`."""
+        batching = self.sink.batching
+        if batching is None or not batching.linger or self._stopping:
+            return 0.0
+        if self._parts or len(self._disk) or not self._memory:
+            return 0.0  # a backlog (or nothing at all): no reason to wait
+        if self._memory_events >= batching.max_events or self.memory_bytes >= self._max_bytes:
+            return 0.0
+        return self._memory[0].queued_at + batching.linger - time.monotonic()
+
+    @property
+    def _max_bytes(self) -> int:
+        return self._sender.max_bytes
+
+    def _take_parts(self) -> list[_Part]:
+        """As many parts from the head of the queue as fit in one request."""
+        batching = self.sink.batching
+        parts: list[_Part] = []
+        size = events = 0
+        while True:
+            if not self._parts and not self._take_record():
+                return parts
+            part = self._parts[0]
+            if parts and (
+                batching is None
+                or size + len(part.payload) > self._max_bytes
+                or events + part.events > batching.max_events
+            ):
+                return parts
+            self._parts.popleft()
+            parts.append(part)
+            size += len(part.payload)
+            events += part.events
+
+    def _take_record(self) -> bool:
+        """Take the oldest record out of the queues, in parts that each fit in a request."""
         if self._memory:
             rec = self._memory.popleft()
             self.memory_bytes -= len(rec.payload)
-            return rec
-        taken = self._disk.take()
-        if taken is None:
-            return None
-        disk_rec, payload = taken
-        return _Record(disk_rec.seq, payload, disk_rec.events, None, disk_rec, disk_rec.replay)
+            self._memory_events -= rec.events
+        else:
+            taken = self._disk.take()
+            if taken is None:
+                return False
+            disk_rec, payload = taken
+            rec = _Record(disk_rec.seq, payload, disk_rec.events, None, disk_rec, disk_rec.replay)
+        batching = self.sink.batching
+        runs = [(rec.payload, rec.events)]
+        if batching is not None and rec.payload:
+            runs = items.split(rec.payload, self._max_bytes, batching.max_events)
+        rec.parts_left = len(runs)
+        self._taken[rec.seq] = rec
+        self._parts.extend(_Part(rec, payload, n) for payload, n in runs)
+        return True
 
-    async def _deliver(self, backoff: Backoff, rec: _Record) -> tuple[int, int]:
-        """Send one record until it is delivered, rejected, or out of attempts; return how
-        many of its events were delivered, and the bytes of the last payload sent."""
-        payload = rec.payload
-        attempts = 0
-        rejected = 0  # events refused item by item so far (Elasticsearch `_bulk`)
-        while True:
-            attempts += 1
-            try:
-                await self.sink.send(payload)
-            except RejectedError as exc:
-                log.error("events rejected", extra={"component": self.id, "error": str(exc)})
-                item_rejects = self._item_rejects()
-                if item_rejects:
-                    rejected += item_rejects
-                else:
-                    lost = rec.events - rejected if exc.events is None else exc.events
-                    self._counters.drop(self.id, exc.reason, lost)
-                    rejected += lost
-                return max(rec.events - rejected, 0), len(payload)
-            except Exception as caught:
-                # Anything unforeseen (a sink bug, an unwrapped client error) is retried too:
-                # a dead delivery task would stall this sink and its sources' offsets for ever.
-                err = caught if isinstance(caught, RetryableError) else RetryableError(repr(caught))
-                rejected += self._item_rejects()
-                if err.remaining is not None:
-                    payload = err.remaining
-                if self.policy.max_attempts and attempts >= self.policy.max_attempts:
-                    log.error(
-                        "giving up after retries",
-                        extra={"component": self.id, "attempts": attempts, "error": str(err)},
-                    )
-                    self._counters.drop(self.id, "retries_exhausted", rec.events - rejected)
-                    return 0, 0
-                delay = backoff.next_delay()
-                delay = delay / 2 + self._rand() * delay / 2  # equal jitter
-                self._counters.retried(self.id)
-                held = self._failing.due()  # an outage: one line a minute, retries counted
-                if held is not None:
-                    log.warning(
-                        "send failed, retrying",
-                        extra={
-                            "component": self.id,
-                            "error": str(err),
-                            "retry_in_s": round(delay, 2),
-                            "retries_since": held,
-                        },
-                    )
-                await asyncio.sleep(delay)
-                continue
-            rejected += self._item_rejects()
-            backoff.reset()
-            if self._failing.since:
-                log.info(
-                    "sink delivers again",
-                    extra={"component": self.id, "after_s": round(self._failing.clear(), 1)},
-                )
-            return max(rec.events - rejected, 0), len(payload)
+    def _request_done(self, parts: list[_Part], delivered: int, nbytes: int) -> None:
+        """Count what arrived (first deliveries, then replays) and finish the records whose
+        parts are all done."""
+        replays = sum(p.events for p in parts if p.record.replay)
+        first = max(delivered - replays, 0)
+        now = time.time()
+        if first:
+            self._counters.sent(self.id, first, nbytes, now)
+        if delivered - first:
+            self._counters.sent(self.id, delivered - first, 0 if first else nbytes, now, True)
+        for part in parts:
+            rec = part.record
+            rec.parts_left -= 1
+            if not rec.parts_left and self._taken.pop(rec.seq, None) is not None:
+                self._finish(rec)
 
-    def _item_rejects(self) -> int:
-        """Count the items a sink refused one by one in its last answer (a `_bulk` with
-        mapping errors): dropped for good, by reason; the rest of the payload went on."""
-        result = getattr(self.sink, "last_result", None)
-        if result is None or not result.rejected:
-            return 0
-        for reason, n in result.rejected.items():
-            self._counters.drop(self.id, reason, n)
-        return int(sum(result.rejected.values()))
-
-    def _finish(self, rec: _Record, delivered: int, nbytes: int) -> None:
-        if delivered:
-            self._counters.sent(self.id, delivered, nbytes, time.time(), rec.replay)
+    def _finish(self, rec: _Record) -> None:
         if rec.disk is not None:
             self._disk.release(rec.disk)
             self._save_position()
@@ -411,16 +448,21 @@ class SinkBuffer:
         so it is acknowledged (its sources commit) and the next run delivers it."""
         self._stopping = True
         self._has_work.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=timeout)
-            if not done:
-                self._task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        if self._inflight is not None and self._inflight.disk is None:
-            # Cut off mid-send (it may arrive twice): back to the queue's head, then to disk.
-            self._memory.appendleft(self._inflight)
-        self._inflight = None
+                    await task
+        # Cut off mid-send (they may arrive twice): back to the queue's head, then to disk. A
+        # record on disk already stays there, not released: the next run sends it.
+        for rec in sorted(self._taken.values(), key=lambda r: r.seq, reverse=True):
+            if rec.disk is None:
+                self._memory.appendleft(rec)
+                self.memory_bytes += len(rec.payload)
+                self._memory_events += rec.events
+        self._taken.clear()
+        self._parts.clear()
         if self._memory:
             self._disk.new_segment()  # older than what is on disk: a segment of their own
         self._spill_memory()

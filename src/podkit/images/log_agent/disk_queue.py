@@ -176,13 +176,15 @@ class DiskQueue:
         until `release` (a crash before then delivers it again)."""
         if not self._records:
             return None
-        rec = self._records.popleft()
-        self.bytes -= rec.length
-        self.events -= rec.events
-        with open(rec.segment, "rb") as f:
+        rec = self._records[0]
+        with open(rec.segment, "rb") as f:  # may raise: then the record stays queued
             f.seek(rec.offset)
             stored = f.read(rec.length)
-        return rec, zlib.decompress(stored) if rec.compressed else stored
+        payload = zlib.decompress(stored) if rec.compressed else stored
+        self._records.popleft()
+        self.bytes -= rec.length
+        self.events -= rec.events
+        return rec, payload
 
     def release(self, rec: DiskRecord) -> None:
         """The record was delivered or dropped: delete its segment once nothing in it is left."""

@@ -37,7 +37,8 @@ class Counters:
     time_failures: Callable[[], int] = lambda: 0
     buffers: Callable[[], dict[str, tuple[int, int, int]]] = dict  # sink: (mem B, disk B, events)
     file_lag: Callable[[], dict[tuple[str, str], int]] = dict  # (source, path): bytes
-    blocked: Callable[[], dict[str, str]] = dict  # sink: why its input waits (or is dropped)
+    # (sink, why): its input waits (or is dropped), or its receiver refuses its requests
+    blocked: Callable[[], list[tuple[str, str]]] = list
 
     def received(self, source: str, events: int, nbytes: int) -> None:
         self.events_in[source] = self.events_in.get(source, 0) + events
@@ -157,10 +158,11 @@ class _CountersCollector:
         blocked = GaugeMetricFamily(
             "log_agent_sink_blocked",
             "1 while a sink's input waits (its buffer full, its disk not writable) or, for "
-            "input that cannot wait, is dropped; the reason says which.",
+            "input that cannot wait, is dropped, or while its receiver refuses its requests "
+            "(HTTP 401...); the reason says which.",
             labels=["sink", "reason"],
         )
-        for sink, reason in sorted(c.blocked().items()):
+        for sink, reason in sorted(c.blocked()):
             blocked.add_metric([sink, reason], 1)
         yield blocked
         orphan_events = GaugeMetricFamily(

@@ -17,17 +17,18 @@ it in a document). `_id`: the event's "_id" (file identity + offset, the same on
 else the SHA-1 of the document (plus, for a repeat of an identical document in the same batch, its
 ordinal, so two identical lines stay two documents).
 
+Payload: one item a line, `<action>\x1f<document>` (JSON text holds no raw control character, so
+\x1f cannot occur inside either); the `_bulk` body puts each on two lines.
+
 Results of one send, item by item (the buffer needs both "drop these" and "retry those"):
 - 200/201: delivered; 409 (version_conflict_engine_exception): already there from an earlier
   send, a duplicate and not an error;
-- 429 and 5xx: retried: `send` raises RetryableError with `remaining` = a `_bulk` body of only
+- 429 and 5xx: retried: `send` raises RetryableError with `remaining` = the payload of only
   those items;
-- other 4xx (mapping errors): dropped, counted under "es_<status>_<error type>", for example
-  "es_400_mapper_parsing_exception". With nothing to retry, `send` raises RejectedError with
-  `events` = the number dropped and `reason` = the most frequent reason.
-`last_result` (a BulkResult) holds every count of the last send that got an item-by-item answer,
-reasons one by one (None when the request failed as a whole: the exception then covers every
-event). Sends of one sink are sequential (one delivery loop), so it is read right after `send`.
+- other 4xx (mapping errors: the document itself is refused, whatever `on_client_error` says of
+  whole requests): dropped, counted under "es_<status>_<error type>", for example
+  "es_400_mapper_parsing_exception"; `send` returns them by reason (or gives them as the
+  RetryableError's `rejected`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import orjson
 from pydantic import Field, field_validator
 
 from podkit.images.log_agent.event import ID_KEY, Batch
-from podkit.images.log_agent.sinks.base import RejectedError, RetryableError
+from podkit.images.log_agent.sinks.base import Rejected, RetryableError
 from podkit.images.log_agent.sinks.http import unix_nanos
 from podkit.images.log_agent.sinks.http_client import HttpClient, HttpClientConfig, base_url
 
@@ -124,23 +125,27 @@ class BulkEncoder:
                 if repeat:
                     doc_id = hashlib.sha1(source + b"\n%d" % repeat).hexdigest()
             action = {"create": {"_index": self.index_for(nanos), "_id": doc_id}}
-            out += (dumps(action), b"\n", source, b"\n")
+            out += (dumps(action), b"\x1f", source, b"\n")
         return b"".join(out)
 
 
+def bulk_body(payload: bytes) -> bytes:
+    """The `_bulk` body of a payload of items: action and document on lines of their own."""
+    return payload.replace(b"\x1f", b"\n")
+
+
 def read_bulk_answer(payload: bytes, answer: bytes) -> tuple[BulkResult, bytes | None]:
-    """What the `_bulk` answer says of each item, and the body to retry (None: nothing).
+    """What the `_bulk` answer says of each item, and the payload to retry (None: nothing).
     ValueError when the answer cannot be matched to the payload's items."""
     data: Any = orjson.loads(answer)
-    lines = payload.split(b"\n")  # JSON text holds no raw newline: a line is one JSON value
-    pairs = len(lines) // 2
+    lines = payload.splitlines()  # JSON text holds no raw newline: a line is one item
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     if data.get("errors") is False:
-        return BulkResult(created=pairs), None
+        return BulkResult(created=len(lines)), None
     items = data.get("items")
-    if not isinstance(items, list) or len(items) != pairs:
-        raise ValueError(f"{pairs} items sent, answer lists {len(items or [])}")
+    if not isinstance(items, list) or len(items) != len(lines):
+        raise ValueError(f"{len(lines)} items sent, answer lists {len(items or [])}")
     result = BulkResult()
     retry: list[bytes] = []
     for n, item in enumerate(items):
@@ -162,7 +167,7 @@ def read_bulk_answer(payload: bytes, answer: bytes) -> tuple[BulkResult, bytes |
             result.first_error = f"{reason}: {str(words)[:200]}"
         if status == 429 or status >= 500:
             result.retrying += 1
-            retry += (lines[2 * n], b"\n", lines[2 * n + 1], b"\n")
+            retry += (lines[n], b"\n")
         else:
             result.rejected[reason] = result.rejected.get(reason, 0) + 1
     return result, (b"".join(retry) if retry else None)
@@ -175,7 +180,7 @@ class ElasticsearchSink:
         self._encoder = BulkEncoder(cfg.index)
         self._client = HttpClient(id, cfg)
         self._url = f"{base_url(cfg.endpoint)}/_bulk?{_FILTER}"
-        self.last_result: BulkResult | None = None
+        self.batching = cfg.batching()
 
     def encode(self, batch: Batch) -> bytes:
         return self._encoder.encode(batch)
@@ -183,29 +188,22 @@ class ElasticsearchSink:
     async def start(self) -> None:
         await self._client.start()
 
-    async def send(self, payload: bytes) -> None:
-        self.last_result = None
-        answer = await self._client.post(self._url, payload, "application/x-ndjson")
+    async def send(self, payload: bytes) -> Rejected | None:
+        answer = await self._client.post(self._url, bulk_body(payload), "application/x-ndjson")
         try:
             result, remaining = read_bulk_answer(payload, answer)
         except ValueError as exc:  # orjson.JSONDecodeError is one too
             # Resending everything is safe: what was indexed comes back as 409.
             raise RetryableError(f"{self.id}: unreadable _bulk answer: {exc}") from None
-        self.last_result = result
         dropped = sum(result.rejected.values())
         if remaining is not None:
             raise RetryableError(
                 f"{self.id}: _bulk: {result.retrying} items to retry, {dropped} rejected; "
                 f"{result.first_error}",
                 remaining=remaining,
+                rejected=result.rejected,
             )
-        if dropped:
-            reason = max(result.rejected, key=lambda r: result.rejected[r])
-            raise RejectedError(
-                f"{self.id}: _bulk: {dropped} items rejected; {result.first_error}",
-                reason=reason,
-                events=dropped,
-            )
+        return result.rejected
 
     async def close(self) -> None:
         await self._client.close()

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from podkit.common.config_section import Section
 from podkit.images.log_agent.event import Batch, json_lines
-from podkit.images.log_agent.sinks.base import RetryableError
+from podkit.images.log_agent.sinks.base import Batching, RetryableError
 from podkit.images.log_agent.sinks.stdout import text_lines
 
 MiB = 1024 * 1024
@@ -41,6 +41,8 @@ class FileConfig(Section):
 
 
 class FileSink:
+    batching: Batching | None = None  # a record a send, in order
+
     def __init__(self, id: str, cfg: FileConfig) -> None:
         self.id = id
         self.cfg = cfg

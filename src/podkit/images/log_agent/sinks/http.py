@@ -1,8 +1,9 @@
 """The generic HTTP sink (Vector `http`, Fluent Bit `http`), and the pure helpers the
 API-specific HTTP sinks (loki, elasticsearch, otlp) build on.
 
-Each payload is one POST to `endpoint` (the full URL) of the batch's full events, either as JSON
-lines (`application/x-ndjson`, the default) or as one JSON array (`application/json`).
+Each request is one POST to `endpoint` (the full URL) of full events, either as JSON lines
+(`application/x-ndjson`, the default) or as one JSON array (`application/json`). Payloads are
+JSON lines either way (one item a line, sinks/base.py); the array is made when sending.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from podkit.images.log_agent.event import Batch, json_lines
+from podkit.images.log_agent.sinks.base import Rejected
 from podkit.images.log_agent.sinks.http_client import HttpClient, HttpClientConfig
 
 Format = Literal["ndjson", "json_array"]
@@ -32,15 +34,15 @@ class HttpConfig(HttpClientConfig):
     format: Format = "ndjson"
 
 
-def encode(batch: Batch, fmt: Format) -> bytes:
-    lines = json_lines(batch)
+def body(payload: bytes, fmt: Format) -> bytes:
+    """The request body for a payload of JSON lines."""
     if fmt == "ndjson":
-        return lines
-    if not lines:
+        return payload
+    if not payload:
         return b"[]"
     # JSON text never holds a raw newline (it is escaped inside strings), so the line breaks are
     # exactly the separators between events.
-    return b"[" + lines[:-1].replace(b"\n", b",") + b"]"
+    return b"[" + payload[:-1].replace(b"\n", b",") + b"]"
 
 
 class HttpSink:
@@ -48,15 +50,18 @@ class HttpSink:
         self.id = id
         self.cfg = cfg
         self._client = HttpClient(id, cfg)
+        self.batching = cfg.batching()
 
     def encode(self, batch: Batch) -> bytes:
-        return encode(batch, self.cfg.format)
+        return json_lines(batch)
 
     async def start(self) -> None:
         await self._client.start()
 
-    async def send(self, payload: bytes) -> None:
-        await self._client.post(self.cfg.endpoint, payload, CONTENT_TYPES[self.cfg.format])
+    async def send(self, payload: bytes) -> Rejected | None:
+        fmt = self.cfg.format
+        await self._client.post(self.cfg.endpoint, body(payload, fmt), CONTENT_TYPES[fmt])
+        return None
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,7 +1,13 @@
 """What the HTTP sinks (http, loki, elasticsearch, otlp) share: config fields, client, status rules.
 
 Encoding stays in each sink and is pure; this module only sends. One POST per `post` call, no
-retries: the sink's buffer retries with backoff. aiohttp is imported in `start()`, not here: it
+retries: the sink's buffer retries with backoff, batches, splits and sends several at a time
+(`batching`, sinks/base.py).
+
+Status rules: 2xx taken; 408, 429 and 5xx retried; 413 too large (the buffer halves the
+request); any other 4xx retried with the sink shown as blocked (`on_client_error: retry`, the
+default: credentials get fixed, the data must not be thrown away meanwhile), or dropped and
+counted (`on_client_error: drop`). aiohttp is imported in `start()`, not here: it
 costs ~0.3 s to import, and an agent without HTTP sinks should not pay for it.
 
 Secrets (password, token) are kept as pydantic SecretStr (masked in `--dry-run` output and
@@ -26,7 +32,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from podkit.common.config_section import Section, check_http_url, display_url
-from podkit.images.log_agent.sinks.base import RejectedError, RetryableError
+from podkit.images.log_agent.sinks.base import (
+    Batching,
+    RejectedError,
+    RetryableError,
+    TooLargeError,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -100,6 +111,25 @@ class HttpClientConfig(Section):
         description="seconds for one request: a stalled receiver holds a request no longer",
     )
     compression: Literal["none", "gzip"] = "none"
+    max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="of a request body before compression: larger batches are split (nginx's "
+        "default client_max_body_size is 1 MiB)",
+    )
+    max_events: int = Field(default=10_000, ge=1, description="events in one request")
+    linger: float = Field(
+        default=0.1, ge=0, le=60, description="seconds a request that is not full waits for more"
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight")
+    on_client_error: Literal["retry", "drop"] = Field(
+        default="retry",
+        description="a 4xx other than 408, 413 and 429: retry (the sink shows as blocked until "
+        "the receiver takes the data) or drop the events, counted",
+    )
+
+    def batching(self) -> Batching:
+        return Batching(self.max_bytes, self.max_events, self.linger, self.concurrency)
 
     @field_validator("endpoint")
     @classmethod
@@ -124,9 +154,15 @@ class HttpClientConfig(Section):
 
 
 def raise_for_status(
-    sink_id: str, url: str, status: int, body: bytes, secrets: Iterable[str] = ()
+    sink_id: str,
+    url: str,
+    status: int,
+    body: bytes,
+    secrets: Iterable[str] = (),
+    on_client_error: Literal["retry", "drop"] = "retry",
 ) -> None:
-    """2xx returns; 408, 429 and 5xx raise RetryableError; anything else RejectedError."""
+    """2xx returns; 408, 429 and 5xx raise RetryableError, 413 TooLargeError; any other status
+    RetryableError with `refused`, or RejectedError with `on_client_error: drop`."""
     if 200 <= status < 300:
         return
     snippet = " ".join(body[: BODY_SNIPPET_CHARS * 4].decode("utf-8", "replace").split())
@@ -136,6 +172,10 @@ def raise_for_status(
     )
     if status in (408, 429) or status >= 500:
         raise RetryableError(message)
+    if status == 413:
+        raise TooLargeError(message)
+    if on_client_error == "retry":
+        raise RetryableError(message, refused=f"HTTP {status}")
     raise RejectedError(message, reason=f"http_{status}")
 
 
@@ -272,7 +312,9 @@ class HttpClient:
         except self._errors as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", self._secrets())
             raise RetryableError(f"{where}: {detail}") from None
-        raise_for_status(self.sink_id, url, status, answer, self._secrets())
+        raise_for_status(
+            self.sink_id, url, status, answer, self._secrets(), self.cfg.on_client_error
+        )
         return answer
 
     def _secrets(self) -> tuple[str, ...]:

@@ -14,6 +14,9 @@ Lines: `line_format: json` (default) is the full event as JSON, minus the fields
 carries whole (`remove_label_fields`, default true): a label such as `pod: "{kubernetes.pod_name}"`
 removes `kubernetes.pod_name` from the line, since Loki shows and queries it as a label; a field
 used in a composite template (`"{a}-{b}"`) stays. `line_format: message` is the message alone.
+
+Payload: one item a line, `<labels JSON>\x1f<["ts", "line"]>`; the push body groups the items
+by their labels when it is sent (`push_body`), so any run of items is a request.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import orjson
 from pydantic import Field, field_validator
 
 from podkit.images.log_agent.event import Batch, Event
+from podkit.images.log_agent.sinks.base import Rejected
 from podkit.images.log_agent.sinks.http import unix_nanos
 from podkit.images.log_agent.sinks.http_client import HttpClient, HttpClientConfig, base_url
 
@@ -184,28 +188,30 @@ class LokiEncoder:
         for path in self.removed:
             line_common = without(line_common, path)
 
-        streams: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[list[str]]]] = {}
+        dumps = orjson.dumps
+        fixed_key = dumps(fixed or FALLBACK_LABELS, option=orjson.OPT_SORT_KEYS) + b"\x1f"
+        keys: dict[tuple[tuple[str, str], ...], bytes] = {}
+        out: list[bytes] = []
         now_ns: int | None = None
         for event in batch.events:
-            labels = fixed
+            key = fixed_key
             if varying:
                 labels = dict(fixed)
                 for name, template in varying:
                     value = template.render(event, common)
                     if value:
                         labels[name] = value
-            labels = labels or FALLBACK_LABELS
-            key = tuple(sorted(labels.items()))
-            stream = streams.get(key)
-            if stream is None:
-                stream = streams[key] = (labels, [])
+                labels = labels or FALLBACK_LABELS
+                sort = tuple(sorted(labels.items()))
+                key = keys.get(sort) or keys.setdefault(
+                    sort, dumps(labels, option=orjson.OPT_SORT_KEYS) + b"\x1f"
+                )
             ts = unix_nanos(event["time"] if "time" in event else common.get("time"))
             if ts is None:
                 now_ns = now_ns or time.time_ns()
                 ts = now_ns
-            stream[1].append([str(ts), self._line(event, common, line_common)])
-        body = [{"stream": labels, "values": values} for labels, values in streams.values()]
-        return orjson.dumps({"streams": body})
+            out += (key, dumps([str(ts), self._line(event, common, line_common)]), b"\n")
+        return b"".join(out)
 
     def _line(self, event: Event, common: Event, line_common: Event) -> str:
         if self.line_format == "message":
@@ -213,6 +219,20 @@ class LokiEncoder:
         for path in self.removed:
             event = without(event, path)
         return orjson.dumps({**event, **line_common}, default=str).decode()
+
+
+def push_body(payload: bytes) -> bytes:
+    """The push request for a payload of items: one stream per label set, in first-seen order,
+    its values in payload order."""
+    streams: dict[bytes, list[bytes]] = {}
+    for item in payload.splitlines():
+        labels, _, value = item.partition(b"\x1f")
+        streams.setdefault(labels, []).append(value)
+    body = b",".join(
+        b'{"stream":' + labels + b',"values":[' + b",".join(values) + b"]}"
+        for labels, values in streams.items()
+    )
+    return b'{"streams":[' + body + b"]}"
 
 
 class LokiSink:
@@ -223,6 +243,7 @@ class LokiSink:
         self._client = HttpClient(id, cfg)
         self._url = base_url(cfg.endpoint) + PUSH_PATH
         self._headers = {"X-Scope-OrgID": cfg.tenant_id} if cfg.tenant_id else {}
+        self.batching = cfg.batching()
 
     def encode(self, batch: Batch) -> bytes:
         return self._encoder.encode(batch)
@@ -230,9 +251,11 @@ class LokiSink:
     async def start(self) -> None:
         await self._client.start()
 
-    async def send(self, payload: bytes) -> None:
-        # Loki answers 204; a 400 (entry too old, line too long) refuses the request for good.
-        await self._client.post(self._url, payload, "application/json", self._headers)
+    async def send(self, payload: bytes) -> Rejected | None:
+        # Loki answers 204; a 400 (entry too old, line too long) refuses the whole request.
+        body = push_body(payload)
+        await self._client.post(self._url, body, "application/json", self._headers)
+        return None
 
     async def close(self) -> None:
         await self._client.close()

@@ -17,8 +17,11 @@ data model's ranges: trace 1, debug 5, info 9, notice 10, warn 13, error 17, fat
 bunyan numbers 10..60 too), attributes = every other field as an OTLP AnyValue, "file" as
 log.file.path and "_id" as log.record.uid (semantic-convention names).
 
-A 200 answer with `partialSuccess.rejectedLogRecords` > 0 raises RejectedError with
-`events` = that count and reason "otlp_partial_success": the others were taken.
+A 200 answer with `partialSuccess.rejectedLogRecords` > 0: that many were refused for good,
+counted under "otlp_partial_success"; the others were taken.
+
+Payload: one item a line, `<resource attributes JSON>\x1f<log record JSON>`; the request groups
+the items by resource when it is sent (`export_body`), so any run of items is a request.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import orjson
 from pydantic import Field
 
 from podkit.images.log_agent.event import ID_KEY, Batch, Event
-from podkit.images.log_agent.sinks.base import RejectedError
+from podkit.images.log_agent.sinks.base import Rejected
 from podkit.images.log_agent.sinks.http import unix_nanos
 from podkit.images.log_agent.sinks.http_client import HttpClient, HttpClientConfig, base_url
 
@@ -143,25 +146,18 @@ class OtlpEncoder:
             if "kubernetes" in common
             else None
         )
-        groups: dict[Resource, list[dict[str, Any]]] = {}
+        dumps = orjson.dumps
+        keys: dict[Resource, bytes] = {}
+        out: list[bytes] = []
         for event in batch.events:
             resource = shared_resource or resource_attributes(
                 event.get("kubernetes"), self.service_name
             )
-            groups.setdefault(resource, []).append(
-                self._record(event, common, common_attrs, observed)
+            key = keys.get(resource) or keys.setdefault(
+                resource, dumps([key_value(k, v) for k, v in resource]) + b"\x1f"
             )
-        return orjson.dumps(
-            {
-                "resourceLogs": [
-                    {
-                        "resource": {"attributes": [key_value(k, v) for k, v in resource]},
-                        "scopeLogs": [{"scope": SCOPE, "logRecords": records}],
-                    }
-                    for resource, records in groups.items()
-                ]
-            }
-        )
+            out += (key, dumps(self._record(event, common, common_attrs, observed)), b"\n")
+        return b"".join(out)
 
     def _record(
         self, event: Event, common: Event, common_attrs: list[KeyValue], observed: str
@@ -189,6 +185,22 @@ class OtlpEncoder:
         return record
 
 
+def export_body(payload: bytes) -> bytes:
+    """The ExportLogsServiceRequest for a payload of items: one resourceLogs per resource, in
+    first-seen order, its records in payload order."""
+    groups: dict[bytes, list[bytes]] = {}
+    for item in payload.splitlines():
+        resource, _, record = item.partition(b"\x1f")
+        groups.setdefault(resource, []).append(record)
+    scope = orjson.dumps(SCOPE)
+    body = b",".join(
+        b'{"resource":{"attributes":' + resource + b'},"scopeLogs":[{"scope":' + scope
+        + b',"logRecords":[' + b",".join(records) + b"]}]}"
+        for resource, records in groups.items()
+    )  # fmt: skip
+    return b'{"resourceLogs":[' + body + b"]}"
+
+
 def rejected_records(answer: bytes) -> tuple[int, str]:
     """(rejectedLogRecords, errorMessage) of an ExportLogsServiceResponse; (0, "") when none."""
     try:
@@ -207,6 +219,7 @@ class OtlpSink:
         self._encoder = OtlpEncoder(cfg.service_name, cfg.level_field)
         self._client = HttpClient(id, cfg)
         self._url = base_url(cfg.endpoint) + LOGS_PATH
+        self.batching = cfg.batching()
 
     def encode(self, batch: Batch) -> bytes:
         return self._encoder.encode(batch)
@@ -214,15 +227,10 @@ class OtlpSink:
     async def start(self) -> None:
         await self._client.start()
 
-    async def send(self, payload: bytes) -> None:
-        answer = await self._client.post(self._url, payload, "application/json")
-        count, message = rejected_records(answer)
-        if count > 0:
-            raise RejectedError(
-                f"{self.id}: OTLP partial success: {count} log records rejected: {message[:200]}",
-                reason="otlp_partial_success",
-                events=count,
-            )
+    async def send(self, payload: bytes) -> Rejected | None:
+        answer = await self._client.post(self._url, export_body(payload), "application/json")
+        count, _ = rejected_records(answer)
+        return {"otlp_partial_success": min(count, payload.count(b"\n"))} if count > 0 else None
 
     async def close(self) -> None:
         await self._client.close()

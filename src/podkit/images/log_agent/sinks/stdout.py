@@ -10,6 +10,7 @@ import orjson
 from podkit.common import stdout
 from podkit.common.config_section import Section
 from podkit.images.log_agent.event import Batch, full_event, json_lines
+from podkit.images.log_agent.sinks.base import Batching
 
 Format = Literal["json", "pretty", "text"]
 
@@ -43,6 +44,8 @@ ENCODERS: dict[Format, Callable[[Batch], bytes]] = {
 
 
 class StdoutSink:
+    batching: Batching | None = None  # a record a send, in order
+
     def __init__(self, id: str, cfg: StdoutConfig) -> None:
         self.id = id
         self.cfg = cfg

@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from podkit.common.config import parse_hostport
 from podkit.common.config_section import Section
 from podkit.images.log_agent.event import Batch, Event, full_event
-from podkit.images.log_agent.sinks.base import RetryableError
+from podkit.images.log_agent.sinks.base import Batching, RetryableError
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -272,6 +272,8 @@ def _field(event: Event, common: Event, key: str) -> Any:
 
 
 class SyslogSink:
+    batching: Batching | None = None  # a record a send, in order
+
     def __init__(self, id: str, cfg: SyslogConfig) -> None:
         self.id = id
         self.cfg = cfg
