@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ from log_agent_harness import (
     ImageProcess,
     RecordingReceiver,
     StartAgent,
+    hostport,
     http,
     metric_samples,
     ready_listeners,
@@ -233,6 +235,48 @@ def test_full_disk_blocks_file_input_and_loses_nothing(
     assert lost_and_twice(receiver, total) == ([], 0)
     assert not blocked()
     assert any(r.get("msg") == "sink input flows again" for r in agent.records())
+    assert agent.terminate(10)[0] == 0
+
+
+def test_full_disk_drops_only_input_that_cannot_be_read_again_and_counts_it(
+    start_agent: StartAgent,
+    receiver: RecordingReceiver,
+    tmp_path: Path,
+    small_disk: Path,
+) -> None:
+    """TCP input has no file to wait in: what the full disk cannot take is dropped, counted."""
+    tcp = "\n  - type: tcp\n    listen: 127.0.0.1:0"
+    buffer = "max_memory_bytes: 65536, max_disk_bytes: 104857600"
+    config = write_config(tmp_path, tcp, http_sink(receiver, buffer=buffer))
+    receiver.down()
+    agent = start_agent("--config", str(config), LOG_AGENT_DATA_DIR=str(small_disk))
+    listening = ready_listeners(agent)
+    admin = listening["admin"]
+    total = 60_000
+    with socket.create_connection(hostport(listening["tcp"]), timeout=10) as sock:
+        for start_n in range(0, total, 1_000):
+            sock.sendall(
+                "".join(
+                    f"{LINE.format(n=n)} {os.urandom(32).hex()}\n"
+                    for n in range(start_n, start_n + 1_000)
+                ).encode()
+            )
+    wait_for(
+        "every line taken",
+        lambda: metric(admin, "log_agent_events_in_total", source="tcp") == total,
+        timeout=30,
+    )
+    dropped = metric(admin, "log_agent_events_dropped_total", component="http", reason="disk_error")
+    assert dropped > 0
+    assert any("No space left" in str(r.get("reason")) for r in agent.records())
+    receiver.up()
+    wait_for(
+        "the buffer delivered",
+        lambda: metric(admin, "log_agent_buffer_events", sink="http") == 0,
+        timeout=60,
+    )
+    delivered = numbers(receiver.messages())
+    assert len(delivered) + dropped == total  # every line delivered or counted
     assert agent.terminate(10)[0] == 0
 
 
@@ -555,4 +599,28 @@ def test_a_receiver_taking_40ms_a_request_keeps_up_with_20k_lines_a_second(
     assert lost_and_twice(receiver, total) == ([], 0)
     assert behind < 1.5, f"{behind:.1f} s behind the writer"  # it kept up
     assert peak_disk == 0  # from memory all along: the disk buffer never grew
+    assert agent.terminate(10)[0] == 0
+
+
+def test_a_backlog_on_disk_takes_at_most_1_5x_its_raw_lines(
+    start_agent: StartAgent, receiver: RecordingReceiver, tmp_path: Path, logs: Path
+) -> None:
+    """Each event is the line plus pod metadata and fields as JSON; on disk it is compressed.
+    Lines with 64 random hex digits each, a worst case for compression."""
+    buffer = "max_memory_bytes: 65536"  # the backlog goes to disk
+    config = write_config(tmp_path, file_source(logs), http_sink(receiver, buffer=buffer))
+    receiver.down()
+    agent, admin = start(start_agent, config, tmp_path / "data")
+    total = 20_000
+    write_incompressible(logs / "app.log", 0, total)
+    raw = (logs / "app.log").stat().st_size
+    wait_for(
+        "the file read",
+        lambda: metric(admin, "log_agent_events_in_total", source="file") == total,
+        timeout=30,
+    )
+    on_disk = metric(admin, "log_agent_buffer_disk_bytes", sink="http")
+    assert 0 < on_disk <= raw * 1.5, on_disk / raw
+    receiver.up()
+    wait_for("every line delivered", lambda: all_arrived(receiver, total), timeout=30)
     assert agent.terminate(10)[0] == 0
