@@ -233,16 +233,8 @@ def test_file_follows_logrotate(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, so that the disk really fills up."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        # --lazy: detached even while a failed test still holds a file open in it
-        subprocess.run(["umount", "--lazy", str(mnt)], check=True)
+def tiny_disk(tmpfs: Callable[[str], Path]) -> Path:
+    return tmpfs("64k")  # so that the disk really fills up
 
 
 def test_file_full_disk_is_retried_without_cut_or_doubled_lines(tiny_disk: Path) -> None:
