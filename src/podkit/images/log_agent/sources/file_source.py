@@ -106,6 +106,7 @@ class _Tailed:
     retired: bool = False  # drained and closed: its checkpoint goes once its batches are done
     at_eof: bool = False
     last_growth: float = field(default_factory=time.monotonic)
+    stamp: list[int] | None = None  # a compressed copy's [size, mtime_ns]: unchanged means done
     sent_to: int = 0  # where the next batch's content starts (the last batch's resume point)
     replay_until: int = 0  # what the last run had handed on: below it, reading is a replay
 
@@ -419,9 +420,8 @@ class FileSource:
         if t.ident is None:
             self._state.delete(self._scope, t.key)
             return
-        cp = t.ident.checkpoint(t.tracker.committed, t.path, t.sent_to) | {"done": True}
-        self._done[t.key] = cp
-        self._state.set(self._scope, t.key, cp)
+        cp = t.ident.checkpoint(t.tracker.committed, t.path, t.sent_to)
+        self._mark_done(t.key, cp | ({"stamp": t.stamp} if t.stamp else {}))
         self._heartbeat(force=True)  # alive after this file's last write
         self._prune_done()
 
@@ -656,30 +656,38 @@ class FileSource:
 
     def _drain_rotated_copy(self, path: str, followed: str, st: os.stat_result) -> None:
         """Drain the rotated copy at `path` of the file at `followed`: from the checkpoint with
-        its first bytes, or, without one, from its start if it was written since we last ran."""
+        its first bytes, or, without one, from its start if it was written since we last ran.
+        A compressed copy is unpacked only to be read, or to learn whether it grew."""
         compressed = is_compressed(path)
-        fd = _open_content(path, compressed, self._tmp_dir)
-        if fd is None:
+        head = _head(path, compressed, self._cfg.fingerprint_bytes)
+        if head is None:
             return
-        head = os.pread(fd, self._cfg.fingerprint_bytes, 0)
-        size = os.fstat(fd).st_size
         key = file_key(st.st_dev, st.st_ino)
+        stamp = [st.st_size, st.st_mtime_ns]  # a compressed copy unchanged since it was drained
         old_key, cp = self._checkpoint_of(key, followed, head)
-        if cp is not None:
-            ident, offset = Identity.from_checkpoint(cp), int(cp["offset"])
+        if cp is None:
+            new = self._last_alive is not None and st.st_mtime > self._last_alive
+            if not (new and st.st_size):
+                return  # read by an earlier run, or there before we ever ran
+        else:
             self._saved.pop(old_key, None)
             if old_key != key:  # a compressed copy: its checkpoint is filed under it now
                 self._state.delete(self._scope, old_key)
-            if size <= offset:
-                os.close(fd)
-                self._done[key] = cp | {"done": True}
-                self._state.set(self._scope, key, self._done[key])
+            if cp.get("done") and cp.get("stamp") == stamp:
+                self._mark_done(key, cp)
                 return
-        elif self._last_alive is not None and st.st_mtime > self._last_alive and size:
+        fd = _open_content(path, compressed, self._tmp_dir)
+        if fd is None:
+            return
+        size = os.fstat(fd).st_size
+        if cp is None:
             ident, offset = Identity.new(st.st_dev, st.st_ino, head), 0
         else:
-            os.close(fd)  # read by an earlier run, or there before we ever ran
-            return
+            ident, offset = Identity.from_checkpoint(cp), int(cp["offset"])
+            if size <= offset:
+                os.close(fd)
+                self._mark_done(key, cp | ({"stamp": stamp} if compressed else {}))
+                return
         if compressed and self._cfg.rotated_compressed == "skip":
             os.close(fd)
             log.warning(
@@ -689,6 +697,12 @@ class FileSource:
             )
             return
         self._drain(key, followed, fd, ident, offset, cp, at=path, finished=compressed)
+        if compressed:
+            self._files[key].stamp = stamp
+
+    def _mark_done(self, key: FileKey, cp: dict[str, Any]) -> None:
+        self._done[key] = cp | {"done": True}
+        self._state.set(self._scope, key, self._done[key])
 
     def _checkpoint_of(
         self, key: FileKey, followed: str, head: bytes
@@ -861,6 +875,19 @@ def _open_if(
         os.close(fd)
         return None
     return fd
+
+
+def _head(path: str, compressed: bool, n: int) -> bytes | None:
+    """A file's first `n` bytes (a compressed file's, unpacked), or None if it cannot be read."""
+    try:
+        if compressed:
+            with gzip.open(path, "rb") as f:
+                return f.read(n)
+        with open(path, "rb") as f:
+            return f.read(n)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        log.warning("cannot read a rotated copy", extra={"path": path, "error": str(exc)})
+        return None
 
 
 def _open_content(path: str, compressed: bool, tmp_dir: Path) -> int | None:
