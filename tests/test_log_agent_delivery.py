@@ -70,7 +70,9 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
 ) -> None:
     total = 60_000
     write_lines(logs / "app.log", 0, total)
-    receiver.delay = 0.02  # requests stay in flight long enough to be cut by the kill
+    # Requests stay in flight long enough to be cut by the kill, and the whole file takes
+    # several rounds of `concurrency` (4) requests: the kill comes mid-way.
+    receiver.delay = 0.3
     config = agent_config(tmp_path, logs, receiver)
 
     first, _ = start(start_agent, config, tmp_path)
@@ -86,8 +88,9 @@ def test_kill_9_while_shipping_then_restart_loses_nothing(
     counts = numbers(receiver.messages())
     duplicates = sum(c - 1 for c in counts.values())
     assert set(counts) == set(range(total))
-    # Only what was in flight at the kill comes twice: `concurrency` (4) requests at most.
-    assert duplicates <= 4 * max(receiver.requests), (duplicates, max(receiver.requests))
+    # Only what was in flight at the kill comes twice: `concurrency` (4) requests, and what
+    # finished after the oldest of them (requests finish out of order): 8 requests at most.
+    assert duplicates <= 8 * max(receiver.requests), (duplicates, max(receiver.requests))
     # Duplicates carry the same _id, so a receiver can drop them.
     ids = receiver.ids()
     assert len(set(ids)) == total

@@ -456,7 +456,7 @@ def test_files_rotated_while_the_agent_was_killed_are_drained(
         wait_for("the next second", lambda: int(time.time()) > second, timeout=2)
         subprocess.run(["logrotate", "-f", "-s", str(state), str(rotate_conf)], check=True)
 
-    receiver.delay = 0.05  # requests in flight at the kill
+    receiver.delay = 0.3  # requests in flight at the kill, and more to send after it
     # A memory buffer that holds the whole file: its offset is committed only as lines are
     # delivered, so most of it is left to read from the file (its copy) after the kill.
     sink = http_sink(receiver, buffer="max_memory_bytes: 67108864")
