@@ -22,6 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from podkit import __version__  # noqa: E402
+from podkit.cli import images as _images  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -344,6 +345,9 @@ def port_forward(
 def version() -> None:
     """Print podkit's version."""
     print(f"podkit {__version__}")
+
+
+_images.register(app)
 
 
 def main() -> None:

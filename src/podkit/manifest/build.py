@@ -125,7 +125,8 @@ def build_key_values(m: Manifest) -> tuple[KeyValueObject, list[Problem]]:
         # stringData is a write-only convenience merged over data, as the API server does
         data.update(_decode_text(m, ("stringData",), m.data.get("stringData") or {}, problems))
         binary_keys = frozenset()
-    kv = KeyValueObject(m.kind, m.name, m.namespace, data, m.source, binary_keys)
+    kind = str(m.data.get("type") or "Opaque") if m.kind == "Secret" else ""
+    kv = KeyValueObject(m.kind, m.name, m.namespace, data, m.source, binary_keys, kind)
     return kv, problems
 
 

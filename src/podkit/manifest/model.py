@@ -93,6 +93,7 @@ class KeyValueObject:
     source: Source
     # keys that came from a ConfigMap's binaryData: files in volumes, but never env values
     binary_keys: frozenset[str] = frozenset()
+    type: str = ""  # a Secret's type (kubernetes.io/dockerconfigjson ...)
 
 
 @dataclass

@@ -32,8 +32,9 @@ class Confinement:
         no_new_privs: bool = False,
         seccomp: str | None = None,  # compiled BPF program file (seccomp_bpf.BpfFiles)
         seccomp_flags: list[str] | None = None,
-        uid: int | None = None,  # None: the image's user (root, until images name one)
+        uid: int | None = None,  # None: the image's user (root when it names none)
         gid: int | None = None,
+        image_user: str = "",  # the image's User, resolved in its /etc/passwd and /etc/group
         supplemental_groups: list[int] | None = None,
         read_only_root: bool = False,
         masked_paths: list[str] | None = None,
@@ -43,6 +44,7 @@ class Confinement:
         self.capabilities, self.no_new_privs = capabilities, no_new_privs
         self.seccomp, self.seccomp_flags = seccomp, seccomp_flags or []
         self.uid, self.gid = uid, gid
+        self.image_user = image_user
         self.supplemental_groups = supplemental_groups or []
         self.read_only_root = read_only_root
         self.masked_paths = masked_paths or []
@@ -65,10 +67,15 @@ class Confinement:
 
     def apply(self) -> None:
         """Confine this process (in the container's root, before exec); OSError names the step."""
-        uid = self.uid if self.uid is not None else 0
-        gid, groups = users.process_ids(
-            uid, self.gid, self.supplemental_groups, _read("/etc/passwd"), _read("/etc/group")
-        )
+        passwd, group = _read("/etc/passwd"), _read("/etc/group")
+        uid, gid = (self.uid, self.gid) if self.uid is not None else (0, self.gid)
+        if self.uid is None and self.image_user:
+            try:
+                uid, image_gid = users.resolve_user(self.image_user, passwd, group)
+            except ValueError as exc:
+                raise OSError(errno.ENOENT, str(exc)) from None
+            gid = self.gid if self.gid is not None else image_gid
+        gid, groups = users.process_ids(uid, gid, self.supplemental_groups, passwd, group)
         flags = sum(_FLAG_BITS[f] for f in self.seccomp_flags)
         if self.no_new_privs:
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1, "prctl(PR_SET_NO_NEW_PRIVS)")

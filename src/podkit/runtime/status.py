@@ -30,6 +30,7 @@ class ContainerTracker:
     pid: int | None = None
     sidecar: bool = False  # an initContainer with restartPolicy: Always
     has_readiness_probe: bool = False
+    image_id: str = ""  # a registry image's repo digest, once pulled
 
     @property
     def running(self) -> bool:
@@ -78,7 +79,7 @@ class ContainerTracker:
         out: dict[str, Any] = {
             "name": self.name,
             "image": self.image,
-            "imageID": "",
+            "imageID": self.image_id,
             "state": self.state,
             "lastState": self.last_state,
             "ready": self.ready,

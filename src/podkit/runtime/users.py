@@ -42,3 +42,32 @@ def process_ids(
                 groups.append(int(entry[2]))
     groups.extend(supplemental)
     return primary, list(dict.fromkeys(groups))
+
+
+def resolve_user(spec: str, passwd: str, group: str) -> tuple[int, int | None]:
+    """An image's User ("uid", "name", "uid:gid", "name:group"...) as (uid, gid); gid None
+    means the user's own group from /etc/passwd (process_ids finds it). containerd's WithUser;
+    ValueError for a name the image does not know."""
+    parts = spec.split(":")
+    if len(parts) > 2:
+        raise ValueError(f"invalid USER value {spec}")
+    user = parts[0]
+    if user.isdigit():
+        uid = int(user)
+        gid = None
+    else:
+        entry = next((e for e in _entries(passwd, 4) if e[0] == user), None)
+        if entry is None or not entry[2].isdigit():
+            raise ValueError(f"unable to find user {user}: no matching entries in passwd file")
+        uid = int(entry[2])
+        gid = int(entry[3]) if entry[3].isdigit() else None
+    if len(parts) == 2:
+        name = parts[1]
+        if name.isdigit():
+            gid = int(name)
+        else:
+            found = next((e for e in _entries(group, 3) if e[0] == name), None)
+            if found is None or not found[2].isdigit():
+                raise ValueError(f"unable to find group {name}: no matching entries in group file")
+            gid = int(found[2])
+    return uid, gid

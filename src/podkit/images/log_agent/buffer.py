@@ -89,6 +89,12 @@ class _Record:
     replay: bool = False  # sent again after a restart: counted apart (maybe a duplicate)
     queued_at: float = 0.0  # monotonic, when put in memory (for linger)
     parts_left: int = 0  # parts not yet delivered, once taken for sending
+    packed: tuple[bytes, bool] | None = None  # pack(payload), once needed for the disk
+
+    def packed_payload(self) -> tuple[bytes, bool]:
+        if self.packed is None:
+            self.packed = pack(self.payload)
+        return self.packed
 
 
 @dataclass(slots=True)
@@ -199,8 +205,10 @@ class SinkBuffer:
                 return
             if packed is None:
                 packed = pack(payload)
-            need = HEADER_BYTES + len(packed[0])
-            if self._disk.file_bytes + need > self.policy.max_disk_bytes and len(self._disk):
+            # What goes to disk now: this record, and what memory holds (it spills first).
+            need = HEADER_BYTES + len(packed[0]) + self._spill_bytes()
+            full = self._disk.file_bytes + need > self.policy.max_disk_bytes
+            if full and (len(self._disk) or self._memory):
                 if self.policy.when_full == "drop_oldest":
                     self._drop_oldest()
                     continue
@@ -266,7 +274,12 @@ class SinkBuffer:
         for taken in sorted(self._taken.values(), key=lambda r: r.seq):
             if taken.disk is None:
                 taken.disk = self._disk.append(
-                    taken.seq, taken.events, taken.payload, queued=False, replay=taken.replay
+                    taken.seq,
+                    taken.events,
+                    taken.payload,
+                    queued=False,
+                    replay=taken.replay,
+                    packed=taken.packed_payload(),
                 )
                 if taken.ack is not None:
                     taken.ack.done()
@@ -274,21 +287,38 @@ class SinkBuffer:
         while self._memory:
             rec = self._memory[0]
             # may raise (a full disk): then it stays in memory, and so does the rest
-            self._disk.append(rec.seq, rec.events, rec.payload, replay=rec.replay)
+            self._disk.append(
+                rec.seq, rec.events, rec.payload, replay=rec.replay, packed=rec.packed_payload()
+            )
             self._memory.popleft()
             self.memory_bytes -= len(rec.payload)
             self._memory_events -= rec.events
             if rec.ack is not None:
                 rec.ack.done()
 
+    def _spill_bytes(self) -> int:
+        """What spilling memory would write. Memory holds records only until the first goes to
+        disk, so this packs a few records once (kept for the spill), not on every put."""
+        records = [*self._memory, *(r for r in self._taken.values() if r.disk is None)]
+        return sum(HEADER_BYTES + len(r.packed_payload()[0]) for r in records)
+
     def _drop_oldest(self) -> None:
-        """Drop the oldest queued record (never the one being sent: it may be arriving).
-        Only called with records on disk, and then memory is empty: they spilled with it.
-        Space comes back a segment at a time, so put drops until a whole segment goes."""
+        """Drop the oldest queued record (never one being sent: it may be arriving): on disk,
+        or in memory when the disk holds none (their segments wait for records being sent).
+        Space on disk comes back a segment at a time, so put drops until a whole one goes."""
         taken = self._disk.take()
         if taken is not None:
             self._counters.drop(self.id, "buffer_full", taken[0].events)
             self._disk.release(taken[0])
+            self._save_position()
+            return
+        if self._memory:
+            rec = self._memory.popleft()
+            self.memory_bytes -= len(rec.payload)
+            self._memory_events -= rec.events
+            self._counters.drop(self.id, "buffer_full", rec.events)
+            if rec.ack is not None:
+                rec.ack.done()
             self._save_position()
 
     def _mark_sent(self, seq: int) -> None:

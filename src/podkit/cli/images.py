@@ -1,0 +1,299 @@
+"""`podkit pull`, `podkit images`, `podkit rmi` and `podkit image prune`: the image store from
+the command line, as podman's commands of the same names show it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from podkit.oci.pull import Pulled
+    from podkit.oci.reference import Reference
+    from podkit.oci.store import ImageRecord, Store
+
+EXIT_BAD_INPUT = 2
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="PODKIT_STATE_DIR",
+        show_default=False,
+        help="podkit's state directory, where the image store lives "
+        "(default /var/lib/podkit as root).",
+    ),
+]
+RegistryConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--registry-config",
+        show_default=False,
+        help="Registries file in k3s's registries.yaml format (mirrors, auth, TLS); default "
+        "/etc/podkit/registries.yaml as root, else $XDG_CONFIG_HOME/podkit/registries.yaml.",
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(pull)
+    app.command()(images)
+    app.command()(rmi)
+    image = typer.Typer(help="Manage the image store.", no_args_is_help=True)
+    image.command("prune")(prune)
+    app.add_typer(image, name="image")
+
+
+def pull(
+    names: Annotated[list[str], typer.Argument(metavar="IMAGE...", show_default=False)],
+    state_dir: StateDir = None,
+    registry_config: RegistryConfig = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the image IDs.")] = False,
+) -> None:
+    """Pull images from their registries into podkit's image store."""
+    from podkit.oci.hosts import Hosts, RegistryConfigError, load
+    from podkit.oci.reference import InvalidReference, parse
+
+    try:
+        refs = [parse(name) for name in names]
+        hosts = Hosts(load(registry_config))
+    except (InvalidReference, RegistryConfigError) as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    import asyncio
+
+    store = _open_store(state_dir)
+    code = asyncio.run(_pull_all(store, hosts, refs, quiet))
+    raise typer.Exit(code)
+
+
+async def _pull_all(store: Store, hosts: object, refs: list[Reference], quiet: bool) -> int:
+    from podkit.oci.hosts import Hosts
+    from podkit.oci.manifest import ManifestError
+    from podkit.oci.pull import Puller
+    from podkit.oci.registry import PullError, RegistryClient
+    from podkit.oci.store import StoreError
+
+    assert isinstance(hosts, Hosts)
+    client = RegistryClient(hosts)
+    code = 0
+    try:
+        puller = Puller(store, client)
+        for ref in refs:
+            started = time.monotonic()
+            show = _Progress(quiet)
+            try:
+                pulled = await puller.pull(ref, show)
+            except (PullError, ManifestError, StoreError) as exc:
+                show.close()
+                _error(str(exc))
+                code = 1
+                continue
+            show.close()
+            _report(ref, pulled, time.monotonic() - started, quiet)
+    finally:
+        await client.close()
+    return code
+
+
+def _report(ref: Reference, pulled: Pulled, seconds: float, quiet: bool) -> None:
+    image_id = pulled.record.config.removeprefix("sha256:")
+    if quiet:
+        print(image_id)
+        return
+    got = "already present" if not pulled.downloaded else f"{_human(pulled.downloaded)} fetched"
+    print(f"{ref}: {pulled.record.digest} ({got}, {seconds:.1f}s)")
+    print(image_id)
+
+
+class _Progress:
+    """A bar per layer on a terminal (bytes, rate); otherwise silence until the one line."""
+
+    def __init__(self, quiet: bool) -> None:
+        self._bars: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._sizes: dict[str, int] = {}
+        if not quiet and sys.stderr.isatty():
+            from rich import progress as bars
+            from rich.console import Console
+
+            self._bars = bars.Progress(
+                bars.TextColumn("{task.description}"),
+                bars.BarColumn(),
+                bars.DownloadColumn(),
+                bars.TransferSpeedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bars.start()
+
+    def layer(self, digest: str, size: int, present: bool) -> None:
+        if self._bars is not None:
+            label = f"{digest[7:19]} {'already present' if present else ''}".strip()
+            done = size if present else 0
+            self._tasks[digest] = self._bars.add_task(label, total=size, completed=done)
+            self._sizes[digest] = size
+
+    def advance(self, digest: str, nbytes: int) -> None:
+        if self._bars is not None and digest in self._tasks:
+            self._bars.advance(self._tasks[digest], nbytes)
+
+    def layer_done(self, digest: str) -> None:
+        if self._bars is not None and digest in self._tasks:
+            self._bars.update(self._tasks[digest], completed=self._sizes[digest])
+
+    def close(self) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+
+def images(
+    state_dir: StateDir = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", metavar="json")] = None,
+) -> None:
+    """List the images in podkit's store (REPOSITORY, TAG, IMAGE ID, CREATED, SIZE)."""
+    from podkit.oci.reference import parse
+
+    if output not in (None, "json"):
+        raise _fail(f"option -o {output!r}: expected json", EXIT_BAD_INPUT)
+    store = _open_store(state_dir)
+    records = store.images()
+    if output == "json":
+        print(json.dumps([_as_json(r) for r in records], indent=2))
+        return
+    rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    for r in records:
+        ref = parse(r.name)
+        rows.append(
+            (
+                ref.name,
+                ref.tag or "<none>",
+                r.config.removeprefix("sha256:")[:12],
+                _ago(r.created),
+                _human(r.size),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def rmi(
+    names: Annotated[list[str], typer.Argument(metavar="IMAGE...", show_default=False)],
+    state_dir: StateDir = None,
+) -> None:
+    """Remove images from podkit's store (refused while a running pod uses one)."""
+    from podkit.oci.prune import prune as collect
+    from podkit.oci.reference import InvalidReference, parse
+
+    store = _open_store(state_dir)
+    try:
+        refs = [parse(name) for name in names]
+    except InvalidReference as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    in_use = _images_in_use(state_dir)
+    code = 0
+    for ref in refs:
+        record = store.get_image(str(ref))
+        if record is None:
+            _error(f"{ref}: no such image in the store")
+            code = 1
+            continue
+        if str(ref) in in_use:
+            _error(f"{ref}: in use by running pod {in_use[str(ref)]}: not removed")
+            code = 1
+            continue
+        store.remove_image(str(ref))
+        print(f"Untagged: {ref}")
+    freed = collect(store)
+    if freed.layers or freed.blobs:
+        print(f"Deleted: {freed.layers} layers, {freed.blobs} blobs ({_human(freed.nbytes)})")
+    raise typer.Exit(code)
+
+
+def prune(state_dir: StateDir = None) -> None:
+    """Delete layers and blobs no image uses, and downloads left unfinished."""
+    from podkit.oci.prune import prune as collect
+
+    freed = collect(_open_store(state_dir))
+    print(f"Freed {_human(freed.nbytes)}: {freed.layers} layers, {freed.blobs} blobs")
+
+
+def _images_in_use(state_dir: Path | None) -> dict[str, str]:
+    """Normalised image name -> a running pod using it."""
+    from podkit.oci.reference import InvalidReference, parse
+    from podkit.runtime import podlist
+    from podkit.runtime.statedir import default_state_dir
+
+    used: dict[str, str] = {}
+    for doc in podlist.load(state_dir or default_state_dir(), False):
+        spec = doc.get("spec") or {}
+        pod = f"{doc['metadata'].get('namespace', 'default')}/{doc['metadata']['name']}"
+        for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+            try:
+                used.setdefault(str(parse(c.get("image", ""))), pod)
+            except InvalidReference:
+                continue
+    return used
+
+
+def _open_store(state_dir: Path | None) -> Store:
+    from podkit.oci.store import Store
+    from podkit.runtime.statedir import default_state_dir
+
+    root = (state_dir or default_state_dir()) / "oci"
+    try:
+        return Store(root)
+    except OSError as exc:
+        raise _fail(f"image store {root}: {exc.strerror or exc}", 1) from None
+
+
+def _as_json(r: ImageRecord) -> dict[str, object]:
+    return {
+        "names": [r.name],
+        "id": r.config.removeprefix("sha256:"),
+        "digest": r.digest,
+        "created": r.created,
+        "size": r.size,
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.3g} GB"
+
+
+def _ago(created: str) -> str:
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return "unknown"
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    for unit, size in (("years", 31536000), ("months", 2592000), ("weeks", 604800),
+                       ("days", 86400), ("hours", 3600), ("minutes", 60)):  # fmt: skip
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "Less than a minute ago" if seconds < 60 else "About a minute ago"
+
+
+def _error(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[bold red]error:[/] {escape(message)}"
+    )
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _error(message)
+    return typer.Exit(code)

@@ -1,0 +1,144 @@
+"""The kubelet's image manager (pkg/kubelet/images): pull policy, pulls with their events, and
+what a container needs of an image to run (asyncio shell around oci/).
+
+    policy    imagePullPolicy, defaulted as the API server does: Always for `:latest` or no tag,
+              IfNotPresent otherwise; Never with an absent image is ErrImageNeverPull
+    events    Pulling image "X"; Successfully pulled image "X" in 1.2s (1.3s including
+              waiting). Image size: N bytes.; Container image "X" already present on machine
+    failure   ErrImagePull, then ImagePullBackOff for the backoff (10 s doubling to 300 s)
+
+One ImageManager serves a whole podkit run: the store is opened and the registries file read
+once, on the first image that is not built in; a pod's imagePullSecrets add to the credentials
+of its own pulls only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from podkit.manifest.model import Bundle, Container, Pod
+from podkit.oci import manifest as mf
+from podkit.oci.hosts import Hosts, RegistryConfigError, load, pull_secret_credentials
+from podkit.oci.lower_dirs import link_layers
+from podkit.oci.reference import Reference
+from podkit.oci.registry import PullError, RegistryClient
+from podkit.oci.store import ImageRecord, Store, StoreError
+
+
+class PullFailed(Exception):
+    """ErrImagePull: the message says why (never with a credential in it)."""
+
+
+class NeverPull(Exception):
+    """ErrImageNeverPull: the image is absent and the policy is Never."""
+
+
+@dataclass(frozen=True, slots=True)
+class OciImage:
+    ref: Reference
+    record: ImageRecord
+    config: mf.ImageConfig
+    store_root: Path
+    lower: tuple[str, ...]  # overlay lower dirs relative to store_root, topmost first
+
+    @property
+    def image_id(self) -> str:
+        """containerStatuses[].imageID, as containerd reports it: the repo digest."""
+        return f"{self.ref.name}@{self.record.digest}"
+
+
+def pull_policy(c: Container, ref: Reference) -> str:
+    declared = c.raw.get("imagePullPolicy")
+    if declared:
+        return str(declared)
+    if ref.digest is None and ref.tag in (None, "latest"):
+        return "Always"
+    return "IfNotPresent"
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints a time.Duration truncated to milliseconds (the kubelet's)."""
+    ms = int(seconds * 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    if minutes:
+        return f"{minutes}m{secs}"
+    return secs
+
+
+class ImageManager:
+    def __init__(self, state_dir: Path, registry_config: Path | None = None) -> None:
+        self.state_dir = state_dir
+        self.registry_config = registry_config
+        self._store: Store | None = None
+        self._hosts: Hosts | None = None
+
+    def check_config(self) -> None:
+        """Read the registries file now, to refuse a bad one before anything starts
+        (RegistryConfigError); only when some image will come from a registry."""
+        self._hosts = self._hosts or Hosts(load(self.registry_config))
+
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.state_dir / "oci")
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def present(self, ref: Reference) -> OciImage | None:
+        """The image as stored under this name, if every layer of it is there."""
+        store = self.store()
+        record = store.get_image(str(ref))
+        if record is None:
+            return None
+        try:
+            config = mf.parse_config(store.read_blob(record.config))
+        except (OSError, StoreError, mf.ManifestError):
+            return None
+        chains = mf.chain_ids(config.diff_ids)
+        if not all(store.has_layer(c) for c in chains):
+            return None
+        return OciImage(ref, record, config, store.root, tuple(link_layers(store.root, chains)))
+
+    async def pull(self, ref: Reference, pod: Pod, bundle: Bundle) -> OciImage:
+        """Pull `ref` with the pod's imagePullSecrets (PullFailed)."""
+        try:
+            self.check_config()
+        except RegistryConfigError as exc:
+            raise PullFailed(str(exc)) from None
+        assert self._hosts is not None
+        hosts = replace(self._hosts, secrets=pull_secret_credentials(_pull_secrets(pod, bundle)))
+        from podkit.oci.pull import Puller
+
+        client = RegistryClient(hosts)
+        try:
+            await Puller(self.store(), client).pull(ref)
+        except (PullError, mf.ManifestError, StoreError, OSError) as exc:
+            raise PullFailed(str(exc)) from None
+        finally:
+            await client.close()
+        image = self.present(ref)
+        if image is None:
+            raise PullFailed(f"{ref}: pulled, but not found whole in the store")
+        return image
+
+
+def _pull_secrets(pod: Pod, bundle: Bundle) -> list[tuple[str, Mapping[str, bytes]]]:
+    """The Secrets the pod's imagePullSecrets name (those absent are skipped, as the kubelet
+    skips them with a warning event)."""
+    out: list[tuple[str, Mapping[str, bytes]]] = []
+    for item in pod.raw.get("spec", {}).get("imagePullSecrets") or []:
+        secret = bundle.secrets.get((pod.namespace, str(item.get("name", ""))))
+        if secret is not None:
+            out.append((secret.type, secret.data))
+    return out
