@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables libseccomp2 \
-          rsyslog logrotate haproxy nginx wrk testssl.sh docker-registry skopeo umoci busybox-static
+          rsyslog logrotate haproxy nginx wrk testssl.sh docker-registry skopeo umoci busybox-static \
+          mmdebstrap podman runc
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean
@@ -45,6 +46,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/proxy_hot_path.py
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/adapters.py
+	$(BIN)/python bench/images.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
+# The names the runtime tests give host programs (`image: busybox` with a command): named in
+# an image catalog, as a user must, so that no other name runs a host program.
+HOST_IMAGES = Path(__file__).resolve().parent / "host-images.yaml"
+PODKIT_ENV = {"PODKIT_IMAGE_CATALOG": str(HOST_IMAGES)}
 # The tests' pods get their IPs on a bridge of this test session's own (conftest.py makes and
 # removes it), so two sessions at once, or a session beside a user's podkit0, never meet.
 TEST_BRIDGE = f"pkt{os.getpid()}"
@@ -104,7 +108,7 @@ class Podkit:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PODKIT_STATE_DIR": str(state_dir), **(env or {})},
+            env={**os.environ, **PODKIT_ENV, "PODKIT_STATE_DIR": str(state_dir), **(env or {})},
         )
         self.out: list[str] = []
         self.err: list[str] = []
@@ -181,5 +185,5 @@ def run_podkit(
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "PODKIT_STATE_DIR": str(state_dir)},
+        env={**os.environ, **PODKIT_ENV, "PODKIT_STATE_DIR": str(state_dir)},
     )

@@ -778,6 +778,11 @@ class Registry:
                 proc.wait()
         wait_for(f"nothing listening on {self.host}", lambda: not _listening(self.port), 5.0)
 
+    def restart(self) -> None:
+        """Start again on the same port (a test that had it down)."""
+        if not self._spawn():
+            raise RuntimeError(f"registry lost its port {self.port} while it was down")
+
     def __enter__(self) -> Registry:
         return self.start()
 
@@ -1148,6 +1153,18 @@ class TestImages:
 
     def busybox_zstd(self) -> OciImage:
         return self._once("busybox-zstd", self._build_busybox_zstd)
+
+    def busybox_stop_signal(self) -> OciImage:
+        """busybox whose config says StopSignal SIGUSR1 (a new tag in busybox's layout)."""
+
+        def build() -> OciImage:
+            base = self.busybox()
+            tag = "stop-signal"
+            _umoci("config", "--image", f"{base.layout}:{base.tag}", "--tag", tag,
+                   "--config.stopsignal", "SIGUSR1")  # fmt: skip
+            return OciImage(base.layout, tag)
+
+        return self._once("busybox-stop-signal", build)
 
     # -- building --
 

@@ -254,7 +254,8 @@ def test_bad_image_catalog_state_dir_and_files(tmp_path, state_dir):
     cases = {
         "images: {foo: {command: [x]\n": ["--image-catalog", "line 2", "not valid YAML"],
         "images: {foo: {command: [x], arg: [y]}}\n": ["images.foo.arg", "unknown field"],
-        "images: {foo: {command: x}}\n": ["images.foo.command", "non-empty list"],
+        "images: {foo: {command: x}}\n": ["images.foo.command", "list of strings"],
+        "images: {foo: {args: [y]}}\n": ["images.foo.args", "args without a command"],
     }
     for text, needles in cases.items():
         catalog = tmp_path / "catalog.yaml"

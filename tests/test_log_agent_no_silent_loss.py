@@ -452,8 +452,10 @@ def test_files_rotated_while_the_agent_was_killed_are_drained(
     state = tmp_path / "logrotate.state"
 
     def logrotate() -> None:
-        second = int(time.time())  # dateext names have seconds: one rotation a second
-        wait_for("the next second", lambda: int(time.time()) > second, timeout=2)
+        # dateext names have seconds: one rotation a second. logrotate reads time(2), the
+        # kernel's coarse clock, up to a tick behind time.time(): wait past the tick too.
+        second = int(time.time())
+        wait_for("the next second", lambda: time.time() > second + 1.05, timeout=3)
         subprocess.run(["logrotate", "-f", "-s", str(state), str(rotate_conf)], check=True)
 
     receiver.delay = 0.3  # requests in flight at the kill, and more to send after it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from podkit_harness import REPO, free_port, http_get, wait_for
+from podkit_harness import HOST_IMAGES, REPO, free_port, http_get, wait_for
 
 USER = "podkit-rootless"
 SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to users
@@ -66,6 +66,7 @@ def as_user(user_dir: Path, *args: str) -> list[str]:
         "env",
         f"PYTHONPATH={path}",
         f"PODKIT_STATE_DIR={user_dir}/state",
+        f"PODKIT_IMAGE_CATALOG={HOST_IMAGES}",
         SYSTEM_PYTHON,
         "-m",
         "podkit.cli.main",

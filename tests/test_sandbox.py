@@ -268,27 +268,36 @@ def test_stop_sends_sigterm_then_sigkill_after_grace(tmp_path, podkit):
     assert "still running after the grace period (1s), SIGKILL" in run.text()
 
 
-def test_unknown_image_without_command_is_err_image_pull(tmp_path, podkit):
+def test_an_unreachable_registry_is_err_image_pull_then_backoff_never_a_host_program(
+    tmp_path, podkit
+):
+    """A name that is neither built in nor in the catalog is a registry image, even with a
+    command: it is pulled (here from a port where nothing listens), never run from the host."""
+    marker = tmp_path / "ran-on-the-host"
     m = manifest(
         tmp_path,
-        """
+        f"""
         apiVersion: v1
         kind: Pod
-        metadata: {name: pull}
+        metadata: {{name: pull}}
         spec:
-          containers: [{name: c, image: nginx:1.27}]
+          containers:
+          - name: c
+            image: 127.0.0.1:1/team/app:1.0
+            command: [sh, -c, "touch {marker}"]
         """,
     )
-    run = podkit("run", m)
-    run.wait_stderr("ErrImagePull")
-    wait_for(
-        "status file",
-        lambda: (
-            run.status()["status"]["containerStatuses"][0]["state"].get("waiting", {}).get("reason")
-            == "ErrImagePull"
-        ),
-    )
-    assert "--image-catalog" in run.text()
+    run = podkit("run", m, "--backoff-scale", "0.1")
+    run.wait_stderr('Failed to pull image "127.0.0.1:1/team/app:1.0"')
+
+    def reason() -> str:
+        return run.status()["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+
+    wait_for("ErrImagePull", lambda: reason() == "ErrImagePull")
+    wait_for("ImagePullBackOff", lambda: reason() == "ImagePullBackOff")
+    run.wait_stderr('Back-off pulling image "127.0.0.1:1/team/app:1.0"')
+    assert run.text().count('Pulling image "127.0.0.1:1/team/app:1.0"') >= 1
+    assert not marker.exists()
     assert run.stop() == 0
 
 

@@ -10,6 +10,8 @@ images (built once per session). How they are configured and built: tests/regist
   `.private_repos`, `.anonymous_pull`, `.expires_in`, `.header`, `.clear()`); `.credentials` is the
   token server's user, which `push()` uses.
 - `tls_registry` (module): anonymous HTTPS with a test CA: `.ca_file`, `.cert_dir` (ca.crt).
+- `nginx_image` (session): Debian bookworm with nginx-light, from mmdebstrap, as an OCI layout
+  of three layers (tests/debian_images.py); about 40 s the first time in a run.
 
 They are shared by the tests of a module: a test that needs a fresh count of blob GETs takes
 `mark = registry.mark()` first and passes `since=mark`; one that changes the token server's
@@ -22,7 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from registry_harness import Registry, TestImages, TokenServer
+from debian_images import NGINX_CONFIG, debian_rootfs, layout_from_rootfs
+from registry_harness import OciImage, Registry, TestImages, TokenServer
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +60,10 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with Registry(tmp_path_factory.mktemp("tls-registry"), tls=True) as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def nginx_image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    cache = tmp_path_factory.mktemp("debian")
+    rootfs = debian_rootfs("nginx-light", cache)
+    return layout_from_rootfs(rootfs, cache / "nginx-layout", "nginx", NGINX_CONFIG)

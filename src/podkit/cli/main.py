@@ -94,9 +94,21 @@ def run(
         Path | None,
         typer.Option(
             "--image-catalog",
+            envvar="PODKIT_IMAGE_CATALOG",
             show_default=False,
-            help="YAML file mapping image names to host commands "
-            "(images: {NAME: {command: [...], args: [...]}}).",
+            help="YAML file naming the images that run host programs "
+            "(images: {NAME: {command: [...], args: [...]}}); every other name is pulled "
+            "from its registry.",
+        ),
+    ] = None,
+    registry_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry-config",
+            show_default=False,
+            help="Registries file in k3s's registries.yaml format (mirrors, auth, TLS); "
+            "default /etc/podkit/registries.yaml as root, else "
+            "$XDG_CONFIG_HOME/podkit/registries.yaml.",
         ),
     ] = None,
     seccomp_profile_root: Annotated[
@@ -159,8 +171,10 @@ def run(
     from podkit.images import catalog
     from podkit.manifest.errors import ManifestError
     from podkit.manifest.load import load_files
+    from podkit.oci.hosts import RegistryConfigError
     from podkit.runtime import forward, linux, node, ports
     from podkit.runtime.hostpath import HostPathError, check_host_paths
+    from podkit.runtime.image_pull import ImageManager
     from podkit.runtime.logs import Terminal
     from podkit.runtime.network import NetworkConfig
     from podkit.runtime.pod import RunOptions
@@ -191,6 +205,18 @@ def run(
     except (OSError, ValueError, HostPathError) as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     opts_state_dir = state_dir or default_state_dir()
+    images = ImageManager(opts_state_dir, registry_config)
+    pulled = [
+        c.image
+        for pod in bundle.pods
+        for c in [*pod.init_containers, *pod.containers]
+        if catalog.resolve(c.image, user_images) is None
+    ]
+    try:
+        if pulled:  # a bad registries file is bad input, found before anything starts
+            images.check_config()
+    except RegistryConfigError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
     try:
         opts_state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -222,6 +248,7 @@ def run(
         user_images=user_images,
         backoff_scale=backoff_scale,
         security=security,
+        images=images,
     )
     show_logs = logs if logs is not None else output is None
     terminal = Terminal(colour=colour) if show_logs else None

@@ -46,14 +46,15 @@ def builtin_name(image: str) -> str | None:
 
 
 def load_user_catalog(path: Path) -> dict[str, Image]:
-    """A user catalog file maps image names to host commands:
+    """A user catalog file names the images that run host programs, with the host's files:
 
     images:
       my-api:
-        command: ["/usr/local/bin/my-api"]
-        args: ["--port", "9000"]
+        command: ["/usr/local/bin/my-api"]    # its ENTRYPOINT, replaced by a container's command
+        args: ["--port", "9000"]              # its CMD
+      host-tools: {}                          # no command: each container gives its own
 
-    Raises ValueError naming the file, the field and the reason.
+    Every other name is a registry image. Raises ValueError naming the file, field and reason.
     """
     where = f"--image-catalog {path}"
     try:
@@ -70,14 +71,17 @@ def load_user_catalog(path: Path) -> dict[str, Image]:
     out: dict[str, Image] = {}
     for name, entry in images.items():
         field = f"{where}: field 'images.{name}"
+        entry = {} if entry is None else entry
         if not isinstance(entry, dict):
             raise ValueError(f"{field}': must be a mapping with command and args")
         unknown = sorted(set(entry) - {"command", "args"})
         if unknown:
             raise ValueError(f"{field}.{unknown[0]}': unknown field (known: command, args)")
-        command, args = entry.get("command"), entry.get("args", [])
-        if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-            raise ValueError(f"{field}.command': must be a non-empty list of strings")
+        command, args = entry.get("command", []), entry.get("args", [])
+        if not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+            raise ValueError(f"{field}.command': must be a list of strings")
+        if args and not command:
+            raise ValueError(f"{field}.args': args without a command")
         if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
             raise ValueError(f"{field}.args': must be a list of strings")
         out[str(name)] = Image(str(name), list(command), list(args), builtin=False)

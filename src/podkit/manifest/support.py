@@ -15,7 +15,7 @@ from podkit.manifest.patterns import normalise, parse_pattern
 _CONTAINER_FIELDS = (
     "name",
     "image",
-    "imagePullPolicy",  # accepted; there is no registry to pull from
+    "imagePullPolicy",
     "command",
     "args",
     "workingDir",
@@ -109,6 +109,8 @@ SUPPORTED_POD_FIELDS: tuple[str, ...] = (
     "spec.shareProcessNamespace",
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
+    "spec.hostAliases",
+    "spec.imagePullSecrets",
     "spec.nodeName",
     "spec.serviceAccountName",
     "spec.serviceAccount",  # the deprecated alias of serviceAccountName

@@ -189,11 +189,23 @@ class Puller:
 
     @contextlib.asynccontextmanager
     async def _locked(self, name: str, *, shared: bool = False) -> AsyncIterator[None]:
-        fd = await asyncio.to_thread(self.store.acquire, name, shared=shared)
-        try:
-            yield
-        finally:
-            os.close(fd)
+        """The flock `name`, waited for in a thread. Pulls of this process queue on an asyncio
+        lock first: a flock conflicts between two fds of one process too, and pods pulling
+        the same layers would otherwise fill the thread pool with waits for each other."""
+        if shared:  # shared flocks do not conflict with each other
+            fd = await asyncio.to_thread(self.store.acquire, name, shared=True)
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        local = self.store.process_locks.setdefault(name, asyncio.Lock())
+        async with local:
+            fd = await asyncio.to_thread(self.store.acquire, name)
+            try:
+                yield
+            finally:
+                os.close(fd)
 
 
 def _remove_tree(path: Path) -> None:

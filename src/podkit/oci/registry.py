@@ -189,7 +189,10 @@ class RegistryClient:
             except _TlsFailed:
                 raise
             except (self._aiohttp.ClientError, OSError) as exc:
-                if attempt > self.retries:
+                # Nobody there (refused, no such host) is said at once, as containerd says it:
+                # the kubelet's backoff tries again. A dropped connection is tried again here.
+                refused = isinstance(exc, self._aiohttp.ClientConnectorError)
+                if attempt > self.retries or refused:
                     raise PullError(f"{end.host}: {_describe(exc)}") from None
                 await asyncio.sleep(delay)
                 delay *= 2

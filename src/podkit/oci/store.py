@@ -19,6 +19,7 @@ one is downloading must not stall its own loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -49,6 +50,9 @@ class ImageRecord:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # asyncio locks of this process's pulls, taken before the flock of the same name
+        # (pull.py); created by the pulls, on their event loop.
+        self.process_locks: dict[str, asyncio.Lock] = {}
         for sub in ("blobs/sha256", "ingest", "layers", "locks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         # Layers hold setuid-root files and device nodes: no other user may reach them.

@@ -12,12 +12,19 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from podkit.images import catalog
 from podkit.manifest.model import Container
+from podkit.oci.image_process import ProcessError, env_pairs, image_uid, stop_signal
+from podkit.oci.lower_dirs import TooManyLayers, overlay_options
+from podkit.oci.reference import InvalidReference
+from podkit.oci.reference import parse as parse_reference
 from podkit.runtime import container_spec, hooks, security
 from podkit.runtime import env as envmod
 from podkit.runtime.backoff import Backoff
@@ -25,12 +32,14 @@ from podkit.runtime.cgroups import CgroupError, ContainerCgroup, Resources
 from podkit.runtime.confine import Confinement
 from podkit.runtime.enter import helper_argv
 from podkit.runtime.events import container_path
+from podkit.runtime.image_pull import OciImage, PullFailed, go_duration, pull_policy
 from podkit.runtime.logs import ContainerLog, pump
 from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ContainerProbes
 from podkit.runtime.seccomp_profile import ProfileError
 from podkit.runtime.security_context import non_root_violation
 from podkit.runtime.status import ContainerTracker, init_should_restart, should_restart
+from podkit.runtime.termination import message_path, read_message
 
 if TYPE_CHECKING:
     from podkit.runtime.pod import PodRunner
@@ -65,6 +74,9 @@ class ContainerRunner:
         self._kill: asyncio.Future[None] | None = None
         self._backoff = Backoff(scale=pod.opts.backoff_scale)
         self.confinement = Confinement()  # set at each launch, for exec probes and hooks too
+        self.image: OciImage | None = None  # a registry image, once there
+        self.host_image: catalog.Image | None = None  # else a built-in or host image
+        self.stop_signal = signal.SIGTERM  # the image's StopSignal
 
     # ---- control from the pod ------------------------------------------------------------
     def request_stop(self, deadline: float) -> None:
@@ -92,7 +104,7 @@ class ContainerRunner:
         events = self.pod.events
         while not self.stop_requested.is_set():
             began = time.monotonic()
-            proc = await self._launch()
+            proc = await self._launch() if await self._ensure_image() else None
             if proc is None:  # as in a cluster, the pod waits for what may never come
                 self.pod.publish_status()
                 await self.stop_requested.wait()
@@ -101,6 +113,9 @@ class ContainerRunner:
             code, message = await self._wait(proc)
             self.exit_code = code
             reason = "StartError" if message else None
+            if message is None:
+                policy = str(self.c.raw.get("terminationMessagePolicy") or "File")
+                message = read_message(self._message_file, self._log.path, policy, code) or None
             if self.cgroup is not None:
                 if self.cgroup.oom_killed(code):
                     reason = "OOMKilled"
@@ -133,35 +148,139 @@ class ContainerRunner:
             self.tracker.restart_count += 1
         return self.exit_code
 
-    async def _launch(self) -> asyncio.subprocess.Process | None:
+    async def _ensure_image(self) -> bool:
+        """The kubelet's EnsureImageExists, before each start: True once the image is there;
+        False when the container cannot start (it waits, as in a cluster, until stopped)."""
         pod, c, events = self.pod, self.c, self.pod.events
+        self.host_image = catalog.resolve(c.image, pod.opts.user_images)
+        if self.host_image is not None:
+            self.image = None
+            message = f'Container image "{c.image}" already present on machine'
+            events.normal("Pulled", message, self.field_path)
+            return True
         try:
-            env = container_spec.environment(pod.pod, c, pod.bundle, pod.files.pod_ip)
-            argv = container_spec.argv(c, env, pod.opts.user_images)
-        except envmod.ResolveError as exc:
+            ref = parse_reference(c.image)
+        except InvalidReference as exc:
+            message = f'Failed to apply default image tag "{c.image}": {exc}'
+            self.post_started.set()
+            self.tracker.waiting("InvalidImageName", message)
+            events.warning("InspectFailed", message, self.field_path)
+            events.warning("Failed", "Error: InvalidImageName", self.field_path)
+            return False
+        images = pod.opts.images
+        assert images is not None
+        policy = pull_policy(c, ref)
+        backoff = Backoff(scale=pod.opts.backoff_scale, failures=1)  # 10 s after the first
+        while not self.stop_requested.is_set():
+            present = images.present(ref) if policy != "Always" else None
+            if present is not None:
+                message = f'Container image "{c.image}" already present on machine'
+                events.normal("Pulled", message, self.field_path)
+                return self._use_image(present)
+            if policy == "Never":
+                message = f'Container image "{c.image}" is not present with pull policy of Never'
+                self.tracker.waiting("ErrImageNeverPull", message)
+                events.warning("ErrImageNeverPull", message, self.field_path)
+                await self._pull_backoff(backoff.next_delay(0.0), None)
+                continue
+            events.normal("Pulling", f'Pulling image "{c.image}"', self.field_path)
+            self.pod.publish_status()
+            began = time.monotonic()
+            try:
+                image = await self._unless_stopped(images.pull(ref, pod.pod, pod.bundle))
+            except asyncio.CancelledError:
+                if self.stop_requested.is_set():
+                    return False  # stopped while pulling: the pull stopped too
+                raise
+            except PullFailed as exc:
+                self.tracker.waiting("ErrImagePull", str(exc))
+                message = f'Failed to pull image "{c.image}": {exc}'
+                events.warning("Failed", message, self.field_path)
+                events.warning("Failed", "Error: ErrImagePull", self.field_path)
+                await self._pull_backoff(backoff.next_delay(0.0), str(exc))
+                continue
+            took = go_duration(time.monotonic() - began)
+            events.normal(
+                "Pulled",
+                f'Successfully pulled image "{c.image}" in {took} ({took} including waiting). '
+                f"Image size: {image.record.size} bytes.",
+                self.field_path,
+            )
+            return self._use_image(image)
+        return False
+
+    async def _unless_stopped(self, aw: Awaitable[OciImage]) -> OciImage:
+        """`aw`, cancelled (CancelledError) if the container is asked to stop first."""
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # it cleans up before we go on
+        return task.result()
+
+    def _use_image(self, image: OciImage) -> bool:
+        self.image = image
+        self.tracker.image = str(image.ref)
+        self.tracker.image_id = image.image_id
+        return True
+
+    async def _pull_backoff(self, delay: float, error: str | None) -> None:
+        """Wait before the next try (or until stopped). After a failed pull the container shows
+        ErrImagePull for a moment, then ImagePullBackOff, as the kubelet's next sync finds it."""
+        self.post_started.set()  # the containers after it need not wait for this one
+        self.pod.publish_status()
+        if error is not None:
+            first = min(delay, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), first)
+            if self.stop_requested.is_set():
+                return
+            delay -= first
+            c, events = self.c, self.pod.events
+            self.tracker.waiting(
+                "ImagePullBackOff", f'Back-off pulling image "{c.image}": ErrImagePull: {error}'
+            )
+            events.normal("BackOff", f'Back-off pulling image "{c.image}"', self.field_path)
+            events.warning("Failed", "Error: ImagePullBackOff", self.field_path)
+            self.pod.publish_status()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_requested.wait(), delay)
+
+    async def _launch(self) -> asyncio.subprocess.Process | None:
+        pod, c, image, events = self.pod, self.c, self.image, self.pod.events
+        config = image.config if image is not None else None
+        try:
+            image_env = env_pairs(config.env) if config is not None else None
+            env = container_spec.environment(pod.pod, c, pod.bundle, pod.files.pod_ip, image_env)
+            assert config is not None or self.host_image is not None
+            argv = container_spec.argv(c, env, config or self.host_image)  # type: ignore[arg-type]
+        except (envmod.ResolveError, container_spec.ImageError) as exc:
             self._config_error("CreateContainerConfigError", str(exc))
             return None
-        except container_spec.ImageError as exc:
-            self.post_started.set()
-            self.tracker.waiting("ErrImagePull", str(exc))
-            events.warning("Failed", f'Failed to pull image "{c.image}": {exc}', self.field_path)
-            events.warning("Failed", "Error: ErrImagePull", self.field_path)
+        except ProcessError as exc:
+            self._config_error("CreateContainerError", str(exc))
             return None
-        events.normal(
-            "Pulled", f'Container image "{c.image}" already present on machine', self.field_path
-        )
         sec = security.container_security(pod.pod, c)
         p = pod.pod
-        violation = non_root_violation(sec, None, "", f"{p.name}_{p.namespace}({p.uid})", c.name)
+        user = config.user if config is not None else ""
+        violation = non_root_violation(
+            sec, image_uid(user), user, f"{p.name}_{p.namespace}({p.uid})", c.name
+        )
         if violation is not None:
             self._config_error("CreateContainerConfigError", violation)
             return None
         assert pod.opts.security is not None
         try:
             self.confinement = security.confinement(sec, pod.opts.security)
-        except ProfileError as exc:
+            self.stop_signal = signal.Signals(stop_signal(config.stop_signal if config else ""))
+        except (ProfileError, ProcessError) as exc:
             self._config_error("CreateContainerError", str(exc))
             return None
+        self.confinement.image_user = user
         self.cgroup = None
         if pod.cgroup is not None:
             try:
@@ -176,19 +295,35 @@ class ContainerRunner:
                 return None
         cdir = pod.files.dir / "containers" / c.name
         cdir.mkdir(parents=True, exist_ok=True)
+        try:
+            image_root = self._image_root(cdir)
+        except (OSError, TooManyLayers) as exc:
+            self._config_error("CreateContainerError", f"root filesystem: {exc}")
+            return None
+        # The termination message file, new at each start, writable by any user (the kubelet's).
+        self._message_file = cdir / f"termination-log-{self.tracker.restart_count}"
+        self._message_file.write_bytes(b"")
+        os.chmod(self._message_file, 0o666)
+        message_mount = {
+            "source": str(self._message_file),
+            "target": message_path(c.raw),
+            "read_only": False,
+        }
         spec = {
             "sandbox_pid": pod.files.sandbox_pid,
             "pid_ns_pid": pod.files.pid_ns_pid,
             "scratch": str(cdir / "rootfs"),
             "argv": argv,
             "env": env,
-            "working_dir": c.working_dir,
-            "mounts": pod.files.mounts(c),
+            "working_dir": c.working_dir or (config.working_dir if config else None) or None,
+            "mounts": [*pod.files.mounts(c), message_mount],
             "keep_host_mounts_under": str(pod.opts.state_dir),
             "hold_signals": container_spec.holds_signals(c),
             "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
             "cgroup_mounts": pod.cgroup.driver.mounts() if self.cgroup and pod.cgroup else [],
             "confinement": self.confinement.to_json(),
+            "image_root": image_root,
+            "stop_signal": int(self.stop_signal),
         }
         spec_r, spec_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -234,6 +369,20 @@ class ContainerRunner:
             events.warning("Failed", f"Error: {self._start_error}", self.field_path)
             self.post_started.set()
         return proc
+
+    def _image_root(self, cdir: Path) -> dict[str, str] | None:
+        """A registry image's overlay: its layers under a new, empty upper dir on disk (a
+        restarted container starts from the image again, as in Kubernetes)."""
+        if self.image is None:
+            return None
+        fs = cdir / "fs"
+        shutil.rmtree(fs, ignore_errors=True)
+        (fs / "upper").mkdir(parents=True)
+        (fs / "work").mkdir()
+        options = overlay_options(list(self.image.lower), str(fs / "upper"), str(fs / "work"))
+        if os.geteuid() != 0:
+            options += ",userxattr"  # the kernel's overlay in a user namespace (5.11+)
+        return {"store": str(self.image.store_root), "options": options}
 
     def _config_error(self, reason: str, message: str) -> None:
         """The container cannot be created: it waits with `reason`, as in the kubelet."""
@@ -338,7 +487,7 @@ class ContainerRunner:
                     "FailedPreStopHook", f"PreStopHook failed: {result.message}", self.field_path
                 )
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(self.stop_signal)
         try:
             await asyncio.wait_for(
                 asyncio.shield(self._exited), max(0.0, deadline - time.monotonic())

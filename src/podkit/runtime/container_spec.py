@@ -1,4 +1,5 @@
-"""What a container runs: its argv and environment, resolved as the kubelet would."""
+"""What a container runs: its argv and environment, resolved as the kubelet would, from a
+built-in image, a host image of the --image-catalog file, or a registry image's config."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import json
 
 from podkit.images import catalog
 from podkit.manifest.model import Bundle, Container, Pod
+from podkit.oci.image_process import process_args
+from podkit.oci.manifest import ImageConfig
 from podkit.runtime import env as envmod
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class ImageError(Exception):
-    """The image resolves to nothing: the container waits with reason ErrImagePull."""
+    """A host image without a command: the container waits (CreateContainerConfigError)."""
 
 
-def environment(pod: Pod, c: Container, bundle: Bundle, pod_ip: str) -> dict[str, str]:
-    """Image env, podkit's pod metadata, then the container's env (raises env.ResolveError)."""
+def environment(
+    pod: Pod, c: Container, bundle: Bundle, pod_ip: str, image_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """podkit's defaults and pod metadata, the image's Env, then the container's env (raises
+    env.ResolveError)."""
     injected = {
         "PATH": DEFAULT_PATH,
         "HOSTNAME": pod.hostname,
@@ -30,22 +36,24 @@ def environment(pod: Pod, c: Container, bundle: Bundle, pod_ip: str) -> dict[str
     if catalog.builtin_name(c.image):
         injected["PYTHONUNBUFFERED"] = "1"  # the image's ENV: line-buffered logs
         injected["PYTHONPATH"] = catalog.BUILTIN_PYTHONPATH  # where the image's code lives
+    injected.update(image_env or {})
     extra = {"status.podIP": pod_ip, "status.hostIP": "127.0.0.1"}
     return {**injected, **envmod.resolve_env(pod, c, bundle, extra)}
 
 
-def argv(c: Container, env: dict[str, str], user_images: dict[str, catalog.Image]) -> list[str]:
-    """command/args over the image's ENTRYPOINT/CMD, with $(VAR) expanded."""
+def argv(c: Container, env: dict[str, str], image: catalog.Image | ImageConfig) -> list[str]:
+    """command/args over the image's ENTRYPOINT/CMD, with $(VAR) expanded (raises
+    ImageError for a host image that names no command and the container gives none,
+    image_process.ProcessError for a registry image that names none)."""
     command, args = envmod.expand_command(c, env)
+    if isinstance(image, ImageConfig):
+        return process_args(image.entrypoint, image.cmd, command, args)
     if command:
         return command + args
-    image = catalog.resolve(c.image, user_images)
-    if image is None:
+    if not image.entrypoint:
         raise ImageError(
-            f'image "{c.image}" is not a podkit built-in image '
-            f"({', '.join(sorted(catalog.BUILTIN))}) and the container has no "
-            "command: add `command:` to run a host program, or map the image "
-            "in an image catalog file (--image-catalog)"
+            f'image "{c.image}" is a host image of the --image-catalog file with no command: '
+            "the container must give one (`command:`)"
         )
     return image.entrypoint + (args or image.cmd)
 

@@ -1,7 +1,8 @@
 """Start one container inside its pod: `launcher SPEC_FD STATUS_FD` (podkit writes the spec).
 
 The launcher joins the pod sandbox's network, UTS, IPC and mount namespaces, makes its own mount
-and PID namespaces, builds the container's root (an overlay of the host's files over a tmpfs, so
+and PID namespaces, builds the container's root (a registry image: an overlay of its layers under
+the container's own upper dir; a built-in image: an overlay of the host's files over a tmpfs, so
 writes vanish with the container), mounts the volumes, a fresh read-only /sys and a /dev of the
 standard devices only, then forks the container's PID 1. PID 1 joins the container's cgroups and
 its own cgroup namespace, mounts /proc with containerd's masked and read-only paths, makes the
@@ -63,6 +64,8 @@ class LaunchSpec:
         cgroup_procs: list[str] | None = None,
         cgroup_mounts: list[list[str]] | None = None,
         confinement: dict[str, Any] | None = None,
+        image_root: dict[str, str] | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.sandbox_pid, self.scratch, self.argv, self.env = sandbox_pid, scratch, argv, env
         self.working_dir = working_dir
@@ -79,6 +82,10 @@ class LaunchSpec:
         # the container has its own cgroup in: mounted read-only inside its cgroup namespace.
         self.cgroup_mounts = cgroup_mounts or []
         self.confinement = Confinement.from_json(confinement or {})
+        # A registry image's root: {"store": dir, "options": overlay mount options whose lower
+        # dirs are relative to it (oci/lower_dirs.py)}. None: the host's files (built-ins).
+        self.image_root = image_root
+        self.stop_signal = stop_signal  # the image's StopSignal, forwarded as the others
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
@@ -239,6 +246,17 @@ def _make_sys(sys_dir: str, spec: LaunchSpec) -> None:
                 os.makedirs(f"{sys_dir}/fs/cgroup/{name}", exist_ok=True)
 
 
+def _image_overlay(root: str, image_root: dict[str, str]) -> None:
+    """The image's layers under the container's own upper dir: mounted from the store's
+    directory, whose short relative lower dirs keep the options within a page."""
+    os.makedirs(root, exist_ok=True)
+    os.chdir(image_root["store"])
+    try:
+        linux.mount("overlay", root, "overlay", 0, image_root["options"])
+    finally:
+        os.chdir("/")
+
+
 def build_root(spec: LaunchSpec) -> tuple[str, list[str]]:
     """Assemble the container's root filesystem under spec.scratch; returns its path and the
     mounts (inside it) that make up the root filesystem itself."""
@@ -246,6 +264,9 @@ def build_root(spec: LaunchSpec) -> tuple[str, list[str]]:
     os.makedirs(scratch, exist_ok=True)
     linux.mount("tmpfs", scratch, "tmpfs", 0, "mode=0755")
     root = f"{scratch}/root"
+    if spec.image_root is not None:
+        _image_overlay(root, spec.image_root)
+        return _finish_root(spec, root, hide_state=False)
     points = _host_mount_points(spec.keep_host_mounts_under)
     try:
         _overlay("/", root, scratch, "root")
@@ -263,10 +284,15 @@ def build_root(spec: LaunchSpec) -> tuple[str, list[str]]:
         except OSError:  # a filesystem overlay cannot sit on: show it read-only instead
             with contextlib.suppress(OSError):
                 _bind(point, target, read_only=True)
+    return _finish_root(spec, root, hide_state=True)
+
+
+def _finish_root(spec: LaunchSpec, root: str, hide_state: bool) -> tuple[str, list[str]]:
+    """/dev, /sys, a /proc to mount on, and the volumes, over the root filesystem."""
     rootfs = _mounts_under(root)  # before /dev, /sys, /proc and the volumes join them
     _make_dev(_inside(root, "/dev"), spec.confinement.privileged)
     _make_sys(_inside(root, "/sys"), spec)
-    if spec.keep_host_mounts_under:  # other pods' volumes and logs are none of its business
+    if hide_state and spec.keep_host_mounts_under:  # other pods' files are none of its business
         hidden = _inside(root, spec.keep_host_mounts_under)
         os.makedirs(hidden, exist_ok=True)
         linux.mount("tmpfs", hidden, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755")
@@ -343,7 +369,7 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
         # Nothing of podkit's but stdin/out/err (and the exec report, closed by exec) goes in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1 << 16)
-        for sig in FORWARDED:
+        for sig in {*FORWARDED, spec.stop_signal} - {signal.SIGKILL, signal.SIGSTOP}:
             signal.signal(sig, signal.SIG_DFL)
         held = {signal.SIGTERM, signal.SIGINT} if spec.hold_signals else set()
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -389,7 +415,7 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         else:
             pending.append(sig)
 
-    for sig in FORWARDED:
+    for sig in {*FORWARDED, spec.stop_signal} - {signal.SIGKILL, signal.SIGSTOP}:
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit started us with stops held
     err_r, err_w = os.pipe2(os.O_CLOEXEC)

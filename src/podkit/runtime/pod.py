@@ -22,6 +22,7 @@ from podkit.runtime import hooks, statedir
 from podkit.runtime.cgroups import CgroupDriver, PodCgroup
 from podkit.runtime.container import APP, INIT, SIDECAR, ContainerRunner
 from podkit.runtime.events import Event, EventLog
+from podkit.runtime.image_pull import ImageManager
 from podkit.runtime.logs import Terminal
 from podkit.runtime.network import NetworkConfig
 from podkit.runtime.podfs import PodFiles
@@ -49,10 +50,13 @@ class RunOptions:
     cgroups: CgroupDriver | None = None  # None: limits are not enforced here
     network: NetworkConfig | None = None  # None: pods have loopback only
     security: SecurityOptions | None = None  # None: compiled filters under state_dir/seccomp
+    images: ImageManager | None = None  # None: the store under state_dir, default registries
 
     def __post_init__(self) -> None:
         if self.security is None:
             self.security = SecurityOptions(BpfFiles(self.state_dir / "seccomp"))
+        if self.images is None:
+            self.images = ImageManager(self.state_dir)
 
 
 class PodRunner:

@@ -38,6 +38,33 @@ def _give_to_group(top: str, gid: int, read_only: bool) -> None:
             os.chmod(path, fs_group_mode(stat.S_IMODE(info.st_mode), is_dir, read_only))
 
 
+def hosts_file(pod: Pod, pod_ip: str) -> str:
+    """The kubelet's managed /etc/hosts: localhost, the pod's own name, then hostAliases."""
+    text = (
+        "# Kubernetes-managed hosts file (podkit).\n127.0.0.1\tlocalhost\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\n"
+        "fe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n"
+        f"{pod_ip}\t{pod.hostname}\n"
+    )
+    aliases = (pod.raw.get("spec") or {}).get("hostAliases") or []
+    if aliases:
+        text += "\n# Entries added by HostAliases.\n"
+        for alias in aliases:
+            text += "\t".join([str(alias.get("ip", "")), *map(str, alias.get("hostnames") or [])])
+            text += "\n"
+    return text
+
+
+def host_resolv_conf() -> str:
+    """The host's resolver configuration (dnsPolicy Default, and ClusterFirst while podkit runs
+    no cluster DNS, as the kubelet falls back without one); empty when the host has none."""
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
+
+
 class PodFiles:
     def __init__(self, pod: Pod, bundle: Bundle, state_dir: Path) -> None:
         self.pod, self.bundle = pod, bundle
@@ -91,11 +118,8 @@ class PodFiles:
     def _write_etc(self) -> None:
         etc = self.dir / "etc"
         (etc / "hostname").write_text(self.pod.hostname + "\n")
-        (etc / "hosts").write_text(
-            "# Kubernetes-managed hosts file (podkit).\n127.0.0.1\tlocalhost\n"
-            f"::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"{self.pod_ip}\t{self.pod.hostname}\n"
-        )
+        (etc / "resolv.conf").write_text(host_resolv_conf())
+        (etc / "hosts").write_text(hosts_file(self.pod, self.pod_ip))
 
     def _prepare_volumes(self) -> None:
         fs_group = ((self.pod.raw.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
@@ -123,7 +147,7 @@ class PodFiles:
         """The launcher's mount list for `c`: pod files first, then its volumeMounts."""
         mounts: list[dict[str, Any]] = []
         targets = {m.mount_path for m in c.volume_mounts}
-        for name in ("hosts", "hostname"):
+        for name in ("hosts", "hostname", "resolv.conf"):
             if f"/etc/{name}" not in targets:
                 source = str(self.dir / "etc" / name)
                 mounts.append({"source": source, "target": f"/etc/{name}", "read_only": False})
