@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,24 @@ REPO = Path(__file__).resolve().parent.parent
 # an image catalog, as a user must, so that no other name runs a host program.
 HOST_IMAGES = Path(__file__).resolve().parent / "host-images.yaml"
 PODKIT_ENV = {"PODKIT_IMAGE_CATALOG": str(HOST_IMAGES)}
+SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to users
+
+
+def require_system_python(*tools: str) -> None:
+    """Tests that run podkit as another user run it on the system's python3: it and `tools`
+    must be there, and that python3 must be the venv's version (its packages are used)."""
+    for tool in (*tools, SYSTEM_PYTHON):
+        assert shutil.which(tool), f"{tool} is missing: `make test` installs it"
+    version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert version == str(sys.version_info[:2]), (
+        f"{SYSTEM_PYTHON} is {version}, podkit's packages are for {sys.version_info[:2]}"
+    )
+
+
 # The tests' pods get their IPs on a bridge of this test session's own (conftest.py makes and
 # removes it), so two sessions at once, or a session beside a user's podkit0, never meet.
 TEST_BRIDGE = f"pkt{os.getpid()}"

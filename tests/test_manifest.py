@@ -742,7 +742,7 @@ def test_one_warning_lists_exactly_the_fields_podkit_ignores() -> None:
               limits: {memory: 64Mi}
           affinity:
             nodeAffinity: {}
-          dnsPolicy: None
+          priorityClassName: high
           volumes:
           - name: cache
             emptyDir: {medium: Memory}
@@ -753,7 +753,8 @@ def test_one_warning_lists_exactly_the_fields_podkit_ignores() -> None:
     assert load("pod.yaml").warnings == [
         "pod simple-webapp: these fields are valid Kubernetes but not implemented by podkit and "
         "are ignored: metadata.generateName, spec.affinity, "
-        "spec.containers[0].securityContext.seLinuxOptions, spec.dnsPolicy, spec.tolerations"
+        "spec.containers[0].securityContext.seLinuxOptions, spec.priorityClassName, "
+        "spec.tolerations"
     ]
 
 

@@ -8,7 +8,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import threading
@@ -17,25 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from podkit_harness import HOST_IMAGES, REPO, free_port, http_get, wait_for
+from podkit_harness import (
+    HOST_IMAGES,
+    REPO,
+    SYSTEM_PYTHON,
+    free_port,
+    http_get,
+    require_system_python,
+    wait_for,
+)
 
 USER = "podkit-rootless"
-SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to users
 
 
 @pytest.fixture
 def user_dir() -> Iterator[Path]:
     # useradd (passwd), setpriv (util-linux) and python3 are in the Makefile's DEBS.
-    for tool in ("useradd", "setpriv", SYSTEM_PYTHON):
-        assert shutil.which(tool), f"{tool} is missing: `make test` installs it"
-    version = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    assert version == str(sys.version_info[:2]), (
-        f"{SYSTEM_PYTHON} is {version}, podkit's packages are for {sys.version_info[:2]}"
-    )
+    require_system_python("useradd", "setpriv")
     created = subprocess.run(["id", USER], capture_output=True).returncode != 0
     if created:
         subprocess.run(["useradd", "--system", "--no-create-home", USER], check=True)
@@ -72,6 +69,18 @@ def as_user(user_dir: Path, *args: str) -> list[str]:
         "podkit.cli.main",
         *args,
     ]
+
+
+def run_once_as_user(user_dir: Path, manifest: Path) -> subprocess.CompletedProcess[str]:
+    """`podkit run MANIFEST` as the test user, to its end."""
+    manifest.chmod(0o644)
+    return subprocess.run(
+        as_user(user_dir, "run", str(manifest), "--no-color"),
+        cwd=user_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_seed_pod_runs_as_an_ordinary_user(user_dir: Path) -> None:
@@ -194,14 +203,7 @@ def test_rootless_containers_are_confined_too(user_dir: Path) -> None:
         "    command: [sh, -c, 'grep -E \"^(CapEff|NoNewPrivs):\" /proc/self/status']\n"
         "    securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}\n"
     )
-    manifest.chmod(0o644)
-    result = subprocess.run(
-        as_user(user_dir, "run", str(manifest), "--no-color"),
-        cwd=user_dir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_once_as_user(user_dir, manifest)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "[c] CapEff:\t00000000a80425fb" in lines
@@ -209,3 +211,30 @@ def test_rootless_containers_are_confined_too(user_dir: Path) -> None:
     assert "[c] refused" in lines
     assert "[nnp] CapEff:\t0000000000000000" in lines
     assert "[nnp] NoNewPrivs:\t1" in lines
+
+
+def test_an_ordinary_user_pulls_and_runs_a_registry_image(user_dir: Path, tmp_path: Path) -> None:
+    """busybox from a registry the test starts: pulled into the user's store (the files are
+    the user's, and podkit says so once), run from an overlay in the pod's user namespace."""
+    from registry_harness import Registry, TestImages
+
+    with Registry(tmp_path / "registry") as registry:
+        image = registry.push(TestImages(tmp_path / "images").busybox(), "rootless/busybox:1")
+        manifest = user_dir / "image.yaml"
+        manifest.write_text(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: image}\nspec:\n"
+            "  restartPolicy: Never\n  containers:\n  - name: c\n"
+            f"    image: {image.reference}\n"
+            '    command: [sh, -c, "id; echo $(ls /); touch /new && echo wrote"]\n'
+        )
+        run = run_once_as_user(user_dir, manifest)
+    assert run.returncode == 0, run.stderr
+    out = [line.removeprefix("[c] ") for line in run.stdout.splitlines() if line.startswith("[c]")]
+    assert out[0].startswith("uid=0(root) gid=0(root)")
+    assert out[1].split() == ["bin", "dev", "etc", "home", "proc", "root", "sys", "tmp", "usr"]
+    assert out[2] == "wrote"
+    assert f'Successfully pulled image "{image.reference}"' in run.stderr
+    assert run.stderr.count("rootless: the files of registry images belong to you") == 1
+    layers = user_dir / "state" / "oci" / "layers"
+    busybox = next(p for p in layers.iterdir() if (p / "bin" / "busybox").exists())
+    assert os.stat(busybox / "bin" / "busybox").st_uid == pwd.getpwnam(USER).pw_uid

@@ -10,8 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from podkit.common.retry_after import parse_retry_after as retry_after
 from podkit.oci import manifest as mf
-from podkit.oci.auth_challenge import parse_challenge, retry_after, token_from
+from podkit.oci.auth_challenge import parse_challenge, token_from
 from podkit.oci.hosts import (
     Hosts,
     RegistryConfigError,
@@ -171,7 +172,7 @@ def test_challenges_tokens_and_retry_after() -> None:
     with pytest.raises(ValueError, match="no token"):
         token_from(b"{}")
     assert retry_after("7") == 7.0
-    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now_epoch=1445412470.0) == 10.0
     assert retry_after("soon") is None and retry_after(None) is None
 
 

@@ -58,6 +58,11 @@ def test_a_busybox_pod_runs_the_images_files_not_the_hosts(
         spec:
           restartPolicy: Never
           hostAliases: [{{ip: 10.1.2.3, hostnames: [db.local, cache.local]}}]
+          dnsPolicy: None
+          dnsConfig:
+            nameservers: [10.9.9.9]
+            searches: [svc.example]
+            options: [{{name: ndots, value: "2"}}]
           containers:
           - name: c
             image: {busybox.reference}
@@ -65,7 +70,7 @@ def test_a_busybox_pod_runs_the_images_files_not_the_hosts(
             args:
             - >-
               echo $(ls /); busybox | head -1; test -e /usr/bin/python3 && echo HOST-FILES;
-              hostname; grep -c . /etc/resolv.conf >/dev/null && echo resolv-ok;
+              hostname; echo $(cat /etc/resolv.conf);
               grep cache.local /etc/hosts; echo $(ls /dev); id
         """,
     )
@@ -85,7 +90,7 @@ def test_a_busybox_pod_runs_the_images_files_not_the_hosts(
     ]
     assert out[1].startswith("BusyBox v")
     assert "HOST-FILES" not in out  # the host has python3; the image has not
-    assert out[2:4] == ["box", "resolv-ok"]
+    assert out[2:4] == ["box", "nameserver 10.9.9.9 search svc.example options ndots:2"]
     assert out[4].split() == ["10.1.2.3", "db.local", "cache.local"]
     devices = set(out[5].split())
     assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm"} <= devices

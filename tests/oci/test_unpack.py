@@ -30,10 +30,10 @@ import pytest
 import zstandard
 
 from podkit.oci.unpack import LayerError, UnpackStats, unpack_layer
+from podkit_harness import SYSTEM_PYTHON, require_system_python
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root, closed to users
 MTIME = 1_600_000_000  # 2020-09-13: any fixed time that unpacking could not produce itself
 
 Entry = tuple[tarfile.TarInfo, bytes]
@@ -701,14 +701,7 @@ def unpack_as_nobody(blob: Path, dest: Path) -> dict[str, object]:
 @pytest.fixture
 def nobody_dir() -> Iterator[Path]:
     """A directory of the user nobody's (pytest's tmp_path is closed to other users)."""
-    for tool in ("setpriv", "unshare", SYSTEM_PYTHON):
-        assert shutil.which(tool), f"{tool} is missing: `make test` installs it"
-    version = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    assert version == str(sys.version_info[:2]), f"{SYSTEM_PYTHON} is {version}"
+    require_system_python("setpriv", "unshare")
     path = Path(tempfile.mkdtemp(prefix="podkit-unpack-rootless-"))
     os.chmod(path, 0o755)
     os.chown(path, NOBODY, NOBODY)

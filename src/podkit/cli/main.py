@@ -171,7 +171,6 @@ def run(
     from podkit.images import catalog
     from podkit.manifest.errors import ManifestError
     from podkit.manifest.load import load_files
-    from podkit.oci.hosts import RegistryConfigError
     from podkit.runtime import forward, linux, node, ports
     from podkit.runtime.hostpath import HostPathError, check_host_paths
     from podkit.runtime.image_pull import ImageManager
@@ -215,7 +214,7 @@ def run(
     try:
         if pulled:  # a bad registries file is bad input, found before anything starts
             images.check_config()
-    except RegistryConfigError as exc:
+    except ValueError as exc:  # hosts.RegistryConfigError
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     try:
         opts_state_dir.mkdir(parents=True, exist_ok=True)

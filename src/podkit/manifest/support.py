@@ -110,6 +110,8 @@ SUPPORTED_POD_FIELDS: tuple[str, ...] = (
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
     "spec.hostAliases",
+    "spec.dnsPolicy",
+    "spec.dnsConfig",
     "spec.imagePullSecrets",
     "spec.nodeName",
     "spec.serviceAccountName",

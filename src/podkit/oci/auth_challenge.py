@@ -4,9 +4,7 @@ answers and `Retry-After` (RFC 7235, the Docker token protocol, RFC 9110)."""
 from __future__ import annotations
 
 import base64
-import email.utils
 import re
-import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -59,17 +57,3 @@ def token_from(answer: bytes) -> tuple[str, float]:
     expires = doc.get("expires_in")
     lifetime = float(expires) if isinstance(expires, int | float) and expires > 0 else 60.0
     return token, lifetime
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait per a `Retry-After` header (delta-seconds or an HTTP date), if given."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)

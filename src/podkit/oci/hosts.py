@@ -35,6 +35,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from podkit.common.config_section import Section
 from podkit.oci.reference import DOCKER_HUB, is_loopback
+from podkit.oci.registries_path import default_path
 
 DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"
 DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io")
@@ -83,17 +84,12 @@ class RegistriesFile(Section):
     configs: dict[str, HostConfig] = Field(default_factory=dict)
 
 
-def default_path() -> Path:
-    if os.geteuid() == 0:
-        return Path("/etc/podkit/registries.yaml")
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "podkit" / "registries.yaml"
-
-
 def load(path: Path | None) -> RegistriesFile:
     """The registries file: `path`, or the default one if it exists."""
     named = path is not None
     path = path or default_path()
+    if not named and not os.path.exists(path):  # also when its directory is closed to us
+        return RegistriesFile()
     try:
         text = path.read_text()
     except FileNotFoundError:

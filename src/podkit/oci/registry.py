@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
-from podkit.oci.auth_challenge import Challenge, basic, parse_challenge, retry_after, token_from
+from podkit.common.retry_after import parse_retry_after
+from podkit.oci.auth_challenge import Challenge, basic, parse_challenge, token_from
 from podkit.oci.hosts import Endpoint, Hosts
 from podkit.oci.manifest import ACCEPT, Descriptor, sha256
 from podkit.oci.reference import Reference
@@ -205,7 +206,7 @@ class RegistryClient:
                     continue
                 raise Unauthorized(f"{ref}: {end.host} asks for credentials (401): none given")
             if (resp.status == 429 or resp.status >= 500) and attempt <= self.retries:
-                wait = retry_after(resp.headers.get("Retry-After"))
+                wait = parse_retry_after(resp.headers.get("Retry-After"))
                 resp.release()
                 await asyncio.sleep(min(wait if wait is not None else delay, 300.0))
                 delay *= 2

@@ -98,8 +98,17 @@ class Confinement:
                 f"supplementary groups {groups[1:]}: a rootless pod's user namespace has no "
                 "setgroups(2)",
             )
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
+        try:
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise OSError(
+                errno.EINVAL,
+                f"user {uid}:{gid} does not exist in this pod's user namespace (rootless, it "
+                "maps only your own user, as root 0)",
+            ) from None
         linux.prctl(linux.PR_SET_KEEPCAPS, 0, "prctl(PR_SET_KEEPCAPS)")
         # What this process may hold: a privileged container's "all" is all the kernel has.
         held = self.capabilities & ((1 << (last + 1)) - 1) & _permitted()

@@ -199,6 +199,9 @@ class ContainerRunner:
                 events.warning("Failed", "Error: ErrImagePull", self.field_path)
                 await self._pull_backoff(backoff.next_delay(0.0), str(exc))
                 continue
+            notice = images.rootless_notice()
+            if notice is not None:
+                self.pod.report(self.pod.key, "warn", notice)
             took = go_duration(time.monotonic() - began)
             events.normal(
                 "Pulled",

@@ -14,17 +14,21 @@ of its own pulls only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podkit.manifest.model import Bundle, Container, Pod
 from podkit.oci import manifest as mf
-from podkit.oci.hosts import Hosts, RegistryConfigError, load, pull_secret_credentials
 from podkit.oci.lower_dirs import link_layers
 from podkit.oci.reference import Reference
-from podkit.oci.registry import PullError, RegistryClient
+from podkit.oci.registries_path import default_path
 from podkit.oci.store import ImageRecord, Store, StoreError
+
+if TYPE_CHECKING:  # imported when a pull needs them: pydantic and aiohttp cost 60 ms a start
+    from podkit.oci.hosts import Hosts
 
 
 class PullFailed(Exception):
@@ -79,11 +83,30 @@ class ImageManager:
         self.registry_config = registry_config
         self._store: Store | None = None
         self._hosts: Hosts | None = None
+        self._said_rootless = False
 
     def check_config(self) -> None:
         """Read the registries file now, to refuse a bad one before anything starts
-        (RegistryConfigError); only when some image will come from a registry."""
+        (hosts.RegistryConfigError); only when some image will come from a registry."""
+        if self.registry_config is None and not os.path.exists(default_path()):
+            return  # nothing to check (the pull makes its Hosts when it needs them)
+        self._load_hosts()
+
+    def _load_hosts(self) -> Hosts:
+        from podkit.oci.hosts import Hosts, load
+
         self._hosts = self._hosts or Hosts(load(self.registry_config))
+        return self._hosts
+
+    def rootless_notice(self) -> str | None:
+        """Once a run, when an ordinary user pulls: what that means for the image's files."""
+        if os.geteuid() == 0 or self._said_rootless:
+            return None
+        self._said_rootless = True
+        return (
+            f"rootless: the files of registry images belong to you (uid {os.getuid()}), root in "
+            "the pod; the owners the layers name are not kept"
+        )
 
     def store(self) -> Store:
         if self._store is None:
@@ -112,14 +135,15 @@ class ImageManager:
 
     async def pull(self, ref: Reference, pod: Pod, bundle: Bundle) -> OciImage:
         """Pull `ref` with the pod's imagePullSecrets (PullFailed)."""
+        from podkit.oci.hosts import RegistryConfigError, pull_secret_credentials
+        from podkit.oci.pull import Puller
+        from podkit.oci.registry import PullError, RegistryClient
+
         try:
-            self.check_config()
+            known = self._load_hosts()
         except RegistryConfigError as exc:
             raise PullFailed(str(exc)) from None
-        assert self._hosts is not None
-        hosts = replace(self._hosts, secrets=pull_secret_credentials(_pull_secrets(pod, bundle)))
-        from podkit.oci.pull import Puller
-
+        hosts = replace(known, secrets=pull_secret_credentials(_pull_secrets(pod, bundle)))
         client = RegistryClient(hosts)
         try:
             await Puller(self.store(), client).pull(ref)

@@ -9,8 +9,8 @@ from typing import Any
 
 from podkit.manifest import quantity
 from podkit.manifest.model import Bundle, Container, Pod
+from podkit.runtime import dns, sandbox, security_context, statedir
 from podkit.runtime import network as podnet
-from podkit.runtime import sandbox, security_context, statedir
 from podkit.runtime.network import NetworkConfig, PodNetwork
 from podkit.runtime.volume_files import projected_files
 
@@ -57,8 +57,7 @@ def hosts_file(pod: Pod, pod_ip: str) -> str:
 
 
 def host_resolv_conf() -> str:
-    """The host's resolver configuration (dnsPolicy Default, and ClusterFirst while podkit runs
-    no cluster DNS, as the kubelet falls back without one); empty when the host has none."""
+    """The host's resolver configuration (empty when the host has none)."""
     try:
         return Path("/etc/resolv.conf").read_text()
     except OSError:
@@ -118,7 +117,8 @@ class PodFiles:
     def _write_etc(self) -> None:
         etc = self.dir / "etc"
         (etc / "hostname").write_text(self.pod.hostname + "\n")
-        (etc / "resolv.conf").write_text(host_resolv_conf())
+        spec = self.pod.raw.get("spec") or {}
+        (etc / "resolv.conf").write_text(dns.resolv_conf(spec, host_resolv_conf()))
         (etc / "hosts").write_text(hosts_file(self.pod, self.pod_ip))
 
     def _prepare_volumes(self) -> None:

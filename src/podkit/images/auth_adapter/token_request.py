@@ -10,7 +10,6 @@ certificate goes in the TLS handshake, only client_id in the body) and none (pub
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import re
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode
 
+from podkit.common.retry_after import parse_retry_after
 from podkit.images.auth_adapter.secrets import Secret, scrub
 
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -331,21 +331,6 @@ def _printable(text: str, limit: int) -> str:
     # A server-chosen string goes into logs and JSON error bodies: one line, bounded.
     cleaned = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
-def parse_retry_after(value: str | None, now_epoch: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or HTTP-date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    now = time.time() if now_epoch is None else now_epoch
-    return max(0.0, when.timestamp() - now)
 
 
 def _expires_in(value: Any) -> float | None:
