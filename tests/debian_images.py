@@ -35,6 +35,12 @@ NGINX_CONFIG: dict[str, Any] = {
 }
 
 
+PYTHON_CONFIG: dict[str, Any] = {
+    "Cmd": ["python3"],
+    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+}
+
+
 def debian_rootfs(package: str, cache: Path) -> Path:
     """A bookworm root filesystem with `package`, as a tarball (built once per `cache`)."""
     cache.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@ images (built once per session). How they are configured and built: tests/regist
   `.private_repos`, `.anonymous_pull`, `.expires_in`, `.header`, `.clear()`); `.credentials` is the
   token server's user, which `push()` uses.
 - `tls_registry` (module): anonymous HTTPS with a test CA: `.ca_file`, `.cert_dir` (ca.crt).
-- `nginx_image` (session): Debian bookworm with nginx-light, from mmdebstrap, as an OCI layout
-  of three layers (tests/debian_images.py); about 40 s the first time in a run.
+- `nginx_image`, `python_image` (session): Debian bookworm with nginx-light, or with python3,
+  from mmdebstrap, as an OCI layout of three layers (tests/debian_images.py); about 30 s each
+  the first time in a run.
 
 They are shared by the tests of a module: a test that needs a fresh count of blob GETs takes
 `mark = registry.mark()` first and passes `since=mark`; one that changes the token server's
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from debian_images import NGINX_CONFIG, debian_rootfs, layout_from_rootfs
+from debian_images import NGINX_CONFIG, PYTHON_CONFIG, debian_rootfs, layout_from_rootfs
 from registry_harness import OciImage, Registry, TestImages, TokenServer
 
 
@@ -67,3 +68,10 @@ def nginx_image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
     cache = tmp_path_factory.mktemp("debian")
     rootfs = debian_rootfs("nginx-light", cache)
     return layout_from_rootfs(rootfs, cache / "nginx-layout", "nginx", NGINX_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def python_image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    cache = tmp_path_factory.mktemp("debian-python")
+    rootfs = debian_rootfs("python3", cache)
+    return layout_from_rootfs(rootfs, cache / "python-layout", "python3", PYTHON_CONFIG)

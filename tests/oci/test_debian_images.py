@@ -1,7 +1,8 @@
-"""A real application image: Debian's nginx-light, built by mmdebstrap and pushed to a registry the
-test starts. A pod with nothing but `image:` and a containerPort serves nginx's welcome page to
-curl, and stops on the image's StopSignal (SIGQUIT: nginx's graceful stop). podman runs the same
-image and serves the same page, so the image itself is known to be right."""
+"""Real application images: Debian's nginx-light and python3, built by mmdebstrap and pushed to a
+registry the test starts. A pod with nothing but `image:` and a containerPort serves nginx's
+welcome page to curl, and stops on the image's StopSignal (SIGQUIT: nginx's graceful stop).
+podman runs the same image and serves the same page, so the image itself is known to be right.
+The python3 image runs a script from a ConfigMap with its own interpreter."""
 
 from __future__ import annotations
 
@@ -82,3 +83,47 @@ def test_podman_serves_the_same_image(tmp_path: Path, podman: Podman, nginx: Pus
         assert WELCOME in page
     finally:
         podman.run("rm", "--force", "--time", "2", cid, check=False)
+
+
+def test_a_python3_image_serves_a_script_from_a_config_map(
+    tmp_path: Path, podkit: Any, registry: Registry, python_image: OciImage
+) -> None:
+    """The image's own interpreter (bookworm's 3.11, with its standard library) runs a
+    script mounted from a ConfigMap, as the official python images are used."""
+    image = registry.push(python_image, "debian/python3:bookworm")
+    port = free_port()
+    m = write_manifest(
+        tmp_path,
+        f"""
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {{name: app}}
+        data:
+          app.py: |
+            import http.server, platform, sys
+            class Hello(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    body = f"python {{platform.python_version()}} at {{sys.executable}}\\n"
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(body.encode())
+            http.server.HTTPServer(("0.0.0.0", 8000), Hello).serve_forever()
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: py}}
+        spec:
+          terminationGracePeriodSeconds: 2
+          volumes: [{{name: app, configMap: {{name: app}}}}]
+          containers:
+          - name: app
+            image: {image.reference}
+            command: [python3, /app/app.py]
+            ports: [{{containerPort: 8000}}]
+            volumeMounts: [{{name: app, mountPath: /app}}]
+        """,
+    )
+    run = podkit("run", m, "-p", f"{port}:8000")
+    body = wait_for("the script's answer", lambda: curl(f"http://127.0.0.1:{port}/"), 60)
+    assert body.startswith("python 3.11.") and body.strip().endswith("at /usr/bin/python3")
+    assert run.stop() == 0

@@ -427,3 +427,50 @@ def test_image_pull_secrets_authenticate_and_never_show_the_password(
     assert wait_exit(run) == 0, run.text()
     assert lines(run, "c") == ["pulled-privately"]
     assert password not in run.text() and auth not in run.text()
+
+
+def test_on_a_terminal_the_pull_shows_a_bar_per_layer(
+    tmp_path: Path, registry: Registry, oci_images: TestImages, state_dir: Path
+) -> None:
+    import os
+    import pty
+
+    from podkit_harness import PODKIT_ENV
+
+    image = registry.push(oci_images.layered(), "run/bars:1.0")
+    m = write_manifest(
+        tmp_path,
+        f"""
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: bars}}
+        spec:
+          restartPolicy: Never
+          containers: [{{name: c, image: {image.reference}, command: [echo, done]}}]
+        """,
+    )
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podkit.cli.main", "run", m, "--state-dir", str(state_dir)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, **PODKIT_ENV, "COLUMNS": "120"},
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    assert proc.wait(30) == 0
+    text = seen.decode(errors="replace")
+    for digest in image.layer_digests:
+        assert digest[7:19] in text  # its bar, labelled with the digest as podman shows it
+    assert "Successfully pulled image" in text and "done" in text

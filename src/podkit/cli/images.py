@@ -112,25 +112,33 @@ def _report(ref: Reference, pulled: Pulled, seconds: float, quiet: bool) -> None
     print(image_id)
 
 
-class _Progress:
-    """A bar per layer on a terminal (bytes, rate); otherwise silence until the one line."""
+def _new_bars() -> Progress:
+    from rich import progress as bars
+    from rich.console import Console
 
-    def __init__(self, quiet: bool) -> None:
+    return bars.Progress(
+        bars.TextColumn("{task.description}"),
+        bars.BarColumn(),
+        bars.DownloadColumn(),
+        bars.TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+class _Progress:
+    """A bar per layer on a terminal (bytes, rate); otherwise silence until the one line.
+    `shared`: bars that several pulls show at once (rich has one live display at a time)."""
+
+    def __init__(self, quiet: bool, shared: RunProgress | None = None) -> None:
         self._bars: Progress | None = None
+        self._shared = shared
         self._tasks: dict[str, TaskID] = {}
         self._sizes: dict[str, int] = {}
-        if not quiet and sys.stderr.isatty():
-            from rich import progress as bars
-            from rich.console import Console
-
-            self._bars = bars.Progress(
-                bars.TextColumn("{task.description}"),
-                bars.BarColumn(),
-                bars.DownloadColumn(),
-                bars.TransferSpeedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
+        if shared is not None:
+            self._bars = shared.bars()
+        elif not quiet and sys.stderr.isatty():
+            self._bars = _new_bars()
             self._bars.start()
 
     def layer(self, digest: str, size: int, present: bool) -> None:
@@ -149,8 +157,39 @@ class _Progress:
             self._bars.update(self._tasks[digest], completed=self._sizes[digest])
 
     def close(self) -> None:
-        if self._bars is not None:
+        if self._bars is None:
+            return
+        if self._shared is None:
             self._bars.stop()
+            return
+        for task in self._tasks.values():
+            self._bars.remove_task(task)
+        self._shared.release()
+
+
+class RunProgress:
+    """`podkit run` on a terminal: the bars of every pull going on, in one live display that
+    lasts while any pull does."""
+
+    def __init__(self) -> None:
+        self._bars: Progress | None = None
+        self._users = 0
+
+    def for_image(self, ref: Reference) -> _Progress:
+        return _Progress(quiet=False, shared=self)
+
+    def bars(self) -> Progress:
+        if self._bars is None:
+            self._bars = _new_bars()
+            self._bars.start()
+        self._users += 1
+        return self._bars
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._bars is not None:
+            self._bars.stop()
+            self._bars = None
 
 
 def images(

@@ -204,7 +204,12 @@ def run(
     except (OSError, ValueError, HostPathError) as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     opts_state_dir = state_dir or default_state_dir()
-    images = ImageManager(opts_state_dir, registry_config)
+    bars = None
+    if output is None and sys.stderr.isatty():  # a bar per layer while pulling
+        from podkit.cli.images import RunProgress
+
+        bars = RunProgress().for_image
+    images = ImageManager(opts_state_dir, registry_config, bars)
     pulled = [
         c.image
         for pod in bundle.pods

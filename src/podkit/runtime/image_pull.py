@@ -15,10 +15,10 @@ of its own pulls only.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from podkit.manifest.model import Bundle, Container, Pod
 from podkit.oci import manifest as mf
@@ -29,6 +29,10 @@ from podkit.oci.store import ImageRecord, Store, StoreError
 
 if TYPE_CHECKING:  # imported when a pull needs them: pydantic and aiohttp cost 60 ms a start
     from podkit.oci.hosts import Hosts
+    from podkit.oci.pull import PullProgress
+
+    class PullDisplay(PullProgress, Protocol):
+        def close(self) -> None: ...
 
 
 class PullFailed(Exception):
@@ -78,9 +82,15 @@ def go_duration(seconds: float) -> str:
 
 
 class ImageManager:
-    def __init__(self, state_dir: Path, registry_config: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        registry_config: Path | None = None,
+        progress: Callable[[Reference], PullDisplay] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.registry_config = registry_config
+        self.progress = progress  # bars on a terminal (podkit run); None: the events only
         self._store: Store | None = None
         self._hosts: Hosts | None = None
         self._said_rootless = False
@@ -145,11 +155,14 @@ class ImageManager:
             raise PullFailed(str(exc)) from None
         hosts = replace(known, secrets=pull_secret_credentials(_pull_secrets(pod, bundle)))
         client = RegistryClient(hosts)
+        show = self.progress(ref) if self.progress is not None else None
         try:
-            await Puller(self.store(), client).pull(ref)
+            await Puller(self.store(), client).pull(ref, show)
         except (PullError, mf.ManifestError, StoreError, OSError) as exc:
             raise PullFailed(str(exc)) from None
         finally:
+            if show is not None:
+                show.close()
             await client.close()
         image = self.present(ref)
         if image is None:
