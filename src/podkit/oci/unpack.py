@@ -75,6 +75,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 import zstandard
 
+from podkit.common.libc import libc
 from podkit.oci.layer_entries import (
     CAPABILITY_XATTR,
     DEVICE_KINDS,
@@ -88,7 +89,6 @@ from podkit.oci.layer_entries import (
     display,
     plan_entry,
 )
-from podkit.runtime import linux
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -299,7 +299,7 @@ def _openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int:
     raw = os.fsencode(path)
     err = errno.EAGAIN
     for _ in range(_EAGAIN_TRIES):
-        fd: int = linux.libc().syscall(
+        fd: int = libc().syscall(
             ctypes.c_long(_SYS_OPENAT2),
             ctypes.c_int(dir_fd),
             ctypes.c_char_p(raw),

@@ -13,6 +13,8 @@ import signal
 import socket
 import struct
 
+from podkit.common.libc import libc
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -50,16 +52,7 @@ AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 
 
-def _load_libc() -> ctypes.CDLL:
-    try:  # glibc's soname: loading it directly spares find_library's `ldconfig -p` (~40 ms)
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        from ctypes.util import find_library
-
-        return ctypes.CDLL(find_library("c"), use_errno=True)
-
-
-_libc = _load_libc()
+_libc = libc()
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -71,11 +64,6 @@ _libc.prctl.argtypes = [
     ctypes.c_ulong,
     ctypes.c_ulong,
 ]
-
-
-def libc() -> ctypes.CDLL:
-    """The C library, loaded once, with errno kept (for other modules' system calls)."""
-    return _libc
 
 
 def _check(result: int, what: str) -> None:
