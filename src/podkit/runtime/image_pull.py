@@ -39,10 +39,6 @@ class PullFailed(Exception):
     """ErrImagePull: the message says why (never with a credential in it)."""
 
 
-class NeverPull(Exception):
-    """ErrImageNeverPull: the image is absent and the policy is Never."""
-
-
 @dataclass(frozen=True, slots=True)
 class OciImage:
     ref: Reference

@@ -93,6 +93,13 @@ class LaunchSpec:
         return cls(mounts=mounts, **raw)
 
 
+def _forwarded(spec: LaunchSpec) -> set[int]:
+    """The signals the launcher passes on to the container: the usual ones and the image's
+    StopSignal (SIGKILL and SIGSTOP cannot be caught: a SIGKILL to the launcher ends the
+    container too, through its parent-death signal)."""
+    return {*FORWARDED, spec.stop_signal} - {signal.SIGKILL, signal.SIGSTOP}
+
+
 def _host_mount_points(state_dir: str) -> list[str]:
     """Mount points besides / whose files a container should see (e.g. a separate /home)."""
     points: list[str] = []
@@ -369,7 +376,7 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
         # Nothing of podkit's but stdin/out/err (and the exec report, closed by exec) goes in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1 << 16)
-        for sig in {*FORWARDED, spec.stop_signal} - {signal.SIGKILL, signal.SIGSTOP}:
+        for sig in _forwarded(spec):
             signal.signal(sig, signal.SIG_DFL)
         held = {signal.SIGTERM, signal.SIGINT} if spec.hold_signals else set()
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -415,7 +422,7 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         else:
             pending.append(sig)
 
-    for sig in {*FORWARDED, spec.stop_signal} - {signal.SIGKILL, signal.SIGSTOP}:
+    for sig in _forwarded(spec):
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit started us with stops held
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
