@@ -474,3 +474,47 @@ def test_on_a_terminal_the_pull_shows_a_bar_per_layer(
     for digest in image.layer_digests:
         assert digest[7:19] in text  # its bar, labelled with the digest as podman shows it
     assert "Successfully pulled image" in text and "done" in text
+
+
+def test_rmi_is_refused_while_a_running_pod_uses_the_image(
+    tmp_path: Path, podkit: Any, registry: Registry, oci_images: TestImages, state_dir: Path
+) -> None:
+    image = registry.push(oci_images.busybox(), "run/in-use:1.0")
+    m = write_manifest(
+        tmp_path,
+        f"""
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: user}}
+        spec:
+          terminationGracePeriodSeconds: 1
+          containers: [{{name: c, image: {image.reference}, command: [sleep, "300"]}}]
+        """,
+    )
+    run = podkit("run", m)
+    wait_for("running", lambda: "running" in statuses(run)["c"]["state"], 30)
+
+    def rmi() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "podkit.cli.main",
+                "rmi",
+                image.reference,
+                "--state-dir",
+                str(state_dir),
+            ],  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    refused = rmi()
+    assert refused.returncode == 1
+    assert f"{image.reference}: in use by running pod default/user" in refused.stderr
+    assert run.stop() == 0
+    removed = rmi()
+    assert removed.returncode == 0, removed.stderr
+    assert f"Untagged: {image.reference}" in removed.stdout
