@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from podkit.manifest.probe_spec import ProbeSpec
 from podkit.runtime import linux
 from podkit.runtime.prober import USER_AGENT, ProbeResult, ProbeTarget, run_probe
-from podkit.runtime.probes import ProbeSpec
 
 _HOST_NETNS = os.open("/proc/self/ns/net", os.O_RDONLY)
 

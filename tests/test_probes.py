@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 
-from podkit.runtime.probes import (
-    ContainerProbes,
+from podkit.manifest.probe_spec import (
     ExecAction,
     GRPCAction,
     HTTPGetAction,
     ProbeKind,
     ProbeSpec,
     ProbeSpecError,
-    ProbeWorker,
     TCPSocketAction,
-    kill_message,
 )
+from podkit.runtime.probes import ContainerProbes, ProbeWorker, kill_message
 
 HTTP: dict[str, Any] = {"httpGet": {"path": "/healthz", "port": 8080}}
 

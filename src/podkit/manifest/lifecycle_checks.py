@@ -10,7 +10,7 @@ from typing import Any
 
 from podkit.manifest.document import FieldPath, Manifest
 from podkit.manifest.errors import Problem
-from podkit.runtime.probes import ProbeSpec, ProbeSpecError
+from podkit.manifest.probe_spec import ProbeSpec, ProbeSpecError
 
 HOOK_HANDLERS = ("exec", "httpGet", "tcpSocket", "sleep")
 

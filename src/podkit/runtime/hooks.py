@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from podkit.manifest.probe_spec import ProbeSpec, ProbeSpecError
 from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
-from podkit.runtime.probes import ProbeSpec, ProbeSpecError
 
 NO_LIMIT = 24 * 3600  # seconds: an unbounded postStart is bounded by nothing but this
 

@@ -27,16 +27,16 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httptools
 
 from podkit.common.config import format_hostport
-from podkit.runtime.confine import Confinement
-from podkit.runtime.enter import enter_spec, helper_argv
-from podkit.runtime.forward import SocketFactory
-from podkit.runtime.probes import (
+from podkit.manifest.probe_spec import (
     ExecAction,
     GRPCAction,
     HTTPGetAction,
     ProbeSpec,
     TCPSocketAction,
 )
+from podkit.runtime.confine import Confinement
+from podkit.runtime.enter import enter_spec, helper_argv
+from podkit.runtime.forward import SocketFactory
 
 USER_AGENT = "kube-probe/1.37"  # the kubelet sends kube-probe/<major.minor>
 MAX_OUTPUT = 10 * 1024  # kubelet: maxRespBodyLength / exec maxReadLength
