@@ -194,7 +194,7 @@ class Podkit:
 
 
 def run_podkit(
-    *args: str, state_dir: Path, timeout: float = 30.0
+    *args: str, state_dir: Path, timeout: float = 30.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     extra = ["--no-color"] if args and args[0] == "run" else []
     return subprocess.run(
@@ -204,5 +204,5 @@ def run_podkit(
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, **PODKIT_ENV, "PODKIT_STATE_DIR": str(state_dir)},
+        env={**os.environ, **PODKIT_ENV, "PODKIT_STATE_DIR": str(state_dir), **(env or {})},
     )

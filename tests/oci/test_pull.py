@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,21 +18,14 @@ from typing import Any
 
 import pytest
 
-from podkit_harness import REPO, free_port
+from podkit_harness import REPO, free_port, run_podkit
 from registry_harness import PushedImage, Registry, TestImages
 
 
 def podkit(
     state: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "podkit.cli.main", *args, "--state-dir", str(state)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+    return run_podkit(*args, state_dir=state, timeout=120, env=env)
 
 
 def start_podkit(state: Path, *args: str) -> subprocess.Popen[str]:

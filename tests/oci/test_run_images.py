@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from podkit_harness import REPO, Podkit, wait_for, write_manifest
+from podkit_harness import REPO, Podkit, run_podkit, wait_for, write_manifest
 from registry_harness import PushedImage, Registry, TestImages
 
 pytestmark = pytest.mark.skipif(
@@ -306,21 +306,7 @@ def test_pull_policies_never_and_if_not_present(
         lambda: statuses(run)["c"]["state"]["waiting"]["reason"] == "ErrImageNeverPull",
     )
     assert run.stop() == 0
-    pulled = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "podkit.cli.main",
-            "pull",
-            image.reference,
-            "--state-dir",
-            str(state_dir),
-        ],  # fmt: skip
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    pulled = run_podkit("pull", image.reference, state_dir=state_dir, timeout=60)
     assert pulled.returncode == 0, pulled.stderr
     mark = registry.mark()
     for policy in ("Never", "IfNotPresent"):
@@ -494,27 +480,10 @@ def test_rmi_is_refused_while_a_running_pod_uses_the_image(
     run = podkit("run", m)
     wait_for("running", lambda: "running" in statuses(run)["c"]["state"], 30)
 
-    def rmi() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "podkit.cli.main",
-                "rmi",
-                image.reference,
-                "--state-dir",
-                str(state_dir),
-            ],  # fmt: skip
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-
-    refused = rmi()
+    refused = run_podkit("rmi", image.reference, state_dir=state_dir)
     assert refused.returncode == 1
     assert f"{image.reference}: in use by running pod default/user" in refused.stderr
     assert run.stop() == 0
-    removed = rmi()
+    removed = run_podkit("rmi", image.reference, state_dir=state_dir)
     assert removed.returncode == 0, removed.stderr
     assert f"Untagged: {image.reference}" in removed.stdout

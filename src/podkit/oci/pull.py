@@ -51,7 +51,6 @@ class _Quiet:
 class Pulled:
     record: ImageRecord
     config: mf.ImageConfig
-    layers: tuple[Path, ...]  # unpacked layer directories, lowest first
     downloaded: int  # bytes fetched in this pull (0: everything was there)
 
 
@@ -105,12 +104,7 @@ class Puller:
             str(ref), digest, manifest.config.digest, size, config.created, time.time()
         )
         self.store.put_image(record)
-        return Pulled(
-            record,
-            config,
-            tuple(self.store.layer_path(c) for c in chains),
-            sum(results),
-        )
+        return Pulled(record, config, sum(results))
 
     async def _resolve(self, ref: Reference) -> tuple[str, mf.Manifest]:
         """The manifest for this platform, stored, and its digest."""

@@ -73,9 +73,6 @@ class Reference:
             text += f"@{self.digest}"
         return text
 
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.domain, self.path, self.tag, digest)
-
 
 def parse(text: str) -> Reference:
     """The normalised reference, or InvalidReference saying what is wrong with `text`."""

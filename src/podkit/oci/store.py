@@ -68,9 +68,6 @@ class Store:
                 "pulled REAL NOT NULL)"
             )
 
-    def close(self) -> None:
-        self._db.close()
-
     # -- blobs -------------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:

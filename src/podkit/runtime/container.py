@@ -259,8 +259,9 @@ class ContainerRunner:
         try:
             image_env = env_pairs(config.env) if config is not None else None
             env = container_spec.environment(pod.pod, c, pod.bundle, pod.files.pod_ip, image_env)
-            assert config is not None or self.host_image is not None
-            argv = container_spec.argv(c, env, config or self.host_image)  # type: ignore[arg-type]
+            source = config if config is not None else self.host_image
+            assert source is not None  # _ensure_image found one or the other
+            argv = container_spec.argv(c, env, source)
         except (envmod.ResolveError, container_spec.ImageError) as exc:
             self._config_error("CreateContainerConfigError", str(exc))
             return None

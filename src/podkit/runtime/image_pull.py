@@ -7,9 +7,9 @@ what a container needs of an image to run (asyncio shell around oci/).
               waiting). Image size: N bytes.; Container image "X" already present on machine
     failure   ErrImagePull, then ImagePullBackOff for the backoff (10 s doubling to 300 s)
 
-One ImageManager serves a whole podkit run: the store is opened and the registries file read
-once, on the first image that is not built in; a pod's imagePullSecrets add to the credentials
-of its own pulls only.
+One ImageManager serves a whole podkit run: the store is opened on the first registry image,
+the registries file read once (at start when there is one, to refuse a bad one, else at the
+first pull); a pod's imagePullSecrets add to the credentials of its own pulls only.
 """
 
 from __future__ import annotations
@@ -119,11 +119,6 @@ class ImageManager:
             self._store = Store(self.state_dir / "oci")
         return self._store
 
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
     def present(self, ref: Reference) -> OciImage | None:
         """The image as stored under this name, if every layer of it is there."""
         store = self.store()
@@ -134,10 +129,14 @@ class ImageManager:
             config = mf.parse_config(store.read_blob(record.config))
         except (OSError, StoreError, mf.ManifestError):
             return None
-        chains = mf.chain_ids(config.diff_ids)
-        if not all(store.has_layer(c) for c in chains):
+        if not all(store.has_layer(c) for c in mf.chain_ids(config.diff_ids)):
             return None
-        return OciImage(ref, record, config, store.root, tuple(link_layers(store.root, chains)))
+        return self._image(ref, record, config)
+
+    def _image(self, ref: Reference, record: ImageRecord, config: mf.ImageConfig) -> OciImage:
+        root = self.store().root
+        lower = link_layers(root, mf.chain_ids(config.diff_ids))
+        return OciImage(ref, record, config, root, tuple(lower))
 
     async def pull(self, ref: Reference, pod: Pod, bundle: Bundle) -> OciImage:
         """Pull `ref` with the pod's imagePullSecrets (PullFailed)."""
@@ -153,17 +152,14 @@ class ImageManager:
         client = RegistryClient(hosts)
         show = self.progress(ref) if self.progress is not None else None
         try:
-            await Puller(self.store(), client).pull(ref, show)
+            pulled = await Puller(self.store(), client).pull(ref, show)
         except (PullError, mf.ManifestError, StoreError, OSError) as exc:
             raise PullFailed(str(exc)) from None
         finally:
             if show is not None:
                 show.close()
             await client.close()
-        image = self.present(ref)
-        if image is None:
-            raise PullFailed(f"{ref}: pulled, but not found whole in the store")
-        return image
+        return self._image(ref, pulled.record, pulled.config)
 
 
 def _pull_secrets(pod: Pod, bundle: Bundle) -> list[tuple[str, Mapping[str, bytes]]]:
