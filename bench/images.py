@@ -48,8 +48,9 @@ spec:
 
 
 def podkit(*args: str, state: Path) -> subprocess.Popen[str]:
+    """The `podkit` command as a user runs it: the virtualenv's console script."""
     return subprocess.Popen(
-        [sys.executable, "-m", "podkit.cli.main", *args],
+        [str(Path(sys.executable).parent / "podkit"), *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

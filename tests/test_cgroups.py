@@ -8,7 +8,6 @@ skipped, with detect()'s reason, only where cgroups are unavailable.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -31,6 +30,8 @@ from podkit.runtime.cgroups import (
     cpu_shares,
     cpu_weight,
 )
+from podkit.runtime.enter import send_spec
+from podkit.runtime.launch import Spawned
 
 MiB = 1 << 20
 ALLOCATE_200MIB = "chunks = []\nfor _ in range(200):\n    chunks.append(b'x' * (1 << 20))\n"
@@ -355,19 +356,11 @@ def test_the_launcher_puts_the_container_in_its_cgroup_before_exec(
                 "env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                 "cgroup_procs": procs,
             }
-            spec_r, spec_w = os.pipe()
-            status_r, status_w = os.pipe()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "podkit.runtime.launcher", str(spec_r), str(status_w)],
-                pass_fds=[spec_r, status_w],
-            )
-            os.close(spec_r)
-            os.close(status_w)
-            with os.fdopen(spec_w, "wb") as f:  # the launcher takes its spec over a pipe
-                f.write(json.dumps(spec).encode())
-            with os.fdopen(status_r) as status:
+            launcher = Spawned()  # as podkit starts one: its spec goes over a pipe
+            send_spec(launcher.spec_w, spec)
+            with os.fdopen(launcher.status_r) as status:
                 first = status.readline().strip()
-            results.append((first, proc.wait(timeout=10)))
+            results.append((first, launcher.popen.wait(timeout=10)))
     finally:
         sandbox.stop_sandbox(sandbox_pid)
     (started, code), (error, bad_code) = results

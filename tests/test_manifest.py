@@ -832,3 +832,42 @@ def test_a_schema_keyword_podkit_does_not_know_falls_back_to_jsonschema(
         '(did you mean "image"?)',
     ]
     assert isinstance(schema._validators["Pod"], schema._JsonschemaValidator)
+
+
+def test_the_cached_cut_of_the_definitions_is_complete_and_rebuilt_when_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orjson
+
+    from podkit.manifest import schema
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    schema._definitions.cache_clear()
+    try:
+        cut = schema._definitions()
+        files = list((tmp_path / "podkit").glob("k8s-definitions-*.json"))
+        assert len(files) == 1
+        full = orjson.loads((schema._schema_dir() / "_definitions.json").read_bytes())
+        names = cut["$defs"]
+        assert 0 < len(names) < len(full["$defs"]) / 2
+        assert "io.k8s.api.core.v1.Probe" in names and "io.k8s.api.apps.v1.Deployment" not in names
+        # Every $ref inside the cut resolves inside it, so no validation can miss a definition.
+        refs = {ref.rsplit("/", 1)[1] for ref in _refs(cut["$defs"])}
+        assert refs <= set(names)
+        for name, definition in names.items():
+            assert definition == full["$defs"][name]
+        files[0].write_bytes(b"{ damaged")
+        schema._definitions.cache_clear()
+        assert schema._definitions() == cut
+        assert orjson.loads(files[0].read_bytes()) == cut
+    finally:
+        schema._definitions.cache_clear()
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []

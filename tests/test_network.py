@@ -293,6 +293,15 @@ def test_bridge_forwarding_and_nat_are_in_place_and_idempotent(cfg, state_dir):
         return [line.strip() for line in listing.splitlines() if "masquerade" in line]
 
     assert nat_rules() == [f'ip saddr {cfg.subnet} oifname != "{cfg.bridge}" masquerade']
+    # The table is read before it is rewritten: a changed or emptied one is put right.
+    nft = ["nft", "add", "rule", "ip", cfg.nft_table, "postrouting"]
+    subprocess.run([*nft, "ip", "saddr", "192.0.2.0/24", "masquerade"], check=True)
+    assert len(nat_rules()) == 2
+    assert network.ensure_bridge(cfg, state_dir) is None
+    assert nat_rules() == [f'ip saddr {cfg.subnet} oifname != "{cfg.bridge}" masquerade']
+    subprocess.run(["nft", "flush", "chain", "ip", cfg.nft_table, "postrouting"], check=True)
+    assert network.ensure_bridge(cfg, state_dir) is None
+    assert nat_rules() == [f'ip saddr {cfg.subnet} oifname != "{cfg.bridge}" masquerade']
     network.remove_bridge(cfg)
     assert nat_rules() == []
     assert not link_exists(cfg.bridge)

@@ -3,14 +3,16 @@ the command line, as podman's commands of the same names show it."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
-import typer
+from podkit.cli import out
+from podkit.cli.parsing import command
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -21,42 +23,51 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        envvar="PODKIT_STATE_DIR",
-        show_default=False,
-        help="podkit's state directory, where the image store lives "
-        "(default /var/lib/podkit as root).",
-    ),
-]
-RegistryConfig = Annotated[
-    Path | None,
-    typer.Option(
+
+def add_registry_config(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
         "--registry-config",
-        show_default=False,
-        help="Registries file in k3s's registries.yaml format (mirrors, auth, TLS); default "
-        "/etc/podkit/registries.yaml as root, else $XDG_CONFIG_HOME/podkit/registries.yaml.",
-    ),
-]
+        type=Path,
+        help="Registries file in k3s's registries.yaml format (mirrors, auth, "
+        "TLS); default /etc/podkit/registries.yaml as root, else "
+        "$XDG_CONFIG_HOME/podkit/registries.yaml.",
+    )
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(pull)
-    app.command()(images)
-    app.command()(rmi)
-    image = typer.Typer(help="Manage the image store.", no_args_is_help=True)
-    image.command("prune")(prune)
-    app.add_typer(image, name="image")
+def _add_state_dir(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--state-dir",
+        type=Path,
+        help="podkit's state directory, where the image store lives "
+        "(default $PODKIT_STATE_DIR, else /var/lib/podkit as root).",
+    )
+
+
+def add_commands(commands: Any) -> None:
+    cmd = command(commands, "pull", pull, "Pull images into podkit's image store.")
+    cmd.add_argument("names", nargs="+", metavar="IMAGE")
+    _add_state_dir(cmd)
+    add_registry_config(cmd)
+    cmd.add_argument("--quiet", "-q", action="store_true", help="Print only the image IDs.")
+    cmd = command(commands, "images", images, "List the images in podkit's store.")
+    _add_state_dir(cmd)
+    cmd.add_argument("--output", "-o", metavar="json")
+    cmd = command(commands, "rmi", rmi, "Remove images from podkit's store.")
+    cmd.add_argument("names", nargs="+", metavar="IMAGE")
+    _add_state_dir(cmd)
+    image = commands.add_parser(
+        "image", help="Manage the image store.", description="Manage the image store."
+    )
+    sub = image.add_subparsers(metavar="COMMAND", required=True)
+    _add_state_dir(command(sub, "prune", prune, "Delete what no image uses."))
 
 
 def pull(
-    names: Annotated[list[str], typer.Argument(metavar="IMAGE...", show_default=False)],
-    state_dir: StateDir = None,
-    registry_config: RegistryConfig = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the image IDs.")] = False,
-) -> None:
+    names: list[str],
+    state_dir: Path | None = None,
+    registry_config: Path | None = None,
+    quiet: bool = False,
+) -> int:
     """Pull images from their registries into podkit's image store."""
     from podkit.oci.hosts import Hosts, RegistryConfigError, load
     from podkit.oci.reference import InvalidReference, parse
@@ -65,12 +76,11 @@ def pull(
         refs = [parse(name) for name in names]
         hosts = Hosts(load(registry_config))
     except (InvalidReference, RegistryConfigError) as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+        raise out.fail(str(exc), EXIT_BAD_INPUT) from None
     import asyncio
 
     store = _open_store(state_dir)
-    code = asyncio.run(_pull_all(store, hosts, refs, quiet))
-    raise typer.Exit(code)
+    return asyncio.run(_pull_all(store, hosts, refs, quiet))
 
 
 async def _pull_all(store: Store, hosts: object, refs: list[Reference], quiet: bool) -> int:
@@ -92,7 +102,7 @@ async def _pull_all(store: Store, hosts: object, refs: list[Reference], quiet: b
                 pulled = await puller.pull(ref, show)
             except (PullError, ManifestError, StoreError) as exc:
                 show.close()
-                _error(str(exc))
+                out.error(str(exc))
                 code = 1
                 continue
             show.close()
@@ -192,20 +202,17 @@ class RunProgress:
             self._bars = None
 
 
-def images(
-    state_dir: StateDir = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", metavar="json")] = None,
-) -> None:
+def images(state_dir: Path | None = None, output: str | None = None) -> int:
     """List the images in podkit's store (REPOSITORY, TAG, IMAGE ID, CREATED, SIZE)."""
     from podkit.oci.reference import parse
 
     if output not in (None, "json"):
-        raise _fail(f"option -o {output!r}: expected json", EXIT_BAD_INPUT)
+        raise out.fail(f"option -o {output!r}: expected json", EXIT_BAD_INPUT)
     store = _open_store(state_dir)
     records = store.images()
     if output == "json":
         print(json.dumps([_as_json(r) for r in records], indent=2))
-        return
+        return 0
     rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     for r in records:
         ref = parse(r.name)
@@ -221,12 +228,10 @@ def images(
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
-def rmi(
-    names: Annotated[list[str], typer.Argument(metavar="IMAGE...", show_default=False)],
-    state_dir: StateDir = None,
-) -> None:
+def rmi(names: list[str], state_dir: Path | None = None) -> int:
     """Remove images from podkit's store (refused while a running pod uses one)."""
     from podkit.oci.prune import prune as collect
     from podkit.oci.reference import InvalidReference, parse
@@ -235,17 +240,17 @@ def rmi(
     try:
         refs = [parse(name) for name in names]
     except InvalidReference as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+        raise out.fail(str(exc), EXIT_BAD_INPUT) from None
     in_use = _images_in_use(state_dir)
     code = 0
     for ref in refs:
         record = store.get_image(str(ref))
         if record is None:
-            _error(f"{ref}: no such image in the store")
+            out.error(f"{ref}: no such image in the store")
             code = 1
             continue
         if str(ref) in in_use:
-            _error(f"{ref}: in use by running pod {in_use[str(ref)]}: not removed")
+            out.error(f"{ref}: in use by running pod {in_use[str(ref)]}: not removed")
             code = 1
             continue
         store.remove_image(str(ref))
@@ -253,15 +258,16 @@ def rmi(
     freed = collect(store)
     if freed.layers or freed.blobs:
         print(f"Deleted: {freed.layers} layers, {freed.blobs} blobs ({_human(freed.nbytes)})")
-    raise typer.Exit(code)
+    return code
 
 
-def prune(state_dir: StateDir = None) -> None:
+def prune(state_dir: Path | None = None) -> int:
     """Delete layers and blobs no image uses, and downloads left unfinished."""
     from podkit.oci.prune import prune as collect
 
     freed = collect(_open_store(state_dir))
     print(f"Freed {_human(freed.nbytes)}: {freed.layers} layers, {freed.blobs} blobs")
+    return 0
 
 
 def _images_in_use(state_dir: Path | None) -> dict[str, str]:
@@ -290,7 +296,7 @@ def _open_store(state_dir: Path | None) -> Store:
     try:
         return Store(root)
     except OSError as exc:
-        raise _fail(f"image store {root}: {exc.strerror or exc}", 1) from None
+        raise out.fail(f"image store {root}: {exc.strerror or exc}", 1) from None
 
 
 def _as_json(r: ImageRecord) -> dict[str, object]:
@@ -322,17 +328,3 @@ def _ago(created: str) -> str:
         if seconds >= 2 * size:
             return f"{int(seconds // size)} {unit} ago"
     return "Less than a minute ago" if seconds < 60 else "About a minute ago"
-
-
-def _error(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]error:[/] {escape(message)}"
-    )
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    _error(message)
-    return typer.Exit(code)

@@ -1,162 +1,42 @@
-"""The `podkit` command."""
+"""The `podkit` command: argparse, so that `podkit run` spends its start-up on the pod.
+
+typer, click and rich cost about 50 ms to import here, a quarter of a pod start (issue 16's
+target is 0.8x podman kube play's time); argparse costs about 3 ms. rich still colours the
+messages and bars on a terminal (cli/out.py, cli/images.py), imported only there.
+"""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-# typer loads rich's whole help renderer at import (~0.2 s on a small machine), and `podkit
-# run` has a 1 s budget to bring a pod up: typer gets rich only when help is asked for (its
-# error messages are then click's plain ones). podkit's own output still uses rich.
-_WANTS_HELP = len(sys.argv) < 2 or any(arg in ("--help", "-h") for arg in sys.argv[1:])
-if not _WANTS_HELP:
-    sys.modules["rich"] = None  # type: ignore[assignment]
-import typer  # noqa: E402
+from podkit import __version__
+from podkit.cli import images as _images
+from podkit.cli import out
+from podkit.cli.parsing import at_least, command, env_path
 
-if not _WANTS_HELP:
-    del sys.modules["rich"]
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-
-from podkit import __version__  # noqa: E402
-from podkit.cli import images as _images  # noqa: E402
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Run Kubernetes multi-container pods on this Linux machine.",
-)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-_STYLE = {"info": "cyan", "warn": "yellow", "error": "bold red"}
 
 
-def report(who: str, level: str, message: str) -> None:
-    subject = "" if who == "podkit" else f" [{_STYLE[level]}]{escape(who)}[/]"
-    err.print(f"[dim]podkit[/dim]{subject} {escape(message)}")
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code)
-
-
-@app.command()
 def run(
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Manifest files (YAML, several documents each): Pods, ConfigMaps, Secrets.",
-            show_default=False,
-        ),
-    ],
-    grace: Annotated[
-        int | None,
-        typer.Option(
-            "--grace",
-            show_default=False,
-            min=0,
-            help="Seconds each container gets between SIGTERM and SIGKILL when the pod stops; "
-            "overrides the pod's terminationGracePeriodSeconds (default 30).",
-        ),
-    ] = None,
-    publish: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--publish",
-            "-p",
-            show_default=False,
-            metavar="[IP:]HOST:CONTAINER[@POD]",
-            help="Publish a containerPort on another host port or address (repeatable). "
-            "Without it every containerPort is published on 127.0.0.1 at the same number.",
-        ),
-    ] = None,
-    no_publish: Annotated[
-        bool,
-        typer.Option(
-            "--no-publish", help="Publish no containerPort (hostPorts and -p still apply)."
-        ),
-    ] = False,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--state-dir",
-            show_default=False,
-            help="Where pods keep logs, status and volumes "
-            "(default /var/lib/podkit as root, or $PODKIT_STATE_DIR).",
-        ),
-    ] = None,
-    image_catalog: Annotated[
-        Path | None,
-        typer.Option(
-            "--image-catalog",
-            envvar="PODKIT_IMAGE_CATALOG",
-            show_default=False,
-            help="YAML file naming the images that run host programs "
-            "(images: {NAME: {command: [...], args: [...]}}); every other name is pulled "
-            "from its registry.",
-        ),
-    ] = None,
-    registry_config: Annotated[
-        Path | None,
-        typer.Option(
-            "--registry-config",
-            show_default=False,
-            help="Registries file in k3s's registries.yaml format (mirrors, auth, TLS); "
-            "default /etc/podkit/registries.yaml as root, else "
-            "$XDG_CONFIG_HOME/podkit/registries.yaml.",
-        ),
-    ] = None,
-    seccomp_profile_root: Annotated[
-        Path,
-        typer.Option(
-            "--seccomp-profile-root",
-            help="Where seccompProfile.localhostProfile paths start (the kubelet's, as podman "
-            "kube play's).",
-        ),
-    ] = Path("/var/lib/kubelet/seccomp"),
-    backoff_scale: Annotated[
-        float,
-        typer.Option(
-            "--backoff-scale",
-            min=0.0,
-            help="Multiply the restart backoff (10 s doubling to 300 s) by this factor; "
-            "1 is the kubelet's timing.",
-        ),
-    ] = 1.0,
-    logs: Annotated[
-        bool | None,
-        typer.Option(
-            "--logs/--no-logs",
-            help="Stream the containers' output with a [container] prefix "
-            "(default: yes, unless -o is given).",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            show_default=False,
-            metavar="json|yaml",
-            help="Print the Pod, status included, each time its status changes (as "
-            "`kubectl get pod -w -o json|yaml` would) instead of the progress lines.",
-        ),
-    ] = None,
-    colour: Annotated[
-        bool | None,
-        typer.Option(
-            "--color/--no-color",
-            help="Colour the prefixes (default: when stdout is a terminal).",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
+    files: list[Path],
+    grace: int | None = None,
+    publish: list[str] | None = None,
+    no_publish: bool = False,
+    state_dir: Path | None = None,
+    image_catalog: Path | None = None,
+    registry_config: Path | None = None,
+    seccomp_profile_root: Path = Path("/var/lib/kubelet/seccomp"),
+    backoff_scale: float = 1.0,
+    logs: bool | None = None,
+    output: str | None = None,
+    colour: bool | None = None,
+) -> int:
     """Run the pods in FILES until they finish or you press Ctrl-C.
 
     Every container runs as a process inside its pod's namespaces (network, UTS, IPC, mount,
@@ -182,17 +62,17 @@ def run(
     from podkit.runtime.statedir import default_state_dir
 
     if output not in (None, "json", "yaml"):
-        raise _fail(f"option -o {output!r}: expected json or yaml", EXIT_BAD_INPUT)
+        raise out.fail(f"option -o {output!r}: expected json or yaml", EXIT_BAD_INPUT)
     try:
         bundle = load_files(files)
     except ManifestError as exc:
         for problem in exc.problems:
-            err.print(f"[bold red]error:[/] {escape(str(problem))}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+            out.error(str(problem))
+        return EXIT_BAD_INPUT
     if not bundle.pods:
-        raise _fail(f"no Pod in {', '.join(map(str, files))}", EXIT_BAD_INPUT)
+        raise out.fail(f"no Pod in {', '.join(map(str, files))}", EXIT_BAD_INPUT)
     for warning in bundle.warnings + ports.unpublished_warnings(bundle.pods):
-        err.print(f"[yellow]warning:[/] {escape(warning)}")
+        out.warning(warning)
     user_images: dict[str, catalog.Image] = {}
     try:
         if image_catalog is not None:
@@ -202,7 +82,7 @@ def run(
         check_host_paths(bundle.pods)
         NetworkConfig.from_env()  # PODKIT_BRIDGE / PODKIT_SUBNET, checked before anything starts
     except (OSError, ValueError, HostPathError) as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+        raise out.fail(str(exc), EXIT_BAD_INPUT) from None
     opts_state_dir = state_dir or default_state_dir()
     bars = None
     if output is None and sys.stderr.isatty():  # a bar per layer while pulling
@@ -220,24 +100,24 @@ def run(
         if pulled:  # a bad registries file is bad input, found before anything starts
             images.check_config()
     except ValueError as exc:  # hosts.RegistryConfigError
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+        raise out.fail(str(exc), EXIT_BAD_INPUT) from None
     try:
         opts_state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _fail(
+        raise out.fail(
             f"--state-dir {opts_state_dir}: cannot use it: {exc.strerror}", EXIT_BAD_INPUT
         ) from None
     security = SecurityOptions(BpfFiles(opts_state_dir / "seccomp"), seccomp_profile_root)
     errors, warnings = check_pods(bundle.pods, security)
     for warning in warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}")
+        out.warning(warning)
     if errors:
         for message in errors:
-            err.print(f"[bold red]error:[/] {escape(message)}")
-        raise typer.Exit(EXIT_BAD_INPUT)
+            out.error(message)
+        return EXIT_BAD_INPUT
     why_not = linux.namespaces_available()
     if why_not:
-        raise _fail(why_not, 1)
+        raise out.fail(why_not, 1)
     listeners = []
     try:
         for p in published:
@@ -245,7 +125,7 @@ def run(
     except OSError as exc:
         for sock in listeners:
             sock.close()
-        raise _fail(str(exc.strerror or exc), 1) from None
+        raise out.fail(str(exc.strerror or exc), 1) from None
     opts = RunOptions(
         state_dir=opts_state_dir,
         grace=grace,
@@ -257,8 +137,7 @@ def run(
     show_logs = logs if logs is not None else output is None
     terminal = Terminal(colour=colour) if show_logs else None
     watch = status_printer(output) if output else None
-    code = node.run(bundle, opts, published, listeners, report, terminal, watch)
-    raise typer.Exit(code)
+    return node.run(bundle, opts, published, listeners, out.report, terminal, watch)
 
 
 def status_printer(output: str) -> Callable[[dict[str, Any]], None]:
@@ -277,30 +156,23 @@ def status_printer(output: str) -> Callable[[dict[str, Any]], None]:
     return emit
 
 
-@app.command()
 def get(
-    resource: Annotated[str, typer.Argument(help="pods (or pod, po)")] = "pods",
-    name: Annotated[str | None, typer.Argument(help="Only this pod.", show_default=False)] = None,
-    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
-    all_namespaces: Annotated[
-        bool, typer.Option("--all-namespaces", "-A", help="Pods of every namespace.")
-    ] = False,
-    finished: Annotated[
-        bool, typer.Option("--finished", help="Also pods whose podkit run has ended.")
-    ] = False,
-    output: Annotated[str | None, typer.Option("--output", "-o", metavar="json|yaml|wide")] = None,
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="As given to `podkit run`.")
-    ] = None,
-) -> None:
+    resource: str = "pods",
+    name: str | None = None,
+    namespace: str = "default",
+    all_namespaces: bool = False,
+    finished: bool = False,
+    output: str | None = None,
+    state_dir: Path | None = None,
+) -> int:
     """List the pods podkit runs, as `kubectl get pods` does (from their status files)."""
     from podkit.runtime import podlist
     from podkit.runtime.statedir import default_state_dir
 
     if resource not in ("pods", "pod", "po"):
-        raise _fail(f"resource {resource!r}: podkit knows only pods", EXIT_BAD_INPUT)
+        raise out.fail(f"resource {resource!r}: podkit knows only pods", EXIT_BAD_INPUT)
     if output not in (None, "json", "yaml", "wide"):
-        raise _fail(f"option -o {output!r}: expected json, yaml or wide", EXIT_BAD_INPUT)
+        raise out.fail(f"option -o {output!r}: expected json, yaml or wide", EXIT_BAD_INPUT)
     docs = podlist.load(state_dir or default_state_dir(), finished)
     docs = [
         d
@@ -309,40 +181,28 @@ def get(
         and (name is None or d["metadata"]["name"] == name)
     ]
     if name is not None and not docs:
-        raise _fail(f'pods "{name}" not found', 1)
+        raise out.fail(f'pods "{name}" not found', 1)
     if output in ("json", "yaml"):
         doc = docs[0] if name else {"apiVersion": "v1", "kind": "List", "items": docs}
         status_printer(output)(doc)
-        return
+        return 0
     rows = podlist.table(docs, all_namespaces, wide=output == "wide")
     if len(rows) == 1:
-        err.print(f"No resources found in {namespace} namespace.")
-        return
+        out.note(f"No resources found in {namespace} namespace.")
+        return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
 
 
-@app.command("port-forward")
 def port_forward(
-    pod: Annotated[str, typer.Argument(help="The pod's name (or pod/NAME).", show_default=False)],
-    ports: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="[LOCAL:]REMOTE...",
-            help="REMOTE is a port inside the pod; LOCAL defaults to it, and :REMOTE picks a "
-            "free local port.",
-            show_default=False,
-        ),
-    ],
-    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
-    address: Annotated[
-        str, typer.Option("--address", help="Local address to listen on.")
-    ] = "127.0.0.1",
-    state_dir: Annotated[
-        Path | None, typer.Option("--state-dir", help="As given to `podkit run`.")
-    ] = None,
-) -> None:
+    pod: str,
+    ports: list[str],
+    namespace: str = "default",
+    address: str = "127.0.0.1",
+    state_dir: Path | None = None,
+) -> int:
     """Forward local ports to a pod that `podkit run` is running, until Ctrl-C."""
     import os
 
@@ -358,9 +218,9 @@ def port_forward(
         pairs = [parse_forward(text) for text in ports]
         _, sandbox_pid = podlist.find_running(state, namespace, name)
     except PublishError as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+        raise out.fail(str(exc), EXIT_BAD_INPUT) from None
     except LookupError as exc:
-        raise _fail(str(exc), 1) from None
+        raise out.fail(str(exc), 1) from None
     seccomp = BpfFiles(state / "seccomp").path(runtime_default_key(()), lambda: runtime_default(()))
     confinement = forward.confined_forwarder(seccomp, rootless=os.geteuid() != 0)
     try:
@@ -368,22 +228,154 @@ def port_forward(
             f"{namespace}/{name}", sandbox_pid, address, pairs, print, confinement
         )
     except OSError as exc:
-        raise _fail(str(exc.strerror or exc), 1) from None
-    raise typer.Exit(code)
+        raise out.fail(str(exc.strerror or exc), 1) from None
+    return code
 
 
-@app.command()
-def version() -> None:
+def version() -> int:
     """Print podkit's version."""
     print(f"podkit {__version__}")
+    return 0
 
 
-_images.register(app)
+def _add_run(commands: Any) -> None:
+    cmd = command(commands, "run", run, "Run the pods in FILES until they finish or Ctrl-C.")
+    cmd.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="Manifest files (YAML, several documents each): Pods, ConfigMaps, Secrets.",
+    )
+    cmd.add_argument(
+        "--grace",
+        type=at_least(int, 0),
+        metavar="SECONDS",
+        help="Seconds each container gets between SIGTERM and SIGKILL when the pod "
+        "stops; overrides the pod's terminationGracePeriodSeconds (default 30).",
+    )
+    cmd.add_argument(
+        "--publish",
+        "-p",
+        action="append",
+        metavar="[IP:]HOST:CONTAINER[@POD]",
+        help="Publish a containerPort on another host port or address "
+        "(repeatable). Without it every containerPort is published on 127.0.0.1 "
+        "at the same number.",
+    )
+    cmd.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="Publish no containerPort (hostPorts and -p still apply).",
+    )
+    cmd.add_argument(
+        "--state-dir",
+        type=Path,
+        help="Where pods keep logs, status and volumes "
+        "(default /var/lib/podkit as root, or $PODKIT_STATE_DIR).",
+    )
+    cmd.add_argument(
+        "--image-catalog",
+        type=Path,
+        default=env_path("PODKIT_IMAGE_CATALOG"),
+        help="YAML file naming the images that run host programs "
+        "(images: {NAME: {command: [...], args: [...]}}); every other name is "
+        "pulled from its registry. Default $PODKIT_IMAGE_CATALOG.",
+    )
+    _images.add_registry_config(cmd)
+    cmd.add_argument(
+        "--seccomp-profile-root",
+        type=Path,
+        default=Path("/var/lib/kubelet/seccomp"),
+        help="Where seccompProfile.localhostProfile paths start (the kubelet's, as "
+        "podman kube play's). Default %(default)s.",
+    )
+    cmd.add_argument(
+        "--backoff-scale",
+        type=at_least(float, 0.0),
+        default=1.0,
+        metavar="FACTOR",
+        help="Multiply the restart backoff (10 s doubling to 300 s) by this "
+        "factor; 1 (the default) is the kubelet's timing.",
+    )
+    cmd.add_argument(
+        "--logs",
+        action=argparse.BooleanOptionalAction,
+        help="Stream the containers' output with a [container] prefix "
+        "(default: yes, unless -o is given).",
+    )
+    cmd.add_argument(
+        "--output",
+        "-o",
+        metavar="json|yaml",
+        help="Print the Pod, status included, each time its status changes (as "
+        "`kubectl get pod -w -o json|yaml` would) instead of the progress lines.",
+    )
+    cmd.add_argument(
+        "--color",
+        dest="colour",
+        action=argparse.BooleanOptionalAction,
+        help="Colour the prefixes (default: when stdout is a terminal).",
+    )
 
 
-def main() -> None:
-    app(prog_name="podkit")
+def _add_get(commands: Any) -> None:
+    cmd = command(commands, "get", get, "List the pods podkit runs, as `kubectl get pods`.")
+    cmd.add_argument("resource", nargs="?", default="pods", help="pods (or pod, po)")
+    cmd.add_argument("name", nargs="?", help="Only this pod.")
+    cmd.add_argument("--namespace", "-n", default="default")
+    cmd.add_argument("--all-namespaces", "-A", action="store_true", help="Pods of every namespace.")
+    cmd.add_argument(
+        "--finished", action="store_true", help="Also pods whose podkit run has ended."
+    )
+    cmd.add_argument("--output", "-o", metavar="json|yaml|wide")
+    cmd.add_argument("--state-dir", type=Path, help="As given to `podkit run`.")
+
+
+def _add_port_forward(commands: Any) -> None:
+    cmd = command(
+        commands,
+        "port-forward",
+        port_forward,
+        "Forward local ports to a pod that `podkit run` is running, until Ctrl-C.",
+    )
+    cmd.add_argument("pod", help="The pod's name (or pod/NAME).")
+    cmd.add_argument(
+        "ports",
+        nargs="+",
+        metavar="[LOCAL:]REMOTE",
+        help="REMOTE is a port inside the pod; LOCAL defaults to it, and :REMOTE "
+        "picks a free local port.",
+    )
+    cmd.add_argument("--namespace", "-n", default="default")
+    cmd.add_argument(
+        "--address", default="127.0.0.1", help="Local address to listen on (default %(default)s)."
+    )
+    cmd.add_argument("--state-dir", type=Path, help="As given to `podkit run`.")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="podkit", description="Run Kubernetes multi-container pods on this Linux machine."
+    )
+    top.add_argument("--version", action="version", version=f"podkit {__version__}")
+    commands = top.add_subparsers(metavar="COMMAND", required=True)
+    _add_run(commands)
+    _add_get(commands)
+    _add_port_forward(commands)
+    command(commands, "version", version, "Print podkit's version.")
+    _images.add_commands(commands)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    func = args.pop("func")
+    try:
+        return int(func(**args))
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
+import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from podkit.manifest.document import FieldPath, Manifest
 from podkit.manifest.errors import Problem
@@ -47,12 +50,57 @@ def _schema_dir() -> Path:
 
 
 def _load(name: str) -> Any:
-    return json.loads((_schema_dir() / name).read_bytes())
+    return orjson.loads((_schema_dir() / name).read_bytes())
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "podkit"
 
 
 @cache
 def _definitions() -> dict[str, Any]:
-    return _load("_definitions.json")
+    """_definitions.json cut to what the kinds podkit validates refer to: 138 of its 862
+    definitions, 0.24 of 1.8 MB. Parsing the whole file took 10 ms of every `podkit run`; the
+    cut is kept in a cache file named after the source file's path, size and mtime, so a new
+    kubernetes-validate makes a new one."""
+    source = _schema_dir() / "_definitions.json"
+    st = source.stat()
+    tag = f"{zlib.crc32(str(source).encode()):08x}-{st.st_size}-{st.st_mtime_ns}"
+    cached = _cache_dir() / f"k8s-definitions-{tag}.json"
+    try:
+        return orjson.loads(cached.read_bytes())  # type: ignore[no-any-return]
+    except (OSError, orjson.JSONDecodeError):
+        pass
+    full = orjson.loads(source.read_bytes())
+    roots = [_load(name) for name in _SCHEMA_FILES.values()]
+    doc = {**full, "$defs": reachable(full["$defs"], roots)}
+    try:  # a cache that cannot be written only costs the next run the same 10 ms
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(orjson.dumps(doc))
+        tmp.replace(cached)
+    except OSError:
+        pass
+    return doc
+
+
+def reachable(definitions: dict[str, Any], roots: list[Any]) -> dict[str, Any]:
+    """The definitions that `roots` reach through $ref, directly or not."""
+    found: dict[str, Any] = {}
+    todo = list(roots)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and "/$defs/" in ref:
+                name = ref.rsplit("/", 1)[1]
+                if name not in found:
+                    found[name] = definitions[name]
+                    todo.append(found[name])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
 
 
 _validators: dict[str, Validator | _JsonschemaValidator] = {}

@@ -15,9 +15,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Any
 
 from podkit.runtime import linux, users
+
+TYPE_CHECKING = False  # the launcher imports this module: typing stays out of its start
+if TYPE_CHECKING:
+    from typing import Any
 
 _FLAG_BITS = {"SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -30,9 +29,10 @@ from podkit.runtime import env as envmod
 from podkit.runtime.backoff import Backoff
 from podkit.runtime.cgroups import CgroupError, ContainerCgroup, Resources
 from podkit.runtime.confine import Confinement
-from podkit.runtime.enter import helper_argv
+from podkit.runtime.enter import send_spec
 from podkit.runtime.events import container_path
 from podkit.runtime.image_pull import OciImage, PullFailed, go_duration, pull_policy
+from podkit.runtime.launch import Launched
 from podkit.runtime.logs import ContainerLog, pump
 from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ContainerProbes
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from podkit.runtime.pod import PodRunner
 
 APP, INIT, SIDECAR = "app", "init", "sidecar"
-LAUNCHER = helper_argv("podkit.runtime.launcher")
 
 
 class ContainerRunner:
@@ -62,7 +61,7 @@ class ContainerRunner:
         self.field_path = container_path(c.name, role != APP)
         self.stop_requested = asyncio.Event()
         self.deadline = 0.0
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Launched | None = None
         self.started = asyncio.Event()  # running (and past its startupProbe): next may start
         self.exit_code: int | None = None
         self.task: asyncio.Future[int | None] | None = None  # set by the pod when it starts us
@@ -253,7 +252,7 @@ class ContainerRunner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop_requested.wait(), delay)
 
-    async def _launch(self) -> asyncio.subprocess.Process | None:
+    async def _launch(self) -> Launched | None:
         pod, c, image, events = self.pod, self.c, self.image, self.pod.events
         config = image.config if image is not None else None
         try:
@@ -329,26 +328,11 @@ class ContainerRunner:
             "image_root": image_root,
             "stop_signal": int(self.stop_signal),
         }
-        spec_r, spec_w = os.pipe()
-        status_r, status_w = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *LAUNCHER,
-                str(spec_r),
-                str(status_w),
-                pass_fds=[spec_r, status_w],
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        finally:
-            os.close(spec_r)
-            os.close(status_w)
-        # The spec holds the container's environment, secrets included: it goes over a pipe,
-        # never to disk. It is far below the pipe buffer, so this write does not block.
-        with os.fdopen(spec_w, "wb") as f:
-            f.write(json.dumps(spec).encode())
+        spawned = pod.opts.launchers.take()
+        proc = Launched(spawned)
+        await proc.adopt()
+        send_spec(spawned.spec_w, spec)  # far below the pipe buffer: this write does not block
+        status_r = spawned.status_r
         events.normal("Created", f"Created container: {c.name}", self.field_path)
         loop = asyncio.get_running_loop()
         reply = (await loop.run_in_executor(None, os.read, status_r, 4096)).decode().strip()
@@ -407,7 +391,7 @@ class ContainerRunner:
             procs,
         )
 
-    async def _post_start(self, proc: asyncio.subprocess.Process) -> None:
+    async def _post_start(self, proc: Launched) -> None:
         """Run postStart (the container is not Running until it is done), then the probes."""
         action = hooks.hook_of(self.c.raw, "postStart")
         if action is not None:
@@ -438,7 +422,7 @@ class ContainerRunner:
             self.started.set()
         self.post_started.set()
 
-    async def _probe_loop(self, proc: asyncio.subprocess.Process) -> None:
+    async def _probe_loop(self, proc: Launched) -> None:
         """Run each probe when due; apply what the pure workers decide."""
         probes, target = self.probes, self._target()
         assert probes is not None
@@ -474,7 +458,7 @@ class ContainerRunner:
                     return
 
     async def _terminate(
-        self, proc: asyncio.subprocess.Process, deadline: float, announce: bool = True
+        self, proc: Launched, deadline: float, announce: bool = True
     ) -> None:
         """preStop, SIGTERM, then SIGKILL at the deadline (the kubelet's killContainer)."""
         if self._exited.done():
@@ -525,7 +509,7 @@ class ContainerRunner:
             return None
         return task.result()
 
-    async def _wait(self, proc: asyncio.subprocess.Process) -> tuple[int, str | None]:
+    async def _wait(self, proc: Launched) -> tuple[int, str | None]:
         """Wait for the exit; on a stop request: preStop, SIGTERM, SIGKILL at the deadline."""
         stop = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({self._exited, stop}, return_when=asyncio.FIRST_COMPLETED)

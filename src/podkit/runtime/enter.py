@@ -1,5 +1,5 @@
 """Run a command inside a running container, as exec probes and lifecycle hooks do (runc exec):
-`enter SPEC_FD`; podkit writes the spec (JSON) into the pipe.
+`enter SPEC_FD`; podkit writes the spec into the pipe (send_spec).
 
 The helper joins the container's cgroups, then its namespaces (user first when rootless, then
 cgroup, IPC, UTS, network, PID, mount), its root and working directory; it forks, since a PID
@@ -11,17 +11,19 @@ the exec go to stderr with status 127 (126 when the command cannot be executed).
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import signal
 import sys
-from pathlib import Path
-from typing import Any
 
 from podkit.runtime import linux
 from podkit.runtime.confine import Confinement
 
-_PODKIT_PARENT = str(Path(__file__).resolve().parents[2])
+TYPE_CHECKING = False  # a helper's start: typing stays out of it
+if TYPE_CHECKING:
+    from typing import Any
+
+_PODKIT_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def helper_argv(module: str) -> list[str]:
@@ -36,6 +38,14 @@ def helper_argv(module: str) -> list[str]:
         f"import sys; sys.path.insert(0, {_PODKIT_PARENT!r}); "
         f"from {module} import main; sys.exit(main())",
     ]
+
+
+def send_spec(fd: int, spec: dict[str, Any]) -> None:
+    """Writes a helper's spec into its pipe and closes it. It holds the container's
+    environment, secrets included: a pipe, never a file. marshal (built into the interpreter)
+    keeps json and re out of the helper's start; both ends are this same Python."""
+    with os.fdopen(fd, "wb") as f:
+        f.write(marshal.dumps(spec))
 
 
 def enter_spec(
@@ -117,7 +127,7 @@ def main() -> int:
     if not linux.die_with_parent():
         return 1
     with os.fdopen(int(sys.argv[1]), "rb") as f:
-        spec = json.loads(f.read())
+        spec = marshal.loads(f.read())
     return run(spec)
 
 

@@ -10,8 +10,8 @@ import ctypes
 import fcntl
 import os
 import signal
-import socket
 import struct
+import warnings  # noqa: F401  os.execvpe imports it, after pivot_root, out of podkit's reach
 
 from podkit.common.libc import libc
 
@@ -244,6 +244,8 @@ def set_name(name: str) -> None:
 
 def loopback_up() -> None:
     """`ip link set lo up` without iproute2: SIOCSIFFLAGS on a throwaway socket."""
+    import socket  # here: the launcher imports this module and never needs it
+
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH14x", b"lo", 0)

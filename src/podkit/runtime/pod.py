@@ -23,6 +23,7 @@ from podkit.runtime.cgroups import CgroupDriver, PodCgroup
 from podkit.runtime.container import APP, INIT, SIDECAR, ContainerRunner
 from podkit.runtime.events import Event, EventLog
 from podkit.runtime.image_pull import ImageManager
+from podkit.runtime.launch import Launchers
 from podkit.runtime.logs import Terminal
 from podkit.runtime.network import NetworkConfig
 from podkit.runtime.podfs import PodFiles
@@ -51,6 +52,7 @@ class RunOptions:
     network: NetworkConfig | None = None  # None: pods have loopback only
     security: SecurityOptions | None = None  # None: compiled filters under state_dir/seccomp
     images: ImageManager | None = None  # None: the store under state_dir, default registries
+    launchers: Launchers = field(default_factory=Launchers)  # the containers' launchers
 
     def __post_init__(self) -> None:
         if self.security is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -35,7 +34,7 @@ from podkit.manifest.probe_spec import (
     TCPSocketAction,
 )
 from podkit.runtime.confine import Confinement
-from podkit.runtime.enter import enter_spec, helper_argv
+from podkit.runtime.enter import enter_spec, helper_argv, send_spec
 from podkit.runtime.forward import SocketFactory
 
 USER_AGENT = "kube-probe/1.37"  # the kubelet sends kube-probe/<major.minor>
@@ -377,10 +376,7 @@ async def _exec_probe(h: ExecAction, target: ProbeTarget, timeout: float) -> Pro
         return ProbeResult(False, f"cannot exec in container process {pid}: {_os_error(exc)}")
     finally:
         os.close(spec_r)
-    # The spec (the container's environment) goes over a pipe, never to disk; it is far below
-    # the pipe buffer, so this write does not block.
-    with os.fdopen(spec_w, "wb") as f:
-        f.write(json.dumps(spec).encode())
+    send_spec(spec_w, spec)  # far below the pipe buffer: this write does not block
     assert proc.stdout is not None
     stdout = proc.stdout
     output = bytearray()
