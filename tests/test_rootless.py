@@ -13,6 +13,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,20 +217,8 @@ def test_rootless_containers_are_confined_too(user_dir: Path) -> None:
 def test_an_ordinary_user_pulls_and_runs_a_registry_image(user_dir: Path, tmp_path: Path) -> None:
     """busybox from a registry the test starts: pulled into the user's store (the files are
     the user's, and podkit says so once), run from an overlay in the pod's user namespace."""
-    from registry_harness import Registry, TestImages
-
-    with Registry(tmp_path / "registry") as registry:
-        image = registry.push(TestImages(tmp_path / "images").busybox(), "rootless/busybox:1")
-        manifest = user_dir / "image.yaml"
-        manifest.write_text(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: image}\nspec:\n"
-            "  restartPolicy: Never\n  containers:\n  - name: c\n"
-            f"    image: {image.reference}\n"
-            '    command: [sh, -c, "id; echo $(ls /); touch /new && echo wrote"]\n'
-        )
-        run = run_once_as_user(user_dir, manifest)
-    assert run.returncode == 0, run.stderr
-    out = [line.removeprefix("[c] ") for line in run.stdout.splitlines() if line.startswith("[c]")]
+    script = "id; echo $(ls /); touch /new && echo wrote"
+    run, image, out = run_image_as_user(user_dir, tmp_path, "busybox", script)
     assert out[0].startswith("uid=0(root) gid=0(root)")
     assert out[1].split() == ["bin", "dev", "etc", "home", "proc", "root", "sys", "tmp", "usr"]
     assert out[2] == "wrote"
@@ -238,3 +227,102 @@ def test_an_ordinary_user_pulls_and_runs_a_registry_image(user_dir: Path, tmp_pa
     layers = user_dir / "state" / "oci" / "layers"
     busybox = next(p for p in layers.iterdir() if (p / "bin" / "busybox").exists())
     assert os.stat(busybox / "bin" / "busybox").st_uid == pwd.getpwnam(USER).pw_uid
+
+
+def run_image_as_user(
+    user_dir: Path, tmp_path: Path, image_name: str, script: str
+) -> tuple[subprocess.CompletedProcess[str], Any, list[str]]:
+    """Pushes the test image `image_name` (TestImages) to a registry the test starts and runs
+    it as the test user with `sh -c script`: the run, the pushed image and container c's lines."""
+    from registry_harness import Registry, TestImages
+
+    with Registry(tmp_path / "registry") as registry:
+        built = getattr(TestImages(tmp_path / "images"), image_name)()
+        image = registry.push(built, f"rootless/{image_name}:1")
+        manifest = user_dir / "image.yaml"
+        manifest.write_text(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: image}\nspec:\n"
+            "  restartPolicy: Never\n  containers:\n  - name: c\n"
+            f"    image: {image.reference}\n"
+            f"    command: [sh, -c, {json.dumps(script)}]\n"
+        )
+        run = run_once_as_user(user_dir, manifest)
+    assert run.returncode == 0, run.stderr
+    out = [line.removeprefix("[c] ") for line in run.stdout.splitlines() if line.startswith("[c]")]
+    return run, image, out
+
+
+SUB_START, SUB_COUNT = 300000, 65536
+
+
+@pytest.fixture
+def subordinate_ids(user_dir: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A range of subordinate ids for the test user in /etc/subuid and /etc/subgid (newuidmap,
+    from Debian's uidmap, checks them), taken out again afterwards. Its size: the test's
+    `subordinate_count` parameter, else SUB_COUNT."""
+    require_system_python("newuidmap", "newgidmap")
+    count = getattr(request, "param", SUB_COUNT)
+    line = f"{USER}:{SUB_START}:{count}\n"
+    saved = {}
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        saved[path] = path.read_text() if path.exists() else None
+        path.write_text((saved[path] or "") + line)
+    try:
+        yield user_dir
+    finally:
+        for path, text in saved.items():
+            if text is None:
+                path.unlink()
+            else:
+                path.write_text(text)
+
+
+def test_with_subordinate_ids_image_files_keep_their_owners_and_its_user_runs(
+    subordinate_ids: Path, tmp_path: Path
+) -> None:
+    """As podman rootless: the pod's user namespace maps the user's subordinate ids, so the
+    layered image's files owned by 1000 stay 1000's, its USER 1000 runs, and the files it
+    writes belong to it; podkit removes all of it afterwards (rmi, then nothing is left)."""
+    user_dir = subordinate_ids
+    script = (
+        'id; stat -c "%u:%g %a" /app/data/secret.txt; cat /app/data/secret.txt; '
+        "mkdir -p /home/app/made/deep && touch /home/app/made/deep/f && "
+        "stat -c %u:%g /home/app/made/deep/f"
+    )
+    run, image, out = run_image_as_user(user_dir, tmp_path, "layered", script)
+    assert out[0].startswith("uid=1000(app) gid=1000(app)"), out
+    assert out[1:4] == ["1000:1000 600", "only for app", "1000:1000"]
+    assert "belong to you" not in run.stderr  # nothing to warn about: owners are kept
+    # On the host the layer's 1000 is the 1000th subordinate id (0 is the user itself).
+    layers = user_dir / "state" / "oci" / "layers"
+    secret = next(layers.glob("*/app/data/secret.txt"))
+    assert (secret.stat().st_uid, secret.stat().st_gid) == (SUB_START + 999, SUB_START + 999)
+    # The container's upper dir, with a directory of uid 1000 in it, went with the pod.
+    assert not list((user_dir / "state" / "pods").glob("*/containers"))
+    rmi = subprocess.run(
+        as_user(user_dir, "rmi", image.reference), capture_output=True, text=True, timeout=60
+    )
+    assert rmi.returncode == 0, rmi.stderr
+    assert [p.name for p in layers.iterdir()] == []
+
+
+@pytest.mark.parametrize("subordinate_ids", [500], indirect=True)
+def test_an_owner_beyond_the_subordinate_ids_is_a_clear_pull_error(
+    subordinate_ids: Path, tmp_path: Path
+) -> None:
+    """The layered image has files of uid 1000; 500 subordinate ids cannot hold them."""
+    from registry_harness import Registry, TestImages
+
+    user_dir = subordinate_ids
+    with Registry(tmp_path / "registry") as registry:
+        image = registry.push(TestImages(tmp_path / "images").layered(), "rootless/layered:1")
+        pull = subprocess.run(
+            as_user(user_dir, "pull", image.reference), capture_output=True, text=True, timeout=60
+        )
+    assert pull.returncode == 1
+    assert "owner 1000:1000 is beyond the subordinate ids of this user" in pull.stderr
+    assert "(/etc/subuid, /etc/subgid)" in pull.stderr
+    layers = user_dir / "state" / "oci" / "layers"
+    # The half-unpacked layer went (busybox's own layer, whole and checked, may stay).
+    assert not [p.name for p in layers.iterdir() if p.name.startswith(".tmp-")]
+    assert not list(layers.glob("*/app/data"))  # layer 1: the files of uid 1000

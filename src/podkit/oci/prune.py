@@ -5,10 +5,10 @@ shared: nothing a pull has just written and not yet named is ever taken away."""
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from podkit.common.userns import remove_tree
 from podkit.oci import manifest as mf
 from podkit.oci.lower_dirs import remove_dangling
 from podkit.oci.store import Store, StoreError
@@ -55,7 +55,7 @@ def prune(store: Store) -> Freed:
         for path in (store.root / "layers").iterdir():
             if path.name not in keep_layers and not path.name.startswith(".tmp-"):
                 nbytes += _size(path)
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)  # rootless, with what the image's own ids own
                 nlayers += 1
         store.remove_stale_tmp()
         remove_dangling(store.root)

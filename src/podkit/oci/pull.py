@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from podkit.common import subids
+from podkit.common.userns import remove_tree
 from podkit.oci import manifest as mf
 from podkit.oci.reference import Reference
 from podkit.oci.registry import PullError, RegistryClient
 from podkit.oci.store import ImageRecord, Store
-from podkit.oci.unpack import LayerError, unpack_layer
+from podkit.oci.unpack import LayerError, UnpackStats, unpack_layer
+from podkit.oci.unpack_mapped import unpack_mapped
 
 
 class PullProgress(Protocol):
@@ -68,6 +71,8 @@ class Puller:
         self.client = client
         self.platform = platform or mf.this_platform()
         self.rootless = os.geteuid() != 0 if rootless is None else rootless
+        # Rootless with subordinate ids, layers are unpacked with their owners (unpack_mapped).
+        self.mapping = subids.current()[0] if self.rootless else None
         self._slots = asyncio.Semaphore(concurrency)
 
     async def pull(self, ref: Reference, progress: PullProgress | None = None) -> Pulled:
@@ -144,21 +149,19 @@ class Puller:
             fetched = await self._blob(ref, desc, progress)
             tmp = self.store.new_layer_dir()
             blob = self.store.blob_path(desc.digest)
-            unpacking = asyncio.ensure_future(
-                asyncio.to_thread(unpack_layer, blob, tmp, rootless=self.rootless)
-            )
+            unpacking = asyncio.ensure_future(asyncio.to_thread(self._unpack, blob, tmp))
             try:
                 got = await asyncio.shield(unpacking)
             except BaseException as exc:
                 # A thread cannot be stopped: on cancel, wait for it before removing its work.
                 with contextlib.suppress(BaseException):
                     await unpacking
-                await asyncio.to_thread(_remove_tree, tmp)
+                await asyncio.to_thread(remove_tree, tmp)
                 if isinstance(exc, LayerError):
                     raise PullError(f"{ref}: layer {desc.digest}: {exc}") from None
                 raise
             if got.diff_id != diff_id:
-                await asyncio.to_thread(_remove_tree, tmp)
+                await asyncio.to_thread(remove_tree, tmp)
                 raise PullError(
                     f"{ref}: layer {desc.digest} unpacks to {got.diff_id}, the config says "
                     f"{diff_id}: not used"
@@ -166,6 +169,11 @@ class Puller:
             self.store.commit_layer(tmp, chain)
             progress.layer_done(desc.digest)
             return fetched
+
+    def _unpack(self, blob: Path, dest: Path) -> UnpackStats:
+        if self.mapping is not None:
+            return unpack_mapped(blob, dest, self.mapping)
+        return unpack_layer(blob, dest, rootless=self.rootless)
 
     async def _blob(self, ref: Reference, desc: mf.Descriptor, progress: PullProgress) -> int:
         if self.store.has_blob(desc.digest):
@@ -200,9 +208,3 @@ class Puller:
                 yield
             finally:
                 os.close(fd)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

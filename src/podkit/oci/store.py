@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from podkit.common.userns import remove_tree
 from podkit.oci.manifest import sha256
 
 
@@ -126,7 +126,7 @@ class Store:
         for entry in (self.root / "layers").glob(".tmp-*"):
             pid = entry.name.split("-")[1]
             if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
 
     # -- locks -------------------------------------------------------------------------------
 

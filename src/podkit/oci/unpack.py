@@ -1,6 +1,6 @@
 """Unpack one OCI image layer (a tar stream) into a directory that overlayfs stacks as a lowerdir.
 
-    unpack_layer(source, dest_dir, *, rootless) -> UnpackStats     raises LayerError
+    unpack_layer(source, dest_dir, *, rootless, owners=None) -> UnpackStats  raises LayerError
 
 `source` is the layer blob's path or a readable binary stream (read once, front to back: a pipe
 or an HTTP body will do); gzip (1f 8b) and zstd (28 b5 2f fd) are told by their magic bytes,
@@ -46,9 +46,10 @@ and opaque directories"):
   such whiteouts only in directories so marked), and `.wh..wh..opq` sets user.overlay.opaque=y.
   xattr whiteouts need Linux >= 6.8 (6.7 read them, with another directory mark) and a
   filesystem with user xattrs for `dest_dir` (ext4, xfs, btrfs, tmpfs >= 6.6). Rootless, files
-  belong to the unpacking user (stats.ownership_kept is False), device nodes are skipped with
-  one warning, and directories are writable by their owner until the end so a layer's read-only
-  directory can still be filled.
+  belong to the unpacking user (stats.ownership_kept is False) unless `owners` is asked for (as
+  root of a user namespace mapped with subordinate ids: unpack_mapped.py; an owner outside the
+  mapping is then a LayerError), device nodes are skipped with one warning, and directories are
+  writable by their owner until the end so a layer's read-only directory can still be filled.
 
 A whiteout hides only the layers below (OCI image spec): an entry of the same layer that it
 names stays (a directory is made opaque instead), and a directory that replaces one of this
@@ -68,7 +69,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Protocol
@@ -149,21 +150,24 @@ def unpack_layer(
     dest_dir: str | os.PathLike[str],
     *,
     rootless: bool,
+    owners: bool | None = None,
 ) -> UnpackStats:
     """Unpack the layer `source` into the empty directory `dest_dir` (see the module docstring);
-    LayerError names the entry that could not be unpacked and why."""
-    stats = UnpackStats(ownership_kept=not rootless)
+    LayerError names the entry that could not be unpacked and why. `owners`: chown entries to
+    the owners the tar names (default: as root only)."""
+    owners = not rootless if owners is None else owners
+    stats = UnpackStats(ownership_kept=owners)
     with ExitStack() as stack:
         if isinstance(source, (str, os.PathLike)):
             source = stack.enter_context(open(source, "rb"))
         hashing = _Hashing(_decompressed(source, stats, stack))
         root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         stack.callback(os.close, root_fd)
-        layer = _LayerDir(root_fd, rootless, stats)
+        layer = _LayerDir(root_fd, rootless, stats, owners)
         _unpack_stream(io.BufferedReader(hashing, _CHUNK), layer)
         layer.finish()
         stats.diff_id = f"sha256:{hashing.digest.hexdigest()}"
-    _report(stats, rootless)
+    _report(stats)
     return stats
 
 
@@ -276,10 +280,10 @@ def _unpack_stream(stream: IO[bytes], layer: _LayerDir) -> None:
         raise LayerError(where, f"truncated or corrupt layer stream: {e}") from e
 
 
-def _report(stats: UnpackStats, rootless: bool) -> None:
+def _report(stats: UnpackStats) -> None:
     if stats.devices_skipped:
         log.warning("skipped %d device nodes: rootless", stats.devices_skipped)
-    if rootless:
+    if not stats.ownership_kept:
         log.info("rootless: the layer's file owners are not kept; uid %d owns all", os.getuid())
 
 
@@ -366,9 +370,10 @@ def _describe(e: OSError) -> str:
 class _LayerDir:
     """The directory a layer is unpacked into, reached only through openat2 from root_fd."""
 
-    def __init__(self, root_fd: int, rootless: bool, stats: UnpackStats) -> None:
+    def __init__(self, root_fd: int, rootless: bool, stats: UnpackStats, owners: bool) -> None:
         self.root_fd = root_fd
         self.rootless = rootless
+        self.owners = owners
         self.stats = stats
         # Directory modes and mtimes, set at the end: writing into a directory changes its
         # mtime, and its own mode may forbid writing into it (rootless).
@@ -429,8 +434,8 @@ class _LayerDir:
         fd = os.open(name, flags, 0o600, dir_fd=parent_fd)
         try:
             self.stats.bytes_written += _copy(data, fd)
-            if not self.rootless:
-                os.fchown(fd, entry.uid, entry.gid)
+            if self.owners:
+                self.own(entry, lambda: os.fchown(fd, entry.uid, entry.gid))
             os.fchmod(fd, entry.mode)  # after chown, which clears setuid and setgid
             if entry.capability is not None and not self.rootless:
                 os.setxattr(fd, CAPABILITY_XATTR, entry.capability)  # after chown: it clears it
@@ -439,10 +444,28 @@ class _LayerDir:
             os.close(fd)
         self.stats.files += 1
 
+    def own_at(self, parent_fd: int, name: str, entry: Create) -> None:
+        self.own(
+            entry,
+            lambda: os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False),
+        )
+
+    def own(self, entry: Create, chown: Callable[[], None]) -> None:
+        try:
+            chown()
+        except OSError as e:
+            if e.errno != errno.EINVAL or not self.rootless:
+                raise
+            raise OSError(  # a user namespace maps only so many ids
+                e.errno,
+                f"owner {entry.uid}:{entry.gid} is beyond the subordinate ids of this user "
+                "(/etc/subuid, /etc/subgid)",
+            ) from None
+
     def make_symlink(self, parent_fd: int, name: str, entry: Create) -> None:
         os.symlink(entry.symlink_target, name, dir_fd=parent_fd)
-        if not self.rootless:
-            os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+        if self.owners:
+            self.own_at(parent_fd, name, entry)
         times = (entry.mtime_ns, entry.mtime_ns)
         os.utime(name, ns=times, dir_fd=parent_fd, follow_symlinks=False)
         self.stats.symlinks += 1
@@ -455,8 +478,8 @@ class _LayerDir:
         }[entry.kind]
         device = os.makedev(*entry.device)
         os.mknod(name, file_type | 0o600, device, dir_fd=parent_fd)
-        if not self.rootless:
-            os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+        if self.owners:
+            self.own_at(parent_fd, name, entry)
         # follow_symlinks=False: glibc refuses rather than follows if a symlink got there
         os.chmod(name, entry.mode, dir_fd=parent_fd, follow_symlinks=False)
         times = (entry.mtime_ns, entry.mtime_ns)
@@ -485,16 +508,16 @@ class _LayerDir:
 
     def make_dir(self, entry: Create) -> None:
         if not entry.path:  # the layer root: dest_dir itself
-            if not self.rootless:
-                os.fchown(self.root_fd, entry.uid, entry.gid)
+            if self.owners:
+                self.own(entry, lambda: os.fchown(self.root_fd, entry.uid, entry.gid))
         else:
             with self.parent(entry.path) as (parent_fd, name):
                 existing = _lstat(parent_fd, name)
                 if existing is None or not stat.S_ISDIR(existing.st_mode):
                     self.new_dir(parent_fd, name, entry.path)
                 # else: the same layer named the directory twice, or made it a parent first
-                if not self.rootless:
-                    os.chown(name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+                if self.owners:
+                    self.own_at(parent_fd, name, entry)
         self.dir_meta[entry.path] = (entry.mode, entry.mtime_ns)
         self.stats.directories += 1
 

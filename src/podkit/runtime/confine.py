@@ -110,7 +110,8 @@ class Confinement:
             raise OSError(
                 errno.EINVAL,
                 f"user {uid}:{gid} does not exist in this pod's user namespace (rootless, it "
-                "maps only your own user, as root 0)",
+                "maps your own user as root 0, and 1 on only with a range of yours in "
+                "/etc/subuid and /etc/subgid)",
             ) from None
         linux.prctl(linux.PR_SET_KEEPCAPS, 0, "prctl(PR_SET_KEEPCAPS)")
         # What this process may hold: a privileged container's "all" is all the kernel has.

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from podkit.common.userns import remove_tree
 from podkit.images import catalog
 from podkit.manifest.model import Container
 from podkit.oci.image_process import ProcessError, env_pairs, image_uid, stop_signal
@@ -364,7 +364,7 @@ class ContainerRunner:
         if self.image is None:
             return None
         fs = cdir / "fs"
-        shutil.rmtree(fs, ignore_errors=True)
+        remove_tree(fs)  # rootless, the last run's files may belong to the image's own ids
         (fs / "upper").mkdir(parents=True)
         (fs / "work").mkdir()
         options = overlay_options(list(self.image.lower), str(fs / "upper"), str(fs / "work"))
@@ -457,9 +457,7 @@ class ContainerRunner:
                     await self._terminate(proc, deadline, announce=False)
                     return
 
-    async def _terminate(
-        self, proc: Launched, deadline: float, announce: bool = True
-    ) -> None:
+    async def _terminate(self, proc: Launched, deadline: float, announce: bool = True) -> None:
         """preStop, SIGTERM, then SIGKILL at the deadline (the kubelet's killContainer)."""
         if self._exited.done():
             return

@@ -23,22 +23,6 @@ TYPE_CHECKING = False  # a helper's start: typing stays out of it
 if TYPE_CHECKING:
     from typing import Any
 
-_PODKIT_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-
-
-def helper_argv(module: str) -> list[str]:
-    """`python -S -E -c ...` running `module`'s main(): the helpers need only the standard
-    library and podkit, so site (and its .pth hooks) is skipped, and PYTHON* variables of
-    whoever started podkit cannot change what they import."""
-    return [
-        sys.executable,
-        "-S",
-        "-E",
-        "-c",
-        f"import sys; sys.path.insert(0, {_PODKIT_PARENT!r}); "
-        f"from {module} import main; sys.exit(main())",
-    ]
-
 
 def send_spec(fd: int, spec: dict[str, Any]) -> None:
     """Writes a helper's spec into its pipe and closes it. It holds the container's

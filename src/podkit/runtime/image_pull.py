@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from podkit.common import subids
 from podkit.manifest.model import Bundle, Container, Pod
 from podkit.oci import manifest as mf
 from podkit.oci.lower_dirs import link_layers
@@ -105,13 +106,15 @@ class ImageManager:
         return self._hosts
 
     def rootless_notice(self) -> str | None:
-        """Once a run, when an ordinary user pulls: what that means for the image's files."""
-        if os.geteuid() == 0 or self._said_rootless:
+        """Once a run, when an ordinary user pulls without subordinate ids: what that means
+        for the image's files (with them, the files keep their owners: nothing to say)."""
+        mapping, why = subids.current()
+        if os.geteuid() == 0 or mapping is not None or self._said_rootless:
             return None
         self._said_rootless = True
         return (
             f"rootless: the files of registry images belong to you (uid {os.getuid()}), root in "
-            "the pod; the owners the layers name are not kept"
+            f"the pod; the owners the layers name are not kept ({why})"
         )
 
     def store(self) -> Store:

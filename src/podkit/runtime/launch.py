@@ -21,7 +21,7 @@ import subprocess
 from collections import deque
 from typing import IO
 
-from podkit.runtime.enter import helper_argv
+from podkit.common.helpers import helper_argv
 
 LAUNCHER = helper_argv("podkit.runtime.launcher")
 

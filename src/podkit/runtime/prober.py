@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httptools
 
 from podkit.common.config import format_hostport
+from podkit.common.helpers import helper_argv
 from podkit.manifest.probe_spec import (
     ExecAction,
     GRPCAction,
@@ -34,7 +35,7 @@ from podkit.manifest.probe_spec import (
     TCPSocketAction,
 )
 from podkit.runtime.confine import Confinement
-from podkit.runtime.enter import enter_spec, helper_argv, send_spec
+from podkit.runtime.enter import enter_spec, send_spec
 from podkit.runtime.forward import SocketFactory
 
 USER_AGENT = "kube-probe/1.37"  # the kubelet sends kube-probe/<major.minor>

@@ -16,12 +16,20 @@ import signal
 import socket
 import threading
 
+from podkit.common import subids
 from podkit.runtime import linux
 
 
-def _enter_user_namespace(uid: int, gid: int) -> None:
-    """Rootless: a user namespace where this user is root, so it may make the others."""
+def _enter_user_namespace(uid: int, gid: int, control: socket.socket | None) -> None:
+    """Rootless: a user namespace where this user is root, so it may make the others. With
+    subordinate ids (`control` given), podkit maps it with newuidmap/newgidmap, which only it
+    can run on this process; otherwise the namespace maps this user alone."""
     linux.unshare(linux.CLONE_NEWUSER)
+    if control is not None:
+        control.sendall(b"u")
+        if control.recv(1) != b"m":
+            raise OSError("podkit could not map the pod's user namespace")
+        return
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")  # required before an unprivileged gid_map
     with open("/proc/self/uid_map", "w") as f:
@@ -31,10 +39,13 @@ def _enter_user_namespace(uid: int, gid: int) -> None:
 
 
 def _setup(
-    hostname: str, tmpfs: list[tuple[str, int | None]], sysctls: list[tuple[str, str]]
+    hostname: str,
+    tmpfs: list[tuple[str, int | None]],
+    sysctls: list[tuple[str, str]],
+    mapped: socket.socket | None,
 ) -> None:
     if os.geteuid() != 0:
-        _enter_user_namespace(os.geteuid(), os.getegid())
+        _enter_user_namespace(os.geteuid(), os.getegid(), mapped)
     linux.unshare(linux.CLONE_NEWNET | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWNS)
     # The pod's sysctls: /proc/sys/net and the IPC ones are those of the namespaces of whoever
     # opens them, so written from here they are the pod's (the kubelet has the runtime do it).
@@ -81,6 +92,7 @@ def _child(
     parent: int,
     report: int,
     control: socket.socket,
+    mapped: bool,
 ) -> None:
     """The sandbox process itself; never returns."""
     try:
@@ -92,7 +104,7 @@ def _child(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit may hold some back
-        _setup(hostname, tmpfs, sysctls)
+        _setup(hostname, tmpfs, sysctls, control if mapped else None)
         pid_ns = _pid_namespace_init() if share_pid else 0
         os.write(report, f"ready {pid_ns}".encode())
         # podkit's sockets and files are none of the sandbox's; only its control socket stays.
@@ -145,6 +157,7 @@ def fork_sandbox(
     (/proc/sys path, value) to set in the pod's namespaces. Raises OSError."""
     if threading.active_count() != 1:
         raise RuntimeError("the pod sandbox must be forked before any thread starts")
+    mapping = subids.current()[0] if os.geteuid() != 0 else None
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent = os.getpid()
@@ -152,9 +165,19 @@ def fork_sandbox(
     if pid == 0:
         os.close(read_end)
         ours.close()
-        _child(hostname, tmpfs, sysctls or [], share_pid, parent, write_end, theirs)
+        _child(hostname, tmpfs, sysctls or [], share_pid, parent, write_end, theirs, bool(mapping))
     os.close(write_end)
     theirs.close()
+    if mapping is not None and ours.recv(1) == b"u":  # b"": it failed before, and says why
+        try:
+            subids.apply(pid, mapping)
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            ours.close()
+            raise OSError(f"mapping the pod's user namespace: {exc}") from None
+        ours.sendall(b"m")
     with os.fdopen(read_end, "rb") as f:
         reply = f.read().decode()  # EOF once the sandbox closed its fds
     if not reply.startswith("ready"):

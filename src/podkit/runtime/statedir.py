@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from podkit.common.userns import remove_tree
 
 VOLATILE = ("volumes", "shm", "containers", "etc", "sandbox")
 KEEP_FINISHED = 20
@@ -54,8 +55,8 @@ def owner_alive(record: str) -> bool:
 def remove_volatile(pod_dir: Path) -> None:
     for name in VOLATILE:
         path = pod_dir / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():  # rootless, a container's files may belong to its image's ids
+            remove_tree(path)
         else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -81,7 +82,7 @@ def clean_stale(state_dir: Path) -> list[str]:
         finished.append(d)
     finished.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for d in finished[KEEP_FINISHED:]:
-        shutil.rmtree(d, ignore_errors=True)
+        remove_tree(d)
     return cleaned
 
 
