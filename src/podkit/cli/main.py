@@ -17,6 +17,7 @@ from typing import Any
 from podkit import __version__
 from podkit.cli import images as _images
 from podkit.cli import out
+from podkit.cli import serve as _serve
 from podkit.cli.parsing import at_least, command, env_path
 
 EXIT_BAD_INPUT = 2
@@ -365,6 +366,7 @@ def parser() -> argparse.ArgumentParser:
     _add_port_forward(commands)
     command(commands, "version", version, "Print podkit's version.")
     _images.add_commands(commands)
+    _serve.add_commands(commands)
     return top
 
 

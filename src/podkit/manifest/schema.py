@@ -26,7 +26,12 @@ from podkit.manifest.document import FieldPath, Manifest
 from podkit.manifest.errors import Problem
 from podkit.manifest.validator import SchemaError, UnknownKeyword, Validator
 
-_SCHEMA_FILES = {"Pod": "pod-v1.json", "ConfigMap": "configmap-v1.json", "Secret": "secret-v1.json"}
+_SCHEMA_FILES = {
+    "Pod": "pod-v1.json",
+    "ConfigMap": "configmap-v1.json",
+    "Secret": "secret-v1.json",
+    "Namespace": "namespace-v1.json",
+}
 _STRICT_DIR = re.compile(r"v(\d+)\.(\d+)\.(\d+)-local-strict\Z")
 
 
@@ -65,7 +70,8 @@ def _definitions() -> dict[str, Any]:
     kubernetes-validate makes a new one."""
     source = _schema_dir() / "_definitions.json"
     st = source.stat()
-    tag = f"{zlib.crc32(str(source).encode()):08x}-{st.st_size}-{st.st_mtime_ns}"
+    files = ",".join(sorted(_SCHEMA_FILES.values()))
+    tag = f"{zlib.crc32(f'{source}:{files}'.encode()):08x}-{st.st_size}-{st.st_mtime_ns}"
     cached = _cache_dir() / f"k8s-definitions-{tag}.json"
     try:
         return orjson.loads(cached.read_bytes())  # type: ignore[no-any-return]
@@ -164,6 +170,35 @@ def check_schema(manifest: Manifest) -> SchemaResult:
                 rejected.append(path + rel)
     unique = list(dict.fromkeys(problems))  # `required` is reported once per missing field
     return SchemaResult(sorted(unique, key=lambda p: (p.line or 0, p.path)), rejected)
+
+
+def field_problems(kind: str, data: dict[str, Any]) -> tuple[list[FieldPath], list[str]]:
+    """For the API's fieldValidation: the paths of the unknown fields, and every other
+    problem ("path: reason"), of an object of `kind` against its official schema."""
+    unknown: list[FieldPath] = []
+    other: list[str] = []
+    for error in _errors(kind, data):
+        for rel, reason in _describe(error):
+            path = (*error.path, *rel)
+            if error.validator == "additionalProperties":
+                unknown.append(path)
+            else:
+                other.append(f"{dotted(path)}: {reason}")
+    return unknown, other
+
+
+def dotted(path: FieldPath) -> str:
+    """spec.containers[0].name, as the apiserver's messages write a field path."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def prune(data: Any, path: FieldPath) -> None:
+    """Drops the field at path (an unknown one: fieldValidation Ignore and Warn drop them, as
+    the apiserver's decoding does)."""
+    _remove(data, path)
 
 
 def _remove(data: Any, path: FieldPath) -> None:

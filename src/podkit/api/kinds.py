@@ -1,0 +1,130 @@
+"""The kinds `podkit serve` serves: one small table of behaviour each, as the apiserver's
+generic registry has one strategy per kind (discovery names, scope, kubectl's table columns).
+
+Only what differs between kinds lives here; everything else is the shared REST path
+(api/rest.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Obj = dict[str, Any]
+VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    cell: Callable[[Obj, datetime.datetime], Any]
+    priority: int = 0  # 1: shown with -o wide only
+    type: str = "string"
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    resource: str  # plural, as in URLs
+    singular: str
+    namespaced: bool
+    group: str = ""  # "" is the core group
+    version: str = "v1"
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    columns: tuple[Column, ...] = field(default_factory=tuple)
+    schema: str = ""  # kubernetes-validate's schema file, for fieldValidation
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def store_group(self) -> str:
+        return self.group or "core"
+
+
+def age(obj: Obj, now: datetime.datetime) -> str:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    if not created:
+        return "<unknown>"
+    when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return human_duration((now - when).total_seconds())
+
+
+def human_duration(seconds: float) -> str:
+    """apimachinery's duration.HumanDuration, as kubectl's AGE column shows it."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m" if s % 60 == 0 else f"{minutes}m{s % 60}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = s // 3600
+    if hours < 8:
+        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = hours // 24 % 365
+        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+    return f"{hours // 24 // 365}y"
+
+
+def _name(obj: Obj, _: datetime.datetime) -> str:
+    return str(obj["metadata"]["name"])
+
+
+def _data_count(obj: Obj, _: datetime.datetime) -> int:
+    return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+
+
+NAME = Column("Name", _name)
+AGE = Column("Age", age)
+
+NAMESPACE = Kind(
+    "Namespace",
+    "namespaces",
+    "namespace",
+    namespaced=False,
+    short_names=("ns",),
+    columns=(NAME, Column("Status", lambda o, _: o.get("status", {}).get("phase", "")), AGE),
+    schema="namespace-v1.json",
+)
+CONFIGMAP = Kind(
+    "ConfigMap",
+    "configmaps",
+    "configmap",
+    namespaced=True,
+    short_names=("cm",),
+    columns=(NAME, Column("Data", _data_count, type="integer"), AGE),
+    schema="configmap-v1.json",
+)
+SECRET = Kind(
+    "Secret",
+    "secrets",
+    "secret",
+    namespaced=True,
+    columns=(
+        NAME,
+        Column("Type", lambda o, _: o.get("type", "Opaque")),
+        Column("Data", _data_count, type="integer"),
+        AGE,
+    ),
+    schema="secret-v1.json",
+)
+
+KINDS = (NAMESPACE, CONFIGMAP, SECRET)
+BY_RESOURCE = {(k.group, k.resource): k for k in KINDS}

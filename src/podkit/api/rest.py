@@ -1,0 +1,271 @@
+"""The generic REST path every kind shares (the apiserver's generic registry): create, get,
+list, replace, patch and delete over the object store, with the apiserver's defaulting of
+metadata, name rules, field validation and errors. No HTTP here (api/server.py)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import re
+import uuid
+from typing import Any
+
+from podkit.api import patch as patches
+from podkit.api import status
+from podkit.api.kinds import NAMESPACE, SECRET, Kind, Obj
+from podkit.manifest import schema
+from podkit.store import objects
+from podkit.store.objects import ObjectStore, StoreError
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+# What the server owns in metadata: kept from the stored object on update.
+_SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "selfLink")
+
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+APPLY = "application/apply-patch+yaml"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Rest:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.warnings: list[str] = []  # of the request being handled: Warning headers
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str, name: str) -> Obj:
+        obj = self.store.get(self._key(kind, namespace, name))
+        if obj is None:
+            raise status.not_found(kind, name)
+        return obj
+
+    def list_objects(self, kind: Kind, namespace: str | None) -> tuple[list[Obj], int]:
+        scope = namespace if kind.namespaced else ""
+        return self.store.list_prefix(objects.prefix(kind.store_group, kind.resource, scope))
+
+    # --- writes ------------------------------------------------------------------------
+
+    def create(self, kind: Kind, namespace: str, body: Any, validation: str = "Strict") -> Obj:
+        obj = self._checked_body(kind, namespace, body, None, validation)
+        name = obj["metadata"].get("name") or ""
+        if not name and obj["metadata"].get("generateName"):
+            name = obj["metadata"]["generateName"] + uuid.uuid4().hex[:5]
+            obj["metadata"]["name"] = name
+        self._check_name(kind, name)
+        if kind.namespaced:
+            self._namespace_exists(namespace)
+        meta = obj["metadata"]
+        meta.pop("resourceVersion", None)
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+        if kind is NAMESPACE:
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj["status"] = {"phase": "Active"}
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        try:
+            return self.store.create(self._key(kind, namespace, name), obj)
+        except StoreError:
+            raise status.already_exists(kind, name) from None
+
+    def replace(
+        self, kind: Kind, namespace: str, name: str, body: Any, validation: str = "Strict"
+    ) -> Obj:
+        current = self.get(kind, namespace, name)
+        obj = self._checked_body(kind, namespace, body, name, validation)
+        return self._update(kind, namespace, name, current, obj)
+
+    def patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        content_type: str,
+        body: Any,
+        validation: str = "Strict",
+    ) -> Obj:
+        """Applies the patch to the current object; on a write race, to the newer one (the
+        apiserver retries the same way), unless the patch names a resourceVersion."""
+        for _ in range(5):
+            current = self.get(kind, namespace, name)
+            try:
+                if content_type == MERGE:
+                    patched = patches.merge_patch(current, body)
+                elif content_type == STRATEGIC:
+                    patched = patches.strategic_merge_patch(current, body)
+                elif content_type == JSON_PATCH:
+                    patched = patches.json_patch(current, body)
+                else:
+                    raise status.ApiError(
+                        415,
+                        "UnsupportedMediaType",
+                        f"the body of the request was in an unknown format - accepted media "
+                        f"types include: {MERGE}, {STRATEGIC}, {JSON_PATCH}"
+                        + (
+                            " (server-side apply is not supported yet: use `kubectl apply` "
+                            "without --server-side)"
+                            if content_type == APPLY
+                            else ""
+                        ),
+                    )
+            except patches.PatchError as exc:
+                raise status.ApiError(422, "Invalid", str(exc)) from None
+            obj = self._checked_body(kind, namespace, patched, name, validation)
+            pinned = isinstance(body, dict) and "resourceVersion" in (body.get("metadata") or {})
+            if not pinned:
+                obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            try:
+                return self._update(kind, namespace, name, current, obj)
+            except status.ApiError as exc:
+                if exc.reason != "Conflict" or pinned:
+                    raise
+        raise status.conflict(kind, name, "too many concurrent writes")
+
+    def delete(self, kind: Kind, namespace: str, name: str, rv: str | None = None) -> Obj:
+        key = self._key(kind, namespace, name)
+        if kind is NAMESPACE:
+            self._delete_namespace_contents(name)
+        try:
+            return self.store.delete(key, rv)
+        except StoreError as exc:
+            if exc.reason == "NotFound":
+                raise status.not_found(kind, name) from None
+            raise status.conflict(kind, name, str(exc)) from None
+
+    def ensure_namespace(self, name: str) -> None:
+        if self.store.get(self._key(NAMESPACE, "", name)) is None:
+            self.create(NAMESPACE, "", {"apiVersion": "v1", "kind": "Namespace",
+                                        "metadata": {"name": name}})  # fmt: skip
+
+    # --- inside ------------------------------------------------------------------------
+
+    def _key(self, kind: Kind, namespace: str, name: str) -> str:
+        return objects.key(
+            kind.store_group, kind.resource, namespace if kind.namespaced else "", name
+        )
+
+    def _update(self, kind: Kind, namespace: str, name: str, current: Obj, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        for field in _SERVER_FIELDS:
+            if field in current["metadata"]:
+                meta[field] = current["metadata"][field]
+        if kind is NAMESPACE:
+            obj["status"] = current.get("status", {"phase": "Active"})
+        if obj == current:
+            return current  # nothing changed: no new resourceVersion, as the apiserver does
+        try:
+            return self.store.update(self._key(kind, namespace, name), obj)
+        except StoreError as exc:
+            if exc.reason == "NotFound":
+                raise status.not_found(kind, name) from None
+            raise status.conflict(kind, name, str(exc)) from None
+
+    def _checked_body(
+        self, kind: Kind, namespace: str, body: Any, name: str | None, validation: str
+    ) -> Obj:
+        if not isinstance(body, dict):
+            raise status.bad_request(f"the body of a {kind.kind} must be a JSON object")
+        obj: Obj = dict(body)
+        if (
+            obj.get("kind", kind.kind) != kind.kind
+            or obj.get("apiVersion", kind.api_version) != kind.api_version
+        ):
+            raise status.bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the "
+                f"expected API version ({kind.api_version})"
+                if obj.get("apiVersion", kind.api_version) != kind.api_version
+                else f"{obj.get('kind')} in version {kind.version!r} cannot be handled as a "
+                f"{kind.kind}"
+            )
+        obj["kind"], obj["apiVersion"] = kind.kind, kind.api_version
+        meta = obj["metadata"] = dict(obj.get("metadata") or {})
+        if kind.namespaced:
+            if meta.get("namespace", namespace) != namespace:
+                raise status.bad_request(
+                    "the namespace of the provided object does not match the namespace sent "
+                    "on the request"
+                )
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        if name is not None and meta.get("name", name) != name:
+            raise status.bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on "
+                f"the URL ({name})"
+            )
+        if name is not None:
+            meta["name"] = name
+        if kind.schema:
+            self._validate(kind, obj, validation)
+        if kind is SECRET:
+            _secret_data(obj)
+        return obj
+
+    def _validate(self, kind: Kind, obj: Obj, validation: str) -> None:
+        """fieldValidation as the apiserver does it: a wrong type is always a 400; unknown
+        fields are a 400 (Strict), or dropped with a warning (Warn) or silently (Ignore)."""
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise status.bad_request(
+                f'fieldValidation "{validation}": expected Strict, Warn or Ignore'
+            )
+        unknown, other = schema.field_problems(kind.kind, copy.deepcopy(obj))
+        cannot = f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}'
+        if other:
+            raise status.bad_request(f"{cannot}: {'; '.join(other)}")
+        names = [f'unknown field "{schema.dotted(path)}"' for path in unknown]
+        if names and validation == "Strict":
+            raise status.bad_request(f"{cannot}: strict decoding error: {', '.join(names)}")
+        for path in unknown:
+            schema.prune(obj, path)
+        if validation == "Warn":
+            self.warnings.extend(names)
+
+    def _check_name(self, kind: Kind, name: str) -> None:
+        rule = _DNS_LABEL if kind is NAMESPACE else _DNS_SUBDOMAIN
+        what = "RFC 1123 label" if kind is NAMESPACE else "RFC 1123 subdomain"
+        if not name:
+            raise status.invalid(kind, name, [("metadata.name", "Required value: name or "
+                                               "generateName is required")])  # fmt: skip
+        if len(name) > (63 if kind is NAMESPACE else 253) or not rule.match(name):
+            raise status.invalid(
+                kind,
+                name,
+                [
+                    (
+                        "metadata.name",
+                        f'Invalid value: "{name}": a lowercase {what} must consist of lower '
+                        "case alphanumeric characters, '-' or '.', and must start and end "
+                        "with an alphanumeric character",
+                    )
+                ],
+            )
+
+    def _namespace_exists(self, namespace: str) -> None:
+        if self.store.get(self._key(NAMESPACE, "", namespace)) is None:
+            raise status.not_found(NAMESPACE, namespace)
+
+    def _delete_namespace_contents(self, namespace: str) -> None:
+        from podkit.api.kinds import KINDS
+
+        for kind in KINDS:
+            if kind.namespaced:
+                items, _ = self.list_objects(kind, namespace)
+                for item in items:
+                    self.delete(kind, namespace, item["metadata"]["name"])
+
+
+def _secret_data(obj: Obj) -> None:
+    """stringData is written into data, base64-encoded, and not kept (the apiserver's Secret
+    strategy); the type defaults to Opaque."""
+    strings = obj.pop("stringData", None) or {}
+    if strings:
+        data = dict(obj.get("data") or {})
+        for key, value in strings.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
+    obj.setdefault("type", "Opaque")

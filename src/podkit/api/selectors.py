@@ -1,0 +1,94 @@
+"""Label and field selectors as the apiserver parses them, pure functions.
+
+Labels: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a` (exists), `!a` (absent),
+joined by commas (all must hold). Fields: `metadata.name` and `metadata.namespace` with `=`,
+`==` or `!=`, the ones kubectl sends for every kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_SET = re.compile(r"([A-Za-z0-9_./-]+)\s+(in|notin)\s+\(([^)]*)\)")
+_KEY = re.compile(r"[A-Za-z0-9_./-]+")
+FIELDS = ("metadata.name", "metadata.namespace")
+
+
+class SelectorError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    op: str  # in, notin, exists, absent (= is in with one value, != is notin)
+    values: frozenset[str] = frozenset()
+
+    def holds(self, value: str | None) -> bool:
+        if self.op == "exists":
+            return value is not None
+        if self.op == "absent":
+            return value is None
+        return (value in self.values) == (self.op == "in")
+
+
+def _split(text: str) -> list[str]:
+    """Splits on the commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_labels(text: str) -> list[Requirement]:
+    found: list[Requirement] = []
+    for term in _split(text or ""):
+        if m := _SET.fullmatch(term):
+            values = frozenset(v.strip() for v in m[3].split(",") if v.strip())
+            found.append(Requirement(m[1], m[2], values))
+        elif "!=" in term or "=" in term:
+            found.append(_equality(term))
+        elif term.startswith("!") and _KEY.fullmatch(term[1:].strip()):
+            found.append(Requirement(term[1:].strip(), "absent"))
+        elif _KEY.fullmatch(term):
+            found.append(Requirement(term, "exists"))
+        else:
+            raise SelectorError(f"unable to parse requirement: {term!r}")
+    return found
+
+
+def parse_fields(text: str) -> list[Requirement]:
+    found = [_equality(term) for term in _split(text or "")]
+    for r in found:
+        if r.key not in FIELDS:
+            raise SelectorError(
+                f'"{r.key}" is not a known field selector: only "metadata.name", '
+                '"metadata.namespace"'
+            )
+    return found
+
+
+def _equality(term: str) -> Requirement:
+    negate = "!=" in term
+    key, _, value = term.replace("!=", "=").replace("==", "=").partition("=")
+    if not _KEY.fullmatch(key.strip()):
+        raise SelectorError(f"unable to parse requirement: {term!r}")
+    return Requirement(key.strip(), "notin" if negate else "in", frozenset([value.strip()]))
+
+
+def matches(
+    obj: dict[str, Any], label_reqs: list[Requirement], field_reqs: list[Requirement]
+) -> bool:
+    meta = obj.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if not all(r.holds(labels.get(r.key)) for r in label_reqs):
+        return False
+    return all(r.holds(str(meta.get(r.key.split(".", 1)[1], ""))) for r in field_reqs)

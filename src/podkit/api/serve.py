@@ -1,0 +1,94 @@
+"""`podkit serve`: the API on HTTPS (127.0.0.1:6443 by default), its state in
+`<state dir>/serve/` (state.db, pki/, kubeconfig.yaml), in the foreground until Ctrl-C or
+SIGTERM. This increment serves Namespaces, ConfigMaps and Secrets; the node (pods) comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from podkit.api import kubeconfig, pki
+from podkit.api.rest import Rest
+from podkit.api.server import Api, tls_context
+from podkit.store.objects import ObjectStore
+
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--listen {text!r}: expected HOST:PORT, for example 127.0.0.1:6443")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"--listen {text!r}: {host!r} is not an IP address") from None
+        return cls(host, int(port))
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+
+def paths(state_dir: Path) -> tuple[Path, Path, Path]:
+    """serve/, its kubeconfig.yaml and its state.db."""
+    base = state_dir / "serve"
+    return base, base / "kubeconfig.yaml", base / "state.db"
+
+
+def serve(state_dir: Path, listen: Listen, say: Callable[[str], None]) -> int:
+    base, config_path, db_path = paths(state_dir)
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = ObjectStore(db_path)  # StoreError: a clear message, before anything listens
+    keys = pki.ensure(base / "pki", [listen.host])
+    server = (
+        listen.url
+        if listen.host not in ("0.0.0.0", "::")
+        else "https://127.0.0.1:" + str(listen.port)
+    )
+    kubeconfig.write(config_path, kubeconfig.render(keys, server))
+    rest = Rest(store)
+    for name in SYSTEM_NAMESPACES:
+        rest.ensure_namespace(name)
+    ctx = tls_context(str(keys.ca), str(keys.server_cert), str(keys.server_key))
+    try:
+        import uvloop
+
+        return uvloop.run(_run(Api(rest).app(), listen, ctx, config_path, say))
+    finally:
+        store.close()
+
+
+async def _run(
+    app: web.Application, listen: Listen, ctx: object, config_path: Path, say: Callable[[str], None]
+) -> int:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)  # type: ignore[arg-type]
+    await site.start()
+    say(f"podkit serve: the API is on {listen.url}")
+    say(f"export KUBECONFIG={config_path}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    with contextlib.suppress(Exception):
+        await runner.cleanup()
+    return 0

@@ -1,0 +1,66 @@
+"""`podkit serve` and `podkit kubeconfig`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from podkit.cli import out
+from podkit.cli.parsing import command
+
+
+def add_commands(commands: Any) -> None:
+    cmd = command(commands, "serve", serve, "Serve the Kubernetes API that kubectl drives.")
+    cmd.add_argument(
+        "--listen",
+        default="127.0.0.1:6443",
+        metavar="HOST:PORT",
+        help="Where the API listens (HTTPS with client certificates; default %(default)s).",
+    )
+    _state_dir(cmd)
+    cmd = command(commands, "kubeconfig", kubeconfig, "Print the kubeconfig of podkit serve.")
+    _state_dir(cmd)
+
+
+def _state_dir(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--state-dir",
+        type=Path,
+        help="podkit's state directory (default $PODKIT_STATE_DIR, else /var/lib/podkit as root).",
+    )
+
+
+def serve(listen: str, state_dir: Path | None = None) -> int:
+    """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
+    kubeconfig written to <state dir>/serve/kubeconfig.yaml (printed as `export KUBECONFIG=...`).
+    This version serves Namespaces, ConfigMaps and Secrets."""
+    from podkit.api.serve import Listen
+    from podkit.api.serve import serve as run
+    from podkit.runtime.statedir import default_state_dir
+    from podkit.store.objects import StoreError
+
+    try:
+        where = Listen.parse(listen)
+    except ValueError as exc:
+        raise out.fail(str(exc), 2) from None
+    try:
+        return run(state_dir or default_state_dir(), where, out.note)
+    except StoreError as exc:
+        raise out.fail(str(exc), 1) from None
+    except OSError as exc:
+        raise out.fail(f"podkit serve: {exc.strerror or exc}", 1) from None
+
+
+def kubeconfig(state_dir: Path | None = None) -> int:
+    """Print the kubeconfig that podkit serve wrote."""
+    from podkit.api.serve import paths
+    from podkit.runtime.statedir import default_state_dir
+
+    _, path, _ = paths(state_dir or default_state_dir())
+    try:
+        sys.stdout.write(path.read_text())
+    except FileNotFoundError:
+        raise out.fail(f"{path}: no kubeconfig yet: start `podkit serve` first", 1) from None
+    return 0

@@ -1,0 +1,104 @@
+"""The API's pure parts: patches (RFC 7386, RFC 6902, strategic merge for the served kinds),
+selectors, and kubectl's AGE column."""
+
+from __future__ import annotations
+
+import pytest
+
+from podkit.api.kinds import human_duration
+from podkit.api.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from podkit.api.selectors import SelectorError, matches, parse_fields, parse_labels
+
+OBJ = {"metadata": {"name": "a", "labels": {"app": "web"}}, "data": {"x": "1", "y": "2"}}
+
+
+def test_merge_patch_merges_maps_and_null_removes() -> None:
+    got = merge_patch(OBJ, {"data": {"x": None, "z": "3"}, "metadata": {"labels": {"t": "1"}}})
+    assert got["data"] == {"y": "2", "z": "3"}
+    assert got["metadata"] == {"name": "a", "labels": {"app": "web", "t": "1"}}
+    assert OBJ["data"] == {"x": "1", "y": "2"}  # the target is not changed
+    assert merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}  # lists are replaced
+
+
+def test_strategic_merge_patch_directives_on_maps() -> None:
+    assert strategic_merge_patch(OBJ, {"data": {"$patch": "replace", "n": "9"}})["data"] == {
+        "n": "9"
+    }
+    assert "data" not in strategic_merge_patch(OBJ, {"data": {"$patch": "delete"}})
+    assert strategic_merge_patch(OBJ, {"data": {"x": None}})["data"] == {"y": "2"}
+    with pytest.raises(PatchError, match="unknown patch directive"):
+        strategic_merge_patch(OBJ, {"data": {"$patch": "explode"}})
+
+
+def test_json_patch_operations_apply_in_order_on_a_copy() -> None:
+    ops = [
+        {"op": "add", "path": "/data/z", "value": "3"},
+        {"op": "remove", "path": "/data/x"},
+        {"op": "replace", "path": "/metadata/labels/app", "value": "db"},
+        {"op": "copy", "from": "/data/y", "path": "/data/w"},
+        {"op": "move", "from": "/data/z", "path": "/data/v"},
+        {"op": "test", "path": "/data/v", "value": "3"},
+        {"op": "add", "path": "/list", "value": [1]},
+        {"op": "add", "path": "/list/-", "value": 2},
+        {"op": "add", "path": "/list/0", "value": 0},
+        {"op": "add", "path": "/metadata/labels/a~1b", "value": "slash"},
+    ]
+    got = json_patch(OBJ, ops)
+    assert got["data"] == {"y": "2", "w": "2", "v": "3"}
+    assert got["list"] == [0, 1, 2]
+    assert got["metadata"]["labels"] == {"app": "db", "a/b": "slash"}
+    assert OBJ["data"] == {"x": "1", "y": "2"}
+    for bad in (
+        [{"op": "test", "path": "/data/x", "value": "2"}],
+        [{"op": "remove", "path": "/nope"}],
+        [{"op": "add", "path": "/list/5", "value": 1}],
+        [{"op": "frobnicate", "path": "/data"}],
+        {"op": "add"},
+    ):
+        with pytest.raises(PatchError):
+            json_patch({**OBJ, "list": []}, bad)
+
+
+def test_label_selectors_as_the_apiserver_reads_them() -> None:
+    web = {"metadata": {"name": "a", "namespace": "n", "labels": {"app": "web", "tier": "fe"}}}
+    db = {"metadata": {"name": "b", "namespace": "n", "labels": {"app": "db"}}}
+
+    def pick(labels: str = "", fields: str = "") -> list[str]:
+        lr, fr = parse_labels(labels), parse_fields(fields)
+        return [o["metadata"]["name"] for o in (web, db) if matches(o, lr, fr)]
+
+    assert pick("app=web") == pick("app==web") == ["a"]
+    assert pick("app!=web") == ["b"]
+    assert pick("app in (web, db)") == ["a", "b"]
+    assert pick("app notin (web),tier") == []
+    assert pick("tier") == ["a"] and pick("!tier") == ["b"]
+    assert pick(fields="metadata.name=b") == ["b"]
+    assert pick(fields="metadata.namespace!=n") == []
+    with pytest.raises(SelectorError):
+        parse_fields("spec.nodeName=x")
+    with pytest.raises(SelectorError):
+        parse_labels("app in web")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (-5, "<invalid>"),
+        (-0.5, "0s"),
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (150, "2m30s"),
+        (600, "10m"),
+        (3 * 3600 - 1, "179m"),
+        (3 * 3600, "3h"),
+        (3 * 3600 + 600, "3h10m"),
+        (30 * 3600, "30h"),
+        (50 * 3600, "2d2h"),
+        (10 * 86400, "10d"),
+        (800 * 86400, "2y70d"),
+        (9 * 365 * 86400, "9y"),
+    ],
+)
+def test_age_reads_as_kubectl_shows_it(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown

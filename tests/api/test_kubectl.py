@@ -1,0 +1,244 @@
+"""`podkit serve` driven by the real kubectl: discovery, apply (create, unchanged, configured),
+get (tables, -o, selectors, -w), delete, validation and errors, as kubectl prints them."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import stat
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serve_harness import KUBECTL, Served, start
+
+from podkit_harness import wait_for
+
+CM = 'apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}{labels}}}\ndata: {{a: "{a}"}}\n'
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    s = start(tmp_path_factory.mktemp("serve"))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def cm(name: str, a: str = "1", labels: str = "") -> str:
+    return CM.format(name=name, a=a, labels=f", labels: {{{labels}}}" if labels else "")
+
+
+def table(text: str) -> list[list[str]]:
+    return [line.split() for line in text.strip().splitlines()]
+
+
+def test_the_kubectl_is_the_projects_own() -> None:
+    assert KUBECTL.is_file() and "site-packages" not in str(KUBECTL)
+    out = subprocess.run([str(KUBECTL), "version", "--client"], capture_output=True, text=True)
+    assert "Client Version: v1.37" in out.stdout
+
+
+def test_kubectl_lists_the_system_namespaces(served: Served) -> None:
+    got = served.kubectl("get", "namespaces")
+    assert got.returncode == 0, got.stderr
+    rows = table(got.stdout)
+    assert rows[0] == ["NAME", "STATUS", "AGE"]
+    assert [r[:2] for r in rows[1:]] == [
+        ["default", "Active"],
+        ["kube-node-lease", "Active"],
+        ["kube-public", "Active"],
+        ["kube-system", "Active"],
+    ]
+    assert (
+        served.kubectl("get", "ns", "default", "-o", "jsonpath={.status.phase}").stdout == "Active"
+    )
+
+
+def test_apply_creates_then_leaves_unchanged_then_configures(served: Served) -> None:
+    first = served.kubectl("apply", "-f", "-", stdin=cm("cfg"))
+    assert (first.returncode, first.stdout.strip()) == (0, "configmap/cfg created"), first.stderr
+    again = served.kubectl("apply", "-f", "-", stdin=cm("cfg"))
+    assert again.stdout.strip() == "configmap/cfg unchanged"
+    changed = served.kubectl("apply", "-f", "-", stdin=cm("cfg", a="2"))
+    assert changed.stdout.strip() == "configmap/cfg configured", changed.stderr
+    assert served.kubectl("get", "cm", "cfg", "-o", "jsonpath={.data.a}").stdout == "2"
+    rows = table(served.kubectl("get", "configmaps").stdout)
+    assert rows[0] == ["NAME", "DATA", "AGE"] and ["cfg", "1"] in [r[:2] for r in rows]
+    doc = json.loads(served.kubectl("get", "cm", "cfg", "-o", "json").stdout)
+    meta = doc["metadata"]
+    assert meta["namespace"] == "default" and meta["uid"] and meta["creationTimestamp"]
+    assert int(meta["resourceVersion"]) > 0
+    assert "kubectl.kubernetes.io/last-applied-configuration" in meta["annotations"]
+
+
+def test_delete_then_get_says_not_found_as_kubectl_prints_it(served: Served) -> None:
+    served.kubectl("apply", "-f", "-", stdin=cm("gone"))
+    deleted = served.kubectl("delete", "cm", "gone")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == 'configmap "gone" deleted from default namespace'
+    missing = served.kubectl("get", "cm", "gone")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == 'Error from server (NotFound): configmaps "gone" not found'
+
+
+def test_unknown_fields_are_refused_strictly_dropped_with_a_warning_or_ignored(
+    served: Served,
+) -> None:
+    bad = cm("strict") + "bogus: 1\n"
+    refused = served.kubectl("apply", "-f", "-", stdin=bad)
+    assert refused.returncode == 1
+    assert 'strict decoding error: unknown field "bogus"' in refused.stderr
+    assert served.kubectl("get", "cm", "strict").returncode == 1  # nothing half-made
+    warned = served.kubectl("apply", "--validate=warn", "-f", "-", stdin=bad)
+    assert warned.returncode == 0 and 'Warning: unknown field "bogus"' in warned.stderr
+    stored = json.loads(served.kubectl("get", "cm", "strict", "-o", "json").stdout)
+    assert "bogus" not in stored and stored["data"] == {"a": "1"}
+    wrong_type = served.kubectl("apply", "-f", "-", stdin=cm("typed").replace('"1"', "[1]"))
+    assert wrong_type.returncode == 1 and "cannot be handled as a ConfigMap" in wrong_type.stderr
+
+
+def test_an_invalid_name_gets_the_apiservers_invalid_line(served: Served) -> None:
+    got = served.kubectl("apply", "-f", "-", stdin=cm("Bad_Name"))
+    assert got.returncode == 1
+    assert got.stderr.startswith(
+        'The ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": '
+        "a lowercase RFC 1123 subdomain"
+    )
+
+
+def test_secrets_store_string_data_as_data(served: Served) -> None:
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: token}\nstringData: {key: s3cr3t}\n"
+    assert served.kubectl("apply", "-f", "-", stdin=secret).returncode == 0
+    doc = json.loads(served.kubectl("get", "secret", "token", "-o", "json").stdout)
+    assert doc["data"] == {"key": "czNjcjN0"} and doc["type"] == "Opaque"
+    assert "stringData" not in doc
+    assert table(served.kubectl("get", "secrets").stdout)[1][:3] == ["token", "Opaque", "1"]
+
+
+def test_namespaces_hold_objects_and_take_them_when_deleted(served: Served) -> None:
+    missing = served.kubectl("apply", "-n", "team", "-f", "-", stdin=cm("in-team"))
+    assert missing.returncode == 1 and 'namespaces "team" not found' in missing.stderr
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n"
+    assert served.kubectl("apply", "-f", "-", stdin=ns).returncode == 0
+    assert served.kubectl("apply", "-n", "team", "-f", "-", stdin=cm("in-team")).returncode == 0
+    everywhere = table(served.kubectl("get", "cm", "-A").stdout)
+    assert everywhere[0][:2] == ["NAMESPACE", "NAME"] and ["team", "in-team"] in [
+        r[:2] for r in everywhere
+    ]
+    assert served.kubectl("delete", "namespace", "team").returncode == 0
+    after = served.kubectl("get", "cm", "-n", "team")
+    assert after.stderr.strip() == "No resources found in team namespace."
+
+
+def test_label_and_field_selectors_filter_lists(served: Served) -> None:
+    served.kubectl("apply", "-f", "-", stdin=cm("red", labels="colour: red, tier: web"))
+    served.kubectl("apply", "-f", "-", stdin=cm("blue", labels="colour: blue, tier: web"))
+
+    def names(*args: str) -> list[str]:
+        got = served.kubectl("get", "cm", *args, "-o", "jsonpath={.items[*].metadata.name}")
+        assert got.returncode == 0, got.stderr
+        return sorted(got.stdout.split())
+
+    assert names("-l", "colour=red") == ["red"]
+    assert names("-l", "tier=web,colour!=red") == ["blue"]
+    assert names("-l", "colour in (red,blue)") == ["blue", "red"]
+    assert names("--field-selector", "metadata.name=blue") == ["blue"]
+
+
+def test_a_watch_shows_writes_as_they_happen(served: Served) -> None:
+    watch = subprocess.Popen(
+        [str(KUBECTL), "get", "cm", "-w", "--request-timeout=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"HOME": str(served.home), "KUBECONFIG": str(served.kubeconfig)},
+    )
+    try:
+        assert watch.stdout is not None
+        header = watch.stdout.readline()
+        assert header.split()[:3] == ["NAME", "DATA", "AGE"]
+        served.kubectl("apply", "-f", "-", stdin=cm("watched"))
+        line = wait_for("the new ConfigMap in the watch", lambda: watch.stdout.readline(), 20)
+        while not line.startswith("watched"):  # the existing ones come first
+            line = watch.stdout.readline()
+        assert line.split()[:2] == ["watched", "1"]
+    finally:
+        watch.kill()
+        watch.wait()
+
+
+def test_a_stale_resource_version_is_a_conflict(served: Served) -> None:
+    served.kubectl("apply", "-f", "-", stdin=cm("raced"))
+    doc = json.loads(served.kubectl("get", "cm", "raced", "-o", "json").stdout)
+    served.kubectl("apply", "-f", "-", stdin=cm("raced", a="2"))  # moves it on
+    doc["data"] = {"a": "3"}
+    stale = served.kubectl("replace", "-f", "-", stdin=json.dumps(doc))
+    assert stale.returncode == 1
+    assert "Error from server (Conflict)" in stale.stderr
+    assert 'Operation cannot be fulfilled on configmaps "raced"' in stale.stderr
+
+
+def test_a_protobuf_body_is_refused_with_the_way_around_it(served: Served) -> None:
+    got = served.kubectl("create", "configmap", "proto", "--from-literal=a=b")
+    assert got.returncode == 1
+    assert "--dry-run=client -o yaml" in got.stderr
+    piped = served.kubectl(
+        "create", "configmap", "proto", "--from-literal=a=b", "--dry-run=client", "-o", "yaml"
+    )
+    assert served.kubectl("apply", "-f", "-", stdin=piped.stdout).returncode == 0
+
+
+def test_requests_need_the_client_certificate_and_the_kubeconfig_is_private(
+    served: Served,
+) -> None:
+    ca = served.state / "serve" / "pki" / "ca.crt"
+    ctx = ssl.create_default_context(cafile=str(ca))  # the server's name is checked, too
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{served.url}/api/v1/namespaces", context=ctx, timeout=5)
+    assert refused.value.code == 401
+    body = json.loads(refused.value.read())
+    assert (body["kind"], body["reason"], body["code"]) == ("Status", "Unauthorized", 401)
+    assert stat.S_IMODE(os.stat(served.kubeconfig).st_mode) == 0o600
+    printed = subprocess.run(
+        [str(Path(KUBECTL).parent / "podkit"), "kubeconfig"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PODKIT_STATE_DIR": str(served.state)},
+    )
+    assert printed.stdout == served.kubeconfig.read_text()
+    assert "current-context: podkit" in printed.stdout
+
+
+def test_the_official_python_client_lists_creates_and_watches(served: Served) -> None:
+    from kubernetes import client, config, watch
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(served.kubeconfig)))
+    names = [ns.metadata.name for ns in api.list_namespace().items]
+    assert "kube-system" in names
+    start = api.list_namespaced_config_map("default").metadata.resource_version
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-python"}}
+    made = api.create_namespaced_config_map("default", {**body, "data": {"k": "v"}})
+    api.patch_namespaced_config_map("from-python", "default", {"data": {"k": "w"}})
+    api.delete_namespaced_config_map("from-python", "default")
+    seen = [
+        (e["type"], e["object"].metadata.name, (e["object"].data or {}).get("k"))
+        for e in watch.Watch().stream(
+            api.list_namespaced_config_map,
+            "default",
+            resource_version=start,
+            timeout_seconds=1,
+        )
+        if e["object"].metadata.name == "from-python"
+    ]
+    assert seen == [
+        ("ADDED", "from-python", "v"),
+        ("MODIFIED", "from-python", "w"),
+        ("DELETED", "from-python", "w"),
+    ]
+    assert int(made.metadata.resource_version) > int(start)
