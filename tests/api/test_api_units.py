@@ -102,3 +102,26 @@ def test_label_selectors_as_the_apiserver_reads_them() -> None:
 )
 def test_age_reads_as_kubectl_shows_it(seconds: float, shown: str) -> None:
     assert human_duration(seconds) == shown
+
+
+def test_a_protobuf_body_as_kubectl_sends_it_reads_as_json() -> None:
+    from podkit.api.protobuf import ProtobufError, decode
+
+    # `kubectl create configmap cfg2 --from-literal=a=b`, captured from kubectl 1.37.1.
+    body = (
+        b"k8s\x00\n\x0f\n\x02v1\x12\tConfigMap\x12\x1e\n\x14\n\x04cfg2\x12\x00\x1a\x00"
+        b'"\x00*\x002\x008\x00B\x00\x12\x06\n\x01a\x12\x01b\x1a\x00"\x00'
+    )
+    assert decode(body) == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg2"},
+        "data": {"a": "b"},
+    }
+    for bad, why in (
+        (b"{}", "no k8s"),
+        (body[:20], "truncated"),
+        (body.replace(b"\tConfigMap", b"\tConfigMop"), "not 'ConfigMop'"),
+    ):
+        with pytest.raises(ProtobufError, match=why):
+            decode(bad)

@@ -184,14 +184,24 @@ def test_a_stale_resource_version_is_a_conflict(served: Served) -> None:
     assert 'Operation cannot be fulfilled on configmaps "raced"' in stale.stderr
 
 
-def test_a_protobuf_body_is_refused_with_the_way_around_it(served: Served) -> None:
-    got = served.kubectl("create", "configmap", "proto", "--from-literal=a=b")
-    assert got.returncode == 1
-    assert "--dry-run=client -o yaml" in got.stderr
-    piped = served.kubectl(
-        "create", "configmap", "proto", "--from-literal=a=b", "--dry-run=client", "-o", "yaml"
+def test_kubectl_create_generators_send_protobuf_and_it_is_read(served: Served) -> None:
+    made = served.kubectl(
+        "create", "configmap", "proto", "--from-literal=a=b", "--from-literal=c=d"
     )
-    assert served.kubectl("apply", "-f", "-", stdin=piped.stdout).returncode == 0
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(served.kubectl("get", "cm", "proto", "-o", "json").stdout)
+    assert doc["data"] == {"a": "b", "c": "d"} and doc["metadata"]["uid"]
+    secret = served.kubectl("create", "secret", "generic", "pw", "--from-literal=user=admin")
+    assert secret.returncode == 0, secret.stderr
+    got = json.loads(served.kubectl("get", "secret", "pw", "-o", "json").stdout)
+    assert (got["data"], got["type"]) == ({"user": "YWRtaW4="}, "Opaque")
+    assert served.kubectl("create", "namespace", "made").returncode == 0
+    assert served.kubectl("get", "ns", "made", "-o", "jsonpath={.status.phase}").stdout == "Active"
+    taken = served.kubectl("create", "namespace", "made")
+    assert (
+        taken.stderr.strip()
+        == 'Error from server (AlreadyExists): namespaces "made" already exists'
+    )
 
 
 def test_requests_need_the_client_certificate_and_the_kubeconfig_is_private(

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from podkit import __version__
-from podkit.api import selectors, status
+from podkit.api import protobuf, selectors, status
 from podkit.api.kinds import BY_RESOURCE, KINDS, Kind, Obj
 from podkit.api.rest import Rest
 from podkit.store.objects import Event, StoreError
@@ -233,15 +233,11 @@ class Api:
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
-        if request.content_type == "application/vnd.kubernetes.protobuf":
-            raise status.ApiError(
-                415,
-                "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types "
-                "include: application/json (podkit serve does not read protobuf yet: for "
-                "`kubectl create configmap|secret|namespace`, pipe `--dry-run=client -o yaml` "
-                "into `kubectl apply -f -`)",
-            )
+        if request.content_type == protobuf.MEDIA_TYPE:  # kubectl create <generator>
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as exc:
+                raise status.bad_request(f"the protobuf request body: {exc}") from None
         try:
             return orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError as exc:
