@@ -52,12 +52,19 @@ class Served:
         self.proc.wait(15)
 
 
-def start(base: Path) -> Served:
+def start(base: Path, *args: str) -> Served:
+    """`podkit serve ARGS` on a free port with its state under base, once it answers."""
     state, home = base / "state", base / "home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "podkit"), "serve", "--listen", f"127.0.0.1:{port}"],
+        [
+            str(Path(sys.executable).parent / "podkit"),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            *args,
+        ],
         cwd=REPO,
         env={**os.environ, "PODKIT_STATE_DIR": str(state)},
         stdout=subprocess.PIPE,

@@ -126,5 +126,39 @@ SECRET = Kind(
     schema="secret-v1.json",
 )
 
-KINDS = (NAMESPACE, CONFIGMAP, SECRET)
+
+def _pod_cells(obj: Obj) -> tuple[str, str, str]:
+    """READY, STATUS and RESTARTS, as kubectl prints a pod (runtime/status.py's rules)."""
+    from podkit.runtime.status import display_status, ready_summary, trackers_from_document
+
+    apps, init = trackers_from_document(obj)
+    status = obj.get("status") or {}
+    shown = display_status(status.get("phase", "Pending"), apps, init)
+    if obj.get("metadata", {}).get("deletionTimestamp") and shown in ("Running", "Pending"):
+        shown = "Terminating"
+    return ready_summary(apps, init), shown, str(sum(t.restart_count for t in apps + init))
+
+
+POD = Kind(
+    "Pod",
+    "pods",
+    "pod",
+    namespaced=True,
+    short_names=("po",),
+    categories=("all",),
+    columns=(
+        NAME,
+        Column("Ready", lambda o, _: _pod_cells(o)[0]),
+        Column("Status", lambda o, _: _pod_cells(o)[1]),
+        Column("Restarts", lambda o, _: _pod_cells(o)[2]),
+        AGE,
+        Column("IP", lambda o, _: (o.get("status") or {}).get("podIP", "<none>"), priority=1),
+        Column("Node", lambda o, _: (o.get("spec") or {}).get("nodeName", "<none>"), priority=1),
+        Column("Nominated Node", lambda o, _: "<none>", priority=1),
+        Column("Readiness Gates", lambda o, _: "<none>", priority=1),
+    ),
+    schema="pod-v1.json",
+)
+
+KINDS = (NAMESPACE, CONFIGMAP, SECRET, POD)
 BY_RESOURCE = {(k.group, k.resource): k for k in KINDS}

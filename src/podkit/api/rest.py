@@ -12,8 +12,8 @@ import uuid
 from typing import Any
 
 from podkit.api import patch as patches
-from podkit.api import status
-from podkit.api.kinds import NAMESPACE, SECRET, Kind, Obj
+from podkit.api import pods, status
+from podkit.api.kinds import NAMESPACE, POD, SECRET, Kind, Obj
 from podkit.manifest import schema
 from podkit.store import objects
 from podkit.store.objects import ObjectStore, StoreError
@@ -34,14 +34,17 @@ def now() -> str:
 
 
 class Rest:
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, node_name: str = "") -> None:
         self.store = store
+        # With a node (podkit serve), pods are bound to it and deleted gracefully: the node
+        # stops the containers, then removes the object (finish_delete).
+        self.node_name = node_name
         self.warnings: list[str] = []  # of the request being handled: Warning headers
 
     # --- reads -------------------------------------------------------------------------
 
     def get(self, kind: Kind, namespace: str, name: str) -> Obj:
-        obj = self.store.get(self._key(kind, namespace, name))
+        obj = self.store.get(self.key(kind, namespace, name))
         if obj is None:
             raise status.not_found(kind, name)
         return obj
@@ -64,12 +67,14 @@ class Rest:
         meta = obj["metadata"]
         meta.pop("resourceVersion", None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+        if kind is POD:
+            obj = pods.defaulted(obj, self.node_name, meta["creationTimestamp"])
         if kind is NAMESPACE:
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         try:
-            return self.store.create(self._key(kind, namespace, name), obj)
+            return self.store.create(self.key(kind, namespace, name), obj)
         except StoreError:
             raise status.already_exists(kind, name) from None
 
@@ -126,8 +131,47 @@ class Rest:
                     raise
         raise status.conflict(kind, name, "too many concurrent writes")
 
-    def delete(self, kind: Kind, namespace: str, name: str, rv: str | None = None) -> Obj:
-        key = self._key(kind, namespace, name)
+    def update_status(self, kind: Kind, namespace: str, name: str, new_status: Obj) -> Obj:
+        """The status subresource: only status changes (the node's writes)."""
+        for _ in range(5):
+            current = self.get(kind, namespace, name)
+            if current.get("status") == new_status:
+                return current
+            try:
+                return self.store.update(
+                    self.key(kind, namespace, name), {**current, "status": new_status}
+                )
+            except StoreError as exc:
+                if exc.reason == "NotFound":
+                    raise status.not_found(kind, name) from None
+        raise status.conflict(kind, name, "too many concurrent writes")
+
+    def delete(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        rv: str | None = None,
+        grace: int | None = None,
+    ) -> Obj:
+        """Deletes the object; a pod on a node is only marked (deletionTimestamp and its grace
+        period), for the node to stop it and then call finish_delete, as the kubelet does.
+        grace 0 (kubectl delete --force --grace-period=0) removes it at once."""
+        if kind is POD and self.node_name:
+            current = self.get(kind, namespace, name)
+            meta = current["metadata"]
+            if grace is None:
+                grace = int(current["spec"].get("terminationGracePeriodSeconds", 30))
+            finished = current.get("status", {}).get("phase") in ("Succeeded", "Failed")
+            if grace > 0 and not finished:
+                if "deletionTimestamp" in meta and grace >= meta["deletionGracePeriodSeconds"]:
+                    return current  # already going, with no less time
+                meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=grace)
+                return self.store.update(self.key(kind, namespace, name), current)
+        return self.finish_delete(kind, namespace, name, rv)
+
+    def finish_delete(self, kind: Kind, namespace: str, name: str, rv: str | None = None) -> Obj:
+        key = self.key(kind, namespace, name)
         if kind is NAMESPACE:
             self._delete_namespace_contents(name)
         try:
@@ -138,13 +182,13 @@ class Rest:
             raise status.conflict(kind, name, str(exc)) from None
 
     def ensure_namespace(self, name: str) -> None:
-        if self.store.get(self._key(NAMESPACE, "", name)) is None:
+        if self.store.get(self.key(NAMESPACE, "", name)) is None:
             self.create(NAMESPACE, "", {"apiVersion": "v1", "kind": "Namespace",
                                         "metadata": {"name": name}})  # fmt: skip
 
     # --- inside ------------------------------------------------------------------------
 
-    def _key(self, kind: Kind, namespace: str, name: str) -> str:
+    def key(self, kind: Kind, namespace: str, name: str) -> str:
         return objects.key(
             kind.store_group, kind.resource, namespace if kind.namespaced else "", name
         )
@@ -156,10 +200,18 @@ class Rest:
                 meta[field] = current["metadata"][field]
         if kind is NAMESPACE:
             obj["status"] = current.get("status", {"phase": "Active"})
+        if kind is POD:  # status is the node's (update_status); spec is fixed but for images
+            obj["status"] = current.get("status", {})
+            why = pods.spec_change_refused(current, obj)
+            if why:
+                raise status.invalid(kind, name, [("spec", why)])
+            for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+                if field in current["metadata"]:
+                    meta[field] = current["metadata"][field]
         if obj == current:
             return current  # nothing changed: no new resourceVersion, as the apiserver does
         try:
-            return self.store.update(self._key(kind, namespace, name), obj)
+            return self.store.update(self.key(kind, namespace, name), obj)
         except StoreError as exc:
             if exc.reason == "NotFound":
                 raise status.not_found(kind, name) from None
@@ -246,7 +298,7 @@ class Rest:
             )
 
     def _namespace_exists(self, namespace: str) -> None:
-        if self.store.get(self._key(NAMESPACE, "", namespace)) is None:
+        if self.store.get(self.key(NAMESPACE, "", namespace)) is None:
             raise status.not_found(NAMESPACE, namespace)
 
     def _delete_namespace_contents(self, namespace: str) -> None:

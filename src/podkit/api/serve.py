@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from aiohttp import web
 from podkit.api import kubeconfig, pki
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
+from podkit.runtime.node_agent import NodeAgent
 from podkit.store.objects import ObjectStore
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -52,7 +55,9 @@ def paths(state_dir: Path) -> tuple[Path, Path, Path]:
     return base, base / "kubeconfig.yaml", base / "state.db"
 
 
-def serve(state_dir: Path, listen: Listen, say: Callable[[str], None]) -> int:
+def serve(
+    state_dir: Path, listen: Listen, say: Callable[[str], None], keep_pods: bool = False
+) -> int:
     base, config_path, db_path = paths(state_dir)
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = ObjectStore(db_path)  # StoreError: a clear message, before anything listens
@@ -63,24 +68,39 @@ def serve(state_dir: Path, listen: Listen, say: Callable[[str], None]) -> int:
         else "https://127.0.0.1:" + str(listen.port)
     )
     kubeconfig.write(config_path, kubeconfig.render(keys, server))
-    rest = Rest(store)
+    rest = Rest(store, node_name=os.uname().nodename)
     for name in SYSTEM_NAMESPACES:
         rest.ensure_namespace(name)
     ctx = tls_context(str(keys.ca), str(keys.server_cert), str(keys.server_key))
     try:
         import uvloop
 
-        return uvloop.run(_run(Api(rest).app(), listen, ctx, config_path, say))
+        agent = NodeAgent(rest, state_dir)
+        api = Api(rest, pods_root=state_dir / "pods")
+        return uvloop.run(_run(api.app(), agent, listen, ctx, config_path, say, keep_pods))
     finally:
         store.close()
 
 
 async def _run(
-    app: web.Application, listen: Listen, ctx: object, config_path: Path, say: Callable[[str], None]
+    app: web.Application,
+    agent: NodeAgent,
+    listen: Listen,
+    ctx: ssl.SSLContext,
+    config_path: Path,
+    say: Callable[[str], None],
+    keep_pods: bool,
 ) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)  # type: ignore[arg-type]
+    # Watches and log streams last until their client goes: a stop waits 2 s for them, not 60.
+    site = web.TCPSite(
+        runner,
+        listen.host,
+        listen.port,
+        ssl_context=ctx,
+        shutdown_timeout=2.0,
+    )
     await site.start()
     say(f"podkit serve: the API is on {listen.url}")
     say(f"export KUBECONFIG={config_path}")
@@ -88,7 +108,12 @@ async def _run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    node = asyncio.ensure_future(agent.run(stop))
     await stop.wait()
+    await node
+    if not keep_pods:
+        say("podkit serve: stopping the pods (--keep-pods leaves them running)")
+        await agent.stop_all()
     with contextlib.suppress(Exception):
         await runner.cleanup()
     return 0

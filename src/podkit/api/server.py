@@ -15,6 +15,7 @@ import asyncio
 import datetime
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,8 +23,9 @@ from aiohttp import web
 
 from podkit import __version__
 from podkit.api import protobuf, selectors, status
-from podkit.api.kinds import BY_RESOURCE, KINDS, Kind, Obj
+from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
+from podkit.runtime import log_read
 from podkit.store.objects import Event, StoreError
 
 JSON = "application/json"
@@ -64,8 +66,11 @@ def _authenticated(request: web.Request) -> bool:
 
 
 class Api:
-    def __init__(self, rest: Rest, require_client_cert: bool = True) -> None:
+    def __init__(
+        self, rest: Rest, pods_root: Path | None = None, require_client_cert: bool = True
+    ) -> None:
         self.rest = rest
+        self.pods_root = pods_root  # the node's pod directories: logs
         self.require_client_cert = require_client_cert
 
     def app(self) -> web.Application:
@@ -82,6 +87,7 @@ class Api:
         r.add_get("/readyz", _fixed("ok"))
         r.add_get("/livez", _fixed("ok"))
         prefix = "/api/v1"
+        r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/log", self.on_log)
         for path in (
             prefix + "/namespaces/{namespace}/{resource}/{name}",
             prefix + "/{resource}/{name}",
@@ -229,7 +235,106 @@ class Api:
         kind, namespace = self._kind(request)
         options = await self._body(request) if request.can_read_body else {}
         rv = (options.get("preconditions") or {}).get("resourceVersion") if options else None
-        return _json(self.rest.delete(kind, namespace, request.match_info["name"], rv))
+        grace = options.get("gracePeriodSeconds", request.query.get("gracePeriodSeconds"))
+        name = request.match_info["name"]
+        obj = self.rest.delete(kind, namespace, name, rv, None if grace is None else int(grace))
+        return _json(obj)
+
+    async def on_log(self, request: web.Request) -> web.StreamResponse:
+        """`kubectl logs`, from the CRI files the node writes: -c, --previous, --tail,
+        --since, --timestamps, --limit-bytes, and -f, which follows across restarts."""
+        namespace, name, q = (
+            request.match_info["namespace"],
+            request.match_info["name"],
+            request.query,
+        )
+        pod = self.rest.get(POD, namespace, name)
+        names = [c["name"] for c in pod["spec"].get("containers", [])]
+        every = names + [c["name"] for c in pod["spec"].get("initContainers") or []]
+        container = q.get("container") or (names[0] if len(names) == 1 else "")
+        if container not in every:
+            raise status.bad_request(
+                f"a container name must be specified for pod {name}, choose one of: "
+                f"[{' '.join(names)}]"
+                if not container
+                else f"container {container} is not valid for pod {name}"
+            )
+        if self.pods_root is None:
+            raise status.bad_request("this server runs no pods")
+        pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
+        previous = q.get("previous") == "true"
+        path = log_read.log_file(pod_dir, container, previous)
+        if path is None:
+            raise status.bad_request(
+                f'previous terminated container "{container}" in pod "{name}" not found'
+                if previous
+                else f'container "{container}" in pod "{name}" is waiting to start: '
+                "ContainerCreating"
+            )
+        since = None
+        if q.get("sinceSeconds"):
+            since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+                seconds=int(q["sinceSeconds"])
+            )
+        elif q.get("sinceTime"):
+            since = datetime.datetime.fromisoformat(q["sinceTime"].replace("Z", "+00:00"))
+        opts = log_read.Options(
+            timestamps=q.get("timestamps") == "true",
+            tail=int(q["tailLines"]) if q.get("tailLines") else None,
+            since=since,
+            limit_bytes=int(q["limitBytes"]) if q.get("limitBytes") else None,
+        )
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if q.get("follow") != "true" or previous:
+            return web.Response(body=log_read.render(whole, opts), content_type="text/plain")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(log_read.render(whole, opts))
+        await self._follow(request, response, pod, pod_dir, container, path, len(whole), opts)
+        return response
+
+    async def _follow(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        pod: Obj,
+        pod_dir: Path,
+        container: str,
+        path: Path,
+        offset: int,
+        opts: log_read.Options,
+    ) -> None:
+        """New lines as they are written, through restarts (a newer file), until the pod is
+        gone or has finished and its last line is out."""
+        meta = pod["metadata"]
+        later = log_read.Options(timestamps=opts.timestamps)
+        while not _gone(request):
+            await asyncio.sleep(0.2)
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            if whole:
+                offset += len(whole)
+                await response.write(log_read.render(whole, later))
+                continue
+            newest = log_read.log_file(pod_dir, container, previous=False)
+            if newest is not None and newest != path:
+                path, offset = newest, 0
+                continue
+            current = self.rest.store.get(self.rest.key(POD, meta["namespace"], meta["name"]))
+            phase = (current or {}).get("status", {}).get("phase")
+            if current is None or current["metadata"]["uid"] != meta["uid"] or phase in (
+                "Succeeded", "Failed"
+            ):  # fmt: skip
+                break
+        await response.write_eof()
+
+    @staticmethod
+    def _names(request: web.Request) -> tuple[str, str]:
+        return request.match_info["namespace"], request.match_info["name"]
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -316,13 +421,13 @@ class Api:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout else None
             while True:
-                wait = None if deadline is None else deadline - loop.time()
-                if wait is not None and wait <= 0:
+                wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+                if wait <= 0 or _gone(request):
                     break
                 try:
                     event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    break
+                    continue  # a look at the deadline and at the client, then on
                 if event.rv > last and selectors.matches(event.object, labels, fields):
                     await writer.send(event.type, event.object)
             await response.write_eof()
@@ -346,6 +451,11 @@ class _EventWriter:
                 obj["columnDefinitions"] = None
             self.headers_sent = True
         await self.response.write(orjson.dumps({"type": type_, "object": obj}) + b"\n")
+
+
+def _gone(request: web.Request) -> bool:
+    """The client hung up (a watch notices no other way while nothing is written)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def _prefix(kind: Kind, namespace: str | None) -> str:

@@ -19,6 +19,12 @@ def add_commands(commands: Any) -> None:
         metavar="HOST:PORT",
         help="Where the API listens (HTTPS with client certificates; default %(default)s).",
     )
+    cmd.add_argument(
+        "--keep-pods",
+        action="store_true",
+        help="Leave the pods running when podkit serve stops (the next start adopts them); "
+        "by default they are stopped gracefully.",
+    )
     _state_dir(cmd)
     cmd = command(commands, "kubeconfig", kubeconfig, "Print the kubeconfig of podkit serve.")
     _state_dir(cmd)
@@ -32,10 +38,11 @@ def _state_dir(cmd: argparse.ArgumentParser) -> None:
     )
 
 
-def serve(listen: str, state_dir: Path | None = None) -> int:
+def serve(listen: str, keep_pods: bool = False, state_dir: Path | None = None) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
     kubeconfig written to <state dir>/serve/kubeconfig.yaml (printed as `export KUBECONFIG=...`).
-    This version serves Namespaces, ConfigMaps and Secrets."""
+    Pods run on this machine, each under its own supervisor (a `podkit run` of it), which a
+    kill of podkit serve does not stop; the next start adopts them."""
     from podkit.api.serve import Listen
     from podkit.api.serve import serve as run
     from podkit.runtime.statedir import default_state_dir
@@ -46,7 +53,7 @@ def serve(listen: str, state_dir: Path | None = None) -> int:
     except ValueError as exc:
         raise out.fail(str(exc), 2) from None
     try:
-        return run(state_dir or default_state_dir(), where, out.note)
+        return run(state_dir or default_state_dir(), where, out.note, keep_pods)
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None
     except OSError as exc:

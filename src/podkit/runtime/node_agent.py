@@ -1,0 +1,256 @@
+"""The node of `podkit serve`: it runs the pods the API holds and writes their status back.
+
+Each pod runs under its own supervisor, `podkit run` of that one pod (containerd's shim and
+podman's conmon are the models). The supervisor is started in a session of its own and is
+not tied to serve's life, so a kill -9 of serve, or an upgrade, stops no container. A
+restarted serve finds the supervisors still running (the pod directory's `owner` file names
+the pid and its start time) and adopts them: nothing restarts.
+
+The supervisor writes the pod's status to `<state>/pods/<ns>_<name>_<uid>/status.json`, as
+`podkit run` always does. The agent mirrors that file into the API's status subresource, so
+status survives serve's restarts too; nothing goes over a pipe that serve's death would break.
+
+Deletion follows the kubelet:
+- the API marks the pod (deletionTimestamp, a grace period);
+- the agent sends the supervisor SIGTERM, and the supervisor stops the containers gracefully
+  (preStop, SIGTERM, the grace period, SIGKILL);
+- the object is removed once the supervisor has exited.
+A forced deletion (grace 0) removes the object at once; the agent then kills the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from podkit.api.kinds import CONFIGMAP, POD, SECRET
+from podkit.api.rest import Rest
+from podkit.api.status import ApiError
+from podkit.runtime import statedir
+from podkit.store import objects
+
+Obj = dict[str, Any]
+TICK = 0.2  # seconds between looks at the supervisors' status files
+
+
+@dataclass
+class Supervised:
+    namespace: str
+    name: str
+    uid: str
+    pod_dir: Path
+    pid: int
+    popen: subprocess.Popen[bytes] | None = None  # None: adopted from an earlier serve
+    status_mtime: int = 0
+    signalled: set[int] = field(default_factory=set)
+
+
+class NodeAgent:
+    def __init__(self, rest: Rest, state_dir: Path) -> None:
+        self.rest = rest
+        self.state_dir = state_dir
+        self.work = state_dir / "serve" / "pods"  # each supervisor's manifest and its stderr
+        self.pods: dict[str, Supervised] = {}  # by uid
+
+    async def run(self, stop: asyncio.Event) -> None:
+        queue = self.rest.store.subscribe(objects.prefix("core", "pods", None))
+        try:
+            items, _ = self.rest.list_objects(POD, None)
+            for pod in items:
+                self._sync("ADDED", pod)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    event = await asyncio.wait_for(queue.get(), TICK)
+                    self._sync(event.type, event.object)
+                    while not queue.empty():
+                        event = queue.get_nowait()
+                        self._sync(event.type, event.object)
+                self._mirror()
+        finally:
+            self.rest.store.unsubscribe(queue)
+
+    async def stop_all(self) -> None:
+        """Stops every pod gracefully (SIGTERM to each supervisor, which gives the containers
+        their grace periods) and waits for the supervisors, mirroring their last status."""
+        for pod in self.pods.values():
+            self._signal(pod, signal.SIGTERM)
+        while self.pods:
+            self._mirror()
+            await asyncio.sleep(TICK)
+
+    # --- reacting to the API ------------------------------------------------------------
+
+    def _sync(self, type_: str, pod: Obj) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        running = self.pods.get(uid)
+        if type_ == "DELETED":  # forced: the object is gone already
+            if running is not None:
+                self._signal(running, signal.SIGKILL)
+            return
+        if "deletionTimestamp" in meta:
+            if running is None:
+                self._finish(pod)
+            else:
+                grace = int(meta.get("deletionGracePeriodSeconds", 30))
+                self._signal(running, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if running is None and phase not in ("Succeeded", "Failed"):
+            self.pods[uid] = self._adopt(pod) or self._start(pod)
+
+    def _pod_dir(self, pod: Obj) -> Path:
+        meta = pod["metadata"]
+        return self.state_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+
+    def _adopt(self, pod: Obj) -> Supervised | None:
+        """The supervisor an earlier serve started, if it still runs."""
+        pod_dir = self._pod_dir(pod)
+        try:
+            record = (pod_dir / "owner").read_text()
+        except OSError:
+            return None
+        if not statedir.owner_alive(record):
+            return None
+        meta = pod["metadata"]
+        pid = int(record.split()[0])
+        return Supervised(meta["namespace"], meta["name"], meta["uid"], pod_dir, pid)
+
+    def _start(self, pod: Obj) -> Supervised:
+        meta = pod["metadata"]
+        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        manifest = self.work / f"{meta['uid']}.yaml"
+        docs = [_without_server_fields(pod), *self._config_objects(meta["namespace"])]
+        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets inside
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+        with open(self.work / f"{meta['uid']}.log", "ab") as log:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "podkit.cli.main",
+                    "run",
+                    str(manifest),
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--no-publish",
+                    "--no-logs",
+                    "--no-color",
+                    "-o",
+                    "json",
+                ],  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,  # not serve's: a Ctrl-C or kill of serve spares it
+            )
+        return Supervised(
+            meta["namespace"], meta["name"], meta["uid"], self._pod_dir(pod), popen.pid, popen
+        )
+
+    def _config_objects(self, namespace: str) -> list[Obj]:
+        """The namespace's ConfigMaps and Secrets, for the pod's volumes and env (as the
+        kubelet reads them when the pod starts)."""
+        found: list[Obj] = []
+        for kind in (CONFIGMAP, SECRET):
+            items, _ = self.rest.list_objects(kind, namespace)
+            found += [_without_server_fields(o) for o in items]
+        return found
+
+    def _signal(self, pod: Supervised, sig: int) -> None:
+        if sig in pod.signalled:
+            return
+        pod.signalled.add(sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pod.pid, sig)
+
+    # --- mirroring the node into the API ------------------------------------------------
+
+    def _mirror(self) -> None:
+        for uid, pod in list(self.pods.items()):
+            self._copy_status(pod)
+            if not self._alive(pod):
+                self._copy_status(pod)  # what it wrote last
+                del self.pods[uid]
+                self._exited(pod)
+
+    def _copy_status(self, pod: Supervised) -> None:
+        path = pod.pod_dir / "status.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == pod.status_mtime:
+                return
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return
+        pod.status_mtime = mtime
+        with contextlib.suppress(ApiError):
+            self.rest.update_status(POD, pod.namespace, pod.name, doc.get("status") or {})
+
+    def _alive(self, pod: Supervised) -> bool:
+        if pod.popen is not None:
+            return pod.popen.poll() is None
+        try:
+            os.kill(pod.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _exited(self, pod: Supervised) -> None:
+        try:
+            current = self.rest.get(POD, pod.namespace, pod.name)
+        except ApiError:
+            return  # force-deleted meanwhile
+        if current["metadata"]["uid"] != pod.uid:
+            return
+        if "deletionTimestamp" in current["metadata"]:
+            self._finish(current)
+            return
+        code = pod.popen.returncode if pod.popen is not None else None
+        status = current.get("status") or {}
+        if status.get("phase") in ("Pending", None) and code not in (None, 0):
+            # The supervisor refused the pod before running it: say why, as a Failed pod.
+            why = self._supervisor_error(pod.uid)
+            self.rest.update_status(
+                POD, pod.namespace, pod.name,
+                {**status, "phase": "Failed", "reason": "PodkitRunFailed", "message": why},
+            )  # fmt: skip
+
+    def _supervisor_error(self, uid: str) -> str:
+        try:
+            lines = (self.work / f"{uid}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "the pod's supervisor exited"
+        errors = [line for line in lines if "error" in line.lower()]
+        return " ".join(errors[-3:] or lines[-3:]) or "the pod's supervisor exited"
+
+    def _finish(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        with contextlib.suppress(ApiError):
+            self.rest.finish_delete(POD, meta["namespace"], meta["name"])
+        for suffix in (".yaml", ".log"):
+            (self.work / f"{meta['uid']}{suffix}").unlink(missing_ok=True)
+
+
+def _without_server_fields(obj: Obj) -> Obj:
+    """The object as a manifest for `podkit run`: no status, no server-side metadata but the
+    uid (the supervisor keeps it, so the pod directory and the API agree)."""
+    meta = {
+        k: v
+        for k, v in obj.get("metadata", {}).items()
+        if k not in ("resourceVersion", "creationTimestamp", "managedFields", "generation",
+                     "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink")
+    }  # fmt: skip
+    meta.get("annotations", {}).pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    return {k: v for k, v in {**obj, "metadata": meta}.items() if k != "status"}

@@ -1,0 +1,162 @@
+"""Pods through `podkit serve`, run on this machine by the node agent under their own
+supervisors: the seed pod with the real kubectl (apply, wait, get, logs, delete), a kill -9
+of serve that the pod does not notice, and serve's graceful stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serve_harness import Served, start
+
+from podkit_harness import REPO, http_get, wait_for
+
+SEED = REPO / "examples" / "pod-definition.yaml"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = start(tmp_path)
+    try:
+        yield s
+    finally:
+        if s.proc.poll() is None:
+            s.stop()
+        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
+
+
+def supervisors(served: Served) -> list[int]:
+    got = subprocess.run(
+        ["pgrep", "-f", f"podkit.cli.main run {served.state}/serve/pods/"],
+        capture_output=True,
+        text=True,
+    )
+    return [int(p) for p in got.stdout.split()]
+
+
+def pod(served: Served, name: str = "simple-webapp") -> dict:  # type: ignore[type-arg]
+    got = served.kubectl("get", "pod", name, "-o", "json")
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)  # type: ignore[no-any-return]
+
+
+def apply_seed_and_wait(served: Served) -> str:
+    applied = served.kubectl("apply", "-f", str(SEED))
+    assert applied.stdout.strip() == "pod/simple-webapp created", applied.stderr
+    ready = served.kubectl("wait", "--for=condition=Ready", "pod/simple-webapp", "--timeout=60s")
+    assert ready.returncode == 0, ready.stderr
+    return str(pod(served)["status"]["podIP"])
+
+
+def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> None:
+    ip = apply_seed_and_wait(served)
+    rows = [line.split() for line in served.kubectl("get", "pods").stdout.splitlines()]
+    assert rows[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert rows[1][:4] == ["simple-webapp", "2/2", "Running", "0"]
+    wide = served.kubectl("get", "pods", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[5:7] == ["IP", "NODE"] and ip in wide[1]
+    assert http_get(f"http://{ip}:8080/")[0] == 200
+    doc = pod(served)
+    assert doc["spec"]["nodeName"] == os.uname().nodename
+    assert doc["spec"]["restartPolicy"] == "Always"  # defaulted, as the apiserver does
+    assert doc["spec"]["containers"][0]["imagePullPolicy"] == "Always"  # no tag
+    # The log-agent sidecar ships the webapp's access line, enriched: kubectl logs shows it.
+    enriched = wait_for(
+        "the enriched access event in the log-agent's log",
+        lambda: [
+            line
+            for line in served.kubectl(
+                "logs", "simple-webapp", "-c", "log-agent"
+            ).stdout.splitlines()
+            if '"stream":"access"' in line
+        ],
+        20,
+    )
+    event = json.loads(enriched[0])
+    assert event["kubernetes"]["pod_name"] == "simple-webapp" and event["status"] == 200
+    tail = served.kubectl("logs", "simple-webapp", "-c", "simple-webapp", "--tail=1")
+    assert len(tail.stdout.splitlines()) == 1
+    previous = served.kubectl("logs", "simple-webapp", "--previous")
+    assert 'previous terminated container "simple-webapp" in pod "simple-webapp" not found' in (
+        previous.stderr
+    )
+    deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
+    assert deleted.returncode == 0, deleted.stderr
+    assert served.kubectl("get", "pod", "simple-webapp").returncode == 1
+    assert supervisors(served) == []
+    assert wait_for("the pod's IP unreachable", lambda: _unreachable(ip), 10)
+
+
+def _unreachable(ip: str) -> bool:
+    try:
+        http_get(f"http://{ip}:8080/", timeout=0.5)
+    except OSError:
+        return True
+    return False
+
+
+def test_a_kill_9_of_serve_does_not_touch_the_pod(served: Served) -> None:
+    ip = apply_seed_and_wait(served)
+    before = pod(served)
+    failures: list[str] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        while not done.is_set():
+            try:
+                if http_get(f"http://{ip}:8080/", timeout=2)[0] != 200:
+                    failures.append("not 200")
+            except OSError as exc:
+                failures.append(str(exc))
+            time.sleep(0.05)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        served.proc.send_signal(signal.SIGKILL)
+        served.proc.wait(10)
+        assert len(supervisors(served)) >= 1  # the pod's supervisor lives on
+        again = start(served.state.parent)  # the same state: it adopts the pod
+        served.proc, served.port = again.proc, again.port
+        after = wait_for(
+            "the adopted pod's status",
+            lambda: (d := pod(served))["status"].get("phase") == "Running" and d,
+            20,
+        )
+    finally:
+        done.set()
+        asker.join()
+    assert failures == []
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    restarts = [c["restartCount"] for c in after["status"]["containerStatuses"]]
+    assert restarts == [0, 0]
+    started = {
+        c["name"]: c["state"]["running"]["startedAt"] for c in after["status"]["containerStatuses"]
+    }
+    assert started == {
+        c["name"]: c["state"]["running"]["startedAt"] for c in before["status"]["containerStatuses"]
+    }
+    logs = served.kubectl("logs", "simple-webapp", "-c", "simple-webapp")
+    assert '"msg":"serving"' in logs.stdout  # the lines from before the kill are still there
+
+
+def test_serve_stops_its_pods_when_it_stops_unless_told_to_keep_them(served: Served) -> None:
+    served.stop()
+    keeping = start(served.state.parent, "--keep-pods")
+    served.proc, served.port = keeping.proc, keeping.port
+    apply_seed_and_wait(served)
+    served.stop()  # SIGTERM, --keep-pods: the pod stays
+    assert len(supervisors(served)) >= 1
+    again = start(served.state.parent)
+    served.proc, served.port = again.proc, again.port
+    assert pod(served)["status"]["phase"] == "Running"
+    served.stop()  # SIGTERM: every pod stopped gracefully
+    assert supervisors(served) == []
+    assert "stopping the pods" in (served.proc.stderr.read() if served.proc.stderr else "")
