@@ -47,6 +47,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/adapters.py
 	$(BIN)/python bench/images.py
+	$(BIN)/python bench/api.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -74,8 +74,8 @@ def test_label_selectors_as_the_apiserver_reads_them() -> None:
     assert pick("tier") == ["a"] and pick("!tier") == ["b"]
     assert pick(fields="metadata.name=b") == ["b"]
     assert pick(fields="metadata.namespace!=n") == []
-    with pytest.raises(SelectorError):
-        parse_fields("spec.nodeName=x")
+    with pytest.raises(SelectorError, match="field label not supported"):
+        parse_fields("spec.schedulerName=x")
     with pytest.raises(SelectorError):
         parse_labels("app in web")
 

@@ -252,3 +252,17 @@ def test_the_official_python_client_lists_creates_and_watches(served: Served) ->
         ("DELETED", "from-python", "w"),
     ]
     assert int(made.metadata.resource_version) > int(start)
+
+
+def test_the_node_the_service_accounts_and_the_served_kinds(served: Served) -> None:
+    nodes = table(served.kubectl("get", "nodes").stdout)
+    assert nodes[0] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert nodes[1][0] == os.uname().nodename and nodes[1][1] == "Ready"
+    node = json.loads(served.kubectl("get", "node", os.uname().nodename, "-o", "json").stdout)
+    assert node["status"]["capacity"]["cpu"] == str(os.cpu_count())
+    accounts = table(served.kubectl("get", "serviceaccounts", "-n", "kube-system").stdout)
+    assert accounts[1][0] == "default"  # each namespace gets its own
+    kinds = {row[0] for row in table(served.kubectl("api-resources").stdout)[1:]}
+    assert kinds == {
+        "configmaps", "events", "namespaces", "nodes", "pods", "secrets", "serviceaccounts",
+    }  # fmt: skip

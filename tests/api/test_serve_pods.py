@@ -81,6 +81,12 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     )
     event = json.loads(enriched[0])
     assert event["kubernetes"]["pod_name"] == "simple-webapp" and event["status"] == 200
+    # The node's events, as kubectl describe and get events show them.
+    described = served.kubectl("describe", "pod", "simple-webapp").stdout
+    assert "Started container simple-webapp" in described
+    assert "Started container log-agent" in described
+    events = served.kubectl("get", "events").stdout
+    assert "pod/simple-webapp" in events and "Scheduled" in events
     tail = served.kubectl("logs", "simple-webapp", "-c", "simple-webapp", "--tail=1")
     assert len(tail.stdout.splitlines()) == 1
     previous = served.kubectl("logs", "simple-webapp", "--previous")

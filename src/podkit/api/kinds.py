@@ -160,5 +160,80 @@ POD = Kind(
     schema="pod-v1.json",
 )
 
-KINDS = (NAMESPACE, CONFIGMAP, SECRET, POD)
+
+def _involved(obj: Obj, _: datetime.datetime) -> str:
+    involved = obj.get("involvedObject") or {}
+    return f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
+
+
+def _last_seen(obj: Obj, now: datetime.datetime) -> str:
+    when = obj.get("lastTimestamp") or obj.get("eventTime")
+    return age({"metadata": {"creationTimestamp": when}}, now) if when else "<unknown>"
+
+
+EVENT = Kind(
+    "Event",
+    "events",
+    "event",
+    namespaced=True,
+    short_names=("ev",),
+    columns=(
+        Column("Last Seen", _last_seen),
+        Column("Type", lambda o, _: o.get("type", "")),
+        Column("Reason", lambda o, _: o.get("reason", "")),
+        Column("Object", _involved),
+        Column("Message", lambda o, _: o.get("message", "")),
+    ),
+)
+
+
+def _node_ready(obj: Obj, _: datetime.datetime) -> str:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    ready = [c for c in conditions if c.get("type") == "Ready"]
+    return "Ready" if ready and ready[0].get("status") == "True" else "NotReady"
+
+
+def _node_info(field: str) -> Callable[[Obj, datetime.datetime], str]:
+    return lambda o, _: str(((o.get("status") or {}).get("nodeInfo") or {}).get(field, ""))
+
+
+def _internal_ip(obj: Obj, _: datetime.datetime) -> str:
+    addresses = (obj.get("status") or {}).get("addresses") or []
+    return next((a["address"] for a in addresses if a.get("type") == "InternalIP"), "<none>")
+
+
+NODE = Kind(
+    "Node",
+    "nodes",
+    "node",
+    namespaced=False,
+    short_names=("no",),
+    columns=(
+        NAME,
+        Column("Status", _node_ready),
+        Column("Roles", lambda o, _: "control-plane"),
+        AGE,
+        Column("Version", _node_info("kubeletVersion")),
+        Column("Internal-IP", _internal_ip, priority=1),
+        Column("External-IP", lambda o, _: "<none>", priority=1),
+        Column("OS-Image", _node_info("osImage"), priority=1),
+        Column("Kernel-Version", _node_info("kernelVersion"), priority=1),
+        Column("Container-Runtime", _node_info("containerRuntimeVersion"), priority=1),
+    ),
+)
+SERVICE_ACCOUNT = Kind(
+    "ServiceAccount",
+    "serviceaccounts",
+    "serviceaccount",
+    namespaced=True,
+    short_names=("sa",),
+    columns=(
+        NAME,
+        Column("Secrets", lambda o, _: len(o.get("secrets") or []), type="integer"),
+        AGE,
+    ),
+    schema="serviceaccount-v1.json",
+)
+
+KINDS = (NAMESPACE, CONFIGMAP, SECRET, POD, EVENT, NODE, SERVICE_ACCOUNT)
 BY_RESOURCE = {(k.group, k.resource): k for k in KINDS}

@@ -5,6 +5,7 @@ metadata, name rules, field validation and errors. No HTTP here (api/server.py).
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import re
@@ -13,7 +14,7 @@ from typing import Any
 
 from podkit.api import patch as patches
 from podkit.api import pods, status
-from podkit.api.kinds import NAMESPACE, POD, SECRET, Kind, Obj
+from podkit.api.kinds import NAMESPACE, POD, SECRET, SERVICE_ACCOUNT, Kind, Obj
 from podkit.manifest import schema
 from podkit.store import objects
 from podkit.store.objects import ObjectStore, StoreError
@@ -74,9 +75,15 @@ class Rest:
             obj["status"] = {"phase": "Active"}
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
         try:
-            return self.store.create(self.key(kind, namespace, name), obj)
+            made = self.store.create(self.key(kind, namespace, name), obj)
         except StoreError:
             raise status.already_exists(kind, name) from None
+        if kind is NAMESPACE:  # every namespace has its `default` ServiceAccount
+            account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": "default", "namespace": name}}  # fmt: skip
+            with contextlib.suppress(status.ApiError):
+                self.create(SERVICE_ACCOUNT, name, account)
+        return made
 
     def replace(
         self, kind: Kind, namespace: str, name: str, body: Any, validation: str = "Strict"

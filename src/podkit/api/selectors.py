@@ -1,8 +1,9 @@
 """Label and field selectors as the apiserver parses them, pure functions.
 
 Labels: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a` (exists), `!a` (absent),
-joined by commas (all must hold). Fields: `metadata.name` and `metadata.namespace` with `=`,
-`==` or `!=`, the ones kubectl sends for every kind.
+joined by commas (all must hold). Fields, with `=`, `==` or `!=`: the ones kubectl sends
+(metadata.name and metadata.namespace for every kind, spec.nodeName and status.phase for
+pods, involvedObject.* for `kubectl describe`'s events).
 """
 
 from __future__ import annotations
@@ -13,7 +14,19 @@ from typing import Any
 
 _SET = re.compile(r"([A-Za-z0-9_./-]+)\s+(in|notin)\s+\(([^)]*)\)")
 _KEY = re.compile(r"[A-Za-z0-9_./-]+")
-FIELDS = ("metadata.name", "metadata.namespace")
+FIELDS = (
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "status.phase",
+    "involvedObject.kind",
+    "involvedObject.name",
+    "involvedObject.namespace",
+    "involvedObject.uid",
+    "involvedObject.fieldPath",
+    "reason",
+    "type",
+)
 
 
 class SelectorError(ValueError):
@@ -69,10 +82,7 @@ def parse_fields(text: str) -> list[Requirement]:
     found = [_equality(term) for term in _split(text or "")]
     for r in found:
         if r.key not in FIELDS:
-            raise SelectorError(
-                f'"{r.key}" is not a known field selector: only "metadata.name", '
-                '"metadata.namespace"'
-            )
+            raise SelectorError(f'field label not supported: "{r.key}"')
     return found
 
 
@@ -87,8 +97,14 @@ def _equality(term: str) -> Requirement:
 def matches(
     obj: dict[str, Any], label_reqs: list[Requirement], field_reqs: list[Requirement]
 ) -> bool:
-    meta = obj.get("metadata", {})
-    labels = meta.get("labels") or {}
+    labels = obj.get("metadata", {}).get("labels") or {}
     if not all(r.holds(labels.get(r.key)) for r in label_reqs):
         return False
-    return all(r.holds(str(meta.get(r.key.split(".", 1)[1], ""))) for r in field_reqs)
+    return all(r.holds(_field(obj, r.key)) for r in field_reqs)
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)

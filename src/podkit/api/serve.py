@@ -1,6 +1,7 @@
 """`podkit serve`: the API on HTTPS (127.0.0.1:6443 by default), its state in
 `<state dir>/serve/` (state.db, pki/, kubeconfig.yaml), in the foreground until Ctrl-C or
-SIGTERM. This increment serves Namespaces, ConfigMaps and Secrets; the node (pods) comes next.
+SIGTERM. It serves Namespaces, ConfigMaps, Secrets, Pods (run on this machine by the node
+agent, runtime/node_agent.py), Events, the Node and ServiceAccounts.
 """
 
 from __future__ import annotations

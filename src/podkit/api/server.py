@@ -12,6 +12,7 @@ back to /openapi/v2 as protobuf and refuses to apply; a watch must answer `sendI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ssl
 from collections.abc import Awaitable, Callable
@@ -112,28 +113,25 @@ class Api:
     # --- discovery and OpenAPI --------------------------------------------------------------
 
     async def resources(self, _: web.Request) -> web.Response:
-        items = [
-            {
-                "name": k.resource,
-                "singularName": k.singular,
-                "namespaced": k.namespaced,
-                "kind": k.kind,
-                "verbs": [
-                    "create",
-                    "delete",
-                    "get",
-                    "list",
-                    "patch",
-                    "update",
-                    "watch",
-                    *(["deletecollection"] if k.namespaced else []),
-                ],  # fmt: skip
-                **({"shortNames": list(k.short_names)} if k.short_names else {}),
-                **({"categories": list(k.categories)} if k.categories else {}),
-            }
-            for k in KINDS
-            if not k.group
-        ]
+        items: list[dict[str, Any]] = []
+        for k in KINDS:
+            if k.group:
+                continue
+            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+            items.append(
+                {
+                    "name": k.resource,
+                    "singularName": k.singular,
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": verbs,
+                    **({"shortNames": list(k.short_names)} if k.short_names else {}),
+                    **({"categories": list(k.categories)} if k.categories else {}),
+                }
+            )
+            if k is POD:
+                items.append({"name": "pods/log", "singularName": "", "namespaced": True,
+                              "kind": "Pod", "verbs": ["get"]})  # fmt: skip
         return _json({"kind": "APIResourceList", "groupVersion": "v1", "resources": items})
 
     async def openapi_root(self, _: web.Request) -> web.Response:
@@ -291,8 +289,9 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        await response.write(log_read.render(whole, opts))
-        await self._follow(request, response, pod, pod_dir, container, path, len(whole), opts)
+        with contextlib.suppress(ConnectionResetError):  # the client went
+            await response.write(log_read.render(whole, opts))
+            await self._follow(request, response, pod, pod_dir, container, path, len(whole), opts)
         return response
 
     async def _follow(
@@ -408,29 +407,30 @@ class Api:
             response = web.StreamResponse(headers={"Content-Type": JSON})
             response.enable_chunked_encoding()
             await response.prepare(request)
-            writer = _EventWriter(response, kind, as_table)
-            for event in replay:
-                if selectors.matches(event.object, labels, fields):
-                    await writer.send(event.type, event.object)
-                last = max(last, event.rv)
-            if initial:
-                mark = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": {
-                    "resourceVersion": str(last),
-                    "annotations": {"k8s.io/initial-events-end": "true"}}}  # fmt: skip
-                await writer.send("BOOKMARK", mark, raw=True)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout if timeout else None
-            while True:
-                wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
-                if wait <= 0 or _gone(request):
-                    break
-                try:
-                    event = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
-                    continue  # a look at the deadline and at the client, then on
-                if event.rv > last and selectors.matches(event.object, labels, fields):
-                    await writer.send(event.type, event.object)
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):  # the client went
+                writer = _EventWriter(response, kind, as_table)
+                for event in replay:
+                    if selectors.matches(event.object, labels, fields):
+                        await writer.send(event.type, event.object)
+                    last = max(last, event.rv)
+                if initial:
+                    mark = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": {
+                        "resourceVersion": str(last),
+                        "annotations": {"k8s.io/initial-events-end": "true"}}}  # fmt: skip
+                    await writer.send("BOOKMARK", mark, raw=True)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + timeout if timeout else None
+                while True:
+                    wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
+                    if wait <= 0 or _gone(request):
+                        break
+                    try:
+                        event = await asyncio.wait_for(queue.get(), wait)
+                    except TimeoutError:
+                        continue  # a look at the deadline and at the client, then on
+                    if event.rv > last and selectors.matches(event.object, labels, fields):
+                        await writer.send(event.type, event.object)
+                await response.write_eof()
             return response
         finally:
             store.unsubscribe(queue)

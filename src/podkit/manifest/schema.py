@@ -31,6 +31,7 @@ _SCHEMA_FILES = {
     "ConfigMap": "configmap-v1.json",
     "Secret": "secret-v1.json",
     "Namespace": "namespace-v1.json",
+    "ServiceAccount": "serviceaccount-v1.json",
 }
 _STRICT_DIR = re.compile(r"v(\d+)\.(\d+)\.(\d+)-local-strict\Z")
 

@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from podkit.api.kinds import CONFIGMAP, POD, SECRET
+from podkit import __version__
+from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET
 from podkit.api.rest import Rest
 from podkit.api.status import ApiError
 from podkit.runtime import statedir
@@ -52,6 +53,8 @@ class Supervised:
     pid: int
     popen: subprocess.Popen[bytes] | None = None  # None: adopted from an earlier serve
     status_mtime: int = 0
+    events_mtime: int = 0
+    events_done: int = 0  # events.json's items already in the API
     signalled: set[int] = field(default_factory=set)
 
 
@@ -64,6 +67,7 @@ class NodeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.rest.store.subscribe(objects.prefix("core", "pods", None))
+        self._register()
         try:
             items, _ = self.rest.list_objects(POD, None)
             for pod in items:
@@ -87,6 +91,14 @@ class NodeAgent:
         while self.pods:
             self._mirror()
             await asyncio.sleep(TICK)
+
+    def _register(self) -> None:
+        """This machine as the cluster's one Node (made, or brought up to date)."""
+        node = node_object(os.uname().nodename)
+        try:
+            self.rest.create(NODE, "", node, "Ignore")
+        except ApiError:  # there from an earlier start: its status is brought up to date
+            self.rest.update_status(NODE, "", node["metadata"]["name"], node["status"])
 
     # --- reacting to the API ------------------------------------------------------------
 
@@ -180,10 +192,31 @@ class NodeAgent:
     def _mirror(self) -> None:
         for uid, pod in list(self.pods.items()):
             self._copy_status(pod)
+            self._copy_events(pod)
             if not self._alive(pod):
                 self._copy_status(pod)  # what it wrote last
+                self._copy_events(pod)
                 del self.pods[uid]
                 self._exited(pod)
+
+    def _copy_events(self, pod: Supervised) -> None:
+        """The supervisor's events (events.json, append-only) as Event objects, named
+        `<pod>.<uid prefix><index>` so a re-adopting serve writes each one once."""
+        path = pod.pod_dir / "events.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == pod.events_mtime:
+                return
+            items = json.loads(path.read_bytes()).get("items") or []
+        except (OSError, ValueError):
+            return
+        pod.events_mtime = mtime
+        for i, event in enumerate(items[pod.events_done :], start=pod.events_done):
+            name = f"{pod.name}.{pod.uid[:8]}{i:08x}"
+            meta = {"name": name, "namespace": pod.namespace}
+            with contextlib.suppress(ApiError):  # AlreadyExists: an earlier serve wrote it
+                self.rest.create(EVENT, pod.namespace, {**event, "metadata": meta}, "Ignore")
+        pod.events_done = len(items)
 
     def _copy_status(self, pod: Supervised) -> None:
         path = pod.pod_dir / "status.json"
@@ -254,3 +287,63 @@ def _without_server_fields(obj: Obj) -> Obj:
     }  # fmt: skip
     meta.get("annotations", {}).pop("kubectl.kubernetes.io/last-applied-configuration", None)
     return {k: v for k, v in {**obj, "metadata": meta}.items() if k != "status"}
+
+
+def node_object(name: str) -> Obj:
+    """The Node as the kubelet reports it: capacity, addresses, conditions, nodeInfo."""
+    import datetime
+    import platform
+    import socket
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    memory_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        memory_kib = int(f.readline().split()[1])
+    os_image = "Linux"
+    with contextlib.suppress(OSError), open("/etc/os-release") as f:
+        for line in f:
+            if line.startswith("PRETTY_NAME="):
+                os_image = line.split("=", 1)[1].strip().strip('"')
+    address = "127.0.0.1"
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET: picks the route's source address, sends nothing
+        address = s.getsockname()[0]
+    capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib}Ki", "pods": "110"}
+    ready = {
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "podkit serve is running pods", "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    }  # fmt: skip
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": arch,
+                "node-role.kubernetes.io/control-plane": "",
+            },
+        },
+        "spec": {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": [ready],
+            "addresses": [
+                {"type": "InternalIP", "address": address},
+                {"type": "Hostname", "address": name},
+            ],
+            "nodeInfo": {
+                "kubeletVersion": "v1.37.0",
+                "containerRuntimeVersion": f"podkit://{__version__}",
+                "kernelVersion": platform.release(),
+                "osImage": os_image,
+                "operatingSystem": "linux",
+                "architecture": arch,
+            },
+        },
+    }
