@@ -93,6 +93,17 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     assert 'previous terminated container "simple-webapp" in pod "simple-webapp" not found' in (
         previous.stderr
     )
+    # kubectl exec over WebSocket v5: output, stdin, and the command's exit code.
+    both = served.kubectl(
+        "exec", "simple-webapp", "--", "sh", "-c", "echo out; echo err >&2; exit 3"
+    )
+    assert (both.returncode, both.stdout) == (3, "out\n")
+    assert "err\n" in both.stderr and "command terminated with exit code 3" in both.stderr
+    piped = served.kubectl("exec", "-i", "simple-webapp", "-c", "log-agent", "--", "cat",
+                           stdin="through stdin\n")  # fmt: skip
+    assert (piped.returncode, piped.stdout) == (0, "through stdin\n")
+    missing = served.kubectl("exec", "simple-webapp", "--", "no-such-command")
+    assert missing.returncode == 127 and "executable file not found" in missing.stderr
     deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
     assert deleted.returncode == 0, deleted.stderr
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1

@@ -136,7 +136,10 @@ def _pod_cells(obj: Obj) -> tuple[str, str, str]:
     shown = display_status(status.get("phase", "Pending"), apps, init)
     if obj.get("metadata", {}).get("deletionTimestamp") and shown in ("Running", "Pending"):
         shown = "Terminating"
-    return ready_summary(apps, init), shown, str(sum(t.restart_count for t in apps + init))
+    ready = ready_summary(apps, init)
+    if not apps:  # no container has a status yet: 0 of what the spec has
+        ready = f"0/{len((obj.get('spec') or {}).get('containers') or [])}"
+    return ready, shown, str(sum(t.restart_count for t in apps + init))
 
 
 POD = Kind(

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from podkit import __version__
-from podkit.api import protobuf, selectors, status
+from podkit.api import exec_ws, protobuf, selectors, status
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
 from podkit.runtime import log_read
@@ -89,6 +89,8 @@ class Api:
         r.add_get("/livez", _fixed("ok"))
         prefix = "/api/v1"
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/log", self.on_log)
+        r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/exec", self.on_exec)
+        r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/exec", self.on_exec)
         for path in (
             prefix + "/namespaces/{namespace}/{resource}/{name}",
             prefix + "/{resource}/{name}",
@@ -132,6 +134,8 @@ class Api:
             if k is POD:
                 items.append({"name": "pods/log", "singularName": "", "namespaced": True,
                               "kind": "Pod", "verbs": ["get"]})  # fmt: skip
+                items.append({"name": "pods/exec", "singularName": "", "namespaced": True,
+                              "kind": "PodExecOptions", "verbs": ["create", "get"]})  # fmt: skip
         return _json({"kind": "APIResourceList", "groupVersion": "v1", "resources": items})
 
     async def openapi_root(self, _: web.Request) -> web.Response:
@@ -237,6 +241,24 @@ class Api:
         name = request.match_info["name"]
         obj = self.rest.delete(kind, namespace, name, rv, None if grace is None else int(grace))
         return _json(obj)
+
+    async def on_exec(self, request: web.Request) -> web.StreamResponse:
+        """`kubectl exec` over WebSocket v5 (api/exec_ws.py). kubectl's fallback, SPDY over
+        a POST, gets a Status that says so rather than a half-made upgrade."""
+        namespace, name = self._names(request)
+        pod = self.rest.get(POD, namespace, name)
+        if request.method == "POST":
+            raise status.bad_request(
+                f"podkit serve speaks exec over WebSocket ({exec_ws.PROTOCOL}) only, not SPDY"
+            )
+        names = [c["name"] for c in pod["spec"].get("containers", [])]
+        container = request.query.get("container") or names[0]
+        if container not in names + [c["name"] for c in pod["spec"].get("initContainers") or []]:
+            raise status.bad_request(f"container {container} is not valid for pod {name}")
+        if self.pods_root is None:
+            raise status.bad_request("this server runs no pods")
+        pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
+        return await exec_ws.serve(request, pod_dir, container)
 
     async def on_log(self, request: web.Request) -> web.StreamResponse:
         """`kubectl logs`, from the CRI files the node writes: -c, --previous, --tail,

@@ -24,7 +24,7 @@ from podkit.oci.image_process import ProcessError, env_pairs, image_uid, stop_si
 from podkit.oci.lower_dirs import TooManyLayers, overlay_options
 from podkit.oci.reference import InvalidReference
 from podkit.oci.reference import parse as parse_reference
-from podkit.runtime import container_spec, hooks, security
+from podkit.runtime import container_spec, hooks, security, statedir
 from podkit.runtime import env as envmod
 from podkit.runtime.backoff import Backoff
 from podkit.runtime.cgroups import CgroupError, ContainerCgroup, Resources
@@ -348,6 +348,15 @@ class ContainerRunner:
         if reply.startswith("started"):
             self._start_error = None
             self.pid = int(reply.split()[1])
+            # What `kubectl exec` through podkit serve needs to enter it (runtime/exec.py).
+            statedir.write_json_atomic(
+                cdir / "exec.json",
+                {
+                    "pid": self.pid,
+                    "confinement": self.confinement.to_json(),
+                    "cgroup_procs": self.cgroup.procs_files() if self.cgroup else [],
+                },
+            )
             events.normal("Started", f"Started container {c.name}", self.field_path)
             await self._post_start(proc)
         else:

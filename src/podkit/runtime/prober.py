@@ -337,7 +337,8 @@ async def _http_probe(h: HTTPGetAction, target: ProbeTarget, timeout: float) -> 
 # --- exec -------------------------------------------------------------------------------------
 
 
-def _container_env(pid: int) -> dict[str, str]:
+def container_env(pid: int) -> dict[str, str]:
+    """The environment of the container's PID 1: what an exec in it starts with."""
     with open(f"/proc/{pid}/environ", "rb") as f:
         raw = f.read()
     env: dict[str, str] = {}
@@ -356,7 +357,7 @@ def _go_quote(text: str) -> str:
 async def _exec_probe(h: ExecAction, target: ProbeTarget, timeout: float) -> ProbeResult:
     pid = target.container_pid
     try:
-        env = _container_env(pid)
+        env = container_env(pid)
     except OSError:
         return ProbeResult(False, f"container process {pid} is not running")
     spec = enter_spec(pid, list(h.command), env, target.confinement, list(target.cgroup_procs))

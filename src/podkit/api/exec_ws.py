@@ -1,0 +1,98 @@
+"""`kubectl exec` over WebSocket, protocol `v5.channel.k8s.io` (the only one kubectl 1.37
+offers first): every binary message is one channel byte and its payload, 0 stdin (from the
+client), 1 stdout, 2 stderr, 3 the final metav1.Status, 4 terminal resize (from the client);
+255 closes a channel (`[255, 0]`: stdin is done). The exit status goes on channel 3: a
+non-zero one as reason NonZeroExitCode with an ExitCode cause, so `kubectl exec ... -- false`
+exits 1 like the command. A request that cannot be served (a TTY, another protocol) gets a
+plain Status answer instead of the upgrade, so kubectl reports it instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from podkit.api import status
+from podkit.runtime import exec as container_exec
+
+PROTOCOL = "v5.channel.k8s.io"
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+
+
+def exit_status(code: int, argv: list[str]) -> dict[str, Any]:
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    shown = orjson.dumps(argv).decode()
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command "
+        f"{shown}, exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+async def serve(request: web.Request, pod_dir: Path, container: str) -> web.StreamResponse:
+    q = request.query
+    argv = q.getall("command", [])
+    if not argv:
+        raise status.bad_request("you must specify at least 1 command")
+    if q.get("tty") == "true":
+        raise status.bad_request(
+            "podkit serve: exec with a terminal (-t) is not supported yet; use -i without -t"
+        )
+    ws = web.WebSocketResponse(protocols=(PROTOCOL,))
+    if not ws.can_prepare(request).ok or ws.can_prepare(request).protocol != PROTOCOL:
+        raise status.bad_request(f"exec needs a WebSocket upgrade with protocol {PROTOCOL}")
+    try:
+        proc = await container_exec.start(pod_dir, container, argv)
+    except container_exec.ExecError as exc:
+        raise status.ApiError(500, "InternalError", str(exc)) from None
+    await ws.prepare(request)
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+
+    async def pump(reader: asyncio.StreamReader, channel: int) -> None:
+        while chunk := await reader.read(65536):
+            await ws.send_bytes(bytes([channel]) + chunk)
+
+    pumps = [
+        asyncio.ensure_future(pump(proc.stdout, STDOUT)),
+        asyncio.ensure_future(pump(proc.stderr, STDERR)),
+    ]
+    feeding = asyncio.ensure_future(_feed(ws, proc, q.get("stdin") == "true"))
+    try:
+        code = await proc.wait()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        with contextlib.suppress(ConnectionResetError):
+            await ws.send_bytes(bytes([ERROR]) + orjson.dumps(exit_status(code, argv)))
+            await ws.close()
+    finally:
+        feeding.cancel()
+        if proc.returncode is None:
+            proc.kill()
+    return ws
+
+
+async def _feed(ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, stdin: bool) -> None:
+    """The client's stdin into the command's; its close signal, or none asked, ends it."""
+    assert proc.stdin is not None
+    if not stdin:
+        proc.stdin.close()
+    async for msg in ws:
+        if msg.type != WSMsgType.BINARY or not msg.data:
+            continue
+        channel, payload = msg.data[0], msg.data[1:]
+        if channel == STDIN and stdin and not proc.stdin.is_closing():
+            proc.stdin.write(payload)
+            with contextlib.suppress(ConnectionResetError):
+                await proc.stdin.drain()
+        elif channel == CLOSE and payload[:1] == bytes([STDIN]):
+            proc.stdin.close()
+    if not proc.stdin.is_closing():
+        proc.stdin.close()
