@@ -102,6 +102,13 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     piped = served.kubectl("exec", "-i", "simple-webapp", "-c", "log-agent", "--", "cat",
                            stdin="through stdin\n")  # fmt: skip
     assert (piped.returncode, piped.stdout) == (0, "through stdin\n")
+    sent = served.home / "sent.txt"
+    sent.write_text("copied in\n")
+    copy_in = served.kubectl("cp", str(sent), "simple-webapp:/tmp/sent.txt", "-c", "simple-webapp")
+    assert copy_in.returncode == 0, copy_in.stderr  # kubectl cp: tar through exec
+    back = served.home / "back.txt"
+    served.kubectl("cp", "simple-webapp:/tmp/sent.txt", str(back), "-c", "simple-webapp")
+    assert back.read_text() == "copied in\n"
     missing = served.kubectl("exec", "simple-webapp", "--", "no-such-command")
     assert missing.returncode == 127 and "executable file not found" in missing.stderr
     deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
