@@ -8,6 +8,7 @@ import os
 import ssl
 import stat
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -266,3 +267,56 @@ def test_the_node_the_service_accounts_and_the_served_kinds(served: Served) -> N
     assert kinds == {
         "configmaps", "events", "namespaces", "nodes", "pods", "secrets", "serviceaccounts",
     }  # fmt: skip
+
+
+def test_a_server_dry_run_checks_everything_and_writes_nothing(served: Served) -> None:
+    dry = served.kubectl("apply", "--dry-run=server", "-f", "-", stdin=cm("dry"))
+    assert dry.stdout.strip() == "configmap/dry created (server dry run)", dry.stderr
+    assert served.kubectl("get", "cm", "dry").returncode == 1
+    bad = served.kubectl("apply", "--dry-run=server", "-f", "-", stdin=cm("dry") + "extra: 1\n")
+    assert bad.returncode == 1 and 'unknown field "extra"' in bad.stderr
+
+
+def test_racing_writers_lose_with_409_and_watchers_see_every_win_in_order(served: Served) -> None:
+    from kubernetes import client, config, watch
+    from kubernetes.client.rest import ApiException
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(served.kubeconfig)))
+    api.create_namespaced_config_map("default", {"metadata": {"name": "contended"}, "data": {}})
+    start = api.read_namespaced_config_map("contended", "default").metadata.resource_version
+    wins: list[str] = []
+    losses: list[int] = []
+    lock = threading.Lock()
+
+    def writer(i: int) -> None:
+        for attempt in range(5):
+            current = api.read_namespaced_config_map("contended", "default")
+            current.data = {**(current.data or {}), f"w{i}": str(attempt)}  # a real change
+            try:
+                done = api.replace_namespaced_config_map("contended", "default", current)
+            except ApiException as exc:
+                with lock:
+                    losses.append(exc.status)
+                continue
+            with lock:
+                wins.append(done.metadata.resource_version)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = [
+        e["object"].metadata.resource_version
+        for e in watch.Watch().stream(
+            api.list_namespaced_config_map,
+            "default",
+            resource_version=start,
+            field_selector="metadata.name=contended",
+            timeout_seconds=1,
+        )
+        if e["type"] == "MODIFIED"
+    ]
+    assert len(wins) + len(losses) == 100
+    assert set(losses) <= {409} and losses  # 20 writers on one object: some lose
+    assert seen == sorted(wins, key=int)  # every win, once, in order

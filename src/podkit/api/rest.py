@@ -41,6 +41,7 @@ class Rest:
         # stops the containers, then removes the object (finish_delete).
         self.node_name = node_name
         self.warnings: list[str] = []  # of the request being handled: Warning headers
+        self.dry_run = False  # the request's dryRun=All: everything but the write
 
     # --- reads -------------------------------------------------------------------------
 
@@ -74,6 +75,10 @@ class Rest:
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        if self.dry_run:
+            if self.store.get(self.key(kind, namespace, name)) is not None:
+                raise status.already_exists(kind, name)
+            return obj
         try:
             made = self.store.create(self.key(kind, namespace, name), obj)
         except StoreError:
@@ -215,8 +220,8 @@ class Rest:
             for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
                 if field in current["metadata"]:
                     meta[field] = current["metadata"][field]
-        if obj == current:
-            return current  # nothing changed: no new resourceVersion, as the apiserver does
+        if obj == current or self.dry_run:
+            return obj  # nothing changed: no new resourceVersion, as the apiserver does
         try:
             return self.store.update(self.key(kind, namespace, name), obj)
         except StoreError as exc:

@@ -227,7 +227,11 @@ class Api:
         headers, which kubectl prints. Nothing awaits from here to the response, so no other
         request's warnings mix in."""
         self.rest.warnings = []
-        response = _json(write(request.query.get("fieldValidation", "Strict")), code)
+        self.rest.dry_run = request.query.get("dryRun") == "All"
+        try:
+            response = _json(write(request.query.get("fieldValidation", "Strict")), code)
+        finally:
+            self.rest.dry_run = False
         for text in self.rest.warnings:
             quoted = text.replace("\\", "\\\\").replace('"', '\\"')  # RFC 7230 quoted-string
             response.headers.add("Warning", f'299 - "{quoted}"')
