@@ -125,3 +125,42 @@ def test_a_protobuf_body_as_kubectl_sends_it_reads_as_json() -> None:
     ):
         with pytest.raises(ProtobufError, match=why):
             decode(bad)
+
+
+def test_spdy_frames_as_kubectl_port_forward_sends_them() -> None:
+    import struct
+    import zlib
+
+    from podkit.api import spdy
+    from podkit.api.spdy_dictionary import DICTIONARY
+
+    assert (len(DICTIONARY), zlib.adler32(DICTIONARY)) == (1423, 0xE3C6A7C2)  # SPDY/3's own
+    client = zlib.compressobj(zdict=DICTIONARY)
+
+    def syn(stream: int, headers: dict[str, str]) -> bytes:
+        raw = struct.pack(">I", len(headers))
+        for k, v in headers.items():
+            raw += struct.pack(">I", len(k)) + k.encode() + struct.pack(">I", len(v)) + v.encode()
+        block = client.compress(raw) + client.flush(zlib.Z_SYNC_FLUSH)
+        body = struct.pack(">IIH", stream, 0, 0) + block
+        return struct.pack(">HHI", 0x8003, spdy.SYN_STREAM, len(body)) + body
+
+    session = spdy.Session()
+    error = syn(1, {"streamtype": "error", "port": "80", "requestid": "0"})
+    data = syn(3, {"streamtype": "data", "port": "80", "requestid": "0"})
+    payload = struct.pack(">II", 3, (spdy.FLAG_FIN << 24) | 5) + b"hello"
+    stream = error + data + payload
+    events = (
+        session.receive(stream[:7]) + session.receive(stream[7:30]) + session.receive(stream[30:])
+    )  # frames cut anywhere, as WebSocket messages may cut them
+    assert events == [
+        spdy.Opened(1, {"streamtype": "error", "port": "80", "requestid": "0"}),
+        spdy.Opened(3, {"streamtype": "data", "port": "80", "requestid": "0"}),
+        spdy.Data(3, b"hello", True),
+    ]
+    reply = session.reply(3)
+    assert reply[:4] == bytes([0x80, 0x03, 0x00, spdy.SYN_REPLY])
+    assert struct.unpack(">I", reply[8:12])[0] == 3
+    assert session.data(3, b"x", fin=True) == struct.pack(">II", 3, (1 << 24) | 1) + b"x"
+    ping = struct.pack(">HHI", 0x8003, spdy.PING, 4) + b"\x00\x00\x00\x01"
+    assert session.receive(ping) == [spdy.Ping(b"\x00\x00\x00\x01")]

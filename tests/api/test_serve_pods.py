@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_harness import Served, start
+from serve_harness import KUBECTL, Served, start
 
 from podkit_harness import REPO, http_get, wait_for
 
@@ -111,6 +111,28 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     assert back.read_text() == "copied in\n"
     missing = served.kubectl("exec", "simple-webapp", "--", "no-such-command")
     assert missing.returncode == 127 and "executable file not found" in missing.stderr
+    # kubectl port-forward (SPDY inside a WebSocket), to a port only the pod's loopback has.
+    forward = subprocess.Popen(
+        [str(KUBECTL), "port-forward", "pod/simple-webapp", ":8080", ":2020"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"HOME": str(served.home), "KUBECONFIG": str(served.kubeconfig)},
+    )
+    try:
+        assert forward.stdout is not None
+        ports = []
+        while len(ports) < 2:
+            line = forward.stdout.readline()
+            assert line, forward.stderr.read() if forward.stderr else ""
+            if line.startswith("Forwarding from 127.0.0.1:"):
+                ports.append(int(line.split(":")[1].split()[0]))
+        for _ in range(3):  # one connection after another, each a pair of SPDY streams
+            assert http_get(f"http://127.0.0.1:{ports[0]}/api/info")[0] == 200
+        assert http_get(f"http://127.0.0.1:{ports[1]}/healthz")[0] == 200  # the log-agent's
+    finally:
+        forward.kill()
+        forward.wait()
     deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
     assert deleted.returncode == 0, deleted.stderr
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1

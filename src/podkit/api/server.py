@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from podkit import __version__
-from podkit.api import exec_ws, protobuf, selectors, status
+from podkit.api import exec_ws, portforward_ws, protobuf, selectors, status
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
 from podkit.runtime import log_read
@@ -91,6 +91,8 @@ class Api:
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/log", self.on_log)
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/exec", self.on_exec)
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/exec", self.on_exec)
+        r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
+        r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
         for path in (
             prefix + "/namespaces/{namespace}/{resource}/{name}",
             prefix + "/{resource}/{name}",
@@ -132,10 +134,15 @@ class Api:
                 }
             )
             if k is POD:
-                items.append({"name": "pods/log", "singularName": "", "namespaced": True,
-                              "kind": "Pod", "verbs": ["get"]})  # fmt: skip
-                items.append({"name": "pods/exec", "singularName": "", "namespaced": True,
-                              "kind": "PodExecOptions", "verbs": ["create", "get"]})  # fmt: skip
+                items += [
+                    {"name": f"pods/{sub}", "singularName": "", "namespaced": True,
+                     "kind": kind, "verbs": verbs}
+                    for sub, kind, verbs in (
+                        ("log", "Pod", ["get"]),
+                        ("exec", "PodExecOptions", ["create", "get"]),
+                        ("portforward", "PodPortForwardOptions", ["create", "get"]),
+                    )
+                ]  # fmt: skip
         return _json({"kind": "APIResourceList", "groupVersion": "v1", "resources": items})
 
     async def openapi_root(self, _: web.Request) -> web.Response:
@@ -263,6 +270,23 @@ class Api:
             raise status.bad_request("this server runs no pods")
         pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
         return await exec_ws.serve(request, pod_dir, container)
+
+    async def on_forward(self, request: web.Request) -> web.StreamResponse:
+        """`kubectl port-forward`: SPDY inside a WebSocket (api/portforward_ws.py)."""
+        namespace, name = self._names(request)
+        pod = self.rest.get(POD, namespace, name)
+        if request.method == "POST":
+            raise status.bad_request(
+                f"podkit serve speaks port-forward over WebSocket ({portforward_ws.PROTOCOL})"
+            )
+        if self.pods_root is None:
+            raise status.bad_request("this server runs no pods")
+        pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
+        try:
+            sandbox_pid = int((pod_dir / "sandbox").read_text())
+        except (OSError, ValueError):
+            raise status.bad_request(f'pod "{name}" is not running') from None
+        return await portforward_ws.serve(request, sandbox_pid)
 
     async def on_log(self, request: web.Request) -> web.StreamResponse:
         """`kubectl logs`, from the CRI files the node writes: -c, --previous, --tail,
