@@ -102,6 +102,7 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     piped = served.kubectl("exec", "-i", "simple-webapp", "-c", "log-agent", "--", "cat",
                            stdin="through stdin\n")  # fmt: skip
     assert (piped.returncode, piped.stdout) == (0, "through stdin\n")
+    assert _exec_in_terminal(served) == (5, [b"33 101", b"42"])
     sent = served.home / "sent.txt"
     sent.write_text("copied in\n")
     copy_in = served.kubectl("cp", str(sent), "simple-webapp:/tmp/sent.txt", "-c", "simple-webapp")
@@ -206,3 +207,38 @@ def test_serve_stops_its_pods_when_it_stops_unless_told_to_keep_them(served: Ser
     served.stop()  # SIGTERM: every pod stopped gracefully
     assert supervisors(served) == []
     assert "stopping the pods" in (served.proc.stderr.read() if served.proc.stderr else "")
+
+
+def _exec_in_terminal(served: Served) -> tuple[int, list[bytes]]:
+    """`kubectl exec -it ... -- sh` from a terminal of 33x101: the shell sees that size, runs
+    what is typed, and its exit status is kubectl's."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    env = {"HOME": str(served.home), "KUBECONFIG": str(served.kubeconfig), "TERM": "dumb"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kubectl on the terminal
+        os.execve(str(KUBECTL), [str(KUBECTL), "exec", "-it", "simple-webapp", "--", "sh"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    out = b""
+    deadline = time.monotonic() + 20
+    typed = False
+    while time.monotonic() < deadline:
+        if not typed and b"# " in out:  # the shell's prompt: it is reading the terminal
+            os.write(fd, b"stty size; echo $((6*7)); exit 5\r")
+            typed = True
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: kubectl has exited
+                break
+            if not chunk:
+                break
+            out += chunk
+    _, code = os.waitpid(pid, 0)
+    os.close(fd)
+    lines = [line.strip() for line in out.splitlines()]
+    return os.waitstatus_to_exitcode(code), [x for x in lines if x in (b"33 101", b"42")]

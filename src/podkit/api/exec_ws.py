@@ -1,7 +1,9 @@
 """`kubectl exec` over WebSocket, protocol `v5.channel.k8s.io` (the only one kubectl 1.37
 offers first): every binary message is one channel byte and its payload, 0 stdin (from the
 client), 1 stdout, 2 stderr, 3 the final metav1.Status, 4 terminal resize (from the client);
-255 closes a channel (`[255, 0]`: stdin is done). The exit status goes on channel 3: a
+255 closes a channel (`[255, 0]`: stdin is done). With -t the command gets a pseudo-terminal
+as its controlling terminal, stdout carries what it shows, and channel 4 resizes it. The exit
+status goes on channel 3: a
 non-zero one as reason NonZeroExitCode with an ExitCode cause, so `kubectl exec ... -- false`
 exits 1 like the command. A request that cannot be served (a TTY, another protocol) gets a
 plain Status answer instead of the upgrade, so kubectl reports it instead of hanging.
@@ -11,6 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import struct
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -43,29 +49,31 @@ async def serve(request: web.Request, pod_dir: Path, container: str) -> web.Stre
     argv = q.getall("command", [])
     if not argv:
         raise status.bad_request("you must specify at least 1 command")
-    if q.get("tty") == "true":
-        raise status.bad_request(
-            "podkit serve: exec with a terminal (-t) is not supported yet; use -i without -t"
-        )
     ws = web.WebSocketResponse(protocols=(PROTOCOL,))
     if not ws.can_prepare(request).ok or ws.can_prepare(request).protocol != PROTOCOL:
         raise status.bad_request(f"exec needs a WebSocket upgrade with protocol {PROTOCOL}")
+    tty = q.get("tty") == "true"
+    master, slave = os.openpty() if tty else (-1, -1)
     try:
-        proc = await container_exec.start(pod_dir, container, argv)
+        proc = await container_exec.start(pod_dir, container, argv, slave if tty else None)
     except container_exec.ExecError as exc:
+        if tty:
+            os.close(master)
         raise status.ApiError(500, "InternalError", str(exc)) from None
+    finally:
+        if tty:
+            os.close(slave)  # the command holds it now
     await ws.prepare(request)
-    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
-
-    async def pump(reader: asyncio.StreamReader, channel: int) -> None:
-        while chunk := await reader.read(65536):
-            await ws.send_bytes(bytes([channel]) + chunk)
-
-    pumps = [
-        asyncio.ensure_future(pump(proc.stdout, STDOUT)),
-        asyncio.ensure_future(pump(proc.stderr, STDERR)),
-    ]
-    feeding = asyncio.ensure_future(_feed(ws, proc, q.get("stdin") == "true"))
+    if tty:
+        pumps = [asyncio.ensure_future(_terminal_out(ws, master))]
+        feeding = asyncio.ensure_future(_terminal_in(ws, master))
+    else:
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            asyncio.ensure_future(_pump(ws, proc.stdout, STDOUT)),
+            asyncio.ensure_future(_pump(ws, proc.stderr, STDERR)),
+        ]
+        feeding = asyncio.ensure_future(_feed(ws, proc, q.get("stdin") == "true"))
     try:
         code = await proc.wait()
         await asyncio.gather(*pumps, return_exceptions=True)
@@ -76,7 +84,50 @@ async def serve(request: web.Request, pod_dir: Path, container: str) -> web.Stre
         feeding.cancel()
         if proc.returncode is None:
             proc.kill()
+        if tty:
+            os.close(master)
     return ws
+
+
+async def _pump(ws: web.WebSocketResponse, reader: asyncio.StreamReader, channel: int) -> None:
+    while chunk := await reader.read(65536):
+        await ws.send_bytes(bytes([channel]) + chunk)
+
+
+async def _terminal_out(ws: web.WebSocketResponse, master: int) -> None:
+    """The terminal's output, until the command's side closes (EIO on the master)."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(master, ready.set)
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: no process holds the terminal any more
+                return
+            if not chunk:
+                return
+            await ws.send_bytes(bytes([STDOUT]) + chunk)
+    finally:
+        loop.remove_reader(master)
+
+
+async def _terminal_in(ws: web.WebSocketResponse, master: int) -> None:
+    """Keys into the terminal, and its size as the client's changes (channel 4)."""
+    async for msg in ws:
+        if msg.type != WSMsgType.BINARY or not msg.data:
+            continue
+        channel, payload = msg.data[0], msg.data[1:]
+        if channel == STDIN:
+            with contextlib.suppress(OSError):
+                os.write(master, payload)
+        elif channel == RESIZE:
+            with contextlib.suppress(ValueError, KeyError, OSError):
+                size = orjson.loads(payload)
+                winsize = struct.pack("HHHH", int(size["Height"]), int(size["Width"]), 0, 0)
+                fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
 
 
 async def _feed(ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, stdin: bool) -> None:

@@ -11,10 +11,12 @@ the exec go to stderr with status 127 (126 when the command cannot be executed).
 
 from __future__ import annotations
 
+import fcntl
 import marshal
 import os
 import signal
 import sys
+import termios  # a C extension: imported now, before the chroot puts it out of reach
 
 from podkit.runtime import linux
 from podkit.runtime.confine import Confinement
@@ -95,6 +97,9 @@ def run(spec: dict[str, Any]) -> int:
     if child == 0:
         try:
             linux.set_parent_death_signal(signal.SIGKILL)
+            if spec.get("tty"):  # kubectl exec -t: the terminal on stdin becomes its own
+                os.setsid()
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             confinement.apply()
         except OSError as exc:
             os._exit(_fail(f"security context: {exc}"))
