@@ -320,3 +320,12 @@ def test_racing_writers_lose_with_409_and_watchers_see_every_win_in_order(served
     assert len(wins) + len(losses) == 100
     assert set(losses) <= {409} and losses  # 20 writers on one object: some lose
     assert seen == sorted(wins, key=int)  # every win, once, in order
+
+
+def test_kubectl_explain_reads_the_schemas_validation_uses(served: Served) -> None:
+    pod = served.kubectl("explain", "pod.spec.containers.name")
+    assert pod.returncode == 0, pod.stderr
+    assert "FIELD: name <string>" in pod.stdout
+    assert "Name of the container specified as a DNS_LABEL" in pod.stdout
+    data = served.kubectl("explain", "configmap.data")
+    assert "FIELD: data <map[string]string>" in data.stdout

@@ -26,6 +26,7 @@ from podkit import __version__
 from podkit.api import exec_ws, portforward_ws, protobuf, selectors, status
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
+from podkit.manifest import schema
 from podkit.runtime import log_read
 from podkit.store.objects import Event, StoreError
 
@@ -173,8 +174,10 @@ class Api:
                     ],
                 }
             }
+        served = tuple((k.group, k.version, k.kind) for k in KINDS if not k.group)
         doc = {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.37.0"},
-               "paths": paths}  # fmt: skip
+               "paths": paths,
+               "components": {"schemas": schema.openapi_schemas(served)}}  # fmt: skip
         return _json(doc)
 
     # --- verbs --------------------------------------------------------------------------

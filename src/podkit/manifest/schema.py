@@ -91,6 +91,45 @@ def _definitions() -> dict[str, Any]:
     return doc
 
 
+@cache
+def openapi_schemas(kinds: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
+    """components.schemas of an OpenAPI v3 document for the (group, version, kind)s given, from
+    the same _definitions.json that validation uses: the kinds' definitions (which carry their
+    x-kubernetes-group-version-kind, and the strategic-merge metadata on their lists) and all
+    they refer to, with $refs pointing into components and JSON Schema's type lists written as
+    OpenAPI 3.0's type and nullable."""
+    full = orjson.loads((_schema_dir() / "_definitions.json").read_bytes())["$defs"]
+    wanted = {tuple(k) for k in kinds}
+    roots = [
+        {"$ref": f"#/$defs/{name}"}
+        for name, d in full.items()
+        if any(
+            (g.get("group", ""), g.get("version", ""), g.get("kind", "")) in wanted
+            for g in d.get("x-kubernetes-group-version-kind", [])
+        )
+    ]
+    return {name: _openapi3(d) for name, d in reachable(full, roots).items()}
+
+
+def _openapi3(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_openapi3(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi3(v) for k, v in node.items()}
+    ref = out.get("$ref")
+    if isinstance(ref, str) and "/$defs/" in ref:
+        out["$ref"] = "#/components/schemas/" + ref.rsplit("/", 1)[1]
+    kind = out.get("type")
+    if isinstance(kind, list):
+        real = [t for t in kind if t != "null"]
+        if len(real) == 1:
+            out["type"] = real[0]
+        if "null" in kind:
+            out["nullable"] = True
+    return out
+
+
 def reachable(definitions: dict[str, Any], roots: list[Any]) -> dict[str, Any]:
     """The definitions that `roots` reach through $ref, directly or not."""
     found: dict[str, Any] = {}
