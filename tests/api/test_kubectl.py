@@ -329,3 +329,44 @@ def test_kubectl_explain_reads_the_schemas_validation_uses(served: Served) -> No
     assert "Name of the container specified as a DNS_LABEL" in pod.stdout
     data = served.kubectl("explain", "configmap.data")
     assert "FIELD: data <map[string]string>" in data.stdout
+
+
+def test_finalizers_hold_a_deleted_object_until_the_last_is_removed(served: Served) -> None:
+    held = cm("held").replace(
+        "metadata: {name: held}", "metadata: {name: held, finalizers: [example.com/x]}"
+    )
+    assert served.kubectl("apply", "-f", "-", stdin=held).returncode == 0
+    deleting = served.kubectl("delete", "cm", "held", "--wait=false")
+    assert deleting.returncode == 0, deleting.stderr
+    doc = json.loads(served.kubectl("get", "cm", "held", "-o", "json").stdout)
+    assert doc["metadata"]["deletionTimestamp"] and doc["metadata"]["finalizers"] == [
+        "example.com/x"
+    ]
+    released = served.kubectl(
+        "patch", "cm", "held", "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+    )
+    assert released.returncode == 0, released.stderr
+    assert served.kubectl("get", "cm", "held").returncode == 1  # gone with its last finalizer
+
+
+def test_a_watch_from_before_the_history_gets_410_gone(tmp_path: Path) -> None:
+    from kubernetes import client, config, watch
+    from kubernetes.client.rest import ApiException
+
+    short = start(tmp_path, "--history", "10")
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(short.kubeconfig)))
+        first = api.create_namespaced_config_map("default", {"metadata": {"name": "c0"}})
+        for i in range(1, 25):
+            api.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
+        with pytest.raises(ApiException) as gone:
+            for _ in watch.Watch().stream(
+                api.list_namespaced_config_map,
+                "default",
+                resource_version=first.metadata.resource_version,
+                timeout_seconds=2,
+            ):
+                pass
+        assert gone.value.status == 410
+    finally:
+        short.stop()

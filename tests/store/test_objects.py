@@ -57,17 +57,14 @@ def test_stale_resource_versions_conflict_and_missing_or_taken_keys_are_refused(
     assert gone["metadata"]["resourceVersion"] == "3" and store.get(KEY) is None
 
 
-def test_history_replays_writes_and_expires_past_its_window(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = ObjectStore(tmp_path / "state.db")
+def test_history_replays_writes_and_expires_past_its_window(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "state.db", history=5)
     store.create(KEY, cm("a"))
     store.update(KEY, cm("a", "2"))
     store.delete(KEY)
     events = store.events_since(1, objects.prefix("core", "configmaps", "default"))
     assert [(e.type, e.rv) for e in events] == [("MODIFIED", 2), ("DELETED", 3)]
-    monkeypatch.setattr(objects, "HISTORY", 5)
-    for i in range(1000):  # compaction runs every 1000 revisions
+    for i in range(10):  # compaction runs every `history` revisions
         store.create(objects.key("core", "configmaps", "default", f"n{i}"), cm(f"n{i}"))
     with pytest.raises(StoreError) as old:
         store.events_since(1, "core/")

@@ -69,7 +69,10 @@ class Rest:
         meta = obj["metadata"]
         meta.pop("resourceVersion", None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            meta.pop(field, None)
         if kind is POD:
+            meta["generation"] = 1
             obj = pods.defaulted(obj, self.node_name, meta["creationTimestamp"])
         if kind is NAMESPACE:
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
@@ -183,6 +186,14 @@ class Rest:
         return self.finish_delete(kind, namespace, name, rv)
 
     def finish_delete(self, kind: Kind, namespace: str, name: str, rv: str | None = None) -> Obj:
+        current = self.get(kind, namespace, name)
+        meta = current["metadata"]
+        if meta.get("finalizers") and kind is not POD:
+            # Finalizers hold it: it is only marked, and goes when the last is removed.
+            if "deletionTimestamp" in meta:
+                return current
+            meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
+            return self.store.update(self.key(kind, namespace, name), current)
         key = self.key(kind, namespace, name)
         if kind is NAMESPACE:
             self._delete_namespace_contents(name)
@@ -212,22 +223,28 @@ class Rest:
                 meta[field] = current["metadata"][field]
         if kind is NAMESPACE:
             obj["status"] = current.get("status", {"phase": "Active"})
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):  # only delete sets them
+            meta.pop(field, None)
+            if field in current["metadata"]:
+                meta[field] = current["metadata"][field]
         if kind is POD:  # status is the node's (update_status); spec is fixed but for images
             obj["status"] = current.get("status", {})
             why = pods.spec_change_refused(current, obj)
             if why:
                 raise status.invalid(kind, name, [("spec", why)])
-            for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
-                if field in current["metadata"]:
-                    meta[field] = current["metadata"][field]
+            if obj.get("spec") != current.get("spec"):
+                meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
         if obj == current or self.dry_run:
             return obj  # nothing changed: no new resourceVersion, as the apiserver does
         try:
-            return self.store.update(self.key(kind, namespace, name), obj)
+            stored = self.store.update(self.key(kind, namespace, name), obj)
         except StoreError as exc:
             if exc.reason == "NotFound":
                 raise status.not_found(kind, name) from None
             raise status.conflict(kind, name, str(exc)) from None
+        if "deletionTimestamp" in meta and not meta.get("finalizers") and kind is not POD:
+            return self.finish_delete(kind, namespace, name)  # its last finalizer went: it goes
+        return stored
 
     def _checked_body(
         self, kind: Kind, namespace: str, body: Any, name: str | None, validation: str

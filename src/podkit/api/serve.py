@@ -22,7 +22,7 @@ from podkit.api import kubeconfig, pki
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.runtime.node_agent import NodeAgent
-from podkit.store.objects import ObjectStore
+from podkit.store.objects import HISTORY, ObjectStore
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
@@ -57,11 +57,15 @@ def paths(state_dir: Path) -> tuple[Path, Path, Path]:
 
 
 def serve(
-    state_dir: Path, listen: Listen, say: Callable[[str], None], keep_pods: bool = False
+    state_dir: Path,
+    listen: Listen,
+    say: Callable[[str], None],
+    keep_pods: bool = False,
+    history: int = HISTORY,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = ObjectStore(db_path)  # StoreError: a clear message, before anything listens
+    store = ObjectStore(db_path, history)  # StoreError: a clear message, before listening
     keys = pki.ensure(base / "pki", [listen.host])
     server = (
         listen.url

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from podkit.cli import out
-from podkit.cli.parsing import command
+from podkit.cli.parsing import at_least, command
 
 
 def add_commands(commands: Any) -> None:
@@ -25,6 +25,14 @@ def add_commands(commands: Any) -> None:
         help="Leave the pods running when podkit serve stops (the next start adopts them); "
         "by default they are stopped gracefully.",
     )
+    cmd.add_argument(
+        "--history",
+        type=at_least(int, 10),
+        default=10_000,
+        metavar="REVISIONS",
+        help="How many past writes a watch may start from; older resourceVersions get 410 "
+        "Gone, as after an etcd compaction (default %(default)s).",
+    )
     _state_dir(cmd)
     cmd = command(commands, "kubeconfig", kubeconfig, "Print the kubeconfig of podkit serve.")
     _state_dir(cmd)
@@ -38,7 +46,9 @@ def _state_dir(cmd: argparse.ArgumentParser) -> None:
     )
 
 
-def serve(listen: str, keep_pods: bool = False, state_dir: Path | None = None) -> int:
+def serve(
+    listen: str, keep_pods: bool = False, history: int = 10_000, state_dir: Path | None = None
+) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
     kubeconfig written to <state dir>/serve/kubeconfig.yaml (printed as `export KUBECONFIG=...`).
     Pods run on this machine, each under its own supervisor (a `podkit run` of it), which a
@@ -53,7 +63,7 @@ def serve(listen: str, keep_pods: bool = False, state_dir: Path | None = None) -
     except ValueError as exc:
         raise out.fail(str(exc), 2) from None
     try:
-        return run(state_dir or default_state_dir(), where, out.note, keep_pods)
+        return run(state_dir or default_state_dir(), where, out.note, keep_pods, history)
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None
     except OSError as exc:

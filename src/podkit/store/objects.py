@@ -61,9 +61,11 @@ class Event:
 
 
 class ObjectStore:
-    def __init__(self, path: Path) -> None:
-        """Opens (or creates) the database; StoreError if it is not one, or is locked."""
+    def __init__(self, path: Path, history: int = HISTORY) -> None:
+        """Opens (or creates) the database; StoreError if it is not one, or is locked.
+        `history`: how many revisions watches may start from."""
         self.path = path
+        self.history = history
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -179,8 +181,8 @@ class ObjectStore:
         return stored
 
     def _compact(self, rv: int) -> None:
-        if rv % 1000 == 0:
-            self._db.execute("DELETE FROM revisions WHERE rv <= ?", (rv - HISTORY,))
+        if rv % min(1000, self.history) == 0:
+            self._db.execute("DELETE FROM revisions WHERE rv <= ?", (rv - self.history,))
 
     def _write(self) -> _Transaction:
         return _Transaction(self)
