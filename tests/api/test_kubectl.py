@@ -370,3 +370,19 @@ def test_a_watch_from_before_the_history_gets_410_gone(tmp_path: Path) -> None:
         assert gone.value.status == 410
     finally:
         short.stop()
+
+
+def test_discovery_is_aggregated_for_kubectl(served: Served, tmp_path: Path) -> None:
+    import dataclasses
+
+    fresh = dataclasses.replace(served, home=tmp_path)  # an empty discovery cache
+    got = fresh.kubectl("get", "po", "-v=6")
+    assert got.returncode == 0, got.stderr
+    asked = [line for line in got.stderr.splitlines() if '"Response" verb="GET"' in line]
+    assert any("/api?timeout" in line for line in asked)
+    assert not any("/api/v1?timeout" in line for line in asked)  # v2 named every resource
+    cached = json.loads(
+        next(tmp_path.glob(".kube/cache/discovery/*/v1/serverresources.json")).read_text()
+    )
+    names = {r["name"] for r in cached["resources"]}
+    assert {"pods", "pods/log", "pods/exec", "pods/portforward", "configmaps"} <= names

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from podkit import __version__
-from podkit.api import exec_ws, portforward_ws, protobuf, selectors, status
+from podkit.api import discovery, exec_ws, portforward_ws, protobuf, selectors, status
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
 from podkit.manifest import schema
@@ -80,8 +80,8 @@ class Api:
         r = app.router
         version = {**KUBE_VERSION, "platform": "linux/amd64", "podkit": __version__}
         r.add_get("/version", _fixed(version))
-        r.add_get("/api", _fixed({"kind": "APIVersions", "versions": ["v1"]}))
-        r.add_get("/apis", _fixed({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+        r.add_get("/api", self.api)
+        r.add_get("/apis", self.apis)
         r.add_get("/api/v1", self.resources)
         r.add_get("/openapi/v3", self.openapi_root)
         r.add_get("/openapi/v3/api/v1", self.openapi_core)
@@ -118,33 +118,17 @@ class Api:
     # --- discovery and OpenAPI --------------------------------------------------------------
 
     async def resources(self, _: web.Request) -> web.Response:
-        items: list[dict[str, Any]] = []
-        for k in KINDS:
-            if k.group:
-                continue
-            verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
-            items.append(
-                {
-                    "name": k.resource,
-                    "singularName": k.singular,
-                    "namespaced": k.namespaced,
-                    "kind": k.kind,
-                    "verbs": verbs,
-                    **({"shortNames": list(k.short_names)} if k.short_names else {}),
-                    **({"categories": list(k.categories)} if k.categories else {}),
-                }
-            )
-            if k is POD:
-                items += [
-                    {"name": f"pods/{sub}", "singularName": "", "namespaced": True,
-                     "kind": kind, "verbs": verbs}
-                    for sub, kind, verbs in (
-                        ("log", "Pod", ["get"]),
-                        ("exec", "PodExecOptions", ["create", "get"]),
-                        ("portforward", "PodPortForwardOptions", ["create", "get"]),
-                    )
-                ]  # fmt: skip
-        return _json({"kind": "APIResourceList", "groupVersion": "v1", "resources": items})
+        return _json(discovery.legacy_core())
+
+    async def api(self, request: web.Request) -> web.Response:
+        if discovery.wants_aggregated(request.headers.get("Accept", "")):
+            return _json(discovery.aggregated_core(), content_type=discovery.AGGREGATED)
+        return _json({"kind": "APIVersions", "versions": ["v1"]})
+
+    async def apis(self, request: web.Request) -> web.Response:
+        if discovery.wants_aggregated(request.headers.get("Accept", "")):
+            return _json(discovery.aggregated_groups(), content_type=discovery.AGGREGATED)
+        return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
 
     async def openapi_root(self, _: web.Request) -> web.Response:
         hash_ = __version__.replace(".", "")
