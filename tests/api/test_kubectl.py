@@ -386,3 +386,28 @@ def test_discovery_is_aggregated_for_kubectl(served: Served, tmp_path: Path) -> 
     )
     names = {r["name"] for r in cached["resources"]}
     assert {"pods", "pods/log", "pods/exec", "pods/portforward", "configmaps"} <= names
+
+
+def test_lists_come_in_pages_and_collections_delete_by_selector(served: Served) -> None:
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(served.kubeconfig)))
+    api.create_namespace({"metadata": {"name": "paged"}})
+    for i in range(7):
+        body = {"metadata": {"name": f"p{i}", "labels": {"batch": "odd" if i % 2 else "even"}}}
+        api.create_namespaced_config_map("paged", body)
+    names, token, pages = [], None, 0
+    while True:
+        got = api.list_namespaced_config_map("paged", limit=3, _continue=token)
+        names += [o.metadata.name for o in got.items]
+        pages += 1
+        token = got.metadata._continue
+        if not token:
+            break
+        assert got.metadata.remaining_item_count == 7 - len(names)
+    assert (pages, names) == (3, [f"p{i}" for i in range(7)])
+    chunked = served.kubectl("get", "cm", "-n", "paged", "--chunk-size=2", "-o", "name")
+    assert chunked.stdout.split() == [f"configmap/p{i}" for i in range(7)]
+    api.delete_collection_namespaced_config_map("paged", label_selector="batch=odd")
+    left = [o.metadata.name for o in api.list_namespaced_config_map("paged").items]
+    assert left == ["p0", "p2", "p4", "p6"]

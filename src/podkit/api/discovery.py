@@ -14,7 +14,7 @@ from typing import Any
 from podkit.api.kinds import KINDS, POD, Kind
 
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
-VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 # (resource, subresource, kind, verbs)
 SUBRESOURCES: tuple[tuple[Kind, str, str, list[str]], ...] = (
     (POD, "log", "Pod", ["get"]),

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from podkit import __version__
-from podkit.api import discovery, exec_ws, portforward_ws, protobuf, selectors, status
+from podkit.api import discovery, exec_ws, paging, portforward_ws, protobuf, selectors, status
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
 from podkit.manifest import schema
@@ -105,6 +105,7 @@ class Api:
         for path in (prefix + "/namespaces/{namespace}/{resource}", prefix + "/{resource}"):
             r.add_route("GET", path, self.on_list)
             r.add_route("POST", path, self.on_create)
+            r.add_route("DELETE", path, self.on_delete_collection)
         return app
 
     @web.middleware
@@ -191,7 +192,23 @@ class Api:
             return await self._watch(request, kind, scope, labels, fields)
         items, rv = self.rest.list_objects(kind, scope)
         items = [o for o in items if selectors.matches(o, labels, fields)]
-        return self._respond(request, kind, items, rv=rv)
+        limit = int(q.get("limit") or 0)
+        items, token, remaining = paging.page(items, limit, q.get("continue", ""))
+        more = {"continue": token, "remainingItemCount": remaining} if token else {}
+        return self._respond(request, kind, items, rv=rv, more=more)
+
+    async def on_delete_collection(self, request: web.Request) -> web.Response:
+        """deletecollection: every object the selectors match, each deleted as one delete."""
+        kind, namespace = self._kind(request)
+        labels = selectors.parse_labels(request.query.get("labelSelector", ""))
+        fields = selectors.parse_fields(request.query.get("fieldSelector", ""))
+        items, _ = self.rest.list_objects(kind, namespace if kind.namespaced else None)
+        for obj in items:
+            if selectors.matches(obj, labels, fields):
+                meta = obj["metadata"]
+                with contextlib.suppress(status.ApiError):  # gone meanwhile
+                    self.rest.delete(kind, meta.get("namespace", ""), meta["name"])
+        return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
 
     async def on_create(self, request: web.Request) -> web.Response:
         kind, namespace = self._kind(request)
@@ -393,10 +410,12 @@ class Api:
         items: list[Obj],
         single: bool = False,
         rv: int | None = None,
+        more: dict[str, Any] | None = None,
     ) -> web.Response:
+        meta = {"resourceVersion": str(rv), **(more or {})} if rv is not None else {}
         if _TABLE in request.headers.get("Accept", ""):
             table = _table(kind, items, datetime.datetime.now(datetime.UTC))
-            table["metadata"] = {"resourceVersion": str(rv)} if rv is not None else {}
+            table["metadata"] = meta
             return _json(table, content_type=JSON)
         if single:
             return _json(items[0])
@@ -404,9 +423,9 @@ class Api:
             {
                 "kind": f"{kind.kind}List",
                 "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": str(rv)},
+                "metadata": meta,
                 "items": items,
-            }
+            }  # fmt: skip
         )
 
     async def _watch(
