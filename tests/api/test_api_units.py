@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from podkit.api import smp
 from podkit.api.kinds import human_duration
-from podkit.api.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from podkit.api.patch import PatchError, json_patch, merge_patch
 from podkit.api.selectors import SelectorError, matches, parse_fields, parse_labels
 
 OBJ = {"metadata": {"name": "a", "labels": {"app": "web"}}, "data": {"x": "1", "y": "2"}}
@@ -21,13 +22,55 @@ def test_merge_patch_merges_maps_and_null_removes() -> None:
 
 
 def test_strategic_merge_patch_directives_on_maps() -> None:
-    assert strategic_merge_patch(OBJ, {"data": {"$patch": "replace", "n": "9"}})["data"] == {
-        "n": "9"
-    }
-    assert "data" not in strategic_merge_patch(OBJ, {"data": {"$patch": "delete"}})
-    assert strategic_merge_patch(OBJ, {"data": {"x": None}})["data"] == {"y": "2"}
+    def patch(p: object) -> dict[str, object]:
+        return smp.apply(OBJ, p, None, {})  # type: ignore[no-any-return]
+
+    assert patch({"data": {"$patch": "replace", "n": "9"}})["data"] == {"n": "9"}
+    assert "data" not in patch({"data": {"$patch": "delete"}})
+    assert patch({"data": {"x": None}})["data"] == {"y": "2"}
     with pytest.raises(PatchError, match="unknown patch directive"):
-        strategic_merge_patch(OBJ, {"data": {"$patch": "explode"}})
+        patch({"data": {"$patch": "explode"}})
+
+
+def test_strategic_merge_patch_merges_lists_by_the_schemas_keys() -> None:
+    from podkit.manifest.schema import kind_definition
+
+    root, defs = kind_definition("Pod")
+    pod = {
+        "metadata": {"name": "p", "finalizers": ["a"]},
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"},
+                                                         {"name": "B", "value": "2"}],
+                 "args": ["x", "y"]},
+                {"name": "side", "image": "side:1"},
+            ]
+        },
+    }  # fmt: skip
+    patched = smp.apply(
+        pod,
+        {
+            "metadata": {"finalizers": ["b"]},
+            "spec": {
+                "$setElementOrder/containers": [{"name": "side"}, {"name": "app"}],
+                "containers": [
+                    {"name": "app", "image": "app:2", "env": [{"name": "A", "$patch": "delete"}],
+                     "args": ["z"]},
+                ],
+            },
+        },
+        root,
+        defs,
+    )  # fmt: skip
+    side, app = patched["spec"]["containers"]
+    assert side == {"name": "side", "image": "side:1"}  # untouched, and first as ordered
+    assert app["image"] == "app:2" and app["env"] == [{"name": "B", "value": "2"}]
+    assert app["args"] == ["z"]  # an atomic list is replaced
+    assert patched["metadata"]["finalizers"] == ["a", "b"]  # a set: union
+    gone = smp.apply(patched, {"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}},
+                     root, defs)  # fmt: skip
+    assert gone["metadata"]["finalizers"] == ["b"]
+    assert pod["spec"]["containers"][0]["image"] == "app:1"  # the target is not changed
 
 
 def test_json_patch_operations_apply_in_order_on_a_copy() -> None:

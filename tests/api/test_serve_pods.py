@@ -81,6 +81,14 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     )
     event = json.loads(enriched[0])
     assert event["kubernetes"]["pod_name"] == "simple-webapp" and event["status"] == 200
+    # apply of an edited image: a strategic merge of the containers list by name.
+    edited = SEED.read_text().replace("image: log-agent", "image: podkit/log-agent")
+    assert edited != SEED.read_text()
+    again = served.kubectl("apply", "-f", "-", stdin=edited)
+    assert again.stdout.strip() == "pod/simple-webapp configured", again.stderr
+    images = served.kubectl("get", "pod", "simple-webapp", "-o",
+                            "jsonpath={.spec.containers[*].image}")  # fmt: skip
+    assert images.stdout.split() == ["simple-webapp", "podkit/log-agent"]
     # The node's events, as kubectl describe and get events show them.
     described = served.kubectl("describe", "pod", "simple-webapp").stdout
     assert "Started container simple-webapp" in described

@@ -1,12 +1,5 @@
-"""PATCH bodies, pure functions: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and the
-strategic merge patch of the kinds served so far.
-
-Strategic merge differs from a merge patch in lists with a patch merge key (a Pod's
-containers by name, say) and in its `$patch`, `$setElementOrder` and `$retainKeys`
-directives. Namespaces, ConfigMaps and Secrets have no such lists, so for them a strategic
-merge patch is a merge patch that also understands `$patch: replace|delete` on a map (the
-directives kubectl can send for them); the merge-key lists come with Pods.
-"""
+"""PATCH bodies, pure functions: JSON merge patch (RFC 7386) and JSON patch (RFC 6902). The
+strategic merge patch, which needs the schemas, is api/smp.py."""
 
 from __future__ import annotations
 
@@ -28,32 +21,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
             result.pop(key, None)
         else:
             result[key] = merge_patch(result.get(key), value)
-    return result
-
-
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """A merge patch with `$patch: replace` and `$patch: delete` on maps; other directives
-    (`$setElementOrder/...`, `$retainKeys`) concern lists and are dropped here."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    directive = patch.get("$patch")
-    rest = {k: v for k, v in patch.items() if not k.startswith("$")}
-    if directive == "delete":
-        return None
-    if directive == "replace":
-        return {k: strategic_merge_patch(None, v) for k, v in rest.items() if v is not None}
-    if directive not in (None, "merge"):
-        raise PatchError(f"unknown patch directive: $patch: {directive}")
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in rest.items():
-        if value is None:
-            result.pop(key, None)
-            continue
-        merged = strategic_merge_patch(result.get(key), value)
-        if merged is None:
-            result.pop(key, None)
-        else:
-            result[key] = merged
     return result
 
 

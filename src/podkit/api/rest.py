@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from podkit.api import patch as patches
-from podkit.api import pods, status
+from podkit.api import pods, smp, status
 from podkit.api.kinds import NAMESPACE, POD, SECRET, SERVICE_ACCOUNT, Kind, Obj
 from podkit.manifest import schema
 from podkit.store import objects
@@ -117,7 +117,8 @@ class Rest:
                 if content_type == MERGE:
                     patched = patches.merge_patch(current, body)
                 elif content_type == STRATEGIC:
-                    patched = patches.strategic_merge_patch(current, body)
+                    root, defs = schema.kind_definition(kind.kind)
+                    patched = smp.apply(current, body, root, defs)
                 elif content_type == JSON_PATCH:
                     patched = patches.json_patch(current, body)
                 else:

@@ -111,6 +111,13 @@ def openapi_schemas(kinds: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
     return {name: _openapi3(d) for name, d in reachable(full, roots).items()}
 
 
+def kind_definition(kind: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The kind's schema and the definitions it refers to (for strategic merge: their patch
+    metadata); None for a kind without a schema file here."""
+    defs: dict[str, Any] = _definitions()["$defs"]
+    return (_load(_SCHEMA_FILES[kind]) if kind in _SCHEMA_FILES else None), defs
+
+
 def _openapi3(node: Any) -> Any:
     if isinstance(node, list):
         return [_openapi3(v) for v in node]
