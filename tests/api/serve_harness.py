@@ -32,20 +32,27 @@ class Served:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {
+    @property
+    def env(self) -> dict[str, str]:
+        """kubectl's environment: this server's kubeconfig, a HOME (discovery cache) of its own."""
+        return {
             "HOME": str(self.home),
             "KUBECONFIG": str(self.kubeconfig),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         }
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(KUBECTL), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
+            [str(KUBECTL), *args], input=stdin, capture_output=True, text=True, env=self.env,
             timeout=60,
-        )
+        )  # fmt: skip
+
+    def kubectl_running(self, *args: str) -> subprocess.Popen[str]:
+        """kubectl ARGS left running (a watch, a port-forward), its output as pipes."""
+        return subprocess.Popen(
+            [str(KUBECTL), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=self.env,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -153,13 +153,7 @@ def test_label_and_field_selectors_filter_lists(served: Served) -> None:
 
 
 def test_a_watch_shows_writes_as_they_happen(served: Served) -> None:
-    watch = subprocess.Popen(
-        [str(KUBECTL), "get", "cm", "-w", "--request-timeout=0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"HOME": str(served.home), "KUBECONFIG": str(served.kubeconfig)},
-    )
+    watch = served.kubectl_running("get", "cm", "-w", "--request-timeout=0")
     try:
         assert watch.stdout is not None
         header = watch.stdout.readline()

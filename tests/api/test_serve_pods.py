@@ -121,13 +121,7 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     missing = served.kubectl("exec", "simple-webapp", "--", "no-such-command")
     assert missing.returncode == 127 and "executable file not found" in missing.stderr
     # kubectl port-forward (SPDY inside a WebSocket), to a port only the pod's loopback has.
-    forward = subprocess.Popen(
-        [str(KUBECTL), "port-forward", "pod/simple-webapp", ":8080", ":2020"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={"HOME": str(served.home), "KUBECONFIG": str(served.kubeconfig)},
-    )
+    forward = served.kubectl_running("port-forward", "pod/simple-webapp", ":8080", ":2020")
     try:
         assert forward.stdout is not None
         ports = []
@@ -226,7 +220,7 @@ def _exec_in_terminal(served: Served) -> tuple[int, list[bytes]]:
     import struct
     import termios
 
-    env = {"HOME": str(served.home), "KUBECONFIG": str(served.kubeconfig), "TERM": "dumb"}
+    env = {**served.env, "TERM": "dumb"}
     pid, fd = pty.fork()
     if pid == 0:  # the child: kubectl on the terminal
         os.execve(str(KUBECTL), [str(KUBECTL), "exec", "-it", "simple-webapp", "--", "sh"], env)
