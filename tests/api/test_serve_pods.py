@@ -157,10 +157,10 @@ def test_a_kill_9_of_serve_does_not_touch_the_pod(served: Served) -> None:
     failures: list[str] = []
     done = threading.Event()
 
-    def keep_asking() -> None:
+    def keep_asking() -> None:  # a slow answer on a loaded machine is no interruption
         while not done.is_set():
             try:
-                if http_get(f"http://{ip}:8080/", timeout=2)[0] != 200:
+                if http_get(f"http://{ip}:8080/", timeout=10)[0] != 200:
                     failures.append("not 200")
             except OSError as exc:
                 failures.append(str(exc))
