@@ -11,7 +11,6 @@ back to /openapi/v2 as protobuf and refuses to apply; a watch must answer `sendI
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import ssl
@@ -23,16 +22,24 @@ import orjson
 from aiohttp import web
 
 from podkit import __version__
-from podkit.api import discovery, exec_ws, paging, portforward_ws, protobuf, selectors, status
+from podkit.api import (
+    discovery,
+    exec_ws,
+    paging,
+    pod_logs,
+    portforward_ws,
+    protobuf,
+    selectors,
+    status,
+    tables,
+    watch,
+)
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
+from podkit.api.tables import JSON
 from podkit.manifest import schema
-from podkit.runtime import log_read
-from podkit.store.objects import Event, StoreError
 
-JSON = "application/json"
 KUBE_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0"}
-_TABLE = "as=Table"
 
 
 def _json(doc: Any, code: int = 200, content_type: str = JSON) -> web.Response:
@@ -189,7 +196,7 @@ class Api:
         fields = selectors.parse_fields(q.get("fieldSelector", ""))
         scope = namespace if kind.namespaced and namespace else None
         if q.get("watch") in ("true", "1"):
-            return await self._watch(request, kind, scope, labels, fields)
+            return await watch.stream(request, self.rest, kind, scope, labels, fields)
         items, rv = self.rest.list_objects(kind, scope)
         items = [o for o in items if selectors.matches(o, labels, fields)]
         limit = int(q.get("limit") or 0)
@@ -293,97 +300,7 @@ class Api:
         return await portforward_ws.serve(request, sandbox_pid)
 
     async def on_log(self, request: web.Request) -> web.StreamResponse:
-        """`kubectl logs`, from the CRI files the node writes: -c, --previous, --tail,
-        --since, --timestamps, --limit-bytes, and -f, which follows across restarts."""
-        namespace, name, q = (
-            request.match_info["namespace"],
-            request.match_info["name"],
-            request.query,
-        )
-        pod = self.rest.get(POD, namespace, name)
-        names = [c["name"] for c in pod["spec"].get("containers", [])]
-        every = names + [c["name"] for c in pod["spec"].get("initContainers") or []]
-        container = q.get("container") or (names[0] if len(names) == 1 else "")
-        if container not in every:
-            raise status.bad_request(
-                f"a container name must be specified for pod {name}, choose one of: "
-                f"[{' '.join(names)}]"
-                if not container
-                else f"container {container} is not valid for pod {name}"
-            )
-        if self.pods_root is None:
-            raise status.bad_request("this server runs no pods")
-        pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
-        previous = q.get("previous") == "true"
-        path = log_read.log_file(pod_dir, container, previous)
-        if path is None:
-            raise status.bad_request(
-                f'previous terminated container "{container}" in pod "{name}" not found'
-                if previous
-                else f'container "{container}" in pod "{name}" is waiting to start: '
-                "ContainerCreating"
-            )
-        since = None
-        if q.get("sinceSeconds"):
-            since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
-                seconds=int(q["sinceSeconds"])
-            )
-        elif q.get("sinceTime"):
-            since = datetime.datetime.fromisoformat(q["sinceTime"].replace("Z", "+00:00"))
-        opts = log_read.Options(
-            timestamps=q.get("timestamps") == "true",
-            tail=int(q["tailLines"]) if q.get("tailLines") else None,
-            since=since,
-            limit_bytes=int(q["limitBytes"]) if q.get("limitBytes") else None,
-        )
-        data = path.read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        if q.get("follow") != "true" or previous:
-            return web.Response(body=log_read.render(whole, opts), content_type="text/plain")
-        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError):  # the client went
-            await response.write(log_read.render(whole, opts))
-            await self._follow(request, response, pod, pod_dir, container, path, len(whole), opts)
-        return response
-
-    async def _follow(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        pod: Obj,
-        pod_dir: Path,
-        container: str,
-        path: Path,
-        offset: int,
-        opts: log_read.Options,
-    ) -> None:
-        """New lines as they are written, through restarts (a newer file), until the pod is
-        gone or has finished and its last line is out."""
-        meta = pod["metadata"]
-        later = log_read.Options(timestamps=opts.timestamps)
-        while not _gone(request):
-            await asyncio.sleep(0.2)
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-            whole = data[: data.rfind(b"\n") + 1]
-            if whole:
-                offset += len(whole)
-                await response.write(log_read.render(whole, later))
-                continue
-            newest = log_read.log_file(pod_dir, container, previous=False)
-            if newest is not None and newest != path:
-                path, offset = newest, 0
-                continue
-            current = self.rest.store.get(self.rest.key(POD, meta["namespace"], meta["name"]))
-            phase = (current or {}).get("status", {}).get("phase")
-            if current is None or current["metadata"]["uid"] != meta["uid"] or phase in (
-                "Succeeded", "Failed"
-            ):  # fmt: skip
-                break
-        await response.write_eof()
+        return await pod_logs.serve(request, self.rest, self.pods_root)
 
     @staticmethod
     def _names(request: web.Request) -> tuple[str, str]:
@@ -413,8 +330,8 @@ class Api:
         more: dict[str, Any] | None = None,
     ) -> web.Response:
         meta = {"resourceVersion": str(rv), **(more or {})} if rv is not None else {}
-        if _TABLE in request.headers.get("Accept", ""):
-            table = _table(kind, items, datetime.datetime.now(datetime.UTC))
+        if tables.wanted(request.headers.get("Accept", "")):
+            table = tables.table(kind, items, datetime.datetime.now(datetime.UTC))
             table["metadata"] = meta
             return _json(table, content_type=JSON)
         if single:
@@ -427,125 +344,6 @@ class Api:
                 "items": items,
             }  # fmt: skip
         )
-
-    async def _watch(
-        self,
-        request: web.Request,
-        kind: Kind,
-        namespace: str | None,
-        labels: list[selectors.Requirement],
-        fields: list[selectors.Requirement],
-    ) -> web.StreamResponse:
-        q = request.query
-        as_table = _TABLE in request.headers.get("Accept", "")
-        timeout = float(q.get("timeoutSeconds", "0") or 0) or None
-        store = self.rest.store
-        prefix = _prefix(kind, namespace)
-        queue = store.subscribe(prefix)  # first: no write falls between history and live
-        try:
-            initial = q.get("sendInitialEvents") == "true"
-            rv_text = q.get("resourceVersion", "")
-            replay: list[Event] = []
-            if initial or rv_text in ("", "0"):
-                items, last = self.rest.list_objects(kind, namespace)
-                replay = [
-                    Event("ADDED", "", int(o["metadata"]["resourceVersion"]), o) for o in items
-                ]
-            else:
-                try:
-                    last = int(rv_text)
-                except ValueError:
-                    raise status.bad_request(f"invalid resourceVersion {rv_text!r}") from None
-                try:
-                    replay = store.events_since(last, prefix)
-                except StoreError as exc:
-                    raise status.expired(str(exc)) from None
-            response = web.StreamResponse(headers={"Content-Type": JSON})
-            response.enable_chunked_encoding()
-            await response.prepare(request)
-            with contextlib.suppress(ConnectionResetError):  # the client went
-                writer = _EventWriter(response, kind, as_table)
-                for event in replay:
-                    if selectors.matches(event.object, labels, fields):
-                        await writer.send(event.type, event.object)
-                    last = max(last, event.rv)
-                if initial:
-                    mark = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": {
-                        "resourceVersion": str(last),
-                        "annotations": {"k8s.io/initial-events-end": "true"}}}  # fmt: skip
-                    await writer.send("BOOKMARK", mark, raw=True)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + timeout if timeout else None
-                while True:
-                    wait = 1.0 if deadline is None else min(1.0, deadline - loop.time())
-                    if wait <= 0 or _gone(request):
-                        break
-                    try:
-                        event = await asyncio.wait_for(queue.get(), wait)
-                    except TimeoutError:
-                        continue  # a look at the deadline and at the client, then on
-                    if event.rv > last and selectors.matches(event.object, labels, fields):
-                        await writer.send(event.type, event.object)
-                await response.write_eof()
-            return response
-        finally:
-            store.unsubscribe(queue)
-
-
-class _EventWriter:
-    """Newline-delimited watch events, flushed one by one; Table events carry the columns in
-    the first only, as the apiserver sends them."""
-
-    def __init__(self, response: web.StreamResponse, kind: Kind, as_table: bool) -> None:
-        self.response, self.kind, self.as_table = response, kind, as_table
-        self.headers_sent = False
-
-    async def send(self, type_: str, obj: Obj, raw: bool = False) -> None:
-        if self.as_table and not raw:
-            obj = _table(self.kind, [obj], datetime.datetime.now(datetime.UTC))
-            if self.headers_sent:
-                obj["columnDefinitions"] = None
-            self.headers_sent = True
-        await self.response.write(orjson.dumps({"type": type_, "object": obj}) + b"\n")
-
-
-def _gone(request: web.Request) -> bool:
-    """The client hung up (a watch notices no other way while nothing is written)."""
-    return request.transport is None or request.transport.is_closing()
-
-
-def _prefix(kind: Kind, namespace: str | None) -> str:
-    from podkit.store import objects
-
-    return objects.prefix(kind.store_group, kind.resource, namespace if kind.namespaced else "")
-
-
-def _table(kind: Kind, items: list[Obj], now: datetime.datetime) -> dict[str, Any]:
-    return {
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "columnDefinitions": [
-            {
-                "name": c.name,
-                "type": c.type,
-                "format": "name" if c.name == "Name" else "",
-                "description": "",
-                "priority": c.priority,
-            }
-            for c in kind.columns
-        ],
-        "rows": [
-            {
-                "cells": [c.cell(o, now) for c in kind.columns],
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o.get("metadata", {}),
-                },
-            }
-            for o in items
-        ],
-    }
 
 
 def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
