@@ -244,3 +244,50 @@ def _exec_in_terminal(served: Served) -> tuple[int, list[bytes]]:
     os.close(fd)
     lines = [line.strip() for line in out.splitlines()]
     return os.waitstatus_to_exitcode(code), [x for x in lines if x in (b"33 101", b"42")]
+
+
+def test_a_pods_finalizer_keeps_its_object_after_the_containers_stopped(served: Served) -> None:
+    held = SEED.read_text().replace(
+        "  name: simple-webapp\n", "  name: simple-webapp\n  finalizers: [example.com/keep]\n", 1
+    )
+    assert "finalizers" in held
+    assert served.kubectl("apply", "-f", "-", stdin=held).returncode == 0
+    served.kubectl("wait", "--for=condition=Ready", "pod/simple-webapp", "--timeout=60s")
+    assert served.kubectl("delete", "pod", "simple-webapp", "--wait=false").returncode == 0
+    stopped = wait_for(
+        "the pod stopped by the node, its object kept",
+        lambda: (
+            (d := pod(served))["status"]["phase"] in ("Succeeded", "Failed")
+            and not supervisors(served)
+            and d
+        ),
+        30,
+    )
+    assert stopped["metadata"]["deletionTimestamp"]
+    released = served.kubectl(
+        "patch", "pod", "simple-webapp", "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+    )
+    assert released.returncode == 0, released.stderr
+    assert served.kubectl("get", "pod", "simple-webapp").returncode == 1
+
+
+def test_a_namespace_terminates_once_its_contents_are_gone(served: Served) -> None:
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n"
+    assert served.kubectl("apply", "-f", "-", stdin=ns).returncode == 0
+    assert served.kubectl("apply", "-n", "team", "-f", str(SEED)).returncode == 0
+    held = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [example.com/x]}\n"
+    assert served.kubectl("apply", "-n", "team", "-f", "-", stdin=held).returncode == 0
+    ready = served.kubectl(
+        "wait", "-n", "team", "--for=condition=Ready", "pod/simple-webapp", "--timeout=60s"
+    )
+    assert ready.returncode == 0, ready.stderr
+    assert served.kubectl("delete", "namespace", "team", "--wait=false").returncode == 0
+    refused = served.kubectl("create", "configmap", "late", "-n", "team")
+    assert "because it is being terminated" in refused.stderr
+    wait_for("the namespace's pod stopped and gone", lambda: supervisors(served) == [], 30)
+    phase = served.kubectl("get", "ns", "team", "-o", "jsonpath={.status.phase}").stdout
+    assert phase == "Terminating"  # the ConfigMap's finalizer still holds it
+    released = served.kubectl("patch", "cm", "held", "-n", "team", "--type=merge",
+                              "-p", '{"metadata":{"finalizers":null}}')  # fmt: skip
+    assert released.returncode == 0, released.stderr
+    assert served.kubectl("get", "ns", "team").returncode == 1  # gone with its last object

@@ -14,7 +14,7 @@ from typing import Any
 
 from podkit.api import patch as patches
 from podkit.api import pods, smp, status
-from podkit.api.kinds import NAMESPACE, POD, SECRET, SERVICE_ACCOUNT, Kind, Obj
+from podkit.api.kinds import KINDS, NAMESPACE, POD, SECRET, SERVICE_ACCOUNT, Kind, Obj
 from podkit.manifest import schema
 from podkit.store import objects
 from podkit.store.objects import ObjectStore, StoreError
@@ -42,6 +42,7 @@ class Rest:
         self.node_name = node_name
         self.warnings: list[str] = []  # of the request being handled: Warning headers
         self.dry_run = False  # the request's dryRun=All: everything but the write
+        self._emptying: set[str] = set()  # namespaces whose contents are being deleted now
 
     # --- reads -------------------------------------------------------------------------
 
@@ -189,21 +190,24 @@ class Rest:
     def finish_delete(self, kind: Kind, namespace: str, name: str, rv: str | None = None) -> Obj:
         current = self.get(kind, namespace, name)
         meta = current["metadata"]
-        if meta.get("finalizers") and kind is not POD:
+        if meta.get("finalizers"):
             # Finalizers hold it: it is only marked, and goes when the last is removed.
             if "deletionTimestamp" in meta:
                 return current
             meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
             return self.store.update(self.key(kind, namespace, name), current)
         key = self.key(kind, namespace, name)
-        if kind is NAMESPACE:
-            self._delete_namespace_contents(name)
+        if kind is NAMESPACE and not self._emptied(name, current):
+            return self.get(kind, namespace, name)  # Terminating until its pods are gone
         try:
-            return self.store.delete(key, rv)
+            gone = self.store.delete(key, rv)
         except StoreError as exc:
             if exc.reason == "NotFound":
                 raise status.not_found(kind, name) from None
             raise status.conflict(kind, name, str(exc)) from None
+        if kind.namespaced:
+            self._namespace_may_go(namespace)
+        return gone
 
     def ensure_namespace(self, name: str) -> None:
         if self.store.get(self.key(NAMESPACE, "", name)) is None:
@@ -243,7 +247,7 @@ class Rest:
             if exc.reason == "NotFound":
                 raise status.not_found(kind, name) from None
             raise status.conflict(kind, name, str(exc)) from None
-        if "deletionTimestamp" in meta and not meta.get("finalizers") and kind is not POD:
+        if "deletionTimestamp" in meta and not meta.get("finalizers") and _done(kind, stored):
             return self.finish_delete(kind, namespace, name)  # its last finalizer went: it goes
         return stored
 
@@ -328,17 +332,47 @@ class Rest:
             )
 
     def _namespace_exists(self, namespace: str) -> None:
-        if self.store.get(self.key(NAMESPACE, "", namespace)) is None:
+        ns = self.store.get(self.key(NAMESPACE, "", namespace))
+        if ns is None:
             raise status.not_found(NAMESPACE, namespace)
+        if ns.get("status", {}).get("phase") == "Terminating":
+            raise status.ApiError(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {namespace} because it is being "
+                "terminated",
+            )
 
-    def _delete_namespace_contents(self, namespace: str) -> None:
-        from podkit.api.kinds import KINDS
+    def _emptied(self, namespace: str, current: Obj) -> bool:
+        """Deletes what the namespace holds and marks it Terminating; True once it is empty
+        (pods take their grace periods: the namespace goes with the last, _namespace_may_go)."""
+        if current.get("status", {}).get("phase") != "Terminating":
+            current["metadata"].setdefault("deletionTimestamp", now())
+            current["status"] = {"phase": "Terminating"}
+            self.store.update(self.key(NAMESPACE, "", namespace), current)
+        left = 0
+        self._emptying.add(namespace)
+        try:
+            for kind in KINDS:
+                if kind.namespaced:
+                    items, _ = self.list_objects(kind, namespace)
+                    for item in items:
+                        with contextlib.suppress(status.ApiError):
+                            self.delete(kind, namespace, item["metadata"]["name"])
+                    left += len(self.list_objects(kind, namespace)[0])
+        finally:
+            self._emptying.discard(namespace)
+        return left == 0
 
-        for kind in KINDS:
-            if kind.namespaced:
-                items, _ = self.list_objects(kind, namespace)
-                for item in items:
-                    self.delete(kind, namespace, item["metadata"]["name"])
+    def _namespace_may_go(self, namespace: str) -> None:
+        ns = self.store.get(self.key(NAMESPACE, "", namespace))
+        if namespace in self._emptying or ns is None:
+            return
+        if ns.get("status", {}).get("phase") != "Terminating":
+            return
+        if all(not self.list_objects(k, namespace)[0] for k in KINDS if k.namespaced):
+            with contextlib.suppress(status.ApiError):
+                self.finish_delete(NAMESPACE, "", namespace)
 
 
 def _secret_data(obj: Obj) -> None:
@@ -351,3 +385,9 @@ def _secret_data(obj: Obj) -> None:
             data[key] = base64.b64encode(str(value).encode()).decode()
         obj["data"] = data
     obj.setdefault("type", "Opaque")
+
+
+def _done(kind: Kind, obj: Obj) -> bool:
+    """Whether a deleted object may go: a pod only once the node has stopped it (its phase is
+    then terminal), anything else at once."""
+    return kind is not POD or obj.get("status", {}).get("phase") in ("Succeeded", "Failed")

@@ -248,6 +248,19 @@ class NodeAgent:
         if current["metadata"]["uid"] != pod.uid:
             return
         if "deletionTimestamp" in current["metadata"]:
+            # Stopped for its deletion: its phase is terminal now (as the kubelet sets it),
+            # and it goes, unless finalizers hold it until they are removed.
+            status = current.get("status") or {}
+            if status.get("phase") not in ("Succeeded", "Failed"):
+                codes = [
+                    (s.get("state") or {}).get("terminated", {}).get("exitCode")
+                    for s in status.get("containerStatuses") or []
+                ]
+                phase = "Succeeded" if codes and all(c == 0 for c in codes) else "Failed"
+                with contextlib.suppress(ApiError):
+                    self.rest.update_status(
+                        POD, pod.namespace, pod.name, {**status, "phase": phase}
+                    )
             self._finish(current)
             return
         code = pod.popen.returncode if pod.popen is not None else None
