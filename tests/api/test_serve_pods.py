@@ -41,6 +41,13 @@ def supervisors(served: Served) -> list[int]:
     return [int(p) for p in got.stdout.split()]
 
 
+def no_supervisor(served: Served) -> None:
+    """Every supervisor of this serve has exited (its sandbox, a fork with the same command
+    line, dies with it a moment later: polled, not asserted at once). A pod's grace period is
+    30 s, so 60 s is the deadline."""
+    wait_for("no pod supervisor left", lambda: supervisors(served) == [], 60)
+
+
 def pod(served: Served, name: str = "simple-webapp") -> dict:  # type: ignore[type-arg]
     got = served.kubectl("get", "pod", name, "-o", "json")
     assert got.returncode == 0, got.stderr
@@ -139,7 +146,7 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
     assert deleted.returncode == 0, deleted.stderr
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1
-    assert supervisors(served) == []
+    no_supervisor(served)
     assert wait_for("the pod's IP unreachable", lambda: _unreachable(ip), 10)
 
 
@@ -207,7 +214,7 @@ def test_serve_stops_its_pods_when_it_stops_unless_told_to_keep_them(served: Ser
     served.proc, served.port = again.proc, again.port
     assert pod(served)["status"]["phase"] == "Running"
     served.stop()  # SIGTERM: every pod stopped gracefully
-    assert supervisors(served) == []
+    no_supervisor(served)
     assert "stopping the pods" in (served.proc.stderr.read() if served.proc.stderr else "")
 
 
@@ -284,7 +291,7 @@ def test_a_namespace_terminates_once_its_contents_are_gone(served: Served) -> No
     assert served.kubectl("delete", "namespace", "team", "--wait=false").returncode == 0
     refused = served.kubectl("create", "configmap", "late", "-n", "team")
     assert "because it is being terminated" in refused.stderr
-    wait_for("the namespace's pod stopped and gone", lambda: supervisors(served) == [], 30)
+    no_supervisor(served)  # the namespace's pod stopped and gone
     phase = served.kubectl("get", "ns", "team", "-o", "jsonpath={.status.phase}").stdout
     assert phase == "Terminating"  # the ConfigMap's finalizer still holds it
     released = served.kubectl("patch", "cm", "held", "-n", "team", "--type=merge",
