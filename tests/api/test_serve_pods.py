@@ -59,7 +59,11 @@ def apply_seed_and_wait(served: Served) -> str:
     assert applied.stdout.strip() == "pod/simple-webapp created", applied.stderr
     ready = served.kubectl("wait", "--for=condition=Ready", "pod/simple-webapp", "--timeout=60s")
     assert ready.returncode == 0, ready.stderr
-    return str(pod(served)["status"]["podIP"])
+    ip = str(pod(served)["status"]["podIP"])
+    # The webapp has no readiness probe, so Ready comes with its start, maybe before it
+    # listens (in a cluster too): the tests talk to it once it answers.
+    wait_for("the webapp answering", lambda: http_get(f"http://{ip}:8080/")[0] == 200, 20)
+    return ip
 
 
 def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> None:
