@@ -302,3 +302,12 @@ def test_a_namespace_terminates_once_its_contents_are_gone(served: Served) -> No
                               "-p", '{"metadata":{"finalizers":null}}')  # fmt: skip
     assert released.returncode == 0, released.stderr
     assert served.kubectl("get", "ns", "team").returncode == 1  # gone with its last object
+
+
+def test_a_forced_deletion_removes_the_pod_at_once_and_kills_it(served: Served) -> None:
+    apply_seed_and_wait(served)
+    forced = served.kubectl("delete", "pod", "simple-webapp", "--force", "--grace-period=0")
+    assert forced.returncode == 0, forced.stderr
+    assert "force deleted" in forced.stdout
+    assert served.kubectl("get", "pod", "simple-webapp").returncode == 1  # gone at once
+    no_supervisor(served)  # and killed by the node

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from serve_harness import start
+
 PODKIT = str(Path(sys.executable).parent / "podkit")
 
 
@@ -36,3 +38,13 @@ def test_a_bad_listen_address_is_bad_input(tmp_path: Path) -> None:
         assert got.returncode == 2
         assert why in got.stderr
     assert not (tmp_path / "serve").exists()
+
+
+def test_a_second_serve_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    first = start(tmp_path)
+    try:
+        second = serve(first.state, "--listen", "127.0.0.1:1")
+        assert second.returncode == 1
+        assert "another podkit serve uses this state directory" in second.stderr
+    finally:
+        first.stop()

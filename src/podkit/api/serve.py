@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import os
 import signal
@@ -22,7 +23,7 @@ from podkit.api import kubeconfig, pki
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.runtime.node_agent import NodeAgent
-from podkit.store.objects import HISTORY, ObjectStore
+from podkit.store.objects import HISTORY, ObjectStore, StoreError
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
@@ -65,6 +66,15 @@ def serve(
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One serve per state directory: a second would run every pod twice.
+    lock = os.open(base / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise StoreError(
+            "Internal", f"{base}: another podkit serve uses this state directory"
+        ) from None
     store = ObjectStore(db_path, history)  # StoreError: a clear message, before listening
     keys = pki.ensure(base / "pki", [listen.host])
     server = (
