@@ -147,6 +147,32 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     finally:
         forward.kill()
         forward.wait()
+    # kubectl attach: the container's output from now on (its stdin is not kept open).
+    attached = served.kubectl_running("attach", "simple-webapp", "-c", "simple-webapp")
+    found = threading.Event()
+
+    def ask() -> None:  # until the attach shows one: it only shows what comes after it
+        deadline = time.monotonic() + 20
+        while not found.is_set() and time.monotonic() < deadline:
+            http_get(f"http://{ip}:8080/after-attach")
+            time.sleep(0.2)
+        attached.kill()  # no line in time: the read below ends, and the test fails
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        assert attached.stdout is not None
+        lines = iter(attached.stdout.readline, "")
+        line = next((x for x in lines if "/after-attach" in x), "")
+        found.set()
+        assert '"GET /after-attach HTTP/1.1" 404' in line
+    finally:
+        found.set()
+        asker.join()
+        attached.kill()
+        attached.wait()
+    refused = served.kubectl("attach", "-i", "simple-webapp")
+    assert "its stdin is not kept open" in refused.stderr
     deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
     assert deleted.returncode == 0, deleted.stderr
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1

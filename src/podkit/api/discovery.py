@@ -19,6 +19,7 @@ VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update
 SUBRESOURCES: tuple[tuple[Kind, str, str, list[str]], ...] = (
     (POD, "log", "Pod", ["get"]),
     (POD, "exec", "PodExecOptions", ["create", "get"]),
+    (POD, "attach", "PodAttachOptions", ["create", "get"]),
     (POD, "portforward", "PodPortForwardOptions", ["create", "get"]),
 )
 

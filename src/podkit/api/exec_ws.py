@@ -17,6 +17,7 @@ import fcntl
 import os
 import struct
 import termios
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from podkit.api import status
+from podkit.api.watch import gone
 from podkit.runtime import exec as container_exec
+from podkit.runtime import log_read
 
 PROTOCOL = "v5.channel.k8s.io"
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
@@ -147,3 +150,55 @@ async def _feed(ws: web.WebSocketResponse, proc: asyncio.subprocess.Process, std
             proc.stdin.close()
     if not proc.stdin.is_closing():
         proc.stdin.close()
+
+
+def check_attach(request: web.Request) -> None:
+    if request.query.get("stdin") == "true" or request.query.get("tty") == "true":
+        raise status.bad_request(
+            "podkit serve attaches to a container's output only: its stdin is not kept open "
+            "(attach without -i and -t)"
+        )
+
+
+async def attach(
+    request: web.Request, pod_dir: Path, container: str, running: Callable[[], bool]
+) -> web.StreamResponse:
+    """`kubectl attach`: the container's output from now on, each line on its stream's channel,
+    through restarts, until the container's pod stops running or the client goes. Containers
+    here have no stdin to attach to (it is /dev/null, as without `stdin: true`), so -i is
+    refused before the upgrade."""
+    check_attach(request)
+    ws = web.WebSocketResponse(protocols=(PROTOCOL,))
+    if ws.can_prepare(request).protocol != PROTOCOL:
+        raise status.bad_request(f"attach needs a WebSocket upgrade with protocol {PROTOCOL}")
+    path = log_read.log_file(pod_dir, container, previous=False)
+    offset = path.stat().st_size if path is not None else 0
+    await ws.prepare(request)
+    # Read what the client sends (nothing but its pings, answered on reading: kubectl gives
+    # up on a connection whose pings go unanswered).
+    reading = asyncio.ensure_future(_drain(ws))
+    with contextlib.suppress(ConnectionResetError):
+        while not ws.closed and not gone(request) and running():
+            newest = log_read.log_file(pod_dir, container, previous=False)
+            if newest is not None and newest != path:  # restarted: its new run's output
+                path, offset = newest, 0
+            data = b""
+            if path is not None:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            offset += len(whole)
+            for _, stream, line in log_read.lines(whole):
+                await ws.send_bytes(bytes([STDERR if stream == b"stderr" else STDOUT]) + line)
+            if not whole:
+                await asyncio.sleep(0.2)
+        await ws.send_bytes(bytes([ERROR]) + orjson.dumps(exit_status(0, [])))
+        await ws.close()
+    reading.cancel()
+    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass

@@ -99,6 +99,8 @@ class Api:
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/log", self.on_log)
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/exec", self.on_exec)
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/exec", self.on_exec)
+        r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/attach", self.on_exec)
+        r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/attach", self.on_exec)
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
         for path in (
@@ -265,13 +267,17 @@ class Api:
         return _json(obj)
 
     async def on_exec(self, request: web.Request) -> web.StreamResponse:
-        """`kubectl exec` over WebSocket v5 (api/exec_ws.py). kubectl's fallback, SPDY over
-        a POST, gets a Status that says so rather than a half-made upgrade."""
+        """`kubectl exec` and `attach` over WebSocket v5 (api/exec_ws.py). kubectl's
+        fallback, SPDY over a POST, gets a Status that says so rather than a half-made
+        upgrade."""
         namespace, name = self._names(request)
         pod = self.rest.get(POD, namespace, name)
+        verb = request.path.rsplit("/", 1)[1]
+        if verb == "attach":
+            exec_ws.check_attach(request)  # a refusal kubectl's SPDY retry repeats, not hides
         if request.method == "POST":
             raise status.bad_request(
-                f"podkit serve speaks exec over WebSocket ({exec_ws.PROTOCOL}) only, not SPDY"
+                f"podkit serve speaks {verb} over WebSocket ({exec_ws.PROTOCOL}) only, not SPDY"
             )
         names = [c["name"] for c in pod["spec"].get("containers", [])]
         container = request.query.get("container") or names[0]
@@ -280,6 +286,14 @@ class Api:
         if self.pods_root is None:
             raise status.bad_request("this server runs no pods")
         pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
+        if verb == "attach":
+            key = self.rest.key(POD, namespace, name)
+
+            def running() -> bool:
+                now = self.rest.store.get(key)
+                return bool(now) and (now or {}).get("status", {}).get("phase") == "Running"
+
+            return await exec_ws.attach(request, pod_dir, container, running)
         return await exec_ws.serve(request, pod_dir, container)
 
     async def on_forward(self, request: web.Request) -> web.StreamResponse:

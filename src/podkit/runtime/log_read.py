@@ -29,21 +29,21 @@ def log_file(pod_dir: Path, container: str, previous: bool) -> Path | None:
     return runs[-1][1] if runs else None
 
 
-def lines(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(timestamp, line with its newline) of every whole record in data; partial records are
-    joined to the one that ends them, and a last unfinished line is left out."""
-    out: list[tuple[bytes, bytes]] = []
+def lines(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """(timestamp, stream, line with its newline) of every whole record in data; partial
+    records are joined to the one that ends them, and a last unfinished line is left out."""
+    out: list[tuple[bytes, bytes, bytes]] = []
     pending, first_ts = b"", b""
     for record in data.split(b"\n")[:-1]:
         parts = record.split(b" ", 3)
         if len(parts) < 4:
             continue
-        ts, _, tag, body = parts
+        ts, stream, tag, body = parts
         if not pending:
             first_ts = ts
         pending += body
         if tag == b"F":
-            out.append((first_ts, pending + b"\n"))
+            out.append((first_ts, stream, pending + b"\n"))
             pending = b""
     return out
 
@@ -52,10 +52,10 @@ def render(data: bytes, opts: Options) -> bytes:
     """What `kubectl logs` prints for the records in data."""
     found = lines(data)
     if opts.since is not None:
-        found = [(ts, line) for ts, line in found if _time(ts) >= opts.since]
+        found = [f for f in found if _time(f[0]) >= opts.since]
     if opts.tail is not None:
         found = found[-opts.tail :] if opts.tail > 0 else []
-    out = b"".join((ts + b" " + line) if opts.timestamps else line for ts, line in found)
+    out = b"".join((ts + b" " + line) if opts.timestamps else line for ts, _, line in found)
     return out[: opts.limit_bytes] if opts.limit_bytes is not None else out
 
 
