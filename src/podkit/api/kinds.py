@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Obj = dict[str, Any]
-VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
 
 @dataclass(frozen=True)

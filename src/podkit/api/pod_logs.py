@@ -18,15 +18,10 @@ from podkit.api.watch import gone
 from podkit.runtime import log_read
 
 
-async def serve(request: web.Request, rest: Rest, pods_root: Path | None) -> web.StreamResponse:
+async def serve(request: web.Request, rest: Rest, pod: Obj, pod_dir: Path) -> web.StreamResponse:
     """`kubectl logs`, from the CRI files the node writes: -c, --previous, --tail,
     --since, --timestamps, --limit-bytes, and -f, which follows across restarts."""
-    namespace, name, q = (
-        request.match_info["namespace"],
-        request.match_info["name"],
-        request.query,
-    )
-    pod = rest.get(POD, namespace, name)
+    q, name = request.query, pod["metadata"]["name"]
     names = [c["name"] for c in pod["spec"].get("containers", [])]
     every = names + [c["name"] for c in pod["spec"].get("initContainers") or []]
     container = q.get("container") or (names[0] if len(names) == 1 else "")
@@ -36,9 +31,6 @@ async def serve(request: web.Request, rest: Rest, pods_root: Path | None) -> web
             if not container
             else f"container {container} is not valid for pod {name}"
         )
-    if pods_root is None:
-        raise status.bad_request("this server runs no pods")
-    pod_dir = pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
     previous = q.get("previous") == "true"
     path = log_read.log_file(pod_dir, container, previous)
     if path is None:

@@ -52,9 +52,13 @@ class Rest:
             raise status.not_found(kind, name)
         return obj
 
-    def list_objects(self, kind: Kind, namespace: str | None) -> tuple[list[Obj], int]:
+    def prefix(self, kind: Kind, namespace: str | None) -> str:
+        """The store's key prefix of a kind's objects: in one namespace, or (None) in all."""
         scope = namespace if kind.namespaced else ""
-        return self.store.list_prefix(objects.prefix(kind.store_group, kind.resource, scope))
+        return objects.prefix(kind.store_group, kind.resource, scope)
+
+    def list_objects(self, kind: Kind, namespace: str | None) -> tuple[list[Obj], int]:
+        return self.store.list_prefix(self.prefix(kind, namespace))
 
     # --- writes ------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ def serve(
         import uvloop
 
         agent = NodeAgent(rest, state_dir)
-        api = Api(rest, pods_root=state_dir / "pods")
+        api = Api(rest, state_dir=state_dir)
         return uvloop.run(_run(api.app(), agent, listen, ctx, config_path, say, keep_pods))
     finally:
         store.close()

@@ -38,6 +38,7 @@ from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
 from podkit.api.rest import Rest
 from podkit.api.tables import JSON
 from podkit.manifest import schema
+from podkit.runtime import statedir
 
 KUBE_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0"}
 
@@ -76,10 +77,10 @@ def _authenticated(request: web.Request) -> bool:
 
 class Api:
     def __init__(
-        self, rest: Rest, pods_root: Path | None = None, require_client_cert: bool = True
+        self, rest: Rest, state_dir: Path | None = None, require_client_cert: bool = True
     ) -> None:
         self.rest = rest
-        self.pods_root = pods_root  # the node's pod directories: logs
+        self.state_dir = state_dir  # the node's: its pods' directories (logs, exec, sandbox)
         self.require_client_cert = require_client_cert
 
     def app(self) -> web.Application:
@@ -283,9 +284,7 @@ class Api:
         container = request.query.get("container") or names[0]
         if container not in names + [c["name"] for c in pod["spec"].get("initContainers") or []]:
             raise status.bad_request(f"container {container} is not valid for pod {name}")
-        if self.pods_root is None:
-            raise status.bad_request("this server runs no pods")
-        pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
+        pod_dir = self._pod_dir(pod)
         if verb == "attach":
             key = self.rest.key(POD, namespace, name)
 
@@ -304,9 +303,7 @@ class Api:
             raise status.bad_request(
                 f"podkit serve speaks port-forward over WebSocket ({portforward_ws.PROTOCOL})"
             )
-        if self.pods_root is None:
-            raise status.bad_request("this server runs no pods")
-        pod_dir = self.pods_root / f"{namespace}_{name}_{pod['metadata']['uid']}"
+        pod_dir = self._pod_dir(pod)
         try:
             sandbox_pid = int((pod_dir / "sandbox").read_text())
         except (OSError, ValueError):
@@ -314,7 +311,14 @@ class Api:
         return await portforward_ws.serve(request, sandbox_pid)
 
     async def on_log(self, request: web.Request) -> web.StreamResponse:
-        return await pod_logs.serve(request, self.rest, self.pods_root)
+        pod = self.rest.get(POD, *self._names(request))
+        return await pod_logs.serve(request, self.rest, pod, self._pod_dir(pod))
+
+    def _pod_dir(self, pod: Obj) -> Path:
+        if self.state_dir is None:
+            raise status.bad_request("this server runs no pods")
+        meta = pod["metadata"]
+        return statedir.pod_dir(self.state_dir, meta["namespace"], meta["name"], meta["uid"])
 
     @staticmethod
     def _names(request: web.Request) -> tuple[str, str]:

@@ -20,7 +20,6 @@ from podkit.api import selectors, status, tables
 from podkit.api.kinds import Kind, Obj
 from podkit.api.rest import Rest
 from podkit.api.tables import JSON
-from podkit.store import objects
 from podkit.store.objects import Event, StoreError
 
 
@@ -36,7 +35,7 @@ async def stream(
     as_table = tables.wanted(request.headers.get("Accept", ""))
     timeout = float(q.get("timeoutSeconds", "0") or 0) or None
     store = rest.store
-    prefix = _prefix(kind, namespace)
+    prefix = rest.prefix(kind, namespace)
     queue = store.subscribe(prefix)  # first: no write falls between history and live
     try:
         initial = q.get("sendInitialEvents") == "true"
@@ -106,7 +105,3 @@ class _EventWriter:
 def gone(request: web.Request) -> bool:
     """The client hung up (a watch notices no other way while nothing is written)."""
     return request.transport is None or request.transport.is_closing()
-
-
-def _prefix(kind: Kind, namespace: str | None) -> str:
-    return objects.prefix(kind.store_group, kind.resource, namespace if kind.namespaced else "")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podkit.cli import out
-from podkit.cli.parsing import command
+from podkit.cli.parsing import add_state_dir, command
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -34,32 +34,26 @@ def add_registry_config(cmd: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_state_dir(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument(
-        "--state-dir",
-        type=Path,
-        help="podkit's state directory, where the image store lives "
-        "(default $PODKIT_STATE_DIR, else /var/lib/podkit as root).",
-    )
+_STORE = ", where the image store lives"
 
 
 def add_commands(commands: Any) -> None:
     cmd = command(commands, "pull", pull, "Pull images into podkit's image store.")
     cmd.add_argument("names", nargs="+", metavar="IMAGE")
-    _add_state_dir(cmd)
+    add_state_dir(cmd, _STORE)
     add_registry_config(cmd)
     cmd.add_argument("--quiet", "-q", action="store_true", help="Print only the image IDs.")
     cmd = command(commands, "images", images, "List the images in podkit's store.")
-    _add_state_dir(cmd)
+    add_state_dir(cmd, _STORE)
     cmd.add_argument("--output", "-o", metavar="json")
     cmd = command(commands, "rmi", rmi, "Remove images from podkit's store.")
     cmd.add_argument("names", nargs="+", metavar="IMAGE")
-    _add_state_dir(cmd)
+    add_state_dir(cmd, _STORE)
     image = commands.add_parser(
         "image", help="Manage the image store.", description="Manage the image store."
     )
     sub = image.add_subparsers(metavar="COMMAND", required=True)
-    _add_state_dir(command(sub, "prune", prune, "Delete what no image uses."))
+    add_state_dir(command(sub, "prune", prune, "Delete what no image uses."), _STORE)
 
 
 def pull(

@@ -18,7 +18,7 @@ from podkit import __version__
 from podkit.cli import images as _images
 from podkit.cli import out
 from podkit.cli import serve as _serve
-from podkit.cli.parsing import at_least, command, env_path
+from podkit.cli.parsing import add_state_dir, at_least, command, env_path
 
 EXIT_BAD_INPUT = 2
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -269,12 +269,7 @@ def _add_run(commands: Any) -> None:
         action="store_true",
         help="Publish no containerPort (hostPorts and -p still apply).",
     )
-    cmd.add_argument(
-        "--state-dir",
-        type=Path,
-        help="Where pods keep logs, status and volumes "
-        "(default /var/lib/podkit as root, or $PODKIT_STATE_DIR).",
-    )
+    add_state_dir(cmd, ", where pods keep logs, status and volumes")
     cmd.add_argument(
         "--image-catalog",
         type=Path,
@@ -330,7 +325,7 @@ def _add_get(commands: Any) -> None:
         "--finished", action="store_true", help="Also pods whose podkit run has ended."
     )
     cmd.add_argument("--output", "-o", metavar="json|yaml|wide")
-    cmd.add_argument("--state-dir", type=Path, help="As given to `podkit run`.")
+    add_state_dir(cmd, ", as given to `podkit run`")
 
 
 def _add_port_forward(commands: Any) -> None:
@@ -352,7 +347,7 @@ def _add_port_forward(commands: Any) -> None:
     cmd.add_argument(
         "--address", default="127.0.0.1", help="Local address to listen on (default %(default)s)."
     )
-    cmd.add_argument("--state-dir", type=Path, help="As given to `podkit run`.")
+    add_state_dir(cmd, ", as given to `podkit run`")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -38,3 +38,13 @@ def command(
 def env_path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
+
+
+def add_state_dir(cmd: argparse.ArgumentParser, what: str = "") -> None:
+    """--state-dir, which every command takes: `what` says what the command keeps there."""
+    cmd.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"podkit's state directory{what} "
+        "(default $PODKIT_STATE_DIR, else /var/lib/podkit as root).",
+    )

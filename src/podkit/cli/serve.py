@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 from podkit.cli import out
-from podkit.cli.parsing import at_least, command
+from podkit.cli.parsing import add_state_dir, at_least, command
 
 
 def add_commands(commands: Any) -> None:
@@ -33,17 +32,9 @@ def add_commands(commands: Any) -> None:
         help="How many past writes a watch may start from; older resourceVersions get 410 "
         "Gone, as after an etcd compaction (default %(default)s).",
     )
-    _state_dir(cmd)
+    add_state_dir(cmd)
     cmd = command(commands, "kubeconfig", kubeconfig, "Print the kubeconfig of podkit serve.")
-    _state_dir(cmd)
-
-
-def _state_dir(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument(
-        "--state-dir",
-        type=Path,
-        help="podkit's state directory (default $PODKIT_STATE_DIR, else /var/lib/podkit as root).",
-    )
+    add_state_dir(cmd)
 
 
 def serve(

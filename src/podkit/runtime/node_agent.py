@@ -38,7 +38,6 @@ from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET
 from podkit.api.rest import Rest
 from podkit.api.status import ApiError
 from podkit.runtime import statedir
-from podkit.store import objects
 
 Obj = dict[str, Any]
 TICK = 0.2  # seconds between looks at the supervisors' status files
@@ -66,7 +65,7 @@ class NodeAgent:
         self.pods: dict[str, Supervised] = {}  # by uid
 
     async def run(self, stop: asyncio.Event) -> None:
-        queue = self.rest.store.subscribe(objects.prefix("core", "pods", None))
+        queue = self.rest.store.subscribe(self.rest.prefix(POD, None))
         self._register()
         try:
             items, _ = self.rest.list_objects(POD, None)
@@ -123,7 +122,7 @@ class NodeAgent:
 
     def _pod_dir(self, pod: Obj) -> Path:
         meta = pod["metadata"]
-        return self.state_dir / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+        return statedir.pod_dir(self.state_dir, meta["namespace"], meta["name"], meta["uid"])
 
     def _adopt(self, pod: Obj) -> Supervised | None:
         """The supervisor an earlier serve started, if it still runs."""

@@ -69,7 +69,7 @@ class PodFiles:
         self.pod, self.bundle = pod, bundle
         self.pod_ip = "127.0.0.1"  # until the pod has an address on the bridge
         self.network: tuple[NetworkConfig, PodNetwork] | None = None
-        self.dir = state_dir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
+        self.dir = statedir.pod_dir(state_dir, pod.namespace, pod.name, pod.uid)
         self.sandbox_pid: int | None = None
         self.pid_ns_pid: int | None = None  # PID 1 of the pod's PID namespace, when shared
         self.socket: sandbox.PodSockets | None = None  # sockets inside the pod

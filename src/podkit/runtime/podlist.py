@@ -76,7 +76,7 @@ def find_running(state_dir: Path, namespace: str, name: str) -> tuple[dict[str, 
     for doc in load(state_dir, finished=False):
         meta = doc["metadata"]
         if meta["name"] == name and meta["namespace"] == namespace:
-            pod_dir = state_dir / "pods" / f"{namespace}_{name}_{meta['uid']}"
+            pod_dir = statedir.pod_dir(state_dir, namespace, name, meta["uid"])
             try:
                 return doc, int((pod_dir / "sandbox").read_text())
             except (OSError, ValueError):

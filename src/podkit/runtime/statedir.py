@@ -21,6 +21,11 @@ VOLATILE = ("volumes", "shm", "containers", "etc", "sandbox")
 KEEP_FINISHED = 20
 
 
+def pod_dir(state_dir: Path, namespace: str, name: str, uid: str) -> Path:
+    """Where a pod's logs, status and volumes live (the module docstring's layout)."""
+    return state_dir / "pods" / f"{namespace}_{name}_{uid}"
+
+
 def default_state_dir() -> Path:
     env = os.environ.get("PODKIT_STATE_DIR")
     if env:
