@@ -257,10 +257,99 @@ def test_the_node_the_service_accounts_and_the_served_kinds(served: Served) -> N
     assert node["status"]["capacity"]["cpu"] == str(os.cpu_count())
     accounts = table(served.kubectl("get", "serviceaccounts", "-n", "kube-system").stdout)
     assert accounts[1][0] == "default"  # each namespace gets its own
-    kinds = {row[0] for row in table(served.kubectl("api-resources").stdout)[1:]}
+    kinds = {(row[0], row[-3]) for row in table(served.kubectl("api-resources").stdout)[1:]}
     assert kinds == {
-        "configmaps", "events", "namespaces", "nodes", "pods", "secrets", "serviceaccounts",
+        ("configmaps", "v1"), ("events", "v1"), ("namespaces", "v1"), ("nodes", "v1"),
+        ("pods", "v1"), ("secrets", "v1"), ("serviceaccounts", "v1"),
+        ("events", "events.k8s.io/v1"),
     }  # fmt: skip
+    assert served.kubectl("api-versions").stdout.split() == ["events.k8s.io/v1", "v1"]
+
+
+EVENT_V1 = """apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: deployed}
+eventTime: "2026-01-02T03:04:05.000000Z"
+reportingController: example.com/deployer
+reportingInstance: deployer-1
+action: Deploy
+reason: Deployed
+type: Normal
+note: version 2 is out
+regarding: {kind: Pod, name: web, namespace: default}
+"""
+
+
+def test_events_are_served_in_both_api_versions_from_one_object(served: Served) -> None:
+    made = served.kubectl("apply", "-f", "-", stdin=EVENT_V1)
+    assert made.stdout.strip() == "event.events.k8s.io/deployed created", made.stderr
+    again = served.kubectl("apply", "-f", "-", stdin=EVENT_V1.replace("version 2 is", "v2 is"))
+    assert again.stdout.strip() == "event.events.k8s.io/deployed configured", again.stderr
+    core = json.loads(served.kubectl("get", "event", "deployed", "-o", "json").stdout)
+    assert (core["apiVersion"], core["message"], core["reportingComponent"]) == (
+        "v1", "v2 is out", "example.com/deployer",
+    )  # fmt: skip
+    assert core["involvedObject"] == {"kind": "Pod", "name": "web", "namespace": "default"}
+    # A core write shows in the new version under its new names, and in its watch.
+    served.kubectl("patch", "event", "deployed", "--type=merge", "-p", '{"message": "v3"}')
+    v1 = json.loads(served.kubectl("get", "events.events.k8s.io", "deployed", "-o", "json").stdout)
+    assert (v1["apiVersion"], v1["note"], v1["regarding"]["name"]) == (
+        "events.k8s.io/v1", "v3", "web",
+    )  # fmt: skip
+    assert "message" not in v1 and v1["metadata"]["uid"] == core["metadata"]["uid"]
+    rows = table(served.kubectl("get", "events.events.k8s.io").stdout)
+    assert rows[0] == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert ["Normal", "Deployed", "pod/web", "v3"] in [r[1:] for r in rows[1:]]
+    # The new version's rules for a new Event: every missing field in one 422.
+    bare = served.kubectl("create", "-f", "-", stdin=EVENT_V1.split("eventTime")[0])
+    assert bare.returncode == 1
+    assert bare.stderr.splitlines()[:6] == [
+        'The Event "deployed" is invalid: ',
+        "* eventTime: Required value",
+        "* reportingController: Required value",
+        "* reportingInstance: Required value",
+        "* action: Required value",
+        "* reason: Required value",
+    ]
+    served.kubectl("delete", "events.events.k8s.io", "deployed")
+    assert served.kubectl("get", "event", "deployed").returncode == 1  # one object, gone
+
+
+def test_the_status_subresource_changes_status_only(served: Served) -> None:
+    node = os.uname().nodename
+    patched = served.kubectl(
+        "patch", "node", node, "--subresource=status", "--type=merge",
+        "-p", '{"metadata": {"labels": {"via-status": "yes"}}, "status": {"capacity": {"pods": "7"}}}',
+    )  # fmt: skip
+    assert patched.returncode == 0, patched.stderr
+    got = json.loads(served.kubectl("get", "node", node, "-o", "json").stdout)
+    assert got["status"]["capacity"]["pods"] == "7"
+    assert "via-status" not in got["metadata"]["labels"]  # only status goes through it
+    served.kubectl("apply", "-f", "-", stdin=cm("statusless"))
+    none = served.kubectl(
+        "patch", "cm", "statusless", "--subresource=status", "--type=merge", "-p", "{}"
+    )
+    assert none.returncode == 1 and "could not find the requested resource" in none.stderr
+
+
+def test_a_stale_discovery_cache_is_refreshed_when_a_kind_is_missing(
+    served: Served, tmp_path: Path
+) -> None:
+    """kubectl keeps discovery on disk for hours; a server that serves more than the cache
+    says (a newer podkit) is found by kubectl itself, which re-reads discovery on a miss."""
+    import dataclasses
+    import shutil
+
+    fresh = dataclasses.replace(served, home=tmp_path)
+    assert fresh.kubectl("get", "po").returncode == 0
+    cache = next((tmp_path / ".kube/cache/discovery").iterdir())
+    groups = json.loads((cache / "servergroups.json").read_text())
+    groups["groups"] = [g for g in groups["groups"] if g["name"] != "events.k8s.io"]
+    (cache / "servergroups.json").write_text(json.dumps(groups))
+    shutil.rmtree(cache / "events.k8s.io")  # as a cache from before the group was served
+    got = fresh.kubectl("get", "events.events.k8s.io", "-n", "kube-system")
+    assert got.returncode == 0 and "No resources found" in got.stderr, got.stderr
+    assert (cache / "events.k8s.io/v1/serverresources.json").is_file()
 
 
 def test_a_server_dry_run_checks_everything_and_writes_nothing(served: Served) -> None:
@@ -379,7 +468,8 @@ def test_discovery_is_aggregated_for_kubectl(served: Served, tmp_path: Path) -> 
         next(tmp_path.glob(".kube/cache/discovery/*/v1/serverresources.json")).read_text()
     )
     names = {r["name"] for r in cached["resources"]}
-    assert {"pods", "pods/log", "pods/exec", "pods/portforward", "configmaps"} <= names
+    assert {"pods", "pods/log", "pods/exec", "pods/portforward", "pods/status"} <= names
+    assert "configmaps/status" not in names and "namespaces/status" in names
 
 
 def test_lists_come_in_pages_and_collections_delete_by_selector(served: Served) -> None:

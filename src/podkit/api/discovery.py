@@ -28,10 +28,27 @@ def wants_aggregated(accept: str) -> bool:
     return "g=apidiscovery.k8s.io" in accept and "v=v2" in accept
 
 
-def legacy_core() -> dict[str, Any]:
-    """/api/v1: an APIResourceList."""
+def group_versions() -> list[tuple[str, str]]:
+    """The served (group, version)s in discovery's order: core first, as kubectl prefers."""
+    return list(dict.fromkeys((k.group, k.version) for k in KINDS))
+
+
+def _kinds(group: str, version: str) -> list[Kind]:
+    return [k for k in KINDS if (k.group, k.version) == (group, version)]
+
+
+def _subresources(k: Kind) -> list[tuple[str, str, list[str]]]:
+    """(subresource, kind, verbs) of a kind, as discovery names them."""
+    subs = [(sub, kind, verbs) for owner, sub, kind, verbs in SUBRESOURCES if owner is k]
+    if k.status:
+        subs.append(("status", k.kind, ["get", "patch", "update"]))
+    return subs
+
+
+def legacy_resources(group: str, version: str) -> dict[str, Any]:
+    """/api/v1 or /apis/<group>/<version>: an APIResourceList."""
     items: list[dict[str, Any]] = []
-    for k in _core():
+    for k in _kinds(group, version):
         items.append(
             {
                 "name": k.resource,
@@ -46,19 +63,44 @@ def legacy_core() -> dict[str, Any]:
         items += [
             {"name": f"{k.resource}/{sub}", "singularName": "", "namespaced": k.namespaced,
              "kind": kind, "verbs": verbs}
-            for owner, sub, kind, verbs in SUBRESOURCES if owner is k
+            for sub, kind, verbs in _subresources(k)
         ]  # fmt: skip
-    return {"kind": "APIResourceList", "groupVersion": "v1", "resources": items}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": items,
+    }
 
 
-def aggregated_core() -> dict[str, Any]:
-    """/api in the aggregated form: the core group's v1 with every resource."""
-    resources = []
-    for k in _core():
-        resources.append(
+def legacy_group(group: str) -> dict[str, Any] | None:
+    """/apis/<group>: an APIGroup, or None for a group not served."""
+    versions = [
+        {"groupVersion": f"{g}/{v}", "version": v} for g, v in group_versions() if g == group
+    ]
+    if not group or not versions:
+        return None
+    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": versions,
+            "preferredVersion": versions[0]}  # fmt: skip
+
+
+def legacy_groups() -> dict[str, Any]:
+    """/apis: an APIGroupList of the named groups."""
+    names = dict.fromkeys(g for g, _ in group_versions() if g)
+    groups = [{k: v for k, v in (legacy_group(g) or {}).items() if k not in ("kind", "apiVersion")}
+              for g in names]  # fmt: skip
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+def _aggregated_group(group: str) -> dict[str, Any]:
+    versions = []
+    for g, v in group_versions():
+        if g != group:
+            continue
+        resources = [
             {
                 "resource": k.resource,
-                "responseKind": {"group": "", "version": "v1", "kind": k.kind},
+                "responseKind": {"group": g, "version": v, "kind": k.kind},
                 "scope": "Namespaced" if k.namespaced else "Cluster",
                 "singularResource": k.singular,
                 "verbs": VERBS,
@@ -66,19 +108,26 @@ def aggregated_core() -> dict[str, Any]:
                 **({"categories": list(k.categories)} if k.categories else {}),
                 "subresources": [
                     {"subresource": sub,
-                     "responseKind": {"group": "", "version": "v1", "kind": kind},
+                     "responseKind": {"group": g, "version": v, "kind": kind},
                      "verbs": verbs}
-                    for owner, sub, kind, verbs in SUBRESOURCES if owner is k
+                    for sub, kind, verbs in _subresources(k)
                 ],
             }
-        )  # fmt: skip
-    version = {"version": "v1", "freshness": "Current", "resources": resources}
-    return _list([{"metadata": {}, "versions": [version]}])
+            for k in _kinds(g, v)
+        ]  # fmt: skip
+        versions.append({"version": v, "freshness": "Current", "resources": resources})
+    return {"metadata": {"name": group} if group else {}, "versions": versions}
+
+
+def aggregated_core() -> dict[str, Any]:
+    """/api in the aggregated form: the core group's v1 with every resource."""
+    return _list([_aggregated_group("")])
 
 
 def aggregated_groups() -> dict[str, Any]:
-    """/apis in the aggregated form: no named groups are served yet."""
-    return _list([])
+    """/apis in the aggregated form: every named group."""
+    names = dict.fromkeys(g for g, _ in group_versions() if g)
+    return _list([_aggregated_group(g) for g in names])
 
 
 def _list(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,7 +137,3 @@ def _list(items: list[dict[str, Any]]) -> dict[str, Any]:
         "metadata": {},
         "items": items,
     }
-
-
-def _core() -> list[Kind]:
-    return [k for k in KINDS if not k.group]

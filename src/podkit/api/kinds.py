@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from podkit.api import event_versions
+
 Obj = dict[str, Any]
 
 
@@ -35,14 +37,32 @@ class Kind:
     categories: tuple[str, ...] = ()
     columns: tuple[Column, ...] = field(default_factory=tuple)
     schema: str = ""  # kubernetes-validate's schema file, for fieldValidation
+    status: bool = False  # it has a status subresource
+    view: View | None = None  # served from another kind's stored objects
+    create_problems: Callable[[Obj], list[tuple[str, str]]] | None = None  # (field, reason)
 
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     @property
+    def stored(self) -> Kind:
+        """The kind whose objects the store holds for this one."""
+        return self.view.storage if self.view else self
+
+    @property
     def store_group(self) -> str:
-        return self.group or "core"
+        return self.stored.group or "core"
+
+
+@dataclass(frozen=True)
+class View:
+    """A kind served from another kind's objects, converted both ways (the apiserver keeps
+    one stored version per resource and converts for each API version)."""
+
+    storage: Kind
+    outward: Callable[[Obj], Obj]  # stored form -> the served kind's
+    inward: Callable[[Obj], Obj]  # the served kind's -> stored form
 
 
 def age(obj: Obj, now: datetime.datetime) -> str:
@@ -101,6 +121,7 @@ NAMESPACE = Kind(
     short_names=("ns",),
     columns=(NAME, Column("Status", lambda o, _: o.get("status", {}).get("phase", "")), AGE),
     schema="namespace-v1.json",
+    status=True,
 )
 CONFIGMAP = Kind(
     "ConfigMap",
@@ -160,6 +181,7 @@ POD = Kind(
         Column("Readiness Gates", lambda o, _: "<none>", priority=1),
     ),
     schema="pod-v1.json",
+    status=True,
 )
 
 
@@ -186,6 +208,28 @@ EVENT = Kind(
         Column("Object", _involved),
         Column("Message", lambda o, _: o.get("message", "")),
     ),
+    schema="event-v1.json",
+)
+
+
+def _on_core(
+    cell: Callable[[Obj, datetime.datetime], Any],
+) -> Callable[[Obj, datetime.datetime], Any]:
+    return lambda obj, now: cell(event_versions.to_core(obj), now)
+
+
+EVENT_V1 = Kind(
+    "Event",
+    "events",
+    "event",
+    namespaced=True,
+    group="events.k8s.io",
+    short_names=("ev",),
+    # The apiserver prints both versions from the one internal form: the same columns.
+    columns=tuple(Column(c.name, _on_core(c.cell)) for c in EVENT.columns),
+    schema="event-events-v1.json",
+    view=View(EVENT, event_versions.from_core, event_versions.to_core),
+    create_problems=event_versions.create_problems,
 )
 
 
@@ -222,6 +266,8 @@ NODE = Kind(
         Column("Kernel-Version", _node_info("kernelVersion"), priority=1),
         Column("Container-Runtime", _node_info("containerRuntimeVersion"), priority=1),
     ),
+    schema="node-v1.json",
+    status=True,
 )
 SERVICE_ACCOUNT = Kind(
     "ServiceAccount",
@@ -237,5 +283,5 @@ SERVICE_ACCOUNT = Kind(
     schema="serviceaccount-v1.json",
 )
 
-KINDS = (NAMESPACE, CONFIGMAP, SECRET, POD, EVENT, NODE, SERVICE_ACCOUNT)
+KINDS = (NAMESPACE, CONFIGMAP, SECRET, POD, EVENT, NODE, SERVICE_ACCOUNT, EVENT_V1)
 BY_RESOURCE = {(k.group, k.resource): k for k in KINDS}

@@ -50,20 +50,35 @@ class Rest:
         obj = self.store.get(self.key(kind, namespace, name))
         if obj is None:
             raise status.not_found(kind, name)
-        return obj
+        return self.outward(kind, obj)
 
     def prefix(self, kind: Kind, namespace: str | None) -> str:
         """The store's key prefix of a kind's objects: in one namespace, or (None) in all."""
         scope = namespace if kind.namespaced else ""
-        return objects.prefix(kind.store_group, kind.resource, scope)
+        return objects.prefix(kind.store_group, kind.stored.resource, scope)
 
     def list_objects(self, kind: Kind, namespace: str | None) -> tuple[list[Obj], int]:
-        return self.store.list_prefix(self.prefix(kind, namespace))
+        items, rv = self.store.list_prefix(self.prefix(kind, namespace))
+        return ([self.outward(kind, o) for o in items] if kind.view else items), rv
+
+    @staticmethod
+    def outward(kind: Kind, stored: Obj) -> Obj:
+        """A stored object as `kind` shows it (another kind's, for a view)."""
+        return kind.view.outward(stored) if kind.view else stored
+
+    def _write(self, kind: Kind, namespace: str, name: str, obj: Obj) -> Obj:
+        """Stores a new version of an object that exists; returns it as `kind` shows it."""
+        key = self.key(kind, namespace, name)
+        return self.outward(
+            kind, self.store.update(key, kind.view.inward(obj) if kind.view else obj)
+        )
 
     # --- writes ------------------------------------------------------------------------
 
     def create(self, kind: Kind, namespace: str, body: Any, validation: str = "Strict") -> Obj:
-        obj = self._checked_body(kind, namespace, body, None, validation)
+        creating = kind.create_problems
+        problems = creating(body) if creating is not None and isinstance(body, dict) else []
+        obj = self._checked_body(kind, namespace, body, None, validation, problems)
         name = obj["metadata"].get("name") or ""
         if not name and obj["metadata"].get("generateName"):
             name = obj["metadata"]["generateName"] + uuid.uuid4().hex[:5]
@@ -88,7 +103,8 @@ class Rest:
                 raise status.already_exists(kind, name)
             return obj
         try:
-            made = self.store.create(self.key(kind, namespace, name), obj)
+            stored = kind.view.inward(obj) if kind.view else obj
+            made = self.outward(kind, self.store.create(self.key(kind, namespace, name), stored))
         except StoreError:
             raise status.already_exists(kind, name) from None
         if kind is NAMESPACE:  # every namespace has its `default` ServiceAccount
@@ -99,10 +115,18 @@ class Rest:
         return made
 
     def replace(
-        self, kind: Kind, namespace: str, name: str, body: Any, validation: str = "Strict"
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        body: Any,
+        validation: str = "Strict",
+        subresource: str = "",
     ) -> Obj:
         current = self.get(kind, namespace, name)
         obj = self._checked_body(kind, namespace, body, name, validation)
+        if subresource == "status":
+            return self._update_status(kind, namespace, name, current, obj)
         return self._update(kind, namespace, name, current, obj)
 
     def patch(
@@ -113,16 +137,18 @@ class Rest:
         content_type: str,
         body: Any,
         validation: str = "Strict",
+        subresource: str = "",
     ) -> Obj:
         """Applies the patch to the current object; on a write race, to the newer one (the
-        apiserver retries the same way), unless the patch names a resourceVersion."""
+        apiserver retries the same way), unless the patch names a resourceVersion. Through
+        the status subresource only the patched status is kept."""
         for _ in range(5):
             current = self.get(kind, namespace, name)
             try:
                 if content_type == MERGE:
                     patched = patches.merge_patch(current, body)
                 elif content_type == STRATEGIC:
-                    root, defs = schema.kind_definition(kind.kind)
+                    root, defs = schema.kind_definition(kind.schema)
                     patched = smp.apply(current, body, root, defs)
                 elif content_type == JSON_PATCH:
                     patched = patches.json_patch(current, body)
@@ -146,6 +172,8 @@ class Rest:
             if not pinned:
                 obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             try:
+                if subresource == "status":
+                    return self._update_status(kind, namespace, name, current, obj)
                 return self._update(kind, namespace, name, current, obj)
             except status.ApiError as exc:
                 if exc.reason != "Conflict" or pinned:
@@ -159,13 +187,26 @@ class Rest:
             if current.get("status") == new_status:
                 return current
             try:
-                return self.store.update(
-                    self.key(kind, namespace, name), {**current, "status": new_status}
-                )
+                return self._write(kind, namespace, name, {**current, "status": new_status})
             except StoreError as exc:
                 if exc.reason == "NotFound":
                     raise status.not_found(kind, name) from None
         raise status.conflict(kind, name, "too many concurrent writes")
+
+    def _update_status(self, kind: Kind, namespace: str, name: str, current: Obj, obj: Obj) -> Obj:
+        """A write through the status subresource: the status is the body's, everything else
+        stays (the apiserver's status strategies); a stale resourceVersion is a conflict."""
+        new = {**current, "status": obj.get("status") or {}}
+        rv = obj["metadata"].get("resourceVersion")
+        new["metadata"] = {**current["metadata"], **({"resourceVersion": rv} if rv else {})}
+        if new == current or self.dry_run:
+            return new
+        try:
+            return self._write(kind, namespace, name, new)
+        except StoreError as exc:
+            if exc.reason == "NotFound":
+                raise status.not_found(kind, name) from None
+            raise status.conflict(kind, name, str(exc)) from None
 
     def delete(
         self,
@@ -188,7 +229,7 @@ class Rest:
                 if "deletionTimestamp" in meta and grace >= meta["deletionGracePeriodSeconds"]:
                     return current  # already going, with no less time
                 meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=grace)
-                return self.store.update(self.key(kind, namespace, name), current)
+                return self._write(kind, namespace, name, current)
         return self.finish_delete(kind, namespace, name, rv)
 
     def finish_delete(self, kind: Kind, namespace: str, name: str, rv: str | None = None) -> Obj:
@@ -199,12 +240,12 @@ class Rest:
             if "deletionTimestamp" in meta:
                 return current
             meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=0)
-            return self.store.update(self.key(kind, namespace, name), current)
+            return self._write(kind, namespace, name, current)
         key = self.key(kind, namespace, name)
         if kind is NAMESPACE and not self._emptied(name, current):
             return self.get(kind, namespace, name)  # Terminating until its pods are gone
         try:
-            gone = self.store.delete(key, rv)
+            gone = self.outward(kind, self.store.delete(key, rv))
         except StoreError as exc:
             if exc.reason == "NotFound":
                 raise status.not_found(kind, name) from None
@@ -222,7 +263,7 @@ class Rest:
 
     def key(self, kind: Kind, namespace: str, name: str) -> str:
         return objects.key(
-            kind.store_group, kind.resource, namespace if kind.namespaced else "", name
+            kind.store_group, kind.stored.resource, namespace if kind.namespaced else "", name
         )
 
     def _update(self, kind: Kind, namespace: str, name: str, current: Obj, obj: Obj) -> Obj:
@@ -246,7 +287,7 @@ class Rest:
         if obj == current or self.dry_run:
             return obj  # nothing changed: no new resourceVersion, as the apiserver does
         try:
-            stored = self.store.update(self.key(kind, namespace, name), obj)
+            stored = self._write(kind, namespace, name, obj)
         except StoreError as exc:
             if exc.reason == "NotFound":
                 raise status.not_found(kind, name) from None
@@ -256,8 +297,16 @@ class Rest:
         return stored
 
     def _checked_body(
-        self, kind: Kind, namespace: str, body: Any, name: str | None, validation: str
+        self,
+        kind: Kind,
+        namespace: str,
+        body: Any,
+        name: str | None,
+        validation: str,
+        problems: list[tuple[str, str]] | None = None,
     ) -> Obj:
+        """The body as an object of `kind` for this URL, validated; `problems` are the kind's
+        own (field, reason)s, refused with the schema's missing fields in one 422."""
         if not isinstance(body, dict):
             raise status.bad_request(f"the body of a {kind.kind} must be a JSON object")
         obj: Obj = dict(body)
@@ -290,20 +339,23 @@ class Rest:
             )
         if name is not None:
             meta["name"] = name
-        if kind.schema:
-            self._validate(kind, obj, validation)
+        causes = self._validate(kind, obj, validation) if kind.schema else []
+        causes += [p for p in problems or [] if p[0] not in {f for f, _ in causes}]
+        if causes:
+            raise status.invalid(kind, meta.get("name", ""), causes)
         if kind is SECRET:
             _secret_data(obj)
         return obj
 
-    def _validate(self, kind: Kind, obj: Obj, validation: str) -> None:
+    def _validate(self, kind: Kind, obj: Obj, validation: str) -> list[tuple[str, str]]:
         """fieldValidation as the apiserver does it: a wrong type is always a 400; unknown
-        fields are a 400 (Strict), or dropped with a warning (Warn) or silently (Ignore)."""
+        fields are a 400 (Strict), or dropped with a warning (Warn) or silently (Ignore).
+        Returns the missing required fields as (field, reason) causes."""
         if validation not in ("Strict", "Warn", "Ignore"):
             raise status.bad_request(
                 f'fieldValidation "{validation}": expected Strict, Warn or Ignore'
             )
-        unknown, other = schema.field_problems(kind.kind, copy.deepcopy(obj))
+        unknown, missing, other = schema.field_problems(kind.schema, copy.deepcopy(obj))
         cannot = f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}'
         if other:
             raise status.bad_request(f"{cannot}: {'; '.join(other)}")
@@ -314,6 +366,8 @@ class Rest:
             schema.prune(obj, path)
         if validation == "Warn":
             self.warnings.extend(names)
+        # Missing fields are the apiserver's validation, after decoding: a 422 with each.
+        return [(schema.dotted(path), "Required value") for path in missing]
 
     def _check_name(self, kind: Kind, name: str) -> None:
         rule = _DNS_LABEL if kind is NAMESPACE else _DNS_SUBDOMAIN
@@ -358,7 +412,7 @@ class Rest:
         self._emptying.add(namespace)
         try:
             for kind in KINDS:
-                if kind.namespaced:
+                if kind.namespaced and kind.view is None:  # a view's objects are another's
                     items, _ = self.list_objects(kind, namespace)
                     for item in items:
                         with contextlib.suppress(status.ApiError):
@@ -374,7 +428,9 @@ class Rest:
             return
         if ns.get("status", {}).get("phase") != "Terminating":
             return
-        if all(not self.list_objects(k, namespace)[0] for k in KINDS if k.namespaced):
+        if all(
+            not self.list_objects(k, namespace)[0] for k in KINDS if k.namespaced and not k.view
+        ):
             with contextlib.suppress(status.ApiError):
                 self.finish_delete(NAMESPACE, "", namespace)
 

@@ -90,9 +90,12 @@ class Api:
         r.add_get("/version", _fixed(version))
         r.add_get("/api", self.api)
         r.add_get("/apis", self.apis)
-        r.add_get("/api/v1", self.resources)
+        r.add_get("/api/{version}", self.resources)
+        r.add_get("/apis/{group}", self.group)
+        r.add_get("/apis/{group}/{version}", self.resources)
         r.add_get("/openapi/v3", self.openapi_root)
-        r.add_get("/openapi/v3/api/v1", self.openapi_core)
+        r.add_get("/openapi/v3/api/{version}", self.openapi)
+        r.add_get("/openapi/v3/apis/{group}/{version}", self.openapi)
         r.add_get("/healthz", _fixed("ok"))
         r.add_get("/readyz", _fixed("ok"))
         r.add_get("/livez", _fixed("ok"))
@@ -104,18 +107,27 @@ class Api:
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/attach", self.on_exec)
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
-        for path in (
-            prefix + "/namespaces/{namespace}/{resource}/{name}",
-            prefix + "/{resource}/{name}",
-        ):
-            r.add_route("GET", path, self.on_get)
-            r.add_route("PUT", path, self.on_replace)
-            r.add_route("PATCH", path, self.on_patch)
-            r.add_route("DELETE", path, self.on_delete)
-        for path in (prefix + "/namespaces/{namespace}/{resource}", prefix + "/{resource}"):
-            r.add_route("GET", path, self.on_list)
-            r.add_route("POST", path, self.on_create)
-            r.add_route("DELETE", path, self.on_delete_collection)
+        for prefix in ("/api/{version}", "/apis/{group}/{version}"):
+            # /namespaces/x/status is namespace x's status: before the namespaced lists.
+            for path in (
+                prefix + "/namespaces/{namespace}/{resource}/{name}/{subresource:status}",
+                prefix + "/{resource}/{name}/{subresource:status}",
+            ):
+                r.add_route("GET", path, self.on_get)
+                r.add_route("PUT", path, self.on_replace)
+                r.add_route("PATCH", path, self.on_patch)
+            for path in (
+                prefix + "/namespaces/{namespace}/{resource}/{name}",
+                prefix + "/{resource}/{name}",
+            ):
+                r.add_route("GET", path, self.on_get)
+                r.add_route("PUT", path, self.on_replace)
+                r.add_route("PATCH", path, self.on_patch)
+                r.add_route("DELETE", path, self.on_delete)
+            for path in (prefix + "/namespaces/{namespace}/{resource}", prefix + "/{resource}"):
+                r.add_route("GET", path, self.on_list)
+                r.add_route("POST", path, self.on_create)
+                r.add_route("DELETE", path, self.on_delete_collection)
         return app
 
     @web.middleware
@@ -128,8 +140,18 @@ class Api:
 
     # --- discovery and OpenAPI --------------------------------------------------------------
 
-    async def resources(self, _: web.Request) -> web.Response:
-        return _json(discovery.legacy_core())
+    async def resources(self, request: web.Request) -> web.Response:
+        """/api/v1 or /apis/<group>/<version>: the legacy APIResourceList."""
+        group, version = request.match_info.get("group", ""), request.match_info["version"]
+        if (group, version) not in discovery.group_versions():
+            raise _not_found()
+        return _json(discovery.legacy_resources(group, version))
+
+    async def group(self, request: web.Request) -> web.Response:
+        doc = discovery.legacy_group(request.match_info["group"])
+        if doc is None:
+            raise _not_found()
+        return _json(doc)
 
     async def api(self, request: web.Request) -> web.Response:
         if discovery.wants_aggregated(request.headers.get("Accept", "")):
@@ -139,23 +161,29 @@ class Api:
     async def apis(self, request: web.Request) -> web.Response:
         if discovery.wants_aggregated(request.headers.get("Accept", "")):
             return _json(discovery.aggregated_groups(), content_type=discovery.AGGREGATED)
-        return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+        return _json(discovery.legacy_groups())
 
     async def openapi_root(self, _: web.Request) -> web.Response:
         hash_ = __version__.replace(".", "")
-        return _json(
-            {"paths": {"api/v1": {"serverRelativeURL": f"/openapi/v3/api/v1?hash={hash_}"}}}
-        )
+        paths = {
+            _root(group, version): {"serverRelativeURL": f"/openapi/v3/{_root(group, version)}"
+                                                          f"?hash={hash_}"}
+            for group, version in discovery.group_versions()
+        }  # fmt: skip
+        return _json({"paths": paths})
 
-    async def openapi_core(self, _: web.Request) -> web.Response:
-        """A PATCH operation per kind with the inline fieldValidation parameter: enough for
-        kubectl to leave validation to this server (which does it, api/rest.py)."""
+    async def openapi(self, request: web.Request) -> web.Response:
+        """A group-version's document: a PATCH operation per kind with the inline
+        fieldValidation parameter, enough for kubectl to leave validation to this server
+        (which does it, api/rest.py), and the kinds' schemas, which `kubectl explain` reads."""
+        group, version = request.match_info.get("group", ""), request.match_info["version"]
+        kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
+        if not kinds:
+            raise _not_found()
         paths = {}
-        for k in KINDS:
-            if k.group:
-                continue
+        for k in kinds:
             scope = "/namespaces/{namespace}" if k.namespaced else ""
-            paths[f"/api/v1{scope}/{k.resource}/{{name}}"] = {
+            paths[f"/{_root(group, version)}{scope}/{k.resource}/{{name}}"] = {
                 "patch": {
                     "x-kubernetes-group-version-kind": {
                         "group": k.group,
@@ -169,7 +197,7 @@ class Api:
                     ],
                 }
             }
-        served = tuple((k.group, k.version, k.kind) for k in KINDS if not k.group)
+        served = tuple((k.group, k.version, k.kind) for k in kinds)
         doc = {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.37.0"},
                "paths": paths,
                "components": {"schemas": schema.openapi_schemas(served)}}  # fmt: skip
@@ -178,13 +206,16 @@ class Api:
     # --- verbs --------------------------------------------------------------------------
 
     def _kind(self, request: web.Request) -> tuple[Kind, str]:
-        resource = request.match_info["resource"]
-        kind = BY_RESOURCE.get(("", resource))
-        namespace = request.match_info.get("namespace", "")
-        if kind is None or (namespace and not kind.namespaced):
-            raise status.ApiError(
-                404, "NotFound", "the server could not find the requested resource"
-            )
+        info = request.match_info
+        kind = BY_RESOURCE.get((info.get("group", ""), info["resource"]))
+        namespace = info.get("namespace", "")
+        if (
+            kind is None
+            or kind.version != info["version"]
+            or (namespace and not kind.namespaced)
+            or (info.get("subresource") == "status" and not kind.status)
+        ):
+            raise _not_found()
         return kind, namespace
 
     async def on_get(self, request: web.Request) -> web.Response:
@@ -228,7 +259,10 @@ class Api:
     async def on_replace(self, request: web.Request) -> web.Response:
         kind, namespace = self._kind(request)
         body, name = await self._body(request), request.match_info["name"]
-        return self._write(request, lambda v: self.rest.replace(kind, namespace, name, body, v))
+        sub = request.match_info.get("subresource", "")
+        return self._write(
+            request, lambda v: self.rest.replace(kind, namespace, name, body, v, sub)
+        )
 
     async def on_patch(self, request: web.Request) -> web.Response:
         kind, namespace = self._kind(request)
@@ -237,8 +271,9 @@ class Api:
             request.match_info["name"],
             request.content_type,
         )
+        sub = request.match_info.get("subresource", "")
         return self._write(
-            request, lambda v: self.rest.patch(kind, namespace, name, media, body, v)
+            request, lambda v: self.rest.patch(kind, namespace, name, media, body, v, sub)
         )
 
     def _write(
@@ -362,6 +397,15 @@ class Api:
                 "items": items,
             }  # fmt: skip
         )
+
+
+def _not_found() -> status.ApiError:
+    return status.ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
+def _root(group: str, version: str) -> str:
+    """A group-version's URL path: api/v1 for the core group, apis/<group>/<version> else."""
+    return f"apis/{group}/{version}" if group else f"api/{version}"
 
 
 def tls_context(ca: str, cert: str, key: str) -> ssl.SSLContext:

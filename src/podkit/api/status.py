@@ -57,11 +57,25 @@ def conflict(kind: Kind, name: str, why: str) -> ApiError:
 def invalid(kind: Kind, name: str, causes: list[tuple[str, str]]) -> ApiError:
     """causes: (field path, message such as 'Invalid value: "x": ...')."""
     text = ", ".join(f"{f}: {m}" for f, m in causes)
+    if len(causes) > 1:  # an aggregate of errors prints in brackets
+        text = f"[{text}]"
     details = _details(kind, name, by_kind=True)
     details["causes"] = [
-        {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
+        {"reason": _CAUSES.get(m.split(":", 1)[0], "FieldValueInvalid"), "message": m, "field": f}
+        for f, m in causes
     ]
-    return ApiError(422, "Invalid", f'{kind.kind} "{name}" is invalid: {text}', details)
+    qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+    return ApiError(422, "Invalid", f'{qualified} "{name}" is invalid: {text}', details)
+
+
+# field.ErrorType's text -> the cause's reason
+_CAUSES = {
+    "Required value": "FieldValueRequired",
+    "Invalid value": "FieldValueInvalid",
+    "Unsupported value": "FieldValueNotSupported",
+    "Forbidden": "FieldValueForbidden",
+    "Duplicate value": "FieldValueDuplicate",
+}
 
 
 def bad_request(message: str) -> ApiError:

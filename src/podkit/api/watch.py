@@ -50,7 +50,10 @@ async def stream(
             except ValueError:
                 raise status.bad_request(f"invalid resourceVersion {rv_text!r}") from None
             try:
-                replay = store.events_since(last, prefix)
+                replay = [
+                    Event(e.type, e.key, e.rv, rest.outward(kind, e.object))
+                    for e in store.events_since(last, prefix)
+                ]
             except StoreError as exc:
                 raise status.expired(str(exc)) from None
         response = web.StreamResponse(headers={"Content-Type": JSON})
@@ -77,8 +80,9 @@ async def stream(
                     event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
                     continue  # a look at the deadline and at the client, then on
-                if event.rv > last and selectors.matches(event.object, labels, fields):
-                    await writer.send(event.type, event.object)
+                obj = rest.outward(kind, event.object)
+                if event.rv > last and selectors.matches(obj, labels, fields):
+                    await writer.send(event.type, obj)
             await response.write_eof()
         return response
     finally:

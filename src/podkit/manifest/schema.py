@@ -98,7 +98,7 @@ def openapi_schemas(kinds: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
     x-kubernetes-group-version-kind, and the strategic-merge metadata on their lists) and all
     they refer to, with $refs pointing into components and JSON Schema's type lists written as
     OpenAPI 3.0's type and nullable."""
-    full = orjson.loads((_schema_dir() / "_definitions.json").read_bytes())["$defs"]
+    full = _all_definitions()["$defs"]
     wanted = {tuple(k) for k in kinds}
     roots = [
         {"$ref": f"#/$defs/{name}"}
@@ -111,11 +111,29 @@ def openapi_schemas(kinds: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
     return {name: _openapi3(d) for name, d in reachable(full, roots).items()}
 
 
-def kind_definition(kind: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+@cache
+def _all_definitions() -> dict[str, Any]:
+    """The whole _definitions.json, for the API's kinds beyond the manifests' (podkit serve
+    reads it once)."""
+    return orjson.loads((_schema_dir() / "_definitions.json").read_bytes())  # type: ignore[no-any-return]
+
+
+def _schema_of(key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A schema and the definitions document its $refs point into. `key` is a kind podkit
+    run validates (Pod) or a schema file's name (event-events-v1.json), as the API names
+    them: kinds of different groups share names."""
+    name = _SCHEMA_FILES.get(key, key)
+    cut = name in _SCHEMA_FILES.values()
+    return _load(name), (_definitions() if cut else _all_definitions())
+
+
+def kind_definition(key: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The kind's schema and the definitions it refers to (for strategic merge: their patch
-    metadata); None for a kind without a schema file here."""
-    defs: dict[str, Any] = _definitions()["$defs"]
-    return (_load(_SCHEMA_FILES[kind]) if kind in _SCHEMA_FILES else None), defs
+    metadata); None for a kind without a schema file."""
+    if not key:
+        return None, _definitions()["$defs"]
+    root, defs = _schema_of(key)
+    return root, defs["$defs"]
 
 
 def _openapi3(node: Any) -> Any:
@@ -161,7 +179,8 @@ _validators: dict[str, Validator | _JsonschemaValidator] = {}
 
 def _validator(kind: str) -> Validator | _JsonschemaValidator:
     if kind not in _validators:
-        _validators[kind] = Validator(_load(_SCHEMA_FILES[kind]), _definitions()["$defs"])
+        root, defs = _schema_of(kind)
+        _validators[kind] = Validator(root, defs["$defs"])
     return _validators[kind]
 
 
@@ -169,7 +188,7 @@ def _errors(kind: str, instance: dict[str, Any]) -> list[SchemaError]:
     try:
         return list(_validator(kind).iter_errors(instance))
     except UnknownKeyword:
-        _validators[kind] = _JsonschemaValidator(_load(_SCHEMA_FILES[kind]), _definitions())
+        _validators[kind] = _JsonschemaValidator(*_schema_of(kind))
         return list(_validators[kind].iter_errors(instance))
 
 
@@ -219,19 +238,25 @@ def check_schema(manifest: Manifest) -> SchemaResult:
     return SchemaResult(sorted(unique, key=lambda p: (p.line or 0, p.path)), rejected)
 
 
-def field_problems(kind: str, data: dict[str, Any]) -> tuple[list[FieldPath], list[str]]:
-    """For the API's fieldValidation: the paths of the unknown fields, and every other
-    problem ("path: reason"), of an object of `kind` against its official schema."""
+def field_problems(
+    kind: str, data: dict[str, Any]
+) -> tuple[list[FieldPath], list[FieldPath], list[str]]:
+    """For the API's fieldValidation: the paths of the unknown fields, those of the missing
+    required ones, and every other problem ("path: reason"), of an object of `kind` (a kind
+    or a schema file's name) against its official schema."""
     unknown: list[FieldPath] = []
+    missing: list[FieldPath] = []
     other: list[str] = []
     for error in _errors(kind, data):
         for rel, reason in _describe(error):
             path = (*error.path, *rel)
             if error.validator == "additionalProperties":
                 unknown.append(path)
+            elif error.validator == "required":
+                missing.append(path)
             else:
                 other.append(f"{dotted(path)}: {reason}")
-    return unknown, other
+    return list(dict.fromkeys(unknown)), list(dict.fromkeys(missing)), list(dict.fromkeys(other))
 
 
 def dotted(path: FieldPath) -> str:

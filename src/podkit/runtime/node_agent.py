@@ -356,6 +356,19 @@ def node_object(name: str) -> Obj:
                 "osImage": os_image,
                 "operatingSystem": "linux",
                 "architecture": arch,
+                # What the kubelet reads for these; "" where this machine has no such file.
+                "machineID": _first_line("/etc/machine-id"),
+                "systemUUID": _first_line("/sys/class/dmi/id/product_uuid"),
+                "bootID": _first_line("/proc/sys/kernel/random/boot_id"),
+                "kubeProxyVersion": "",  # deprecated; kubelets leave it empty
             },
         },
     }
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
