@@ -7,7 +7,8 @@ from pathlib import Path
 from podkit_harness import write_manifest
 
 SCRIPT = r"""
-echo "cfg=$(cat /etc/app/settings.conf) mode=$(stat -c %a /etc/app/settings.conf)"
+CFG=/etc/app/settings.conf
+echo "cfg=$(cat $CFG) mode=$(stat -L -c %a $CFG) link=$(readlink $CFG)"
 echo "cfg-missing=$(ls /etc/app/other.conf 2>&1 | grep -c 'No such')"
 echo "ro=$(touch /etc/app/x 2>&1 | grep -c 'Read-only')"
 echo "secret-env=$DB_PASSWORD"
@@ -109,7 +110,9 @@ def test_volumes_env_and_working_dir(tmp_path: Path, podkit) -> None:
     for line in run.stdout_lines("[reader] "):
         key, _, value = line.removeprefix("[reader] ").partition("=")
         out[key] = value
-    assert out["cfg"] == "level=debug mode=600"
+    assert (
+        out["cfg"] == "level=debug mode=600 link=..data/settings.conf"
+    )  # as the kubelet lays it out
     assert out["cfg-missing"] == "1"  # only the listed item is projected
     assert out["ro"] == "1"  # configMap volumes are read-only
     assert out["secret-env"] == "s3cret"

@@ -319,7 +319,8 @@ def test_the_status_subresource_changes_status_only(served: Served) -> None:
     node = os.uname().nodename
     patched = served.kubectl(
         "patch", "node", node, "--subresource=status", "--type=merge",
-        "-p", '{"metadata": {"labels": {"via-status": "yes"}}, "status": {"capacity": {"pods": "7"}}}',
+        "-p", json.dumps({"metadata": {"labels": {"via-status": "yes"}},
+                          "status": {"capacity": {"pods": "7"}}}),
     )  # fmt: skip
     assert patched.returncode == 0, patched.stderr
     got = json.loads(served.kubectl("get", "node", node, "-o", "json").stdout)

@@ -337,3 +337,58 @@ def test_a_forced_deletion_removes_the_pod_at_once_and_kills_it(served: Served) 
     assert "force deleted" in forced.stdout
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1  # gone at once
     no_supervisor(served)  # and killed by the node
+
+
+READER = """apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: app
+    image: simple-webapp
+    volumeMounts: [{name: cfg, mountPath: /etc/cfg}]
+  volumes:
+  - {name: cfg, configMap: {name: greeting}}
+"""
+GREETING = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: greeting}\ndata: {greeting: %s}\n"
+
+
+def test_a_pod_waits_for_its_configmap_then_follows_it_and_its_image(served: Served) -> None:
+    assert served.kubectl("apply", "-f", "-", stdin=READER).returncode == 0
+
+    def held() -> bool:
+        state = (pod(served, "reader")["status"].get("containerStatuses") or [{}])[0].get("state")
+        events = served.kubectl("get", "events", "--field-selector=reason=FailedMount").stdout
+        return state == {"waiting": {"reason": "ContainerCreating"}} and (
+            'MountVolume.SetUp failed for volume "cfg" : configmap "greeting" not found' in events
+        )
+
+    wait_for("the pod held in ContainerCreating for its ConfigMap", held, 10)
+    assert not supervisors(served)  # nothing started
+    assert served.kubectl("apply", "-f", "-", stdin=GREETING % "hello").returncode == 0
+    ready = served.kubectl("wait", "--for=condition=Ready", "pod/reader", "--timeout=30s")
+    assert ready.returncode == 0, ready.stderr
+
+    def read() -> str:
+        return served.kubectl("exec", "reader", "--", "cat", "/etc/cfg/greeting").stdout
+
+    assert read() == "hello"
+    link = served.kubectl("exec", "reader", "--", "readlink", "/etc/cfg/greeting").stdout
+    assert link.strip() == "..data/greeting"  # the kubelet's layout, swapped all at once
+    assert served.kubectl("apply", "-f", "-", stdin=GREETING % "bonjour").returncode == 0
+    wait_for("the volume following the ConfigMap", lambda: read() == "bonjour", 10)
+
+    pid_before = pod(served, "reader")["status"]["containerStatuses"][0]["containerID"]
+    changed = served.kubectl("set", "image", "pod/reader", "app=podkit/simple-webapp")
+    assert changed.returncode == 0, changed.stderr
+
+    def restarted() -> dict | None:  # type: ignore[type-arg]
+        status = pod(served, "reader")["status"]["containerStatuses"][0]
+        return status if status["restartCount"] == 1 and "running" in status["state"] else None
+
+    status = wait_for("the container restarted with its new image", restarted, 15)
+    assert status["image"] == "podkit/simple-webapp" and status["containerID"] != pid_before
+    events = served.kubectl("get", "events", "--field-selector=reason=Killing").stdout
+    assert "Container app definition changed, will be restarted" in events
+    assert read() == "bonjour"  # the new container mounts the volume as it is now

@@ -22,6 +22,7 @@ from podkit.cli.parsing import add_state_dir, at_least, command, env_path
 
 EXIT_BAD_INPUT = 2
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+RELOAD_SIGNAL = signal.SIGUSR1  # re-read FILES (runtime/node.py)
 
 
 def run(
@@ -47,7 +48,7 @@ def run(
     """
     # A stop requested while podkit starts is held until it can stop the pods gracefully
     # (runtime/node.py unblocks these once its handlers are in place).
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | {RELOAD_SIGNAL})
     # Imports here keep `podkit --help` fast.
     from podkit.images import catalog
     from podkit.manifest.errors import ManifestError
@@ -138,7 +139,9 @@ def run(
     show_logs = logs if logs is not None else output is None
     terminal = Terminal(colour=colour) if show_logs else None
     watch = status_printer(output) if output else None
-    return node.run(bundle, opts, published, listeners, out.report, terminal, watch)
+    return node.run(
+        bundle, opts, published, listeners, out.report, terminal, watch, lambda: load_files(files)
+    )
 
 
 def status_printer(output: str) -> Callable[[dict[str, Any]], None]:

@@ -76,12 +76,38 @@ class ContainerRunner:
         self.image: OciImage | None = None  # a registry image, once there
         self.host_image: catalog.Image | None = None  # else a built-in or host image
         self.stop_signal = signal.SIGTERM  # the image's StopSignal
+        self.respec = asyncio.Event()  # its image changed: start again from the new spec
 
     # ---- control from the pod ------------------------------------------------------------
     def request_stop(self, deadline: float) -> None:
         if not self.stop_requested.is_set():
             self.deadline = deadline
             self.stop_requested.set()
+
+    def change_image(self, c: Container) -> None:
+        """The pod's spec gave this container a new image: as the kubelet does, it is killed
+        (gracefully) and started again from the new spec, whatever the restart policy."""
+        self.c = c
+        self.tracker.image, self.tracker.image_id = c.image, ""
+        self.respec.set()
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            self.pod.events.normal(
+                "Killing",
+                f"Container {c.name} definition changed, will be restarted",
+                self.field_path,
+            )
+            deadline = time.monotonic() + self.pod.grace
+            self._kill = asyncio.ensure_future(self._terminate(proc, deadline, announce=False))
+
+    async def _pause(self, delay: float | None) -> None:
+        """Wait `delay` seconds (None: for ever) or until the container is stopped or given
+        a new spec."""
+        waits = {asyncio.ensure_future(self.stop_requested.wait()),
+                 asyncio.ensure_future(self.respec.wait())}  # fmt: skip
+        await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
 
     def kill_now(self) -> None:
         self.deadline = time.monotonic()
@@ -103,10 +129,16 @@ class ContainerRunner:
         events = self.pod.events
         while not self.stop_requested.is_set():
             began = time.monotonic()
-            proc = await self._launch() if await self._ensure_image() else None
+            self.respec.clear()
+            ready = await self._ensure_image()
+            if self.respec.is_set():
+                continue  # its image changed meanwhile: get the new one
+            proc = await self._launch() if ready else None
             if proc is None:  # as in a cluster, the pod waits for what may never come
                 self.pod.publish_status()
-                await self.stop_requested.wait()
+                await self._pause(None)
+                if self.respec.is_set():
+                    continue  # a new image may come
                 return None
             self.pod.publish_status()
             code, message = await self._wait(proc)
@@ -124,7 +156,12 @@ class ContainerRunner:
                 self.tracker.ready = True  # the kubelet reports a completed init as ready
             self.started.clear()
             self.pod.publish_status()
-            if self.stop_requested.is_set() or not self._restart_wanted(code):
+            if self.stop_requested.is_set():
+                return code
+            if self.respec.is_set():  # killed for its new spec: started again at once
+                self.tracker.restart_count += 1
+                continue
+            if not self._restart_wanted(code):
                 return code
             delay = self._backoff.next_delay(time.monotonic() - began)
             if delay > 0:
@@ -140,8 +177,7 @@ class ContainerRunner:
                     self.field_path,
                 )
                 self.pod.publish_status()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_requested.wait(), delay)
+                await self._pause(delay)
                 if self.stop_requested.is_set():
                     return code
             self.tracker.restart_count += 1
@@ -170,7 +206,7 @@ class ContainerRunner:
         assert images is not None
         policy = pull_policy(c, ref)
         backoff = Backoff(scale=pod.opts.backoff_scale, failures=1)  # 10 s after the first
-        while not self.stop_requested.is_set():
+        while not self.stop_requested.is_set() and not self.respec.is_set():
             present = images.present(ref) if policy != "Always" else None
             if present is not None:
                 message = f'Container image "{c.image}" already present on machine'
@@ -237,9 +273,8 @@ class ContainerRunner:
         self.pod.publish_status()
         if error is not None:
             first = min(delay, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_requested.wait(), first)
-            if self.stop_requested.is_set():
+            await self._pause(first)
+            if self.stop_requested.is_set() or self.respec.is_set():
                 return
             delay -= first
             c, events = self.c, self.pod.events
@@ -249,8 +284,7 @@ class ContainerRunner:
             events.normal("BackOff", f'Back-off pulling image "{c.image}"', self.field_path)
             events.warning("Failed", "Error: ImagePullBackOff", self.field_path)
             self.pod.publish_status()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop_requested.wait(), delay)
+        await self._pause(delay)
 
     async def _launch(self) -> Launched | None:
         pod, c, image, events = self.pod, self.c, self.image, self.pod.events

@@ -11,6 +11,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+from podkit.manifest.errors import ManifestError
 from podkit.manifest.model import Bundle
 from podkit.runtime import cgroups, forward, network, statedir
 from podkit.runtime.launch import Launchers
@@ -20,6 +21,10 @@ from podkit.runtime.ports import Published
 
 # Ctrl-C, kill and a closed terminal (SIGHUP) all stop the pods gracefully.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Re-read the manifests: configMap/secret volumes follow them, a new image restarts its
+# container (podkit serve's node agent sends it to a pod's supervisor).
+RELOAD_SIGNAL = signal.SIGUSR1
+Reload = Callable[[], Bundle]
 
 
 async def run_pods(
@@ -27,8 +32,10 @@ async def run_pods(
     published: list[Published],
     listeners: list[socket.socket],
     report: Report,
+    reload: Reload | None = None,
 ) -> int:
-    """Publish the ports, run the pods (their sandboxes exist) until they end or are stopped."""
+    """Publish the ports, run the pods (their sandboxes exist) until they end or are stopped;
+    RELOAD_SIGNAL hands them a newer version of their manifests, from `reload`."""
     loop = asyncio.get_running_loop()
     user_stop = asyncio.Event()
 
@@ -42,10 +49,15 @@ async def run_pods(
         for r in runners:
             r.stop()
 
+    def on_reload() -> None:
+        if reload is not None:
+            _reload(runners, reload, report)
+
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(RELOAD_SIGNAL, on_reload)
     # The CLI held these back while starting; one that came meanwhile is handled now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*STOP_SIGNALS, RELOAD_SIGNAL))
     servers: list[asyncio.Server] = []
     try:
         by_key = {r.key: r for r in runners}
@@ -58,11 +70,28 @@ async def run_pods(
     finally:
         for server in servers:
             server.close()
-        for sig in STOP_SIGNALS:
+        for sig in (*STOP_SIGNALS, RELOAD_SIGNAL):
             loop.remove_signal_handler(sig)
     if user_stop.is_set():
         return 0
     return 0 if all(p == "Succeeded" for p in phases) else 1
+
+
+def _reload(runners: list[PodRunner], reload: Reload, report: Report) -> None:
+    try:
+        bundle = reload()
+    except ManifestError as exc:
+        problems = "; ".join(str(p) for p in exc.problems)
+        report("podkit", "error", f"the manifests no longer load, nothing changes: {problems}")
+        return
+    pods = {f"{p.namespace}/{p.name}": p for p in bundle.pods}
+    for runner in runners:
+        pod = pods.get(runner.key)
+        if pod is None:
+            report(runner.key, "warn", "no longer in the manifests: it runs on (stop it to end it)")
+            continue
+        for what in runner.update(pod, bundle):
+            report(runner.key, "warn", f"a change to {what} is not followed")
 
 
 def _pod_network(report: Report) -> network.NetworkConfig | None:
@@ -91,6 +120,7 @@ def run(
     report: Report,
     terminal: Terminal | None,
     watch: Watch | None = None,
+    reload: Reload | None = None,
 ) -> int:
     opts.state_dir.mkdir(parents=True, exist_ok=True)
     # One launcher starts now, its interpreter overlapping the set-up below. Only one: on a
@@ -125,7 +155,7 @@ def run(
                 r.teardown()
             return 1
         try:
-            return run_loop(run_pods(runners, published, listeners, report))
+            return run_loop(run_pods(runners, published, listeners, report, reload))
         except KeyboardInterrupt:  # a Ctrl-C in the instant before the handlers were installed
             return 0
         finally:

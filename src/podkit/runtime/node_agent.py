@@ -35,11 +35,14 @@ import yaml
 
 from podkit import __version__
 from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET
-from podkit.api.rest import Rest
+from podkit.api.rest import Rest, now
 from podkit.api.status import ApiError
+from podkit.manifest.references import Reference, references
 from podkit.runtime import statedir
+from podkit.runtime.node import RELOAD_SIGNAL
 
 Obj = dict[str, Any]
+_CONFIG_KINDS = {CONFIGMAP.kind: CONFIGMAP, SECRET.kind: SECRET}
 TICK = 0.2  # seconds between looks at the supervisors' status files
 
 
@@ -55,6 +58,8 @@ class Supervised:
     events_mtime: int = 0
     events_done: int = 0  # events.json's items already in the API
     signalled: set[int] = field(default_factory=set)
+    refs: frozenset[tuple[str, str]] = frozenset()  # the (kind, name)s its manifest holds
+    seen: tuple[Any, ...] = ()  # what of the pod the supervisor has: generation, labels...
 
 
 class NodeAgent:
@@ -63,9 +68,13 @@ class NodeAgent:
         self.state_dir = state_dir
         self.work = state_dir / "serve" / "pods"  # each supervisor's manifest and its stderr
         self.pods: dict[str, Supervised] = {}  # by uid
+        self.waiting: dict[str, set[str]] = {}  # pods held for a missing object: what was said
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.rest.store.subscribe(self.rest.prefix(POD, None))
+        configs = [
+            self.rest.store.subscribe(self.rest.prefix(k, None)) for k in (CONFIGMAP, SECRET)
+        ]
         self._register()
         try:
             items, _ = self.rest.list_objects(POD, None)
@@ -78,9 +87,13 @@ class NodeAgent:
                     while not queue.empty():
                         event = queue.get_nowait()
                         self._sync(event.type, event.object)
+                for config in configs:
+                    while not config.empty():
+                        self._config_changed(config.get_nowait().object)
                 self._mirror()
         finally:
-            self.rest.store.unsubscribe(queue)
+            for q in [queue, *configs]:
+                self.rest.store.unsubscribe(q)
 
     async def stop_all(self) -> None:
         """Stops every pod gracefully (SIGTERM to each supervisor, which gives the containers
@@ -111,14 +124,34 @@ class NodeAgent:
             return
         if "deletionTimestamp" in meta:
             if running is None:
+                self.waiting.pop(uid, None)
                 self._finish(pod)
             else:
                 grace = int(meta.get("deletionGracePeriodSeconds", 30))
                 self._signal(running, signal.SIGTERM if grace > 0 else signal.SIGKILL)
             return
         phase = (pod.get("status") or {}).get("phase")
-        if running is None and phase not in ("Succeeded", "Failed"):
-            self.pods[uid] = self._adopt(pod) or self._start(pod)
+        if running is not None:
+            self._hand_over(running, pod)
+        elif phase not in ("Succeeded", "Failed"):
+            started = self._adopt(pod) or self._start(pod)
+            if started is not None:
+                self.pods[uid] = started
+
+    def _config_changed(self, obj: Obj) -> None:
+        """A ConfigMap or Secret was written: the pods that read it get it (their volumes
+        follow, as the kubelet's sync updates them), and pods held for it may start."""
+        meta = obj["metadata"]
+        ref = (obj.get("kind", ""), meta["name"])
+        for pod in list(self.pods.values()):
+            if pod.namespace == meta.get("namespace") and ref in pod.refs:
+                with contextlib.suppress(ApiError):
+                    self._hand_over(pod, self.rest.get(POD, pod.namespace, pod.name), force=True)
+        for uid in list(self.waiting):
+            held = [p for p in self.rest.list_objects(POD, meta.get("namespace"))[0]
+                    if p["metadata"]["uid"] == uid]  # fmt: skip
+            if held:
+                self._sync("MODIFIED", held[0])
 
     def _pod_dir(self, pod: Obj) -> Path:
         meta = pod["metadata"]
@@ -135,16 +168,54 @@ class NodeAgent:
             return None
         meta = pod["metadata"]
         pid = int(record.split()[0])
-        return Supervised(meta["namespace"], meta["name"], meta["uid"], pod_dir, pid)
+        adopted = Supervised(meta["namespace"], meta["name"], meta["uid"], pod_dir, pid)
+        self._hand_over(adopted, pod)  # what changed while no serve was watching
+        return adopted
 
-    def _start(self, pod: Obj) -> Supervised:
+    def _hand_over(self, sup: Supervised, pod: Obj, force: bool = False) -> None:
+        """Gives a running supervisor the pod's newer version and the objects it reads:
+        the manifest is rewritten and RELOAD_SIGNAL tells it (runtime/node.py)."""
         meta = pod["metadata"]
-        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        seen = (meta.get("generation"), meta.get("labels"), meta.get("annotations"))
+        if seen == sup.seen and not force:
+            return  # a status write, most often
+        sup.seen = seen
+        if self._write_manifest(pod, sup):
+            self._signal(sup, RELOAD_SIGNAL, again=True)
+
+    def _write_manifest(self, pod: Obj, sup: Supervised | None = None) -> bool:
+        """The supervisor's manifest: the pod and the ConfigMaps and Secrets it reads. False
+        when the file already says that."""
+        meta = pod["metadata"]
+        docs = [_without_server_fields(pod)]
+        refs = {(r.kind, r.name) for r in references(pod.get("spec") or {})}
+        for kind, name in sorted(refs):
+            with contextlib.suppress(ApiError):  # missing: the supervisor says what it lacks
+                obj = self.rest.get(_CONFIG_KINDS[kind], meta["namespace"], name)
+                docs.append(_without_server_fields(obj))
+        if sup is not None:
+            sup.refs = frozenset(refs)
+        text = yaml.safe_dump_all(docs, sort_keys=False)
         manifest = self.work / f"{meta['uid']}.yaml"
-        docs = [_without_server_fields(pod), *self._config_objects(meta["namespace"])]
-        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets inside
+        with contextlib.suppress(OSError):
+            if manifest.read_text() == text:
+                return False
+        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = manifest.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets inside
         with os.fdopen(fd, "w") as f:
-            yaml.safe_dump_all(docs, f, sort_keys=False)
+            f.write(text)
+        tmp.replace(manifest)  # the supervisor reads the old file or the new, never half
+        return True
+
+    def _start(self, pod: Obj) -> Supervised | None:
+        meta = pod["metadata"]
+        if self._held(pod):
+            return None
+        self._write_manifest(pod)
+        manifest = self.work / f"{meta['uid']}.yaml"
+        # Held from its first instruction until it can take a reload (runtime/node.py).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
         with open(self.work / f"{meta['uid']}.log", "ab") as log:
             popen = subprocess.Popen(
                 [
@@ -166,21 +237,52 @@ class NodeAgent:
                 stderr=log,
                 start_new_session=True,  # not serve's: a Ctrl-C or kill of serve spares it
             )
-        return Supervised(
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        sup = Supervised(
             meta["namespace"], meta["name"], meta["uid"], self._pod_dir(pod), popen.pid, popen
         )
+        self._hand_over(sup, pod)  # only notes what it was given: the file says it already
+        return sup
 
-    def _config_objects(self, namespace: str) -> list[Obj]:
-        """The namespace's ConfigMaps and Secrets, for the pod's volumes and env (as the
-        kubelet reads them when the pod starts)."""
-        found: list[Obj] = []
-        for kind in (CONFIGMAP, SECRET):
-            items, _ = self.rest.list_objects(kind, namespace)
-            found += [_without_server_fields(o) for o in items]
-        return found
+    def _held(self, pod: Obj) -> bool:
+        """The kubelet does not start a pod whose ConfigMaps or Secrets are missing: it waits
+        (ContainerCreating, FailedMount events) and starts it once they exist."""
+        meta = pod["metadata"]
+        ns = meta["namespace"]
+        missing = [
+            r for r in references(pod.get("spec") or {})
+            if not r.optional
+            and self.rest.store.get(self.rest.key(_CONFIG_KINDS[r.kind], ns, r.name)) is None
+        ]  # fmt: skip
+        if not missing:
+            self.waiting.pop(meta["uid"], None)
+            return False
+        said = self.waiting.setdefault(meta["uid"], set())
+        status, events = waiting_status(pod, missing)
+        with contextlib.suppress(ApiError):
+            self.rest.update_status(POD, meta["namespace"], meta["name"], status)
+        for event in events:
+            if event[1] not in said:  # each once (the kubelet would count repeats)
+                said.add(event[1])
+                self._event(pod, len(said), *event)
+        return True
 
-    def _signal(self, pod: Supervised, sig: int) -> None:
-        if sig in pod.signalled:
+    def _event(self, pod: Obj, n: int, type_: str, message: str, reason: str) -> None:
+        meta = pod["metadata"]
+        event = {
+            "apiVersion": "v1", "kind": "Event", "type": type_, "reason": reason,
+            "message": message, "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
+            "source": {"component": "kubelet", "host": os.uname().nodename},
+            "involvedObject": {"kind": "Pod", "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": meta["uid"]},
+            "metadata": {"name": f"{meta['name']}.{meta['uid'][:8]}-wait{n}",
+                         "namespace": meta["namespace"]},
+        }  # fmt: skip
+        with contextlib.suppress(ApiError):
+            self.rest.create(EVENT, meta["namespace"], event, "Ignore")
+
+    def _signal(self, pod: Supervised, sig: int, again: bool = False) -> None:
+        if sig in pod.signalled and not again:
             return
         pod.signalled.add(sig)
         with contextlib.suppress(ProcessLookupError):
@@ -288,6 +390,39 @@ class NodeAgent:
             (self.work / f"{meta['uid']}{suffix}").unlink(missing_ok=True)
 
 
+def waiting_status(pod: Obj, missing: list[Reference]) -> tuple[Obj, list[tuple[str, str, str]]]:
+    """What the kubelet shows of a pod held for missing objects: its status (Pending, each
+    container waiting) and its events (type, message, reason). A missing volume source holds
+    the whole pod before any container (ContainerCreating, FailedMount); only when the volumes
+    are there does a missing env source show (CreateContainerConfigError)."""
+    volumes = [r for r in missing if r.volume]
+    events = []
+    for ref in volumes or missing:
+        what = f'{ref.kind.lower()} "{ref.name}" not found'
+        if ref.volume:
+            message = f'MountVolume.SetUp failed for volume "{ref.volume}" : {what}'
+            events.append(("Warning", message, "FailedMount"))
+        else:
+            events.append(("Warning", f"Error: {what}", "Failed"))
+    if volumes:
+        waiting: Obj = {"reason": "ContainerCreating"}
+    else:
+        first = missing[0]
+        message = f'{first.kind.lower()} "{first.name}" not found'
+        waiting = {"reason": "CreateContainerConfigError", "message": message}
+    containers = [
+        {"name": c["name"], "image": c.get("image", ""), "ready": False, "restartCount": 0,
+         "started": False, "state": {"waiting": waiting}}
+        for c in (pod.get("spec") or {}).get("containers") or []
+    ]  # fmt: skip
+    status = {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": containers,
+    }
+    return status, events
+
+
 def _without_server_fields(obj: Obj) -> Obj:
     """The object as a manifest for `podkit run`: no status, no server-side metadata but the
     uid (the supervisor keeps it, so the pod directory and the API agree)."""
@@ -297,7 +432,11 @@ def _without_server_fields(obj: Obj) -> Obj:
         if k not in ("resourceVersion", "creationTimestamp", "managedFields", "generation",
                      "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink")
     }  # fmt: skip
-    meta.get("annotations", {}).pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    if "annotations" in meta:  # a copy: `obj` may be the store's
+        meta["annotations"] = {
+            k: v for k, v in meta["annotations"].items()
+            if k != "kubectl.kubernetes.io/last-applied-configuration"
+        }  # fmt: skip
     return {k: v for k, v in {**obj, "metadata": meta}.items() if k != "status"}
 
 

@@ -10,6 +10,7 @@ phase, status) come from the pure modules status.py and backoff.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -238,6 +239,31 @@ class PodRunner:
         for runner in self.init:
             if runner.role == INIT:
                 runner.request_stop(self.stop_deadline)
+
+    def update(self, pod: Pod, bundle: Bundle) -> list[str]:
+        """A newer version of this pod and of the objects it reads, as the kubelet takes one:
+        configMap, secret, downwardAPI and projected volumes follow; a container whose image
+        changed is restarted with it (the only container field a pod may change). Returns
+        what else changed and is not followed (fields the API would have refused)."""
+        pod = dataclasses.replace(pod, uid=self.pod.uid)  # a re-read file may have no uid
+        ignored = []
+        old = {c.name: c for c in self.pod.init_containers + self.pod.containers}
+        new = {c.name: c for c in pod.init_containers + pod.containers}
+        if old.keys() != new.keys():
+            return ["the pod's containers (a pod's container list cannot change)"]
+        for runner in self.init + self.apps:
+            c = new[runner.c.name]
+            if c.image != runner.c.image:
+                runner.change_image(c)
+            elif c.raw != runner.c.raw:
+                ignored.append(f"container {c.name} (only its image may change)")
+        self.pod, self.bundle = pod, bundle
+        for volume, error in self.files.refresh_volumes(pod, bundle):
+            self.events.warning(
+                "FailedMount", f'MountVolume.SetUp failed for volume "{volume}" : {error}'
+            )
+        self.publish_status()
+        return ignored
 
     def kill_now(self) -> None:
         self.stop()

@@ -9,8 +9,9 @@ from typing import Any
 
 from podkit.manifest import quantity
 from podkit.manifest.model import Bundle, Container, Pod
-from podkit.runtime import dns, sandbox, security_context, statedir
+from podkit.runtime import atomic_volume, dns, sandbox, security_context, statedir
 from podkit.runtime import network as podnet
+from podkit.runtime.env import ResolveError
 from podkit.runtime.network import NetworkConfig, PodNetwork
 from podkit.runtime.volume_files import projected_files
 
@@ -121,8 +122,12 @@ class PodFiles:
         (etc / "resolv.conf").write_text(dns.resolv_conf(spec, host_resolv_conf()))
         (etc / "hosts").write_text(hosts_file(self.pod, self.pod_ip))
 
+    def _fs_group(self) -> int | None:
+        group = ((self.pod.raw.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+        return None if group is None else int(group)
+
     def _prepare_volumes(self) -> None:
-        fs_group = ((self.pod.raw.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+        fs_group = self._fs_group()
         for v in self.pod.volumes:
             path = f"{self.dir}/volumes/{v.name}"
             if v.kind == "hostPath":
@@ -132,16 +137,34 @@ class PodFiles:
             if v.kind == "emptyDir":  # the kubelet's emptyDir is world-writable
                 os.chmod(self.in_sandbox(path), 0o777)
             if v.kind in PROJECTED:
-                for rel, (content, mode) in projected_files(self.pod, v, self.bundle).items():
-                    target = self.in_sandbox(f"{path}/{rel}")
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(content)
-                    os.chmod(target, mode)
+                atomic_volume.write(
+                    self.in_sandbox(path), projected_files(self.pod, v, self.bundle)
+                )
             if fs_group is not None:
-                _give_to_group(self.in_sandbox(path), int(fs_group), v.kind in PROJECTED)
+                _give_to_group(self.in_sandbox(path), fs_group, v.kind in PROJECTED)
             self.volume_paths[v.name] = path
+
+    def refresh_volumes(self, pod: Pod, bundle: Bundle) -> list[tuple[str, str]]:
+        """The kubelet's periodic remount: configMap, secret, downwardAPI and projected volumes
+        rewritten from newer objects (labels, ConfigMaps, Secrets), each all at once. Returns
+        (volume, error) for those whose sources cannot be read now; they keep their files."""
+        self.pod, self.bundle = pod, bundle
+        failed: list[tuple[str, str]] = []
+        if self.sandbox_pid is None:
+            return failed
+        for v in pod.volumes:
+            if v.kind not in PROJECTED:
+                continue
+            path = self.in_sandbox(f"{self.dir}/volumes/{v.name}")
+            try:
+                changed = atomic_volume.write(path, projected_files(pod, v, bundle))
+            except ResolveError as exc:
+                failed.append((v.name, str(exc)))
+                continue
+            group = self._fs_group()
+            if changed and group is not None:
+                _give_to_group(path, group, True)
+        return failed
 
     def mounts(self, c: Container) -> list[dict[str, Any]]:
         """The launcher's mount list for `c`: pod files first, then its volumeMounts."""
