@@ -4,10 +4,18 @@ discovery cache is the test's."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import pty
+import select
+import signal
 import ssl
+import struct
 import subprocess
 import sys
+import termios
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +67,9 @@ class Served:
         self.proc.wait(15)
 
 
-def start(base: Path, *args: str) -> Served:
-    """`podkit serve ARGS` on a free port with its state under base, once it answers."""
+def start(base: Path, *args: str, env: dict[str, str] | None = None) -> Served:
+    """`podkit serve ARGS` on a free port with its state under base, once it answers; `env`
+    adds to its environment (its pods' supervisors inherit it)."""
     state, home = base / "state", base / "home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -73,7 +82,7 @@ def start(base: Path, *args: str) -> Served:
             *args,
         ],
         cwd=REPO,
-        env={**os.environ, "PODKIT_STATE_DIR": str(state)},
+        env={**os.environ, "PODKIT_STATE_DIR": str(state), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -95,3 +104,57 @@ def start(base: Path, *args: str) -> Served:
 
     wait_for("podkit serve answering", ready, 20)
     return served
+
+
+class Terminal:
+    """kubectl ARGS on a pseudo-terminal of the given size, as a user's shell runs it."""
+
+    def __init__(
+        self, served: Served, *args: str, rows: int = 40, cols: int = 100, term: str = "dumb"
+    ) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: kubectl, with the terminal as its stdin and stdout
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.execve(str(KUBECTL), [str(KUBECTL), *args], {**served.env, "TERM": term})
+        self.seen = b""
+        self.reaped = False
+
+    def read_until(self, needle: bytes, timeout: float = 20) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 4096)
+                except OSError:  # kubectl exited
+                    break
+        assert needle in self.seen, f"{needle!r} not shown: {self.seen.decode(errors='replace')}"
+        return self.seen
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def exit_code(self, timeout: float = 20) -> int:
+        def done() -> int | None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            self.reaped = bool(pid)
+            return os.waitstatus_to_exitcode(status) if pid else None
+
+        return int(wait_for("kubectl to exit", lambda: self._drain() or done(), timeout))
+
+    def _drain(self) -> None:
+        while select.select([self.fd], [], [], 0)[0]:
+            try:
+                self.seen += os.read(self.fd, 4096)
+            except OSError:
+                return
+
+    def kill(self) -> None:
+        """Ends kubectl if it still runs (a test that failed midway) and closes the terminal."""
+        if not self.reaped:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            self.reaped = True
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_harness import KUBECTL, Served, start
+from serve_harness import Served, Terminal, start
 
 from podkit_harness import REPO, http_get, wait_for
 
@@ -147,7 +148,7 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
     finally:
         forward.kill()
         forward.wait()
-    # kubectl attach: the container's output from now on (its stdin is not kept open).
+    # kubectl attach: the container's output from now on (it has no `stdin: true`).
     attached = served.kubectl_running("attach", "simple-webapp", "-c", "simple-webapp")
     found = threading.Event()
 
@@ -172,7 +173,7 @@ def test_the_seed_pod_runs_logs_and_is_deleted_gracefully(served: Served) -> Non
         attached.kill()
         attached.wait()
     refused = served.kubectl("attach", "-i", "simple-webapp")
-    assert "its stdin is not kept open" in refused.stderr
+    assert "stdin is not enabled for container simple-webapp" in refused.stderr
     deleted = served.kubectl("delete", "pod", "simple-webapp")  # waits until it is gone
     assert deleted.returncode == 0, deleted.stderr
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1
@@ -248,39 +249,47 @@ def test_serve_stops_its_pods_when_it_stops_unless_told_to_keep_them(served: Ser
     assert "stopping the pods" in (served.proc.stderr.read() if served.proc.stderr else "")
 
 
+def test_reset_stops_the_pods_and_removes_serves_state(served: Served) -> None:
+    served.stop()
+    keeping = start(served.state.parent, "--keep-pods")
+    served.proc, served.port = keeping.proc, keeping.port
+    ip = apply_seed_and_wait(served)
+    uid = pod(served)["metadata"]["uid"]
+    run = [
+        str(Path(sys.executable).parent / "podkit"),
+        "serve",
+        "--reset",
+        "--state-dir",
+        str(served.state),
+    ]
+    refused = subprocess.run(run, capture_output=True, text=True)
+    assert refused.returncode == 1  # not while a serve runs on it
+    assert "another podkit serve uses this state directory" in refused.stderr
+    served.stop()  # --keep-pods: the pod runs on, with no serve
+    assert supervisors(served) and http_get(f"http://{ip}:8080/")[0] == 200
+    reset = subprocess.run(run, capture_output=True, text=True, timeout=90)
+    assert reset.returncode == 0, reset.stderr
+    assert "1 running pod(s) stopped" in reset.stderr
+    no_supervisor(served)
+    assert not (served.state / "serve").exists()
+    assert not list((served.state / "pods").glob(f"*_{uid}"))
+    assert wait_for("the pod's IP unreachable", lambda: _unreachable(ip), 10)
+    again = subprocess.run(run, capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to reset" in again.stderr
+
+
 def _exec_in_terminal(served: Served) -> tuple[int, list[bytes]]:
     """`kubectl exec -it ... -- sh` from a terminal of 33x101: the shell sees that size, runs
     what is typed, and its exit status is kubectl's."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
-
-    env = {**served.env, "TERM": "dumb"}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: kubectl on the terminal
-        os.execve(str(KUBECTL), [str(KUBECTL), "exec", "-it", "simple-webapp", "--", "sh"], env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
-    out = b""
-    deadline = time.monotonic() + 20
-    typed = False
-    while time.monotonic() < deadline:
-        if not typed and b"# " in out:  # the shell's prompt: it is reading the terminal
-            os.write(fd, b"stty size; echo $((6*7)); exit 5\r")
-            typed = True
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: kubectl has exited
-                break
-            if not chunk:
-                break
-            out += chunk
-    _, code = os.waitpid(pid, 0)
-    os.close(fd)
-    lines = [line.strip() for line in out.splitlines()]
-    return os.waitstatus_to_exitcode(code), [x for x in lines if x in (b"33 101", b"42")]
+    term = Terminal(served, "exec", "-it", "simple-webapp", "--", "sh", rows=33, cols=101)
+    try:
+        term.read_until(b"# ")  # the shell's prompt: it is reading the terminal
+        term.type("stty size; echo $((6*7)); exit 5\r")
+        code = term.exit_code()
+    finally:
+        term.kill()
+    lines = [line.strip() for line in term.seen.splitlines()]
+    return code, [x for x in lines if x in (b"33 101", b"42")]
 
 
 def test_a_pods_finalizer_keeps_its_object_after_the_containers_stopped(served: Served) -> None:

@@ -68,7 +68,8 @@ def test_downward_api_volume_files(tmp_path, podkit):
             image: registry.k8s.io/busybox:1.27.2
             command: ["sh", "-c"]
             args: ["cat /etc/podinfo/labels; echo; cat /etc/podinfo/annotations; echo;
-                    cat /etc/podinfo/cpu_limit; echo; ls -l /etc/podinfo/labels | cut -c1-10"]
+                    cat /etc/podinfo/cpu_limit; echo; ls -l /etc/podinfo/labels | cut -c1-10;
+                    ls -lL /etc/podinfo/labels | cut -c1-10; readlink /etc/podinfo/..data"]
             resources: {limits: {cpu: 500m, memory: 64Mi}}
             volumeMounts: [{name: podinfo, mountPath: /etc/podinfo}]
           volumes:
@@ -84,14 +85,17 @@ def test_downward_api_volume_files(tmp_path, podkit):
     )
     run = podkit("run", m)
     assert run.wait(30) == 0, run.text()
-    assert [
-        x.removeprefix("[client-container] ") for x in run.stdout_lines("[client-container] ")
-    ] == [
+    shown = [x.removeprefix("[client-container] ") for x in run.stdout_lines("[client-container] ")]
+    assert shown[:-1] == [
         'cluster="test-cluster1"',
         'rack="rack-22"',
         'zone="us-est-coast"',
         'build="two"',
         'builder="john-doe"',
         "500",
+        # The kubelet's layout, as the Kubernetes docs' `ls -laR /etc/podinfo` shows it:
+        # each file a link into ..data, which links to the current timestamped version.
+        "lrwxrwxrwx",
         "-rw-r--r--",
     ]
+    assert shown[-1].startswith("..20")  # ..data -> ..<year>_<month>_..., the version

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import shutil
 import signal
 import ssl
 from collections.abc import Callable
@@ -22,7 +23,10 @@ from aiohttp import web
 from podkit.api import kubeconfig, pki
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
+from podkit.common.userns import remove_tree
+from podkit.runtime import statedir
 from podkit.runtime.node_agent import NodeAgent
+from podkit.store import objects
 from podkit.store.objects import HISTORY, ObjectStore, StoreError
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -65,16 +69,7 @@ def serve(
     history: int = HISTORY,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # One serve per state directory: a second would run every pod twice.
-    lock = os.open(base / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
-        raise StoreError(
-            "Internal", f"{base}: another podkit serve uses this state directory"
-        ) from None
+    _lock(base)
     store = ObjectStore(db_path, history)  # StoreError: a clear message, before listening
     keys = pki.ensure(base / "pki", [listen.host])
     server = (
@@ -95,6 +90,54 @@ def serve(
         return uvloop.run(_run(api.app(), agent, listen, ctx, config_path, say, keep_pods))
     finally:
         store.close()
+
+
+def _lock(base: Path) -> int:
+    """One serve per state directory (a second would run every pod twice): a lock held while
+    it runs, and by --reset while it removes the state."""
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = os.open(base / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise StoreError(
+            "Internal", f"{base}: another podkit serve uses this state directory"
+        ) from None
+    return lock
+
+
+def reset(state_dir: Path, say: Callable[[str], None], deadline: float = 60.0) -> int:
+    """`podkit serve --reset`: stops every pod podkit serve started (gracefully: each
+    supervisor gets SIGTERM and gives its containers their grace periods; SIGKILL after
+    `deadline` seconds) and removes serve's state: its objects, certificates, kubeconfig and
+    its pods' directories. Images stay: they are `podkit run`'s too (`podkit image prune`)."""
+    base, _, db_path = paths(state_dir)
+    if not base.exists():
+        say(f"podkit serve --reset: nothing to reset in {state_dir}")
+        return 0
+    lock = _lock(base)
+    try:
+        uids = {p.stem for p in (base / "pods").glob("*.yaml")}
+        if db_path.exists():
+            store = ObjectStore(db_path)
+            try:
+                pods, _ = store.list_prefix(objects.prefix("core", "pods", ""))
+                uids |= {p["metadata"]["uid"] for p in pods}
+            finally:
+                store.close()
+        pod_dirs = [d for d in (state_dir / "pods").glob("*_*") if d.name.rsplit("_", 1)[1] in uids]
+        stopped = statedir.stop_owners(pod_dirs, deadline)
+        for d in pod_dirs:
+            remove_tree(d)
+        shutil.rmtree(base)
+    finally:
+        os.close(lock)
+    say(
+        f"podkit serve --reset: {stopped} running pod(s) stopped; removed {base} and "
+        f"{len(pod_dirs)} pod director{'y' if len(pod_dirs) == 1 else 'ies'}"
+    )
+    return 0
 
 
 async def _run(

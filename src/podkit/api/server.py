@@ -309,16 +309,21 @@ class Api:
         namespace, name = self._names(request)
         pod = self.rest.get(POD, namespace, name)
         verb = request.path.rsplit("/", 1)[1]
-        if verb == "attach":
-            exec_ws.check_attach(request)  # a refusal kubectl's SPDY retry repeats, not hides
+        spec = pod["spec"]
+        containers = {c["name"]: c for c in spec.get("containers", [])}
+        first = next(iter(containers), "")
+        containers.update((c["name"], c) for c in spec.get("initContainers") or [])
+        container = containers.get(request.query.get("container") or first)
+        if container is None:
+            raise status.bad_request(
+                f"container {request.query.get('container')} is not valid for pod {name}"
+            )
+        if verb == "attach":  # a refusal kubectl's SPDY retry repeats, not hides
+            exec_ws.check_attach(request, container)
         if request.method == "POST":
             raise status.bad_request(
                 f"podkit serve speaks {verb} over WebSocket ({exec_ws.PROTOCOL}) only, not SPDY"
             )
-        names = [c["name"] for c in pod["spec"].get("containers", [])]
-        container = request.query.get("container") or names[0]
-        if container not in names + [c["name"] for c in pod["spec"].get("initContainers") or []]:
-            raise status.bad_request(f"container {container} is not valid for pod {name}")
         pod_dir = self._pod_dir(pod)
         if verb == "attach":
             key = self.rest.key(POD, namespace, name)
@@ -328,7 +333,7 @@ class Api:
                 return bool(now) and (now or {}).get("status", {}).get("phase") == "Running"
 
             return await exec_ws.attach(request, pod_dir, container, running)
-        return await exec_ws.serve(request, pod_dir, container)
+        return await exec_ws.serve(request, pod_dir, container["name"])
 
     async def on_forward(self, request: web.Request) -> web.StreamResponse:
         """`kubectl port-forward`: SPDY inside a WebSocket (api/portforward_ws.py)."""

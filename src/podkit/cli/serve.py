@@ -32,19 +32,30 @@ def add_commands(commands: Any) -> None:
         help="How many past writes a watch may start from; older resourceVersions get 410 "
         "Gone, as after an etcd compaction (default %(default)s).",
     )
+    cmd.add_argument(
+        "--reset",
+        action="store_true",
+        help="Do not serve: stop every pod podkit serve started (gracefully) and remove its "
+        "state (objects, certificates, kubeconfig, the pods' directories); images stay.",
+    )
     add_state_dir(cmd)
     cmd = command(commands, "kubeconfig", kubeconfig, "Print the kubeconfig of podkit serve.")
     add_state_dir(cmd)
 
 
 def serve(
-    listen: str, keep_pods: bool = False, history: int = 10_000, state_dir: Path | None = None
+    listen: str,
+    keep_pods: bool = False,
+    history: int = 10_000,
+    reset: bool = False,
+    state_dir: Path | None = None,
 ) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
     kubeconfig written to <state dir>/serve/kubeconfig.yaml (printed as `export KUBECONFIG=...`).
     Pods run on this machine, each under its own supervisor (a `podkit run` of it), which a
     kill of podkit serve does not stop; the next start adopts them."""
     from podkit.api.serve import Listen
+    from podkit.api.serve import reset as reset_state
     from podkit.api.serve import serve as run
     from podkit.runtime.statedir import default_state_dir
     from podkit.store.objects import StoreError
@@ -54,6 +65,8 @@ def serve(
     except ValueError as exc:
         raise out.fail(str(exc), 2) from None
     try:
+        if reset:
+            return reset_state(state_dir or default_state_dir(), out.note)
         return run(state_dir or default_state_dir(), where, out.note, keep_pods, history)
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None

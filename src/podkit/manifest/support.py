@@ -18,6 +18,9 @@ _CONTAINER_FIELDS = (
     "imagePullPolicy",
     "command",
     "args",
+    "stdin",
+    "stdinOnce",
+    "tty",
     "workingDir",
     "env[].name",
     "env[].value",
@@ -131,7 +134,6 @@ DEFAULT_VALUES: dict[str, Any] = {
     "spec.hostNetwork": False,
     "spec.hostPID": False,
     "spec.hostIPC": False,
-    **{f"spec.{kind}[].{f}": False for kind in _KINDS for f in ("stdin", "stdinOnce", "tty")},
     # procMount Unmasked (no masked or read-only /proc paths) is not implemented.
     **{f"spec.{kind}[].securityContext.procMount": "Default" for kind in _KINDS},
 }

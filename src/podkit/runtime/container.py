@@ -26,6 +26,7 @@ from podkit.oci.reference import InvalidReference
 from podkit.oci.reference import parse as parse_reference
 from podkit.runtime import container_spec, hooks, security, statedir
 from podkit.runtime import env as envmod
+from podkit.runtime.attach import AttachPoint
 from podkit.runtime.backoff import Backoff
 from podkit.runtime.cgroups import CgroupError, ContainerCgroup, Resources
 from podkit.runtime.confine import Confinement
@@ -33,7 +34,7 @@ from podkit.runtime.enter import send_spec
 from podkit.runtime.events import container_path
 from podkit.runtime.image_pull import OciImage, PullFailed, go_duration, pull_policy
 from podkit.runtime.launch import Launched
-from podkit.runtime.logs import ContainerLog, pump
+from podkit.runtime.logs import ContainerLog, pump, pump_terminal
 from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ContainerProbes
 from podkit.runtime.seccomp_profile import ProfileError
@@ -77,6 +78,16 @@ class ContainerRunner:
         self.host_image: catalog.Image | None = None  # else a built-in or host image
         self.stop_signal = signal.SIGTERM  # the image's StopSignal
         self.respec = asyncio.Event()  # its image changed: start again from the new spec
+        raw = c.raw
+        self.attach = (  # `stdin: true` or `tty: true`: kept for kubectl attach (attach.py)
+            AttachPoint(
+                pod.files.dir / "containers" / c.name,
+                bool(raw.get("tty")),
+                bool(raw.get("stdinOnce")),
+            )
+            if raw.get("stdin") or raw.get("tty")
+            else None
+        )
 
     # ---- control from the pod ------------------------------------------------------------
     def request_stop(self, deadline: float) -> None:
@@ -362,6 +373,11 @@ class ContainerRunner:
             "image_root": image_root,
             "stop_signal": int(self.stop_signal),
         }
+        instance = None
+        if self.attach is not None:
+            await self.attach.listen()
+            instance = self.attach.new_instance()
+            spec.update(stdio=instance.child_path(), tty=instance.tty)
         spawned = pod.opts.launchers.take()
         proc = Launched(spawned)
         await proc.adopt()
@@ -373,10 +389,24 @@ class ContainerRunner:
         os.close(status_r)
         self._log = ContainerLog(pod.files.dir / "logs" / c.name, self.tracker.restart_count)
         assert proc.stdout is not None and proc.stderr is not None
+        tee = None
+        if instance is not None:
+            instance.launched()
+            tee = instance.output
         self._pumps = [
-            asyncio.ensure_future(pump(proc.stdout, "stdout", self._log, pod.terminal, c.name)),
-            asyncio.ensure_future(pump(proc.stderr, "stderr", self._log, pod.terminal, c.name)),
+            asyncio.ensure_future(
+                pump(proc.stdout, "stdout", self._log, pod.terminal, c.name, tee)
+            ),
+            asyncio.ensure_future(
+                pump(proc.stderr, "stderr", self._log, pod.terminal, c.name, tee)
+            ),
         ]
+        if instance is not None and instance.tty:
+            self._pumps.append(
+                asyncio.ensure_future(
+                    pump_terminal(instance.master, self._log, pod.terminal, c.name, instance.output)
+                )
+            )
         self.proc = proc
         self._exited = asyncio.ensure_future(proc.wait())
         if reply.startswith("started"):
@@ -570,6 +600,8 @@ class ContainerRunner:
         for pump_task in stragglers:
             pump_task.cancel()
         self._log.close()
+        if self.attach is not None and self.attach.current is not None:
+            self.attach.current.end()  # attach sessions end with the container instance
         self.proc = None
         self.pid = None
         return (128 - code if code < 0 else code), self._start_error

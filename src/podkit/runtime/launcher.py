@@ -71,6 +71,8 @@ class LaunchSpec:
         confinement: dict[str, Any] | None = None,
         image_root: dict[str, str] | None = None,
         stop_signal: int = signal.SIGTERM,
+        stdio: str = "",
+        tty: bool = False,
     ) -> None:
         self.sandbox_pid, self.scratch, self.argv, self.env = sandbox_pid, scratch, argv, env
         self.working_dir = working_dir
@@ -91,6 +93,10 @@ class LaunchSpec:
         # dirs are relative to it (oci/lower_dirs.py)}. None: the host's files (built-ins).
         self.image_root = image_root
         self.stop_signal = stop_signal  # the image's StopSignal, forwarded as the others
+        # `stdin: true`: a path to the pipe the supervisor writes (runtime/attach.py), the
+        # container's stdin; with `tty`, a terminal: its stdin, stdout and stderr, controlling.
+        self.stdio, self.tty = stdio, tty
+        self.stdio_fd = -1  # that path, opened while the launcher still sees the host's files
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
@@ -303,6 +309,13 @@ def _finish_root(spec: LaunchSpec, root: str, hide_state: bool) -> tuple[str, li
     """/dev, /sys, a /proc to mount on, and the volumes, over the root filesystem."""
     rootfs = _mounts_under(root)  # before /dev, /sys, /proc and the volumes join them
     _make_dev(_inside(root, "/dev"), spec.confinement.privileged)
+    if spec.tty and not spec.confinement.privileged:
+        # Its terminal as /dev/console, as runc shows a `terminal: true` container's
+        # (ttyname finds it there: the terminal belongs to the host's devpts, not its own).
+        # By its path in this mount namespace (a copy of the host's): an fd's mount is the
+        # host namespace's, which mount(2) refuses to bind from here.
+        with contextlib.suppress(OSError):  # no such path here: it stays a terminal, unnamed
+            _bind(os.ttyname(spec.stdio_fd), _inside(root, "/dev/console"), read_only=False)
     _make_sys(_inside(root, "/sys"), spec)
     if hide_state and spec.keep_host_mounts_under:  # other pods' files are none of its business
         hidden = _inside(root, spec.keep_host_mounts_under)
@@ -360,6 +373,15 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
     confinement = spec.confinement
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
+        if spec.stdio_fd >= 0:
+            for target in (0, 1, 2) if spec.tty else (0,):
+                os.dup2(spec.stdio_fd, target)
+            if spec.tty:  # its controlling terminal, as runc gives a `terminal: true` process
+                import fcntl  # here, while the host's files are still the root
+                import termios
+
+                os.setsid()
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         # Its own mount namespace, whose root becomes the container's by pivot_root: a chroot
         # would leave the host's root above it, one chroot-and-climb away (CAP_SYS_CHROOT).
         linux.unshare(linux.CLONE_NEWNS)
@@ -406,6 +428,9 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
 
 
 def run(spec: LaunchSpec, status_fd: int) -> int:
+    if spec.stdio:
+        flags = os.O_RDWR | os.O_NOCTTY if spec.tty else os.O_RDONLY
+        spec.stdio_fd = os.open(spec.stdio, flags | os.O_CLOEXEC)
     names = ["net", "uts", "ipc", "mnt"]
     if os.readlink(f"/proc/{spec.sandbox_pid}/ns/user") != os.readlink("/proc/self/ns/user"):
         names.insert(0, "user")  # rootless: its user namespace first, for the rights in it
@@ -436,6 +461,8 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         os.close(err_r)
         _exec_container(spec, root, rootfs, err_w)
     child = pid
+    if spec.stdio_fd >= 0:
+        os.close(spec.stdio_fd)  # the container's alone: its exit ends the terminal's output
     for signum in pending:
         os.kill(pid, signum)
     os.close(err_w)

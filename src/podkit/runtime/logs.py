@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 # containerd splits lines longer than this into partial (P) records.
 CRI_MAX_LINE = 16 * 1024
+Tee = Callable[[str, bytes], None]  # (stream, data): a copy of a container's output
 _COLOURS = ["36", "35", "33", "32", "34", "91", "96", "95"]
 
 
@@ -72,8 +74,10 @@ async def pump(
     log: ContainerLog,
     terminal: Terminal | None,
     name: str,
+    tee: Tee | None = None,
 ) -> None:
-    """Copy a container's pipe to its CRI log and the terminal until EOF."""
+    """Copy a container's pipe to its CRI log, the terminal and `tee` (attached clients)
+    until EOF."""
     while True:
         try:
             line = await reader.readuntil(b"\n")
@@ -84,5 +88,46 @@ async def pump(
         if not line:
             return
         log.write(stream, line)
+        if tee is not None:
+            tee(stream, line)
         if terminal is not None:
             terminal.line(name, line.rstrip(b"\n").decode(errors="replace"))
+
+
+async def pump_terminal(
+    master: int, log: ContainerLog, terminal: Terminal | None, name: str, tee: Tee
+) -> None:
+    """A `tty: true` container's output, from its terminal's master, as it comes (a prompt
+    has no newline), until the container's side closes (EIO): to its log as stdout, the
+    terminal and the attached clients."""
+    async for chunk in terminal_output(master):
+        for line in chunk.replace(b"\n", b"\n\0").split(b"\0"):  # lines, with their ends
+            if line:
+                log.write("stdout", line)  # one record per line; a last partial one is P
+        tee("stdout", chunk)
+        if terminal is not None:
+            for line in chunk.rstrip(b"\r\n").split(b"\n"):
+                terminal.line(name, line.rstrip(b"\r").decode(errors="replace"))
+
+
+async def terminal_output(master: int) -> AsyncIterator[bytes]:
+    """What a pseudo-terminal shows, chunk by chunk, until no process holds its other side
+    (EIO on the master)."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(master, ready.set)
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            try:
+                chunk = os.read(master, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO
+                return
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        loop.remove_reader(master)

@@ -272,6 +272,9 @@ class PodRunner:
             runner.kill_now()
 
     def teardown(self) -> None:
+        for runner in self.init + self.apps:
+            if runner.attach is not None:
+                runner.attach.close()
         self.files.stop()
         if self.cgroup is not None:
             self.cgroup.remove()

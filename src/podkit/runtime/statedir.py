@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,30 @@ def owner_alive(record: str) -> bool:
         return _proc_start_time(int(pid_s)) == start
     except ValueError:
         return False
+
+
+def stop_owners(pod_dirs: list[Path], deadline: float) -> int:
+    """SIGTERM to the live owner (a pod's supervisor) of each pod directory, then waits for
+    them; those left after `deadline` seconds get SIGKILL. Returns how many were running."""
+    pids = []
+    for d in pod_dirs:
+        try:
+            record = (d / "owner").read_text()
+        except OSError:
+            continue
+        if owner_alive(record):
+            pid = int(record.split()[0])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                pids.append((pid, record))
+    end = time.monotonic() + deadline
+    while any(owner_alive(r) for _, r in pids) and time.monotonic() < end:
+        time.sleep(0.1)  # another process's exit: no child to wait for, only to look at
+    for pid, record in pids:
+        if owner_alive(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return len(pids)
 
 
 def remove_volatile(pod_dir: Path) -> None:
