@@ -107,27 +107,22 @@ class Api:
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/attach", self.on_exec)
         r.add_get(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
         r.add_post(prefix + "/namespaces/{namespace}/pods/{name}/portforward", self.on_forward)
-        for prefix in ("/api/{version}", "/apis/{group}/{version}"):
+        one = ("/namespaces/{namespace}/{resource}/{name}", "/{resource}/{name}")
+        reads_writes = {"GET": self.on_get, "PUT": self.on_replace, "PATCH": self.on_patch}
+        routes = (
             # /namespaces/x/status is namespace x's status: before the namespaced lists.
-            for path in (
-                prefix + "/namespaces/{namespace}/{resource}/{name}/{subresource:status}",
-                prefix + "/{resource}/{name}/{subresource:status}",
-            ):
-                r.add_route("GET", path, self.on_get)
-                r.add_route("PUT", path, self.on_replace)
-                r.add_route("PATCH", path, self.on_patch)
-            for path in (
-                prefix + "/namespaces/{namespace}/{resource}/{name}",
-                prefix + "/{resource}/{name}",
-            ):
-                r.add_route("GET", path, self.on_get)
-                r.add_route("PUT", path, self.on_replace)
-                r.add_route("PATCH", path, self.on_patch)
-                r.add_route("DELETE", path, self.on_delete)
-            for path in (prefix + "/namespaces/{namespace}/{resource}", prefix + "/{resource}"):
-                r.add_route("GET", path, self.on_list)
-                r.add_route("POST", path, self.on_create)
-                r.add_route("DELETE", path, self.on_delete_collection)
+            ([path + "/{subresource:status}" for path in one], reads_writes),
+            (one, {**reads_writes, "DELETE": self.on_delete}),
+            (
+                ("/namespaces/{namespace}/{resource}", "/{resource}"),
+                {"GET": self.on_list, "POST": self.on_create, "DELETE": self.on_delete_collection},
+            ),
+        )
+        for prefix in ("/api/{version}", "/apis/{group}/{version}"):
+            for paths, verbs in routes:
+                for path in paths:
+                    for method, handler in verbs.items():
+                        r.add_route(method, prefix + path, handler)
         return app
 
     @web.middleware

@@ -147,11 +147,10 @@ class NodeAgent:
             if pod.namespace == meta.get("namespace") and ref in pod.refs:
                 with contextlib.suppress(ApiError):
                     self._hand_over(pod, self.rest.get(POD, pod.namespace, pod.name), force=True)
-        for uid in list(self.waiting):
-            held = [p for p in self.rest.list_objects(POD, meta.get("namespace"))[0]
-                    if p["metadata"]["uid"] == uid]  # fmt: skip
-            if held:
-                self._sync("MODIFIED", held[0])
+        if self.waiting:
+            for held in self.rest.list_objects(POD, meta.get("namespace"))[0]:
+                if held["metadata"]["uid"] in self.waiting:
+                    self._sync("MODIFIED", held)
 
     def _pod_dir(self, pod: Obj) -> Path:
         meta = pod["metadata"]
