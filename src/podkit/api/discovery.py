@@ -37,11 +37,20 @@ def _kinds(group: str, version: str) -> list[Kind]:
     return [k for k in KINDS if (k.group, k.version) == (group, version)]
 
 
-def _subresources(k: Kind) -> list[tuple[str, str, list[str]]]:
-    """(subresource, kind, verbs) of a kind, as discovery names them."""
-    subs = [(sub, kind, verbs) for owner, sub, kind, verbs in SUBRESOURCES if owner is k]
+def _subresources(k: Kind) -> list[tuple[str, dict[str, str], list[str]]]:
+    """(subresource, its response's group/version/kind, verbs) of a kind, as discovery names
+    them."""
+    own = {"group": k.group, "version": k.version}
+    subs = [
+        (sub, {**own, "kind": kind}, verbs)
+        for owner, sub, kind, verbs in SUBRESOURCES
+        if owner is k
+    ]
     if k.status:
-        subs.append(("status", k.kind, ["get", "patch", "update"]))
+        subs.append(("status", {**own, "kind": k.kind}, ["get", "patch", "update"]))
+    if k.scale:
+        scale = {"group": "autoscaling", "version": "v1", "kind": "Scale"}
+        subs.append(("scale", scale, ["get", "patch", "update"]))
     return subs
 
 
@@ -62,8 +71,10 @@ def legacy_resources(group: str, version: str) -> dict[str, Any]:
         )
         items += [
             {"name": f"{k.resource}/{sub}", "singularName": "", "namespaced": k.namespaced,
-             "kind": kind, "verbs": verbs}
-            for sub, kind, verbs in _subresources(k)
+             "kind": gvk["kind"], "verbs": verbs,
+             **({"group": gvk["group"], "version": gvk["version"]}
+                if gvk["group"] != k.group else {})}
+            for sub, gvk, verbs in _subresources(k)
         ]  # fmt: skip
     return {
         "kind": "APIResourceList",
@@ -107,10 +118,8 @@ def _aggregated_group(group: str) -> dict[str, Any]:
                 **({"shortNames": list(k.short_names)} if k.short_names else {}),
                 **({"categories": list(k.categories)} if k.categories else {}),
                 "subresources": [
-                    {"subresource": sub,
-                     "responseKind": {"group": g, "version": v, "kind": kind},
-                     "verbs": verbs}
-                    for sub, kind, verbs in _subresources(k)
+                    {"subresource": sub, "responseKind": gvk, "verbs": verbs}
+                    for sub, gvk, verbs in _subresources(k)
                 ],
             }
             for k in _kinds(g, v)

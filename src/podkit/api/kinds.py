@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from podkit.api import event_versions
+from podkit.api import event_versions, workloads
 
 Obj = dict[str, Any]
 
@@ -38,8 +38,11 @@ class Kind:
     columns: tuple[Column, ...] = field(default_factory=tuple)
     schema: str = ""  # kubernetes-validate's schema file, for fieldValidation
     status: bool = False  # it has a status subresource
+    scale: bool = False  # it has a scale subresource (autoscaling/v1 Scale)
     view: View | None = None  # served from another kind's stored objects
     create_problems: Callable[[Obj], list[tuple[str, str]]] | None = None  # (field, reason)
+    prepare: Callable[[Obj], Obj] | None = None  # a new object's defaults
+    validate: Callable[[Obj, Obj | None], list[tuple[str, str]]] | None = None  # (new, old)
 
     @property
     def api_version(self) -> str:
@@ -283,5 +286,88 @@ SERVICE_ACCOUNT = Kind(
     schema="serviceaccount-v1.json",
 )
 
-KINDS = (NAMESPACE, CONFIGMAP, SECRET, POD, EVENT, NODE, SERVICE_ACCOUNT, EVENT_V1)
+
+def _int(path: str, default: int = 0) -> Callable[[Obj, datetime.datetime], int]:
+    def cell(obj: Obj, _: datetime.datetime) -> int:
+        value: Any = obj
+        for part in path.split("."):
+            value = (value or {}).get(part)
+        return int(value if value is not None else default)
+
+    return cell
+
+
+def _template(field: str) -> Callable[[Obj, datetime.datetime], str]:
+    """CONTAINERS or IMAGES of a workload's pod template, comma-separated."""
+
+    def cell(obj: Obj, _: datetime.datetime) -> str:
+        spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        return ",".join(str(c.get(field, "")) for c in spec.get("containers") or [])
+
+    return cell
+
+
+def _selector(obj: Obj, _: datetime.datetime) -> str:
+    from podkit.api.selectors import selector_text
+
+    return selector_text((obj.get("spec") or {}).get("selector")) or "<none>"
+
+
+_WIDE = (
+    Column("Containers", _template("name"), priority=1),
+    Column("Images", _template("image"), priority=1),
+    Column("Selector", _selector, priority=1),
+)
+DEPLOYMENT = Kind(
+    "Deployment",
+    "deployments",
+    "deployment",
+    namespaced=True,
+    group="apps",
+    short_names=("deploy",),
+    categories=("all",),
+    columns=(
+        NAME,
+        Column(
+            "Ready",
+            lambda o, n: f"{_int('status.readyReplicas')(o, n)}/{_int('spec.replicas', 1)(o, n)}",
+        ),
+        Column("Up-to-date", _int("status.updatedReplicas"), type="integer"),
+        Column("Available", _int("status.availableReplicas"), type="integer"),
+        AGE,
+        *_WIDE,
+    ),
+    schema="deployment-apps-v1.json",
+    status=True,
+    scale=True,
+    prepare=workloads.defaulted,
+    validate=workloads.problems,
+)
+REPLICASET = Kind(
+    "ReplicaSet",
+    "replicasets",
+    "replicaset",
+    namespaced=True,
+    group="apps",
+    short_names=("rs",),
+    categories=("all",),
+    columns=(
+        NAME,
+        Column("Desired", _int("spec.replicas", 1), type="integer"),
+        Column("Current", _int("status.replicas"), type="integer"),
+        Column("Ready", _int("status.readyReplicas"), type="integer"),
+        AGE,
+        *_WIDE,
+    ),
+    schema="replicaset-apps-v1.json",
+    status=True,
+    scale=True,
+    prepare=workloads.defaulted,
+    validate=workloads.problems,
+)
+
+KINDS = (
+    NAMESPACE, CONFIGMAP, SECRET, POD, EVENT, NODE, SERVICE_ACCOUNT, EVENT_V1, DEPLOYMENT,
+    REPLICASET,
+)  # fmt: skip
 BY_RESOURCE = {(k.group, k.resource): k for k in KINDS}

@@ -26,20 +26,14 @@ def pull_policy(image: str) -> str:
     return "Always" if tag in ("", "latest") else "IfNotPresent"
 
 
-def defaulted(pod: Obj, node_name: str, now: str) -> Obj:
-    """The pod with the apiserver's defaults, bound to this node, Pending."""
-    pod = copy.deepcopy(pod)
-    spec = pod.setdefault("spec", {})
+def default_spec(spec: Obj) -> None:
+    """A PodSpec's defaults (SetDefaults_PodSpec and its containers'), in place: the same in a
+    Pod and in a workload's pod template."""
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("dnsPolicy", "ClusterFirst")
     spec.setdefault("terminationGracePeriodSeconds", 30)
     spec.setdefault("schedulerName", "default-scheduler")
     spec.setdefault("securityContext", {})
-    spec.setdefault("serviceAccountName", "default")
-    spec.setdefault("enableServiceLinks", True)
-    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
-    spec.setdefault("priority", 0)
-    spec["nodeName"] = spec.get("nodeName") or node_name
     for key in ("initContainers", "containers"):
         for c in spec.get(key) or []:
             for field, value in _CONTAINER_DEFAULTS.items():
@@ -48,6 +42,19 @@ def defaulted(pod: Obj, node_name: str, now: str) -> Obj:
             c.setdefault("resources", {})
             for port in c.get("ports") or []:
                 port.setdefault("protocol", "TCP")
+
+
+def defaulted(pod: Obj, node_name: str, now: str) -> Obj:
+    """The pod with the apiserver's defaults (and its admission's: service account,
+    priority), bound to this node, Pending."""
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    default_spec(spec)
+    spec.setdefault("serviceAccountName", "default")
+    spec.setdefault("enableServiceLinks", True)
+    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    spec.setdefault("priority", 0)
+    spec["nodeName"] = spec.get("nodeName") or node_name
     pod["status"] = {
         "phase": "Pending",
         "conditions": [

@@ -5,7 +5,8 @@ and do not fall back to JSON. Replies stay JSON (kubectl accepts both). The enco
 magic bytes `k8s\\0`, then a runtime.Unknown message (1: typeMeta {1: apiVersion, 2: kind},
 2: raw, the object's own message, 3: contentEncoding, 4: contentType). The objects' field
 numbers come from k8s.io/api and k8s.io/apimachinery's generated.proto. Only the fields a
-create can carry are read; an unknown field number is a clear error, never silently dropped.
+create can carry are read; an unknown field number with a value is a clear error, never
+silently dropped (a zero one, which Go writes for every scalar, is the field's default).
 Pure functions.
 """
 
@@ -47,6 +48,35 @@ OBJECT_META: Spec = {
     13: ("ownerReferences", ("list", _OWNER)),
     14: ("finalizers", ("list", "string")),
 }
+_SELECTOR: Spec = {
+    1: ("matchLabels", ("map", "string")),
+    2: ("matchExpressions", ("list", {1: ("key", "string"), 2: ("operator", "string"),
+                                      3: ("values", ("list", "string"))})),
+}  # fmt: skip
+_QUANTITY: Spec = {1: ("string", "string")}  # resource.Quantity: its string form
+_INT_OR_STRING: Spec = {1: ("type", "int"), 2: ("intVal", "int"), 3: ("strVal", "string")}
+_CONTAINER: Spec = {
+    1: ("name", "string"),
+    2: ("image", "string"),
+    3: ("command", ("list", "string")),
+    4: ("args", ("list", "string")),
+    5: ("workingDir", "string"),
+    6: ("ports", ("list", {1: ("name", "string"), 2: ("hostPort", "int"),
+                           3: ("containerPort", "int"), 4: ("protocol", "string"),
+                           5: ("hostIP", "string")})),
+    7: ("env", ("list", {1: ("name", "string"), 2: ("value", "string")})),
+    8: ("resources", {1: ("limits", ("map", _QUANTITY)), 2: ("requests", ("map", _QUANTITY))}),
+    13: ("terminationMessagePath", "string"),
+    14: ("imagePullPolicy", "string"),
+    16: ("stdin", "bool"),
+    17: ("stdinOnce", "bool"),
+    18: ("tty", "bool"),
+    20: ("terminationMessagePolicy", "string"),
+}  # fmt: skip
+_POD_TEMPLATE: Spec = {
+    1: ("metadata", OBJECT_META),
+    2: ("spec", {2: ("containers", ("list", _CONTAINER)), 3: ("restartPolicy", "string")}),
+}
 KINDS: dict[str, Spec] = {
     "ConfigMap": {
         1: ("metadata", OBJECT_META),
@@ -66,7 +96,20 @@ KINDS: dict[str, Spec] = {
         2: ("spec", {1: ("finalizers", ("list", "string"))}),
         3: ("status", {1: ("phase", "string")}),
     },
-}
+    # What `kubectl create deployment NAME --image=... [--replicas] [--port] [-- CMD]` sends.
+    "Deployment": {
+        1: ("metadata", OBJECT_META),
+        2: ("spec", {
+            1: ("replicas", "optional int"),
+            2: ("selector", _SELECTOR),
+            3: ("template", _POD_TEMPLATE),
+            4: ("strategy", {1: ("type", "string"),
+                             2: ("rollingUpdate", {1: ("maxUnavailable", _INT_OR_STRING),
+                                                   2: ("maxSurge", _INT_OR_STRING)})}),
+        }),
+        3: ("status", {}),
+    },
+}  # fmt: skip
 
 
 class ProtobufError(ValueError):
@@ -101,27 +144,44 @@ def _message(data: bytes, spec: Spec, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for number, wire, value in _fields(data):
         if number not in spec:
+            if value in (0, b""):  # Go writes every scalar, zero ones too: nothing is lost
+                continue
             raise ProtobufError(f"{where}: field number {number} is not one podkit reads")
         name, kind = spec[number]
         path = f"{where}.{name}"
         if isinstance(kind, tuple) and kind[0] == "map":
             entry = {n: v for n, _, v in _fields(value)}
-            out.setdefault(name, {})[_text(entry.get(1, b""))] = _scalar(
-                entry.get(2, b""), kind[1], path
+            out.setdefault(name, {})[_text(entry.get(1, b""))] = _value(
+                entry.get(2, b""), 2, kind[1], path
             )
         elif isinstance(kind, tuple):  # a list: one field occurrence per item
             out.setdefault(name, []).append(_value(value, wire, kind[1], path))
         else:
             out[name] = _value(value, wire, kind, path)
     # Zero values are what Go's JSON encoding omits (omitempty): the same object either way.
-    return {k: v for k, v in out.items() if v not in ("", None, {}, [], 0)}
+    return {
+        k: int(v) if isinstance(v, Explicit) else v
+        for k, v in out.items()
+        if isinstance(v, Explicit) or v not in ("", None, {}, [], 0)
+    }
+
+
+class Explicit(int):
+    """An optional field's value, kept even when it is zero."""
 
 
 def _value(value: Any, wire: int, kind: Any, path: str) -> Any:
     if isinstance(kind, dict):
         if kind is _TIME:
             return _time(_message(value, kind, path))
+        if kind is _QUANTITY:
+            return _message(value, kind, path).get("string", "0")
+        if kind is _INT_OR_STRING:
+            parts = _message(value, kind, path)
+            return parts.get("strVal", "") if parts.get("type") else parts.get("intVal", 0)
         return _message(value, kind, path)
+    if kind == "optional int":  # a pointer in Go: present, even as 0, is set
+        return Explicit(_value(value, wire, "int", path))
     if kind in ("int", "bool"):
         if wire != 0:
             raise ProtobufError(f"{path}: expected a varint")

@@ -9,11 +9,12 @@ import contextlib
 import copy
 import datetime
 import re
+import secrets
 import uuid
 from typing import Any
 
 from podkit.api import patch as patches
-from podkit.api import pods, smp, status
+from podkit.api import pods, smp, status, workloads
 from podkit.api.kinds import KINDS, NAMESPACE, POD, SECRET, SERVICE_ACCOUNT, Kind, Obj
 from podkit.manifest import schema
 from podkit.store import objects
@@ -28,6 +29,14 @@ MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY = "application/apply-patch+yaml"
+
+
+_SUFFIX = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's rand.String: no vowels, no look-alikes
+
+
+def random_suffix(n: int = 5) -> str:
+    """What generateName appends, as the apiserver's name generator writes it."""
+    return "".join(secrets.choice(_SUFFIX) for _ in range(n))
 
 
 def now() -> str:
@@ -81,7 +90,7 @@ class Rest:
         obj = self._checked_body(kind, namespace, body, None, validation, problems)
         name = obj["metadata"].get("name") or ""
         if not name and obj["metadata"].get("generateName"):
-            name = obj["metadata"]["generateName"] + uuid.uuid4().hex[:5]
+            name = obj["metadata"]["generateName"] + random_suffix()
             obj["metadata"]["name"] = name
         self._check_name(kind, name)
         if kind.namespaced:
@@ -94,6 +103,11 @@ class Rest:
         if kind is POD:
             meta["generation"] = 1
             obj = pods.defaulted(obj, self.node_name, meta["creationTimestamp"])
+        if kind.prepare is not None:
+            meta["generation"] = 1
+            obj = kind.prepare(obj)
+        if kind.validate is not None and (causes := kind.validate(obj, None)):
+            raise status.invalid(kind, name, causes)
         if kind is NAMESPACE:
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
@@ -123,11 +137,26 @@ class Rest:
         validation: str = "Strict",
         subresource: str = "",
     ) -> Obj:
+        if subresource == "scale":
+            return self._replace_scale(kind, namespace, name, body)
         current = self.get(kind, namespace, name)
         obj = self._checked_body(kind, namespace, body, name, validation)
         if subresource == "status":
             return self._update_status(kind, namespace, name, current, obj)
         return self._update(kind, namespace, name, current, obj)
+
+    def get_scale(self, kind: Kind, namespace: str, name: str) -> Obj:
+        return workloads.scale_of(self.get(kind, namespace, name))
+
+    def _replace_scale(self, kind: Kind, namespace: str, name: str, body: Any) -> Obj:
+        """A write through the scale subresource: only spec.replicas changes."""
+        if not isinstance(body, dict) or body.get("kind", "Scale") != "Scale":
+            raise status.bad_request("the body of a scale request must be an autoscaling/v1 Scale")
+        current = self.get(kind, namespace, name)
+        obj, causes = workloads.scaled(current, body)
+        if causes:
+            raise status.invalid(kind, name, causes)
+        return workloads.scale_of(self._update(kind, namespace, name, current, obj))
 
     def patch(
         self,
@@ -142,33 +171,22 @@ class Rest:
         """Applies the patch to the current object; on a write race, to the newer one (the
         apiserver retries the same way), unless the patch names a resourceVersion. Through
         the status subresource only the patched status is kept."""
+        pinned = isinstance(body, dict) and "resourceVersion" in (body.get("metadata") or {})
         for _ in range(5):
+            if subresource == "scale":
+                scale = self.get_scale(kind, namespace, name)
+                patched = _patched(scale, content_type, body, SCALE_SCHEMA)
+                if not pinned:
+                    patched["metadata"]["resourceVersion"] = scale["metadata"]["resourceVersion"]
+                try:
+                    return self._replace_scale(kind, namespace, name, patched)
+                except status.ApiError as exc:
+                    if exc.reason != "Conflict" or pinned:
+                        raise
+                continue
             current = self.get(kind, namespace, name)
-            try:
-                if content_type == MERGE:
-                    patched = patches.merge_patch(current, body)
-                elif content_type == STRATEGIC:
-                    root, defs = schema.kind_definition(kind.schema)
-                    patched = smp.apply(current, body, root, defs)
-                elif content_type == JSON_PATCH:
-                    patched = patches.json_patch(current, body)
-                else:
-                    raise status.ApiError(
-                        415,
-                        "UnsupportedMediaType",
-                        f"the body of the request was in an unknown format - accepted media "
-                        f"types include: {MERGE}, {STRATEGIC}, {JSON_PATCH}"
-                        + (
-                            " (server-side apply is not supported yet: use `kubectl apply` "
-                            "without --server-side)"
-                            if content_type == APPLY
-                            else ""
-                        ),
-                    )
-            except patches.PatchError as exc:
-                raise status.ApiError(422, "Invalid", str(exc)) from None
+            patched = _patched(current, content_type, body, kind.schema)
             obj = self._checked_body(kind, namespace, patched, name, validation)
-            pinned = isinstance(body, dict) and "resourceVersion" in (body.get("metadata") or {})
             if not pinned:
                 obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             try:
@@ -215,10 +233,30 @@ class Rest:
         name: str,
         rv: str | None = None,
         grace: int | None = None,
+        propagation: str | None = None,
     ) -> Obj:
         """Deletes the object; a pod on a node is only marked (deletionTimestamp and its grace
         period), for the node to stop it and then call finish_delete, as the kubelet does.
-        grace 0 (kubectl delete --force --grace-period=0) removes it at once."""
+        grace 0 (kubectl delete --force --grace-period=0) removes it at once. Propagation
+        Foreground or Orphan holds the object under that finalizer for the garbage collector
+        (controllers/gc.py); Background, the default, leaves its dependents to it."""
+        if propagation not in (None, "Background", "Foreground", "Orphan"):
+            raise status.bad_request(
+                f'propagationPolicy "{propagation}": expected Background, Foreground or Orphan'
+            )
+        if propagation in ("Foreground", "Orphan"):
+            current = self.get(kind, namespace, name)
+            meta = current["metadata"]
+            finalizer = "foregroundDeletion" if propagation == "Foreground" else "orphan"
+            on_node = kind is POD and bool(self.node_name)  # the node's graceful path marks it
+            if finalizer not in (meta.get("finalizers") or []):
+                meta["finalizers"] = [*(meta.get("finalizers") or []), finalizer]
+                if not on_node:
+                    meta.setdefault("deletionTimestamp", now())
+                    meta.setdefault("deletionGracePeriodSeconds", 0)
+                current = self._write(kind, namespace, name, current)
+            if not on_node:
+                return current
         if kind is POD and self.node_name:
             current = self.get(kind, namespace, name)
             meta = current["metadata"]
@@ -271,19 +309,20 @@ class Rest:
         for field in _SERVER_FIELDS:
             if field in current["metadata"]:
                 meta[field] = current["metadata"][field]
-        if kind is NAMESPACE:
-            obj["status"] = current.get("status", {"phase": "Active"})
+        if kind.status:  # only the status subresource writes status
+            obj["status"] = current.get("status", {})
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):  # only delete sets them
             meta.pop(field, None)
             if field in current["metadata"]:
                 meta[field] = current["metadata"][field]
-        if kind is POD:  # status is the node's (update_status); spec is fixed but for images
-            obj["status"] = current.get("status", {})
+        if kind is POD:  # spec is fixed but for images
             why = pods.spec_change_refused(current, obj)
             if why:
                 raise status.invalid(kind, name, [("spec", why)])
-            if obj.get("spec") != current.get("spec"):
-                meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        if kind.validate is not None and (causes := kind.validate(obj, current)):
+            raise status.invalid(kind, name, causes)
+        if "generation" in current["metadata"] and obj.get("spec") != current.get("spec"):
+            meta["generation"] = int(current["metadata"]["generation"]) + 1
         if obj == current or self.dry_run:
             return obj  # nothing changed: no new resourceVersion, as the apiserver does
         try:
@@ -433,6 +472,35 @@ class Rest:
         ):
             with contextlib.suppress(status.ApiError):
                 self.finish_delete(NAMESPACE, "", namespace)
+
+
+SCALE_SCHEMA = "scale-autoscaling-v1.json"
+
+
+def _patched(current: Obj, content_type: str, body: Any, schema_key: str) -> Obj:
+    """`current` with the patch applied, by its media type (strategic merge with the schema's
+    merge keys); a patch that cannot apply is a 422."""
+    try:
+        if content_type == MERGE:
+            return patches.merge_patch(current, body)
+        if content_type == STRATEGIC:
+            root, defs = schema.kind_definition(schema_key)
+            return smp.apply(current, body, root, defs)
+        if content_type == JSON_PATCH:
+            return patches.json_patch(current, body)
+    except patches.PatchError as exc:
+        raise status.ApiError(422, "Invalid", str(exc)) from None
+    raise status.ApiError(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: "
+        f"{MERGE}, {STRATEGIC}, {JSON_PATCH}"
+        + (
+            " (server-side apply is not supported yet: use `kubectl apply` without --server-side)"
+            if content_type == APPLY
+            else ""
+        ),
+    )
 
 
 def _secret_data(obj: Obj) -> None:

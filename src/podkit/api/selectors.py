@@ -97,8 +97,7 @@ def _equality(term: str) -> Requirement:
 def matches(
     obj: dict[str, Any], label_reqs: list[Requirement], field_reqs: list[Requirement]
 ) -> bool:
-    labels = obj.get("metadata", {}).get("labels") or {}
-    if not all(r.holds(labels.get(r.key)) for r in label_reqs):
+    if not labels_match(label_reqs, obj.get("metadata", {}).get("labels")):
         return False
     return all(r.holds(_field(obj, r.key)) for r in field_reqs)
 
@@ -108,3 +107,42 @@ def _field(obj: dict[str, Any], path: str) -> str:
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return "" if value is None else str(value)
+
+
+_OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "absent"}
+
+
+def from_label_selector(selector: dict[str, Any] | None) -> list[Requirement]:
+    """A metav1.LabelSelector (matchLabels, matchExpressions) as requirements, all of which
+    must hold (an empty selector holds for everything)."""
+    selector = selector or {}
+    found = [
+        Requirement(k, "in", frozenset([str(v)]))
+        for k, v in sorted((selector.get("matchLabels") or {}).items())
+    ]
+    for e in selector.get("matchExpressions") or []:
+        op = _OPERATORS.get(e.get("operator", ""))
+        if op is None:
+            raise SelectorError(f'"{e.get("operator")}" is not a valid label selector operator')
+        found.append(Requirement(e["key"], op, frozenset(map(str, e.get("values") or []))))
+    return found
+
+
+def selector_text(selector: dict[str, Any] | None) -> str:
+    """A LabelSelector as its string form (`app=web,tier in (a,b)`), as the apiserver writes
+    it in a Scale's status.selector and kubectl in its SELECTOR column."""
+    terms = []
+    for r in sorted(from_label_selector(selector), key=lambda r: r.key):
+        values = ",".join(sorted(r.values))
+        if r.op == "in" and len(r.values) == 1:
+            terms.append(f"{r.key}={values}")
+        elif r.op in ("in", "notin"):
+            terms.append(f"{r.key} {r.op} ({values})")
+        else:
+            terms.append(r.key if r.op == "exists" else f"!{r.key}")
+    return ",".join(terms)
+
+
+def labels_match(requirements: list[Requirement], labels: dict[str, str] | None) -> bool:
+    labels = labels or {}
+    return all(r.holds(labels.get(r.key)) for r in requirements)

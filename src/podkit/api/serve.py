@@ -24,6 +24,7 @@ from podkit.api import kubeconfig, pki
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.common.userns import remove_tree
+from podkit.controllers import manager
 from podkit.runtime import statedir
 from podkit.runtime.node_agent import NodeAgent
 from podkit.store import objects
@@ -167,8 +168,10 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     node = asyncio.ensure_future(agent.run(stop))
+    controllers = asyncio.ensure_future(manager.run(agent.rest, stop))
     await stop.wait()
     await node
+    await controllers
     if not keep_pods:
         say("podkit serve: stopping the pods (--keep-pods leaves them running)")
         await agent.stop_all()

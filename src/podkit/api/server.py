@@ -111,7 +111,7 @@ class Api:
         reads_writes = {"GET": self.on_get, "PUT": self.on_replace, "PATCH": self.on_patch}
         routes = (
             # /namespaces/x/status is namespace x's status: before the namespaced lists.
-            ([path + "/{subresource:status}" for path in one], reads_writes),
+            ([path + "/{subresource:status|scale}" for path in one], reads_writes),
             (one, {**reads_writes, "DELETE": self.on_delete}),
             (
                 ("/namespaces/{namespace}/{resource}", "/{resource}"),
@@ -209,13 +209,17 @@ class Api:
             or kind.version != info["version"]
             or (namespace and not kind.namespaced)
             or (info.get("subresource") == "status" and not kind.status)
+            or (info.get("subresource") == "scale" and not kind.scale)
         ):
             raise _not_found()
         return kind, namespace
 
     async def on_get(self, request: web.Request) -> web.Response:
         kind, namespace = self._kind(request)
-        obj = self.rest.get(kind, namespace, request.match_info["name"])
+        name = request.match_info["name"]
+        if request.match_info.get("subresource") == "scale":
+            return _json(self.rest.get_scale(kind, namespace, name))
+        obj = self.rest.get(kind, namespace, name)
         return self._respond(request, kind, [obj], single=True)
 
     async def on_list(self, request: web.Request) -> web.StreamResponse:
@@ -294,7 +298,13 @@ class Api:
         rv = (options.get("preconditions") or {}).get("resourceVersion") if options else None
         grace = options.get("gracePeriodSeconds", request.query.get("gracePeriodSeconds"))
         name = request.match_info["name"]
-        obj = self.rest.delete(kind, namespace, name, rv, None if grace is None else int(grace))
+        propagation = options.get("propagationPolicy") or request.query.get("propagationPolicy")
+        orphan = options.get("orphanDependents", request.query.get("orphanDependents"))
+        if propagation is None and orphan in (True, "true"):  # the deprecated spelling
+            propagation = "Orphan"
+        obj = self.rest.delete(
+            kind, namespace, name, rv, None if grace is None else int(grace), propagation
+        )
         return _json(obj)
 
     async def on_exec(self, request: web.Request) -> web.StreamResponse:
