@@ -261,9 +261,9 @@ def test_the_node_the_service_accounts_and_the_served_kinds(served: Served) -> N
     assert kinds == {
         ("configmaps", "v1"), ("events", "v1"), ("namespaces", "v1"), ("nodes", "v1"),
         ("pods", "v1"), ("secrets", "v1"), ("serviceaccounts", "v1"),
-        ("events", "events.k8s.io/v1"),
+        ("events", "events.k8s.io/v1"), ("deployments", "apps/v1"), ("replicasets", "apps/v1"),
     }  # fmt: skip
-    assert served.kubectl("api-versions").stdout.split() == ["events.k8s.io/v1", "v1"]
+    assert served.kubectl("api-versions").stdout.split() == ["apps/v1", "events.k8s.io/v1", "v1"]
 
 
 EVENT_V1 = """apiVersion: events.k8s.io/v1

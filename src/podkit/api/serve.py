@@ -1,7 +1,8 @@
 """`podkit serve`: the API on HTTPS (127.0.0.1:6443 by default), its state in
 `<state dir>/serve/` (state.db, pki/, kubeconfig.yaml), in the foreground until Ctrl-C or
 SIGTERM. It serves Namespaces, ConfigMaps, Secrets, Pods (run on this machine by the node
-agent, runtime/node_agent.py), Events, the Node and ServiceAccounts.
+agent, runtime/node_agent.py), Events, the Node, ServiceAccounts, Deployments and ReplicaSets
+(kept by the controllers, controllers/manager.py).
 """
 
 from __future__ import annotations

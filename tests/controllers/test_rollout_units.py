@@ -1,0 +1,177 @@
+"""The Deployment and ReplicaSet controllers' decisions, pure, against the numbers the
+Kubernetes controllers give (pkg/controller/deployment, replicaset, controller_utils)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from podkit.controllers import replicas, rollout
+
+NOW = datetime.datetime(2026, 12, 5, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def deployment(desired: int, surge: Any = "25%", unavailable: Any = "25%", **spec: Any) -> dict:
+    strategy = {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}  # fmt: skip
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default", "uid": "d-1", "generation": 1},
+        "spec": {"replicas": desired, "strategy": strategy, "selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": []}},
+                 "progressDeadlineSeconds": 600, **spec},
+    }  # fmt: skip
+
+
+def rs(name: str, count: int, available: int, created: str = "2026-12-05T11:00:00Z") -> dict:
+    return {
+        "metadata": {"name": name, "uid": name, "creationTimestamp": created},
+        "spec": {"replicas": count},
+        "status": {"replicas": count, "availableReplicas": available, "readyReplicas": available},
+    }
+
+
+@pytest.mark.parametrize(
+    ("desired", "surge", "unavailable", "expected"),
+    [
+        (10, "25%", "25%", (3, 2)),  # surge rounds up, unavailable down
+        (4, "25%", "25%", (1, 1)),
+        (1, "25%", "25%", (1, 0)),
+        (3, "0%", "10%", (0, 1)),  # both 0 after rounding: one may be unavailable
+        (5, 2, 0, (2, 0)),
+    ],
+)
+def test_fenceposts_round_as_kubernetes_does(
+    desired: int, surge: Any, unavailable: Any, expected: tuple[int, int]
+) -> None:
+    assert rollout.fenceposts(deployment(desired, surge, unavailable)) == expected
+
+
+def test_a_rolling_update_steps_within_surge_and_unavailability() -> None:
+    """10 replicas, 25%/25%: at most 13 pods at once, at least 8 available, until done."""
+    d = deployment(10)
+    old, new = rs("old", 10, 10), rs("new", 0, 0, "2026-12-05T11:30:00Z")
+    steps = 0
+    while not (new["spec"]["replicas"] == 10 and old["spec"]["replicas"] == 0):
+        steps += 1
+        assert steps < 30
+        new["spec"]["replicas"] = rollout.new_count(d, [old, new], new)
+        assert old["spec"]["replicas"] + new["spec"]["replicas"] <= 13
+        new["status"]["availableReplicas"] = new["spec"]["replicas"]  # its pods become ready
+        down = rollout.old_scale_down(d, new, [old])
+        old["spec"]["replicas"] = down.get("old", old["spec"]["replicas"])
+        old["status"]["availableReplicas"] = old["spec"]["replicas"]
+        assert old["status"]["availableReplicas"] + new["status"]["availableReplicas"] >= 8
+    assert steps <= 5
+
+
+def test_unavailable_old_pods_go_first_and_a_stuck_rollout_keeps_the_minimum() -> None:
+    d = deployment(4, surge=1, unavailable=1)
+    old = rs("old", 4, 2)  # two of its pods are not available
+    new = rs("new", 1, 0, "2026-12-05T11:30:00Z")  # its pod not available (a bad image)
+    # 5 pods, 3 must stay available, the new one is not: one may go, an unavailable one.
+    assert rollout.old_scale_down(d, new, [old]) == {"old": 3}
+    old["spec"]["replicas"] = 3  # done: 2 available of 4 pods, below the minimum of 3
+    assert rollout.old_scale_down(d, new, [old]) == {}  # stuck: nothing more goes
+    healthy = rs("old", 4, 4)
+    assert rollout.old_scale_down(d, new, [healthy]) == {"old": 3}  # 4 available: one spare
+
+
+def test_recreate_and_the_history_limit() -> None:
+    d = deployment(3)
+    d["spec"]["strategy"] = {"type": "Recreate"}
+    assert rollout.new_count(d, [rs("old", 3, 3)], rs("new", 0, 0)) == 3
+    assert rollout.max_unavailable(d) == 0
+    d = deployment(1, revisionHistoryLimit=1)
+    old = [rs(f"r{i}", 0, 0) for i in range(3)]
+    for i, r in enumerate(old):
+        r["metadata"]["annotations"] = {rollout.REVISION: str(i + 1)}
+        r["status"]["replicas"] = 0
+    assert [r["metadata"]["name"] for r in rollout.to_clean(d, old)] == ["r0", "r1"]
+
+
+def test_the_new_replica_set_carries_the_hash_and_the_next_revision() -> None:
+    d = deployment(2)
+    old = rs("web-old", 2, 2)
+    old["metadata"]["annotations"] = {rollout.REVISION: "4"}
+    made = rollout.new_replica_set(d, [old], 1)
+    h = made["spec"]["template"]["metadata"]["labels"][rollout.HASH_LABEL]
+    assert made["metadata"]["name"] == f"web-{h}"
+    assert made["spec"]["selector"]["matchLabels"] == {"a": "b", rollout.HASH_LABEL: h}
+    assert made["metadata"]["annotations"][rollout.REVISION] == "5"
+    assert made["metadata"]["annotations"][rollout.MAX] == "3"  # 2 + 25% surge, rounded up
+    assert made["metadata"]["ownerReferences"][0]["uid"] == "d-1"
+    assert set(h) <= set("bcdfghjklmnpqrstvwxz2456789")
+    assert rollout.find_new(d, [old, made]) is made  # the same template, the hash aside
+    assert rollout.template_hash(d["spec"]["template"], 1) != h  # a collision gives another
+
+
+def test_status_and_its_conditions_follow_the_rollout() -> None:
+    d = deployment(2)
+    new, old = rs("web-new", 2, 1), rs("web-old", 1, 1)
+    d["status"] = {"updatedReplicas": 1, "replicas": 3, "availableReplicas": 1}
+    s = rollout.status(d, [new, old], new, NOW)
+    assert (s["replicas"], s["updatedReplicas"], s["availableReplicas"]) == (3, 2, 2)
+    conditions = {c["type"]: c for c in s["conditions"]}
+    assert conditions["Available"]["reason"] == "MinimumReplicasAvailable"
+    assert conditions["Progressing"]["reason"] == "ReplicaSetUpdated"
+    assert conditions["Progressing"]["message"] == 'ReplicaSet "web-new" is progressing.'
+    d["status"] = s
+    done = rollout.status(d, [rs("web-new", 2, 2)], rs("web-new", 2, 2), NOW)
+    progressing = next(c for c in done["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "NewReplicaSetAvailable"
+    # No progress for longer than progressDeadlineSeconds: the rollout has failed.
+    later = NOW + datetime.timedelta(seconds=601)
+    d["status"] = s
+    stuck = rollout.status(d, [new, old], new, later)
+    progressing = next(c for c in stuck["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "ProgressDeadlineExceeded")
+
+
+def pod(name: str, created: str, ready: str | None = None, **extra: Any) -> dict:
+    conditions = [{"type": "Ready", "status": "True" if ready else "False",
+                   "lastTransitionTime": ready or created}]  # fmt: skip
+    status = {"phase": extra.pop("phase", "Running"), "conditions": conditions, **extra}
+    return {"metadata": {"name": name, "creationTimestamp": created},
+            "spec": {"nodeName": "vm"}, "status": status}  # fmt: skip
+
+
+def test_scale_down_deletes_in_the_controllers_order() -> None:
+    pods = [
+        pod("old-ready", "2026-12-05T10:00:00Z", "2026-12-05T10:00:05Z"),
+        pod("new-ready", "2026-12-05T11:00:00Z", "2026-12-05T11:00:05Z"),
+        pod("not-ready", "2026-12-05T09:00:00Z"),
+        pod("pending", "2026-12-05T09:00:00Z", phase="Pending"),
+        pod("crashy", "2026-12-05T10:00:00Z", "2026-12-05T10:00:05Z",
+            containerStatuses=[{"restartCount": 3}]),
+    ]  # fmt: skip
+    order = [p["metadata"]["name"] for p in replicas.deletion_order(pods)]
+    assert order == ["pending", "not-ready", "new-ready", "crashy", "old-ready"]
+
+
+def test_a_replica_sets_pods_and_status() -> None:
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+             "metadata": {"name": "web-x", "namespace": "ns", "uid": "rs-1", "generation": 2},
+             "spec": {"replicas": 3, "minReadySeconds": 10, "selector": {"matchLabels": {"a": "b"}},
+                      "template": {"metadata": {"labels": {"a": "b"}}, "spec": {}}}}  # fmt: skip
+    mine = pod("p1", "2026-12-05T11:00:00Z", "2026-12-05T11:59:55Z")
+    mine["metadata"].update(labels={"a": "b"}, ownerReferences=[replicas.owner_ref(owner)])
+    orphan = pod("p2", "2026-12-05T11:00:00Z", "2026-12-05T11:00:00Z")
+    orphan["metadata"]["labels"] = {"a": "b"}
+    strayed = pod("p3", "2026-12-05T11:00:00Z")
+    strayed["metadata"].update(labels={"a": "c"}, ownerReferences=[replicas.owner_ref(owner)])
+    others = pod("p4", "2026-12-05T11:00:00Z")
+    others["metadata"].update(labels={"a": "b"}, ownerReferences=[{"uid": "x", "controller": True}])
+    claimed, released = replicas.claim(owner, [mine, orphan, strayed, others])
+    assert ([p["metadata"]["name"] for p in claimed], released) == (["p1", "p2"], [strayed])
+    assert replicas.diff(owner, claimed) == 1
+    status = replicas.status(owner, claimed, NOW)
+    assert status == {"replicas": 2, "fullyLabeledReplicas": 2, "readyReplicas": 2,
+                      "availableReplicas": 1, "observedGeneration": 2}  # fmt: skip
+    assert replicas.next_availability(claimed, 10, NOW) == 5.0  # p1 ready 5 s ago
+    made = replicas.new_pod(owner)
+    assert made["metadata"]["generateName"] == "web-x-"
+    assert made["metadata"]["labels"] == {"a": "b"}
