@@ -262,8 +262,11 @@ def test_the_node_the_service_accounts_and_the_served_kinds(served: Served) -> N
         ("configmaps", "v1"), ("events", "v1"), ("namespaces", "v1"), ("nodes", "v1"),
         ("pods", "v1"), ("secrets", "v1"), ("serviceaccounts", "v1"),
         ("events", "events.k8s.io/v1"), ("deployments", "apps/v1"), ("replicasets", "apps/v1"),
+        ("jobs", "batch/v1"), ("services", "v1"), ("endpointslices", "discovery.k8s.io/v1"),
     }  # fmt: skip
-    assert served.kubectl("api-versions").stdout.split() == ["apps/v1", "events.k8s.io/v1", "v1"]
+    assert served.kubectl("api-versions").stdout.split() == [
+        "apps/v1", "batch/v1", "discovery.k8s.io/v1", "events.k8s.io/v1", "v1",
+    ]  # fmt: skip
 
 
 EVENT_V1 = """apiVersion: events.k8s.io/v1

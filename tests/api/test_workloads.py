@@ -212,3 +212,66 @@ def test_bad_deployments_get_the_apiservers_errors(served: Served) -> None:
         "-p", '{"spec": {"selector": {"matchLabels": {"app": "x"}}}}',
     )  # fmt: skip
     assert "field is immutable" in changed.stderr
+
+
+JOB = """apiVersion: batch/v1
+kind: Job
+metadata: {name: batch}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      initContainers:
+      - name: sidecar
+        image: busybox
+        restartPolicy: Always
+        command: ["sh", "-c", "trap 'exit 0' TERM; while sleep 0.2; do :; done"]
+      containers:
+      - name: work
+        image: busybox
+        command: ["sh", "-c", "echo done-$(hostname)"]
+"""
+
+
+def test_a_job_with_a_sidecar_completes_and_counts_each_pod_once(served: Served) -> None:
+    assert served.kubectl("apply", "-f", "-", stdin=JOB).returncode == 0
+    done = served.kubectl("wait", "--for=condition=complete", "job/batch", "--timeout=60s")
+    assert done.returncode == 0, done.stderr  # the sidecars did not keep it running
+    rows = [line.split() for line in served.kubectl("get", "job", "batch").stdout.splitlines()]
+    assert rows[0] == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+    assert rows[1][:3] == ["batch", "Complete", "3/3"]
+    finished = get(served, "pods", "-l", "job-name=batch")["items"]
+    assert [p["status"]["phase"] for p in finished] == ["Succeeded"] * 3
+    assert all("finalizers" not in p["metadata"] for p in finished)  # counted, then let go
+    logs = served.kubectl("logs", "job/batch", "-c", "work").stdout
+    assert logs.startswith("done-batch-")
+    # A finished pod deleted is not run again: it was counted once, for good.
+    served.kubectl("delete", "pod", finished[0]["metadata"]["name"])
+    status = get(served, "job", "batch")["status"]
+    assert status["succeeded"] == 3 and "active" not in status
+    assert len(get(served, "pods", "-l", "job-name=batch")["items"]) == 2
+    assert served.kubectl("delete", "job", "batch").returncode == 0
+    wait_for("the job's pods gone", lambda: not get(served, "pods", "-l", "job-name=batch")[
+        "items"], 20)  # fmt: skip
+
+
+def test_a_failing_job_stops_at_its_backoff_limit(served: Served) -> None:
+    made = served.kubectl("create", "job", "failing", "--image=busybox", "--", "sh", "-c", "exit 3")
+    assert made.stdout.strip() == "job.batch/failing created", made.stderr  # protobuf
+    served.kubectl("patch", "job", "failing", "--type=merge", "-p", '{"spec":{"backoffLimit":0}}')
+    failed = served.kubectl("wait", "--for=condition=failed", "job/failing", "--timeout=60s")
+    assert failed.returncode == 0, failed.stderr
+    job = get(served, "job", "failing")
+    reasons = {c["type"]: c["reason"] for c in job["status"]["conditions"]}
+    assert reasons["Failed"] == "BackoffLimitExceeded" and job["status"]["failed"] == 1
+    assert len(get(served, "pods", "-l", "job-name=failing")["items"]) == 1  # not retried
+    always = JOB.replace("restartPolicy: Never", "restartPolicy: Always").replace(
+        "{name: batch}", "{name: bad}"
+    )
+    refused = served.kubectl("apply", "-f", "-", stdin=always)
+    assert (
+        'spec.template.spec.restartPolicy: Required value: valid values: "OnFailure", "Never"'
+        in (refused.stderr)
+    )

@@ -175,3 +175,46 @@ def test_a_replica_sets_pods_and_status() -> None:
     made = replicas.new_pod(owner)
     assert made["metadata"]["generateName"] == "web-x-"
     assert made["metadata"]["labels"] == {"a": "b"}
+
+
+def job(**spec: Any) -> dict:
+    base = {"completions": 3, "parallelism": 2, "backoffLimit": 1,
+            "template": {"spec": {"restartPolicy": "Never"}}}  # fmt: skip
+    return {"metadata": {"name": "j", "namespace": "ns", "uid": "j-1"}, "spec": {**base, **spec},
+            "status": {}}  # fmt: skip
+
+
+def test_a_job_runs_parallelism_pods_until_its_completions() -> None:
+    from podkit.controllers import jobs
+
+    first = jobs.plan(job(), [], NOW)
+    assert (first.create, first.status["startTime"]) == (2, "2026-12-05T12:00:00Z")
+    running = [pod("a", "2026-12-05T11:59:00Z"), pod("b", "2026-12-05T11:59:00Z")]
+    j = job()
+    j["status"] = {"succeeded": 2, "startTime": "2026-12-05T11:59:00Z"}
+    last = jobs.plan(j, running[:1], NOW)  # one more to succeed, one running: nothing new
+    assert (last.create, last.delete) == (0, [])
+    j["status"]["succeeded"] = 3
+    done = jobs.plan(j, [], NOW)
+    assert [c["type"] for c in done.status["conditions"]] == ["SuccessCriteriaMet", "Complete"]
+    assert done.status["completionTime"] == "2026-12-05T12:00:00Z"
+
+
+def test_a_job_fails_past_its_backoff_limit_and_waits_between_failures() -> None:
+    from podkit.controllers import jobs
+
+    j = job()
+    j["status"] = {"failed": 1, "startTime": "2026-12-05T11:59:00Z"}
+    failed = pod("f", "2026-12-05T11:59:00Z", phase="Failed", containerStatuses=[
+        {"state": {"terminated": {"finishedAt": "2026-12-05T11:59:55Z"}}}])  # fmt: skip
+    waiting = jobs.plan(j, [failed], NOW)
+    assert waiting.create == 0 and waiting.again == 5.0  # 10 s after the failure
+    j["status"]["failed"] = 2  # past backoffLimit 1
+    over = jobs.plan(j, [failed, pod("r", "2026-12-05T11:59:00Z")], NOW)
+    assert [p["metadata"]["name"] for p in over.delete] == ["r"]
+    assert [c["type"] for c in over.status["conditions"]] == ["FailureTarget"]  # "r" still runs
+    gone = jobs.plan(j, [failed], NOW)
+    assert gone.status["conditions"][-1]["reason"] == "BackoffLimitExceeded"
+    late = job(activeDeadlineSeconds=30)
+    late["status"] = {"startTime": "2026-12-05T11:59:00Z"}
+    assert jobs.plan(late, [], NOW).status["conditions"][-1]["reason"] == "DeadlineExceeded"

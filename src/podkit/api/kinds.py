@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from podkit.api import event_versions, workloads
+from podkit.api import event_versions, services, workloads
 
 Obj = dict[str, Any]
 
@@ -39,6 +39,7 @@ class Kind:
     schema: str = ""  # kubernetes-validate's schema file, for fieldValidation
     status: bool = False  # it has a status subresource
     scale: bool = False  # it has a scale subresource (autoscaling/v1 Scale)
+    generation: bool = False  # metadata.generation counts its spec's changes
     view: View | None = None  # served from another kind's stored objects
     create_problems: Callable[[Obj], list[tuple[str, str]]] | None = None  # (field, reason)
     prepare: Callable[[Obj], Obj] | None = None  # a new object's defaults
@@ -185,6 +186,7 @@ POD = Kind(
     ),
     schema="pod-v1.json",
     status=True,
+    generation=True,
 )
 
 
@@ -340,6 +342,7 @@ DEPLOYMENT = Kind(
     schema="deployment-apps-v1.json",
     status=True,
     scale=True,
+    generation=True,
     prepare=workloads.defaulted,
     validate=workloads.problems,
 )
@@ -362,12 +365,133 @@ REPLICASET = Kind(
     schema="replicaset-apps-v1.json",
     status=True,
     scale=True,
+    generation=True,
     prepare=workloads.defaulted,
     validate=workloads.problems,
 )
 
+
+def _job_status(obj: Obj, _: datetime.datetime) -> str:
+    """kubectl's STATUS of a Job (the apiserver's printer)."""
+    conditions = {
+        c.get("type")
+        for c in (obj.get("status") or {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
+    for kind in ("Complete", "Failed"):
+        if kind in conditions:
+            return kind
+    if obj["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    for kind in ("Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if kind in conditions:
+            return kind
+    return "Running"
+
+
+def _job_completions(obj: Obj, _: datetime.datetime) -> str:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    done = int(status.get("succeeded", 0))
+    if spec.get("completions") is not None:
+        return f"{done}/{spec['completions']}"
+    parallelism = int(spec.get("parallelism", 0))
+    return f"{done}/1 of {parallelism}" if parallelism > 1 else f"{done}/1"
+
+
+def _job_duration(obj: Obj, now: datetime.datetime) -> str:
+    status = obj.get("status") or {}
+    start, end = status.get("startTime"), status.get("completionTime")
+    if not start:
+        return ""
+    began = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    until = datetime.datetime.fromisoformat(end.replace("Z", "+00:00")) if end else now
+    return human_duration((until - began).total_seconds())
+
+
+JOB = Kind(
+    "Job",
+    "jobs",
+    "job",
+    namespaced=True,
+    group="batch",
+    categories=("all",),
+    columns=(
+        NAME,
+        Column("Status", _job_status),
+        Column("Completions", _job_completions),
+        Column("Duration", _job_duration),
+        AGE,
+        *_WIDE,
+    ),
+    schema="job-batch-v1.json",
+    status=True,
+    generation=True,
+    prepare=workloads.job_defaulted,
+    validate=workloads.job_problems,
+)
+
+SERVICE = Kind(
+    "Service",
+    "services",
+    "service",
+    namespaced=True,
+    short_names=("svc",),
+    categories=("all",),
+    columns=(
+        NAME,
+        Column("Type", lambda o, _: (o.get("spec") or {}).get("type", "ClusterIP")),
+        Column("Cluster-IP", lambda o, _: (o.get("spec") or {}).get("clusterIP") or "<none>"),
+        Column("External-IP", lambda o, _: "<none>"),
+        Column("Port(s)", lambda o, _: services.ports_text(o)),
+        AGE,
+        Column(
+            "Selector",
+            lambda o, _: (
+                ",".join(
+                    f"{k}={v}"
+                    for k, v in sorted(((o.get("spec") or {}).get("selector") or {}).items())
+                )
+                or "<none>"
+            ),
+            priority=1,
+        ),
+    ),
+    schema="service-v1.json",
+    status=True,
+    prepare=services.defaulted,
+    validate=services.problems,
+)
+
+
+def _slice_endpoints(obj: Obj, _: datetime.datetime) -> str:
+    addresses = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
+    if not addresses:
+        return "<unset>"
+    shown = ",".join(addresses[:3])
+    return shown + (f" + {len(addresses) - 3} more..." if len(addresses) > 3 else "")
+
+
+ENDPOINT_SLICE = Kind(
+    "EndpointSlice",
+    "endpointslices",
+    "endpointslice",
+    namespaced=True,
+    group="discovery.k8s.io",
+    columns=(
+        NAME,
+        Column("AddressType", lambda o, _: o.get("addressType", "")),
+        Column(
+            "Ports",
+            lambda o, _: ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>",
+        ),
+        Column("Endpoints", _slice_endpoints),
+        AGE,
+    ),
+    schema="endpointslice-discovery-v1.json",
+)
+
 KINDS = (
     NAMESPACE, CONFIGMAP, SECRET, POD, EVENT, NODE, SERVICE_ACCOUNT, EVENT_V1, DEPLOYMENT,
-    REPLICASET,
+    REPLICASET, JOB, SERVICE, ENDPOINT_SLICE,
 )  # fmt: skip
 BY_RESOURCE = {(k.group, k.resource): k for k in KINDS}

@@ -109,6 +109,34 @@ KINDS: dict[str, Spec] = {
         }),
         3: ("status", {}),
     },
+    # What `kubectl create service clusterip|nodeport|headless NAME --tcp=P:T` sends.
+    "Service": {
+        1: ("metadata", OBJECT_META),
+        2: ("spec", {
+            1: ("ports", ("list", {1: ("name", "string"), 2: ("protocol", "string"),
+                                   3: ("port", "int"), 4: ("targetPort", _INT_OR_STRING),
+                                   5: ("nodePort", "int")})),
+            2: ("selector", ("map", "string")),
+            3: ("clusterIP", "string"),
+            4: ("type", "string"),
+            10: ("externalName", "string"),
+            18: ("clusterIPs", ("list", "string")),
+        }),
+        3: ("status", {1: ("loadBalancer", {})}),
+    },
+    # What `kubectl create job NAME --image=... [-- CMD]` sends.
+    "Job": {
+        1: ("metadata", OBJECT_META),
+        2: ("spec", {
+            1: ("parallelism", "optional int"),
+            2: ("completions", "optional int"),
+            3: ("activeDeadlineSeconds", "optional int"),
+            4: ("selector", _SELECTOR),
+            6: ("template", _POD_TEMPLATE),
+            7: ("backoffLimit", "optional int"),
+        }),
+        3: ("status", {}),
+    },
 }  # fmt: skip
 
 

@@ -14,8 +14,8 @@ import uuid
 from typing import Any
 
 from podkit.api import patch as patches
-from podkit.api import pods, smp, status, workloads
-from podkit.api.kinds import KINDS, NAMESPACE, POD, SECRET, SERVICE_ACCOUNT, Kind, Obj
+from podkit.api import pods, services, smp, status, workloads
+from podkit.api.kinds import KINDS, NAMESPACE, POD, SECRET, SERVICE, SERVICE_ACCOUNT, Kind, Obj
 from podkit.manifest import schema
 from podkit.store import objects
 from podkit.store.objects import ObjectStore, StoreError
@@ -44,8 +44,11 @@ def now() -> str:
 
 
 class Rest:
-    def __init__(self, store: ObjectStore, node_name: str = "") -> None:
+    def __init__(
+        self, store: ObjectStore, node_name: str = "", service_cidr: str = services.SERVICE_CIDR
+    ) -> None:
         self.store = store
+        self.service_cidr = service_cidr  # where Services' cluster IPs come from
         # With a node (podkit serve), pods are bound to it and deleted gracefully: the node
         # stops the containers, then removes the object (finish_delete).
         self.node_name = node_name
@@ -100,14 +103,16 @@ class Rest:
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
-        if kind is POD:
+        if kind.generation:
             meta["generation"] = 1
+        if kind is POD:
             obj = pods.defaulted(obj, self.node_name, meta["creationTimestamp"])
         if kind.prepare is not None:
-            meta["generation"] = 1
             obj = kind.prepare(obj)
         if kind.validate is not None and (causes := kind.validate(obj, None)):
             raise status.invalid(kind, name, causes)
+        if kind is SERVICE:
+            obj = self._allocate(obj, None)
         if kind is NAMESPACE:
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}
@@ -319,6 +324,8 @@ class Rest:
             why = pods.spec_change_refused(current, obj)
             if why:
                 raise status.invalid(kind, name, [("spec", why)])
+        if kind is SERVICE:
+            obj = self._allocate(services.defaulted(obj), current)
         if kind.validate is not None and (causes := kind.validate(obj, current)):
             raise status.invalid(kind, name, causes)
         if "generation" in current["metadata"] and obj.get("spec") != current.get("spec"):
@@ -334,6 +341,16 @@ class Rest:
         if "deletionTimestamp" in meta and not meta.get("finalizers") and _done(kind, stored):
             return self.finish_delete(kind, namespace, name)  # its last finalizer went: it goes
         return stored
+
+    def _allocate(self, svc: Obj, current: Obj | None) -> Obj:
+        """A Service's cluster IP and node ports, unique among all Services'."""
+        every, _ = self.store.list_prefix(objects.prefix("core", "services", None))
+        skip = (current or {}).get("metadata", {}).get("uid", "")
+        ips, ports = services.allocated(every, skip)
+        made, causes = services.allocate(svc, current, ips, ports, self.service_cidr)
+        if causes:
+            raise status.invalid(SERVICE, svc["metadata"].get("name", ""), causes)
+        return made
 
     def _checked_body(
         self,

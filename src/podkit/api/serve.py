@@ -26,6 +26,7 @@ from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.common.userns import remove_tree
 from podkit.controllers import manager
+from podkit.network import service_proxy
 from podkit.runtime import statedir
 from podkit.runtime.node_agent import NodeAgent
 from podkit.store import objects
@@ -132,6 +133,7 @@ def reset(state_dir: Path, say: Callable[[str], None], deadline: float = 60.0) -
         stopped = statedir.stop_owners(pod_dirs, deadline)
         for d in pod_dirs:
             remove_tree(d)
+        service_proxy.remove(state_dir)
         shutil.rmtree(base)
     finally:
         os.close(lock)
@@ -169,13 +171,14 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     node = asyncio.ensure_future(agent.run(stop))
-    controllers = asyncio.ensure_future(manager.run(agent.rest, stop))
+    controllers = asyncio.ensure_future(manager.run(agent.rest, stop, agent.state_dir, say))
     await stop.wait()
     await node
     await controllers
     if not keep_pods:
         say("podkit serve: stopping the pods (--keep-pods leaves them running)")
         await agent.stop_all()
+        service_proxy.remove(agent.state_dir)  # its rules go with the pods they lead to
     with contextlib.suppress(Exception):
         await runner.cleanup()
     return 0

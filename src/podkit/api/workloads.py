@@ -1,8 +1,8 @@
-"""What the apiserver does to apps/v1 Deployments and ReplicaSets besides storing them, pure
-functions: their defaults (SetDefaults_Deployment, SetDefaults_ReplicaSet, the pod template's),
-their validation (a selector that matches the template's labels and does not change, a
-restartPolicy of Always, replicas not below 0, a rolling update that can make progress), and
-their `scale` subresource as an autoscaling/v1 Scale.
+"""What the apiserver does to apps/v1 Deployments and ReplicaSets and to batch/v1 Jobs besides
+storing them, pure functions: their defaults (SetDefaults_Deployment, SetDefaults_ReplicaSet,
+SetDefaults_Job, the pod template's), their validation (a selector that matches the template's
+labels and does not change, the restartPolicy each allows, counts not below 0, a rolling update
+that can make progress), and the `scale` subresource as an autoscaling/v1 Scale.
 """
 
 from __future__ import annotations
@@ -128,3 +128,70 @@ def scaled(obj: Obj, scale: Obj) -> tuple[Obj, Causes]:
     if rv:
         new["metadata"]["resourceVersion"] = rv
     return new, []
+
+
+# --- batch/v1 Jobs ------------------------------------------------------------------------
+
+JOB_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+
+
+def job_defaulted(obj: Obj) -> Obj:
+    """A new Job with its defaults (SetDefaults_Job) and, unless manualSelector, the selector
+    and pod labels the apiserver generates from its uid."""
+    obj = copy.deepcopy(obj)
+    spec = obj.setdefault("spec", {})
+    if "completions" not in spec and "parallelism" not in spec:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+    template = spec.setdefault("template", {})
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    if not spec.get("manualSelector"):
+        meta = obj["metadata"]
+        for key in JOB_UID_LABELS:
+            labels[key] = meta["uid"]
+        for key in JOB_NAME_LABELS:
+            labels[key] = meta["name"]
+        spec["selector"] = {"matchLabels": {JOB_UID_LABELS[0]: meta["uid"]}}
+    pods.default_spec(template.setdefault("spec", {}))
+    obj["status"] = {}
+    return obj
+
+
+def job_problems(obj: Obj, old: Obj | None) -> Causes:
+    """ValidateJob and ValidateJobUpdate, the parts a user meets: a restartPolicy of Never or
+    OnFailure, counts not below 0, a selector matching the template, and a template that does
+    not change."""
+    spec = obj.get("spec") or {}
+    causes: Causes = []
+    for field in ("parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"):
+        value = spec.get(field)
+        if isinstance(value, int) and value < 0:
+            causes.append((f"spec.{field}", f"Invalid value: {value}: must be greater than or "
+                                            "equal to 0"))  # fmt: skip
+    policy = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
+    if policy not in ("Never", "OnFailure"):
+        causes.append(("spec.template.spec.restartPolicy",
+                       'Required value: valid values: "OnFailure", "Never"'))  # fmt: skip
+    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    try:
+        requirements = selectors.from_label_selector(spec.get("selector"))
+    except selectors.SelectorError as exc:
+        return [*causes, ("spec.selector", str(exc))]
+    if not selectors.labels_match(requirements, labels):
+        causes.append((
+            "spec.template.metadata.labels",
+            f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`",
+        ))  # fmt: skip
+    if old is not None:
+        before = old.get("spec") or {}
+        for field in ("template", "selector", "completions", "completionMode"):
+            if before.get(field) != spec.get(field):
+                causes.append(
+                    (f"spec.{field}", f"Invalid value: {_go(spec.get(field))}: field is immutable")
+                )
+    return causes

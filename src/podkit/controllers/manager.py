@@ -1,16 +1,39 @@
-"""The controllers `podkit serve` runs (the kube-controller-manager's, those its kinds need),
-each a task on serve's event loop until it stops."""
+"""The controllers `podkit serve` runs (the kube-controller-manager's, those its kinds need,
+and kube-proxy's Service rules), each a task on serve's event loop until it stops."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 from podkit.api.rest import Rest
 from podkit.controllers.deployment import DeploymentController
+from podkit.controllers.endpoints import EndpointSliceController
 from podkit.controllers.gc import GarbageCollector
+from podkit.controllers.job import JobController
+from podkit.controllers.loop import Controller
 from podkit.controllers.replicaset import ReplicaSetController
+from podkit.network import service_proxy
 
 
-async def run(rest: Rest, stop: asyncio.Event) -> None:
-    controllers = [DeploymentController(rest), ReplicaSetController(rest), GarbageCollector(rest)]
-    await asyncio.gather(*(c.run(stop) for c in controllers))
+async def run(rest: Rest, stop: asyncio.Event, state_dir: Path, say: Callable[[str], None]) -> None:
+    controllers: list[Controller] = [
+        DeploymentController(rest),
+        ReplicaSetController(rest),
+        JobController(rest),
+        EndpointSliceController(rest),
+        GarbageCollector(rest),
+    ]
+    proxy = None
+    why = service_proxy.why_not()
+    if why is None:
+        proxy = service_proxy.ServiceProxy(rest, state_dir)
+        controllers.append(proxy)
+    else:
+        say(f"podkit serve: {why}")
+    try:
+        await asyncio.gather(*(c.run(stop) for c in controllers))
+    finally:
+        if proxy is not None:
+            proxy.close()

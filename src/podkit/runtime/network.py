@@ -399,6 +399,9 @@ def attach(cfg: NetworkConfig, sandbox_pid: int, pod_uid: str, state_dir: Path) 
                 f"link add {net.veth_host} master {cfg.bridge} type veth "
                 f"peer name eth0 netns {sandbox_pid}\n"
                 f"link set {net.veth_host} up\n"
+                # A pod may reach itself through a Service's cluster IP: the bridge sends
+                # that frame back out the port it came in by (the kubelet's hairpin-veth).
+                f"link set {net.veth_host} type bridge_slave hairpin on\n"
             ),
         )
         # The pod's netns has no name for `ip -n`; enter it by the sandbox's /proc entry.

@@ -54,8 +54,10 @@ class Supervised:
     pod_dir: Path
     pid: int
     popen: subprocess.Popen[bytes] | None = None  # None: adopted from an earlier serve
-    status_mtime: int = 0
-    events_mtime: int = 0
+    # The status and events files as last read: by content, not mtime (two writes within
+    # one tick of the file system's clock would look like one).
+    status_seen: bytes = b""
+    events_seen: bytes = b""
     events_done: int = 0  # events.json's items already in the API
     signalled: set[int] = field(default_factory=set)
     refs: frozenset[tuple[str, str]] = frozenset()  # the (kind, name)s its manifest holds
@@ -304,13 +306,13 @@ class NodeAgent:
         `<pod>.<uid prefix><index>` so a re-adopting serve writes each one once."""
         path = pod.pod_dir / "events.json"
         try:
-            mtime = path.stat().st_mtime_ns
-            if mtime == pod.events_mtime:
+            raw = path.read_bytes()
+            if raw == pod.events_seen:
                 return
-            items = json.loads(path.read_bytes()).get("items") or []
+            items = json.loads(raw).get("items") or []
         except (OSError, ValueError):
             return
-        pod.events_mtime = mtime
+        pod.events_seen = raw
         for i, event in enumerate(items[pod.events_done :], start=pod.events_done):
             name = f"{pod.name}.{pod.uid[:8]}{i:08x}"
             meta = {"name": name, "namespace": pod.namespace}
@@ -321,13 +323,13 @@ class NodeAgent:
     def _copy_status(self, pod: Supervised) -> None:
         path = pod.pod_dir / "status.json"
         try:
-            mtime = path.stat().st_mtime_ns
-            if mtime == pod.status_mtime:
+            raw = path.read_bytes()
+            if raw == pod.status_seen:
                 return
-            doc = json.loads(path.read_bytes())
+            doc = json.loads(raw)
         except (OSError, ValueError):
             return
-        pod.status_mtime = mtime
+        pod.status_seen = raw
         with contextlib.suppress(ApiError):
             self.rest.update_status(POD, pod.namespace, pod.name, doc.get("status") or {})
 

@@ -1,0 +1,128 @@
+"""The Service proxy of `podkit serve` (kube-proxy's part): it watches Services and
+EndpointSlices, keeps the nftables table of network/service_rules.py in step with them (one
+atomic `nft -f` per change, none when nothing changed), and publishes each NodePort on
+127.0.0.1, forwarding its connections to the Service's cluster IP, where the table takes them.
+As root only: without root there are no pod IPs to route to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from podkit.api.kinds import ENDPOINT_SLICE, SERVICE, Kind, Obj
+from podkit.api.rest import Rest
+from podkit.controllers.loop import Controller, Key
+from podkit.network import service_rules
+
+NODE_PORT_ADDRESS = "127.0.0.1"
+
+
+def table_name(state_dir: Path) -> str:
+    """One table per serve's state directory: two serves never share rules."""
+    return "podkit_svc_" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def why_not() -> str | None:
+    """Why cluster IPs cannot be routed here, or None."""
+    if os.geteuid() != 0:
+        return "Services' cluster IPs need root (pods have no IPs of their own without it)"
+    if shutil.which("nft") is None:
+        return "Services' cluster IPs need nftables (apt-get install nftables)"
+    return None
+
+
+def remove(state_dir: Path) -> None:
+    if why_not() is None:
+        subprocess.run(["nft", "delete", "table", "ip", table_name(state_dir)],
+                       capture_output=True, check=False)  # fmt: skip
+
+
+class ServiceProxy(Controller):
+    name = "service-proxy"
+    watches = (SERVICE, ENDPOINT_SLICE)
+
+    def __init__(self, rest: Rest, state_dir: Path) -> None:
+        super().__init__(rest)
+        self.table = table_name(state_dir)
+        self.written = ""
+        self.listeners: dict[int, asyncio.Server] = {}
+        self.targets: dict[int, tuple[str, int, str]] = {}
+
+    def keys(self, kind: Kind, obj: Obj) -> list[Key]:
+        return [("", "")]
+
+    def all_keys(self) -> list[Key]:
+        return [("", "")]
+
+    def sync(self, key: Key) -> float | None:
+        services, _ = self.rest.list_objects(SERVICE, None)
+        slices, _ = self.rest.list_objects(ENDPOINT_SLICE, None)
+        text = service_rules.ruleset(self.table, services, slices)
+        if text != self.written:
+            done = subprocess.run(
+                ["nft", "-f", "-"],
+                input=f"add table ip {self.table}\ndelete table ip {self.table}\n{text}",
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                print(f"podkit serve: nft refused the Service rules: {done.stderr.strip()}",
+                      file=sys.stderr)  # fmt: skip
+                return 5.0  # a look again: a change may mend it
+            self.written = text
+        self._publish(service_rules.node_ports(services))
+        return None
+
+    # --- node ports ----------------------------------------------------------------------
+
+    def _publish(self, wanted: dict[int, tuple[str, int, str]]) -> None:
+        self.targets = wanted
+        for port in list(self.listeners):
+            if port not in wanted:
+                self.listeners.pop(port).close()
+        for port in wanted:
+            if port not in self.listeners:
+                asyncio.ensure_future(self._listen(port))
+
+    async def _listen(self, port: int) -> None:
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            target = self.targets.get(port)
+            if target is None:
+                writer.close()
+                return
+            try:
+                up_r, up_w = await asyncio.open_connection(target[0], target[1])
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(_copy(reader, up_w), _copy(up_r, writer))
+            for w in (up_w, writer):
+                w.close()
+
+        with contextlib.suppress(OSError):  # taken by another program: the port stays unset
+            self.listeners[port] = await asyncio.start_server(forward, NODE_PORT_ADDRESS, port)
+
+    def close(self) -> None:
+        for server in self.listeners.values():
+            server.close()
+        self.listeners.clear()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write_eof()  # the other way may still carry data

@@ -1,0 +1,161 @@
+"""Services through podkit serve, with real traffic: a ClusterIP reached from the host and
+from a pod (its own Service too: hairpin), spread over the ready endpoints, a pod made unready
+taken out, a NodePort on 127.0.0.1, a Service without endpoints refusing at once, and the
+apiserver's refusals. As root: cluster IPs are DNATed by podkit's nftables table."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from serve_harness import Served, start
+
+from podkit_harness import PODKIT_ENV, http_get, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cluster IPs need root")
+
+WEB = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: simple-webapp
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe:
+          exec: {command: [sh, -c, "test ! -f /tmp/unready"]}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: web, port: 80, targetPort: http}]
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    s = start(tmp_path_factory.mktemp("services"), env=PODKIT_ENV)
+    try:
+        applied = s.kubectl("apply", "-f", "-", stdin=WEB)
+        assert applied.returncode == 0, applied.stderr
+        done = s.kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+        assert done.returncode == 0, done.stderr
+        yield s
+    finally:
+        s.stop()
+        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
+
+
+def service(served: Served, name: str = "web") -> dict:  # type: ignore[type-arg]
+    got = served.kubectl("get", "svc", name, "-o", "json")
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)  # type: ignore[no-any-return]
+
+
+def ready_endpoints(served: Served) -> list[str]:
+    label = "kubernetes.io/service-name=web"
+    found = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
+    return sorted(
+        e["targetRef"]["name"]
+        for s in found["items"]
+        for e in s.get("endpoints") or []
+        if e["conditions"]["ready"]
+    )
+
+
+def answers(url: str, n: int) -> collections.Counter[str]:
+    """Which pod answered each of n requests."""
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        code, body = http_get(url)
+        assert code == 200, body
+        seen[json.loads(body)["pod_name"]] += 1
+    return seen
+
+
+def test_the_cluster_ip_spreads_requests_over_the_ready_endpoints(served: Served) -> None:
+    wait_for("3 ready endpoints", lambda: len(ready_endpoints(served)) == 3, 20)
+    svc = service(served)
+    ip = svc["spec"]["clusterIP"]
+    assert ip.startswith("10.") and ip != "10.96.0.10"
+    slices = json.loads(served.kubectl("get", "endpointslices", "-o", "json").stdout)["items"]
+    assert [p["port"] for p in slices[0]["ports"]] == [8080]  # the named targetPort, resolved
+    seen = answers(f"http://{ip}/api/info", 60)
+    assert len(seen) == 3 and min(seen.values()) >= 5, seen  # random, each picked
+    rows = served.kubectl("get", "svc", "web").stdout.split()
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    assert f"80:{node_port}/TCP" in rows and 30000 <= node_port <= 32767
+    assert answers(f"http://127.0.0.1:{node_port}/api/info", 3).total() == 3
+
+
+def test_pods_reach_services_even_their_own(served: Served) -> None:
+    ip = service(served)["spec"]["clusterIP"]
+    pod = ready_endpoints(served)[0]
+    seen = collections.Counter()
+    for _ in range(12):  # some land on the pod that asks: hairpin
+        got = served.kubectl("exec", pod, "--", "curl", "-s", "-m", "3", f"http://{ip}/api/info")
+        assert got.returncode == 0, got.stderr
+        seen[json.loads(got.stdout)["pod_name"]] += 1
+    assert pod in seen and len(seen) >= 2, seen
+
+
+def test_an_unready_pod_leaves_the_service(served: Served) -> None:
+    pod = ready_endpoints(served)[0]
+    assert served.kubectl("exec", pod, "--", "touch", "/tmp/unready").returncode == 0
+    wait_for("the endpoint not ready", lambda: pod not in ready_endpoints(served), 15)
+    ip = service(served)["spec"]["clusterIP"]
+    seen = answers(f"http://{ip}/api/info", 30)
+    assert pod not in seen and len(seen) == 2
+    served.kubectl("exec", pod, "--", "rm", "/tmp/unready")
+    wait_for("the endpoint back", lambda: pod in ready_endpoints(served), 15)
+
+
+def test_a_service_without_endpoints_refuses_at_once(served: Served) -> None:
+    made = served.kubectl("create", "service", "clusterip", "nobody", "--tcp=81:81")
+    assert made.returncode == 0, made.stderr  # protobuf, as kubectl sends it
+    ip = service(served, "nobody")["spec"]["clusterIP"]
+
+    def rejected() -> bool:
+        began = time.monotonic()
+        got = subprocess.run(["curl", "-s", "-m", "5", f"http://{ip}:81/"], capture_output=True)
+        return got.returncode == 7 and time.monotonic() - began < 1  # refused, not timed out
+
+    wait_for("a refusal", rejected, 10)
+
+
+def test_bad_services_get_the_apiservers_errors(served: Served) -> None:
+    outside = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: outside}\n"
+        "spec: {clusterIP: 192.168.7.7, ports: [{port: 80}]}\n"
+    )
+    refused = served.kubectl("apply", "-f", "-", stdin=outside)
+    assert "the provided IP (192.168.7.7) is not in the valid range. The range of valid IPs is " \
+        "10.96.0.0/12" in refused.stderr  # fmt: skip
+    clash = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: clash}\n"
+        "spec: {ports: [{name: a, port: 80}, {name: b, port: 80}]}\n"
+    )
+    assert "spec.ports[1]: Duplicate value" in served.kubectl(
+        "apply", "-f", "-", stdin=clash).stderr  # fmt: skip
+    taken = service(served)["spec"]["ports"][0]["nodePort"]
+    same = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: same}\n"
+        f"spec: {{type: NodePort, ports: [{{port: 80, nodePort: {taken}}}]}}\n"
+    )
+    assert "provided port is already allocated" in served.kubectl(
+        "apply", "-f", "-", stdin=same).stderr  # fmt: skip

@@ -1,0 +1,72 @@
+"""Services' pure parts: cluster IP and node port allocation, the endpoints of a Service,
+and the nftables ruleset kube-proxy's nftables mode would write."""
+
+from __future__ import annotations
+
+from podkit.api import services
+from podkit.controllers.endpoints import endpoints
+from podkit.network import service_rules
+
+
+def svc(name: str = "web", **spec: object) -> dict:
+    base = {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80,
+                                                   "targetPort": "http"}]}  # fmt: skip
+    return services.defaulted({"metadata": {"name": name, "namespace": "ns", "uid": name},
+                               "spec": {**base, **spec}})  # fmt: skip
+
+
+def pod(name: str, ip: str, ready: bool = True, deleting: bool = False) -> dict:
+    meta = {"name": name, "namespace": "ns", "uid": name, "labels": {"app": "web"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-05T12:00:00Z"
+    return {"metadata": meta,
+            "spec": {"nodeName": "vm", "containers": [{"ports": [
+                {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"}]}}  # fmt: skip
+
+
+def test_allocation_keeps_the_reserved_and_the_taken() -> None:
+    made, causes = services.allocate(svc(), None, set(), set(), "10.96.0.0/28")
+    assert causes == [] and made["spec"]["clusterIP"] not in ("10.96.0.1", "10.96.0.10")
+    full = {f"10.96.0.{i}" for i in range(15)}
+    _, causes = services.allocate(svc(), None, full, set(), "10.96.0.0/28")
+    assert "is full" in causes[0][1]
+    again, causes = services.allocate(svc(clusterIP=None), made, set(), set(), "10.96.0.0/28")
+    assert again["spec"]["clusterIP"] == made["spec"]["clusterIP"]  # an update keeps it
+    node = svc(type="NodePort")
+    given, _ = services.allocate(node, None, set(), {30000}, "10.96.0.0/12")
+    assert 30000 < given["spec"]["ports"][0]["nodePort"] <= 32767
+    headless, _ = services.allocate(svc(clusterIP="None"), None, set(), set(), "10.96.0.0/12")
+    assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_endpoints_follow_readiness_and_named_ports() -> None:
+    found = endpoints(svc(), [pod("a", "10.0.0.2"), pod("b", "10.0.0.3", ready=False),
+                              pod("c", "10.0.0.4", deleting=True)])  # fmt: skip
+    ((ports, eps),) = found
+    assert ports == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    conditions = {e["targetRef"]["name"]: e["conditions"] for e in eps}
+    assert conditions == {
+        "a": {"ready": True, "serving": True, "terminating": False},
+        "b": {"ready": False, "serving": False, "terminating": False},
+        "c": {"ready": False, "serving": True, "terminating": True},
+    }
+
+
+def test_the_ruleset_dnats_to_ready_endpoints_and_rejects_without_any() -> None:
+    web = svc(clusterIP="10.96.0.5")
+    empty = svc("empty", clusterIP="10.96.0.6", selector={"app": "none"})
+    ready = {"addresses": ["10.0.0.2"], "conditions": {"ready": True}}
+    unready = {"addresses": ["10.0.0.3"], "conditions": {"ready": False}}
+    slices = [{"metadata": {"namespace": "ns", "labels": {service_rules.SERVICE_NAME: "web"}},
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [ready, unready]}]  # fmt: skip
+    text = service_rules.ruleset("t", [web, empty], slices)
+    assert "ip daddr 10.96.0.5 tcp dport 80 goto svc-0" in text
+    assert "numgen random mod 1 vmap { 0 : goto svc-0-ep-0 }" in text
+    assert "meta l4proto tcp dnat ip to 10.0.0.2:8080" in text and "10.0.0.3" not in text
+    assert "ip daddr 10.96.0.6 tcp dport 80 reject" in text
+    node = svc(type="NodePort", clusterIP="10.96.0.7",
+               ports=[{"port": 80, "nodePort": 30080, "protocol": "TCP"}])  # fmt: skip
+    assert service_rules.node_ports([node]) == {30080: ("10.96.0.7", 80, "TCP")}
