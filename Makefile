@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables libseccomp2 \
           rsyslog logrotate haproxy nginx wrk testssl.sh docker-registry skopeo umoci busybox-static \
-          mmdebstrap podman runc uidmap
+          mmdebstrap podman runc uidmap dnsmasq-base
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean

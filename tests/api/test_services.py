@@ -1,7 +1,9 @@
 """Services through podkit serve, with real traffic: a ClusterIP reached from the host and
 from a pod (its own Service too: hairpin), spread over the ready endpoints, a pod made unready
 taken out, a NodePort on 127.0.0.1, a Service without endpoints refusing at once, and the
-apiserver's refusals. As root: cluster IPs are DNATed by podkit's nftables table."""
+apiserver's refusals; cluster DNS from a pod (search list, A, SRV, headless, a pod's
+hostname.subdomain, NXDOMAIN) and forwarding to an upstream (dnsmasq, started here). As root:
+cluster IPs are DNATed by podkit's nftables table."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 from serve_harness import Served, start
 
-from podkit_harness import PODKIT_ENV, http_get, wait_for
+from podkit_harness import PODKIT_ENV, free_port, http_get, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cluster IPs need root")
 
@@ -48,8 +50,25 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start(tmp_path_factory.mktemp("services"), env=PODKIT_ENV)
+def upstream() -> Iterator[int]:
+    """dnsmasq on 127.0.0.1 answering upstream.test, as a host's resolver would."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--conf-file=/dev/null",
+         "--pid-file=", "--address=/upstream.test/192.0.2.7"],
+    )  # fmt: skip
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Iterator[Served]:
+    base = tmp_path_factory.mktemp("services")
+    s = start(base, "--dns-upstream", f"127.0.0.1:{upstream}", env=PODKIT_ENV)
     try:
         applied = s.kubectl("apply", "-f", "-", stdin=WEB)
         assert applied.returncode == 0, applied.stderr
@@ -159,3 +178,59 @@ def test_bad_services_get_the_apiservers_errors(served: Served) -> None:
     )
     assert "provided port is already allocated" in served.kubectl(
         "apply", "-f", "-", stdin=same).stderr  # fmt: skip
+
+
+PEERS = """apiVersion: v1
+kind: Service
+metadata: {name: peers}
+spec: {clusterIP: None, selector: {app: web}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: named, labels: {app: web}}
+spec:
+  hostname: first
+  subdomain: peers
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "trap 'exit 0' TERM; while sleep 1; do :; done"]
+"""
+
+
+def test_cluster_dns_answers_pods_as_coredns_would(served: Served) -> None:
+    assert served.kubectl("apply", "-f", "-", stdin=PEERS).returncode == 0
+    ready = served.kubectl("wait", "--for=condition=Ready", "pod/named", "--timeout=30s")
+    assert ready.returncode == 0, ready.stderr
+    resolv = served.kubectl("exec", "named", "--", "cat", "/etc/resolv.conf").stdout
+    assert resolv.splitlines() == [
+        "nameserver 10.96.0.10",
+        "search default.svc.cluster.local svc.cluster.local cluster.local",
+        "options ndots:5",
+    ]
+
+    def hosts(name: str) -> list[str]:
+        got = served.kubectl("exec", "named", "--", "getent", "hosts", name)
+        return sorted(line.split()[0] for line in got.stdout.splitlines())
+
+    ip = service(served)["spec"]["clusterIP"]
+    assert hosts("web") == [ip]  # through the search list
+    assert hosts("web.default.svc.cluster.local") == [ip]
+    wait_for("the named pod among the peers", lambda: len(hosts("peers")) == 4, 15)
+    named_ip = json.loads(served.kubectl("get", "pod", "named", "-o", "json").stdout)
+    assert hosts("first.peers") == [named_ip["status"]["podIP"]]
+    assert hosts("nowhere.default.svc.cluster.local") == []  # NXDOMAIN
+    assert hosts("upstream.test") == ["192.0.2.7"]  # forwarded to dnsmasq
+    got = served.kubectl("exec", "named", "--", "curl", "-s", "-m", "3", "http://web/api/info")
+    assert json.loads(got.stdout)["app"] == "simple-webapp"  # by name, through the cluster IP
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = ["10.96.0.10"]  # from the host too, through kube-dns's cluster IP
+    srv = resolver.resolve("_web._tcp.web.default.svc.cluster.local", "SRV")
+    assert [(r.port, str(r.target)) for r in srv] == [(80, "web.default.svc.cluster.local.")]
+    peers = resolver.resolve("_http._tcp.peers.default.svc.cluster.local", "SRV")
+    targets = sorted(str(r.target) for r in peers)
+    assert "first.peers.default.svc.cluster.local." in targets and len(targets) == 4
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        resolver.resolve("nowhere.default.svc.cluster.local", "A")

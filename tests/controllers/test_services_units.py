@@ -70,3 +70,47 @@ def test_the_ruleset_dnats_to_ready_endpoints_and_rejects_without_any() -> None:
     node = svc(type="NodePort", clusterIP="10.96.0.7",
                ports=[{"port": 80, "nodePort": 30080, "protocol": "TCP"}])  # fmt: skip
     assert service_rules.node_ports([node]) == {30080: ("10.96.0.7", 80, "TCP")}
+
+
+def test_dns_answers_from_services_and_forwards_the_rest() -> None:
+    import dns.message
+    import dns.rcode
+
+    from podkit.network.cluster_dns import Records, answer
+
+    headless = svc("peers", clusterIP="None")
+    records = Records.build(
+        [svc(clusterIP="10.96.0.5"), headless],
+        [{"metadata": {"namespace": "ns", "labels": {service_rules.SERVICE_NAME: "peers"}},
+          "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+          "endpoints": [{"addresses": ["10.0.0.2"], "hostname": "a", "conditions": {"ready": True}},
+                        {"addresses": ["10.0.0.3"], "conditions": {"ready": False}}]}],
+    )  # fmt: skip
+
+    def ask(name: str, kind: str = "A") -> tuple[str, list[str]]:
+        reply = answer(dns.message.make_query(name, kind), records, "cluster.local")
+        assert reply is not None
+        values = [r.to_text() for rrset in reply.answer for r in rrset]
+        return dns.rcode.to_text(reply.rcode()), values
+
+    assert ask("web.ns.svc.cluster.local") == ("NOERROR", ["10.96.0.5"])
+    assert ask("peers.ns.svc.cluster.local") == ("NOERROR", ["10.0.0.2"])  # ready ones only
+    assert ask("a.peers.ns.svc.cluster.local") == ("NOERROR", ["10.0.0.2"])
+    assert ask("_http._tcp.web.ns.svc.cluster.local", "SRV") == (
+        "NOERROR", ["0 100 80 web.ns.svc.cluster.local."])  # fmt: skip
+    assert ask("web.ns.svc.cluster.local", "AAAA") == ("NOERROR", [])
+    assert ask("10-1-2-3.ns.pod.cluster.local") == ("NOERROR", ["10.1.2.3"])
+    assert ask("gone.ns.svc.cluster.local")[0] == "NXDOMAIN"
+    assert answer(dns.message.make_query("pypi.org", "A"), records, "cluster.local") is None
+
+
+def test_cluster_first_resolv_conf_names_the_cluster_dns() -> None:
+    from podkit.runtime import dns as resolv
+
+    host = "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
+    assert resolv.resolv_conf({}, host, ("10.96.0.10", "cluster.local"), "team") == (
+        "nameserver 10.96.0.10\n"
+        "search team.svc.cluster.local svc.cluster.local cluster.local corp.example\n"
+        "options ndots:5\n"
+    )
+    assert resolv.resolv_conf({"dnsPolicy": "Default"}, host, ("10.96.0.10", "x"), "t") == host

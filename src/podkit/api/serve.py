@@ -21,14 +21,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from podkit.api import kubeconfig, pki
+from podkit.api import kubeconfig, pki, services
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.common.userns import remove_tree
 from podkit.controllers import manager
-from podkit.network import service_proxy
-from podkit.runtime import statedir
+from podkit.network import cluster_dns, service_proxy
+from podkit.network.cluster_dns import DOMAIN, ClusterDns
+from podkit.runtime import dns, network, statedir
 from podkit.runtime.node_agent import NodeAgent
+from podkit.runtime.podfs import host_resolv_conf
 from podkit.store import objects
 from podkit.store.objects import HISTORY, ObjectStore, StoreError
 
@@ -70,6 +72,7 @@ def serve(
     say: Callable[[str], None],
     keep_pods: bool = False,
     history: int = HISTORY,
+    dns_upstreams: list[tuple[str, int]] | None = None,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     _lock(base)
@@ -90,7 +93,9 @@ def serve(
 
         agent = NodeAgent(rest, state_dir)
         api = Api(rest, state_dir=state_dir)
-        return uvloop.run(_run(api.app(), agent, listen, ctx, config_path, say, keep_pods))
+        return uvloop.run(
+            _run(api.app(), agent, listen, ctx, config_path, say, keep_pods, dns_upstreams)
+        )
     finally:
         store.close()
 
@@ -152,6 +157,7 @@ async def _run(
     config_path: Path,
     say: Callable[[str], None],
     keep_pods: bool,
+    dns_upstreams: list[tuple[str, int]] | None,
 ) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -170,6 +176,8 @@ async def _run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Before the pods: they are told of it.
+    dns_server = await _cluster_dns(agent, stop, say, dns_upstreams)
     node = asyncio.ensure_future(agent.run(stop))
     controllers = asyncio.ensure_future(manager.run(agent.rest, stop, agent.state_dir, say))
     await stop.wait()
@@ -179,6 +187,48 @@ async def _run(
         say("podkit serve: stopping the pods (--keep-pods leaves them running)")
         await agent.stop_all()
         service_proxy.remove(agent.state_dir)  # its rules go with the pods they lead to
+    if dns_server is not None:
+        dns_server.close()
     with contextlib.suppress(Exception):
         await runner.cleanup()
     return 0
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """--dns-upstream IP[:PORT]."""
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "53")
+    try:
+        ipaddress.ip_address(host)
+        if not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--dns-upstream {text!r}: expected IP[:PORT]") from None
+    return host, int(port)
+
+
+async def _cluster_dns(
+    agent: NodeAgent,
+    stop: asyncio.Event,
+    say: Callable[[str], None],
+    upstreams: list[tuple[str, int]] | None,
+) -> ClusterDns | None:
+    """The cluster DNS on the pods' bridge gateway, port 53, behind the kube-dns Service's
+    cluster IP (the service range's tenth address); pods with dnsPolicy ClusterFirst use it.
+    As root only, with the Service proxy: without them there is no address to reach it at."""
+    if service_proxy.why_not() is not None:
+        return None
+    cfg = network.NetworkConfig.from_env()
+    try:
+        network.ensure_bridge(cfg, network.HOST_DIR)
+        if upstreams is None:  # the host's resolvers
+            upstreams = [(ip, 53) for ip in dns.parse(host_resolv_conf())[0]]
+        server = ClusterDns(DOMAIN, upstreams)
+        await server.start(cfg.gateway, 53)
+    except (OSError, network.NetworkError) as exc:
+        say(f"podkit serve: no cluster DNS (pods use the host's resolvers): {exc}")
+        return None
+    address = services.reserved(agent.rest.service_cidr)[1]
+    cluster_dns.register(agent.rest, cfg.gateway, address)
+    agent.cluster_dns = (address, DOMAIN)
+    asyncio.ensure_future(cluster_dns.DnsRecords(agent.rest, server).run(stop))
+    return server

@@ -38,6 +38,8 @@ def run(
     logs: bool | None = None,
     output: str | None = None,
     colour: bool | None = None,
+    cluster_dns: str | None = None,
+    cluster_domain: str = "cluster.local",
 ) -> int:
     """Run the pods in FILES until they finish or you press Ctrl-C.
 
@@ -135,6 +137,7 @@ def run(
         backoff_scale=backoff_scale,
         security=security,
         images=images,
+        cluster_dns=(cluster_dns, cluster_domain) if cluster_dns else None,
     )
     show_logs = logs if logs is not None else output is None
     terminal = Terminal(colour=colour) if show_logs else None
@@ -309,6 +312,18 @@ def _add_run(commands: Any) -> None:
         metavar="json|yaml",
         help="Print the Pod, status included, each time its status changes (as "
         "`kubectl get pod -w -o json|yaml` would) instead of the progress lines.",
+    )
+    cmd.add_argument(
+        "--cluster-dns",
+        metavar="IP",
+        help="The cluster DNS server pods with dnsPolicy ClusterFirst use, as the kubelet's "
+        "flag of that name (podkit serve gives its own); default: the host's resolvers.",
+    )
+    cmd.add_argument(
+        "--cluster-domain",
+        default="cluster.local",
+        metavar="DOMAIN",
+        help="The cluster's DNS domain, for the pods' search list (default %(default)s).",
     )
     cmd.add_argument(
         "--color",

@@ -33,6 +33,13 @@ def add_commands(commands: Any) -> None:
         "Gone, as after an etcd compaction (default %(default)s).",
     )
     cmd.add_argument(
+        "--dns-upstream",
+        action="append",
+        metavar="IP[:PORT]",
+        help="Where the cluster DNS asks for names outside cluster.local (repeatable); "
+        "default: the host's nameservers (/etc/resolv.conf).",
+    )
+    cmd.add_argument(
         "--reset",
         action="store_true",
         help="Do not serve: stop every pod podkit serve started (gracefully) and remove its "
@@ -48,13 +55,14 @@ def serve(
     keep_pods: bool = False,
     history: int = 10_000,
     reset: bool = False,
+    dns_upstream: list[str] | None = None,
     state_dir: Path | None = None,
 ) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
     kubeconfig written to <state dir>/serve/kubeconfig.yaml (printed as `export KUBECONFIG=...`).
     Pods run on this machine, each under its own supervisor (a `podkit run` of it), which a
     kill of podkit serve does not stop; the next start adopts them."""
-    from podkit.api.serve import Listen
+    from podkit.api.serve import Listen, parse_upstream
     from podkit.api.serve import reset as reset_state
     from podkit.api.serve import serve as run
     from podkit.runtime.statedir import default_state_dir
@@ -62,12 +70,13 @@ def serve(
 
     try:
         where = Listen.parse(listen)
+        upstreams = [parse_upstream(u) for u in dns_upstream] if dns_upstream else None
     except ValueError as exc:
         raise out.fail(str(exc), 2) from None
     try:
         if reset:
             return reset_state(state_dir or default_state_dir(), out.note)
-        return run(state_dir or default_state_dir(), where, out.note, keep_pods, history)
+        return run(state_dir or default_state_dir(), where, out.note, keep_pods, history, upstreams)
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None
     except OSError as exc:

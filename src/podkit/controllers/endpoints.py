@@ -1,7 +1,8 @@
 """The EndpointSlice controller: for each Service with a selector, the addresses of the pods
 it selects, with their readiness (`ready` follows the readiness probes; a terminating pod is
 `terminating`, still `serving` while Ready), its ports resolved against each pod's containers
-(a named targetPort finds the containerPort of that name), owned by the Service.
+(a named targetPort finds the containerPort of that name), owned by the Service; a pod with
+`hostname` and `subdomain` naming the Service gives its endpoint that hostname (for DNS).
 
 Pure `endpoints` decides; the controller writes one slice per Service and port set.
 """
@@ -57,11 +58,14 @@ def endpoints(svc: Obj, pods: list[Obj]) -> list[tuple[list[Obj], list[Obj]]]:
         key = tuple((p["name"], p["port"], p["protocol"]) for p in ports)
         ready = ready_since(pod) is not None
         terminating = "deletionTimestamp" in meta
+        spec = pod.get("spec") or {}
+        named = spec.get("subdomain") == svc["metadata"]["name"] and spec.get("hostname")
         groups.setdefault(key, []).append({
+            **({"hostname": spec["hostname"]} if named else {}),
             "addresses": [ip],
             "conditions": {"ready": ready and not terminating, "serving": ready,
                            "terminating": terminating},
-            "nodeName": (pod.get("spec") or {}).get("nodeName", ""),
+            "nodeName": spec.get("nodeName", ""),
             "targetRef": {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"],
                           "uid": meta["uid"]},
         })  # fmt: skip

@@ -2,8 +2,10 @@
 (pkg/kubelet/network/dns). Pure: the caller reads the host's file and writes the result.
 
     Default       the host's nameservers, search list and options
-    ClusterFirst  the cluster's DNS; podkit runs none yet, so the host's, as a kubelet without
-                  --cluster-dns falls back (and says so)
+    ClusterFirst  the cluster's DNS (podkit serve's, given as --cluster-dns): its address,
+                  the search list <ns>.svc.<domain> svc.<domain> <domain> and the host's,
+                  ndots:5; without one (podkit run), the host's, as a kubelet without
+                  --cluster-dns falls back
     None          only what dnsConfig gives
     dnsConfig     nameservers and searches appended (deduplicated), options merged by name
                   (a later value wins); at most 3 nameservers and 32 search domains
@@ -35,7 +37,13 @@ def parse(text: str) -> tuple[list[str], list[str], list[str]]:
     return servers, searches, options
 
 
-def resolv_conf(pod_spec: dict[str, Any], host_text: str) -> str:
+def resolv_conf(
+    pod_spec: dict[str, Any],
+    host_text: str,
+    cluster: tuple[str, str] | None = None,
+    namespace: str = "default",
+) -> str:
+    """`cluster`: the cluster DNS's address and domain, when there is one."""
     policy = pod_spec.get("dnsPolicy") or "ClusterFirst"
     if policy == "None":
         servers: list[str] = []
@@ -43,6 +51,11 @@ def resolv_conf(pod_spec: dict[str, Any], host_text: str) -> str:
         options: list[str] = []
     else:
         servers, searches, options = parse(host_text)
+    if policy in ("ClusterFirst", "ClusterFirstWithHostNet") and cluster is not None:
+        address, domain = cluster
+        servers = [address]
+        searches = [f"{namespace}.svc.{domain}", f"svc.{domain}", domain, *searches]
+        options = ["ndots:5"]
     config = pod_spec.get("dnsConfig") or {}
     servers = _unique([*servers, *(config.get("nameservers") or [])])[:MAX_NAMESERVERS]
     searches = _unique([*searches, *(config.get("searches") or [])])[:MAX_SEARCHES]

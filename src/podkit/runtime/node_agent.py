@@ -71,6 +71,7 @@ class NodeAgent:
         self.work = state_dir / "serve" / "pods"  # each supervisor's manifest and its stderr
         self.pods: dict[str, Supervised] = {}  # by uid
         self.waiting: dict[str, set[str]] = {}  # pods held for a missing object: what was said
+        self.cluster_dns: tuple[str, str] | None = None  # (address, domain) for ClusterFirst
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.rest.store.subscribe(self.rest.prefix(POD, None))
@@ -232,6 +233,16 @@ class NodeAgent:
                     "--no-color",
                     "-o",
                     "json",
+                    *(
+                        [
+                            "--cluster-dns",
+                            self.cluster_dns[0],
+                            "--cluster-domain",
+                            self.cluster_dns[1],
+                        ]
+                        if self.cluster_dns
+                        else []
+                    ),
                 ],  # fmt: skip
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

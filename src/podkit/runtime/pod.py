@@ -54,6 +54,7 @@ class RunOptions:
     security: SecurityOptions | None = None  # None: compiled filters under state_dir/seccomp
     images: ImageManager | None = None  # None: the store under state_dir, default registries
     launchers: Launchers = field(default_factory=Launchers)  # the containers' launchers
+    cluster_dns: tuple[str, str] | None = None  # (address, domain): podkit serve's DNS
 
     def __post_init__(self) -> None:
         if self.security is None:
@@ -75,7 +76,7 @@ class PodRunner:
         self.pod, self.bundle, self.opts = pod, bundle, opts
         self.key = f"{pod.namespace}/{pod.name}"
         self.report, self.terminal = report, terminal
-        self.files = PodFiles(pod, bundle, opts.state_dir)
+        self.files = PodFiles(pod, bundle, opts.state_dir, opts.cluster_dns)
         self.events = EventLog(sink=self._show_event)
         self.init = [
             ContainerRunner(self, c, SIDECAR if c.restart_policy == "Always" else INIT)

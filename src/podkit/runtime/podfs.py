@@ -66,8 +66,11 @@ def host_resolv_conf() -> str:
 
 
 class PodFiles:
-    def __init__(self, pod: Pod, bundle: Bundle, state_dir: Path) -> None:
+    def __init__(
+        self, pod: Pod, bundle: Bundle, state_dir: Path, cluster_dns: tuple[str, str] | None = None
+    ) -> None:
         self.pod, self.bundle = pod, bundle
+        self.cluster_dns = cluster_dns  # (address, domain) of podkit serve's DNS
         self.pod_ip = "127.0.0.1"  # until the pod has an address on the bridge
         self.network: tuple[NetworkConfig, PodNetwork] | None = None
         self.dir = statedir.pod_dir(state_dir, pod.namespace, pod.name, pod.uid)
@@ -119,7 +122,8 @@ class PodFiles:
         etc = self.dir / "etc"
         (etc / "hostname").write_text(self.pod.hostname + "\n")
         spec = self.pod.raw.get("spec") or {}
-        (etc / "resolv.conf").write_text(dns.resolv_conf(spec, host_resolv_conf()))
+        text = dns.resolv_conf(spec, host_resolv_conf(), self.cluster_dns, self.pod.namespace)
+        (etc / "resolv.conf").write_text(text)
         (etc / "hosts").write_text(hosts_file(self.pod, self.pod_ip))
 
     def _fs_group(self) -> int | None:
