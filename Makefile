@@ -48,6 +48,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/adapters.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/scale.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -384,7 +384,7 @@ def test_every_problem_in_every_file_is_reported_at_once() -> None:
         "a valid quantity: quantities must match the regular expression "
         "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
         "one.yaml: document 2: kind (line 14): kind Deployment is not supported by podkit run; "
-        "supported: Pod, ConfigMap, Secret",
+        "supported: Pod, ConfigMap, Secret, Service",
         "two.yaml: document 1: apiVersion (line 1): required field is missing "
         "(a Pod is apiVersion: v1)",
         "two.yaml: document 1: spec.containers (line 3): a pod needs at least one container",
@@ -426,10 +426,10 @@ def test_a_duplicate_key_is_an_error_as_in_kubectl() -> None:
 
 
 def test_unsupported_kind() -> None:
-    write("svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n")
-    assert problems("svc.yaml") == [
-        "svc.yaml: document 1: kind (line 2): kind Service is not supported by podkit run; "
-        "supported: Pod, ConfigMap, Secret"
+    write("ing.yaml", "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n")
+    assert problems("ing.yaml") == [
+        "ing.yaml: document 1: kind (line 2): kind Ingress is not supported by podkit run; "
+        "supported: Pod, ConfigMap, Secret, Service"
     ]
 
 
@@ -777,13 +777,13 @@ def test_fields_left_at_their_kubernetes_default_are_not_warned_about() -> None:
             tty: false
           dnsPolicy: ClusterFirst
           restartPolicy: Always
-          enableServiceLinks: false
+          hostIPC: true
         status: {}
         """,
     )
     assert load("pod.yaml").warnings == [
         "pod web: these fields are valid Kubernetes but not implemented by podkit and are "
-        "ignored: spec.enableServiceLinks"
+        "ignored: spec.hostIPC"
     ]
 
 

@@ -174,3 +174,31 @@ def test_a_mount_under_a_symlinked_directory_stays_inside_the_container(
             host_side.rmdir()
             if not parent_existed:
                 host_side.parent.rmdir()
+
+
+def test_services_in_the_files_give_their_environment_variables(tmp_path: Path, podkit) -> None:
+    manifest = write_manifest(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: backend}
+        spec:
+          clusterIP: 10.96.7.7
+          ports: [{name: http, port: 8080}]
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: linked}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: c
+            image: x
+            command: ["sh", "-c", "echo $BACKEND_SERVICE_HOST:$BACKEND_SERVICE_PORT_HTTP $URL"]
+            env: [{name: URL, value: "http://$(BACKEND_SERVICE_HOST):$(BACKEND_SERVICE_PORT)/"}]
+        """,
+    )
+    run = podkit("run", manifest, "--no-publish")
+    assert run.wait(30) == 0, run.text()
+    assert run.stdout_lines("[c] ") == ["[c] 10.96.7.7:8080 http://10.96.7.7:8080/"]

@@ -239,6 +239,25 @@ def test_agent_off_and_sigterm_exits_0_fast(start_webapp: StartWebapp) -> None:
     assert not any("connected to log agent" in ln for ln in app.lines)
 
 
+def test_a_keep_alive_client_is_told_to_close_not_cut_off(start_webapp: StartWebapp) -> None:
+    """On SIGTERM an idle keep-alive connection stays open for its next request, which is
+    answered with `Connection: close`: a client behind a Service leaves a terminating pod
+    without the reset a closed idle connection would give it."""
+    app = start_webapp(PORT="0", LOG_AGENT_ADDR="off", SIMPLE_WEBAPP_SHUTDOWN_TIMEOUT="2")
+    app.wait_serving()
+    with socket.create_connection(("127.0.0.1", app.port)) as conn:
+        ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        conn.sendall(ask)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        app.proc.send_signal(signal.SIGTERM)
+        app.wait_line(lambda ln: '"msg":"shutting down"' in ln)
+        conn.sendall(ask)  # on the idle connection, after the stop began
+        last = conn.recv(4096)
+        assert last.startswith(b"HTTP/1.1 200") and b"Connection: close" in last
+        assert conn.recv(4096) == b""  # then it closes
+    assert app.proc.wait(3) == 0
+
+
 def test_bad_settings_exit_2_with_a_clear_message(
     start_webapp: StartWebapp, tmp_path: Path
 ) -> None:

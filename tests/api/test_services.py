@@ -112,8 +112,10 @@ def test_the_cluster_ip_spreads_requests_over_the_ready_endpoints(served: Served
     svc = service(served)
     ip = svc["spec"]["clusterIP"]
     assert ip.startswith("10.") and ip != "10.96.0.10"
-    slices = json.loads(served.kubectl("get", "endpointslices", "-o", "json").stdout)["items"]
-    assert [p["port"] for p in slices[0]["ports"]] == [8080]  # the named targetPort, resolved
+    label = "kubernetes.io/service-name=web"
+    slices = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
+    ports = [p["port"] for p in slices["items"][0]["ports"]]
+    assert ports == [8080]  # the named targetPort, resolved
     seen = answers(f"http://{ip}/api/info", 60)
     assert len(seen) == 3 and min(seen.values()) >= 5, seen  # random, each picked
     rows = served.kubectl("get", "svc", "web").stdout.split()
@@ -234,3 +236,42 @@ def test_cluster_dns_answers_pods_as_coredns_would(served: Served) -> None:
     assert "first.peers.default.svc.cluster.local." in targets and len(targets) == 4
     with pytest.raises(dns.resolver.NXDOMAIN):
         resolver.resolve("nowhere.default.svc.cluster.local", "A")
+
+
+LINKS = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  enableServiceLinks: {links}
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "trap 'exit 0' TERM; while sleep 1; do :; done"]
+    env: [{{name: WEB_AT, value: "$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)"}}]
+"""
+
+
+def test_pods_learn_services_from_their_environment(served: Served) -> None:
+    for name, links in (("linked", "true"), ("unlinked", "false")):
+        made = served.kubectl("apply", "-f", "-", stdin=LINKS.format(name=name, links=links))
+        assert made.returncode == 0, made.stderr
+        done = served.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=30s")
+        assert done.returncode == 0, done.stderr
+
+    def env(pod: str) -> dict[str, str]:
+        got = served.kubectl("exec", pod, "--", "env").stdout
+        return dict(line.split("=", 1) for line in got.splitlines() if "=" in line)
+
+    ip = service(served)["spec"]["clusterIP"]
+    linked = env("linked")
+    assert linked["WEB_SERVICE_HOST"] == ip and linked["WEB_SERVICE_PORT_WEB"] == "80"
+    assert linked["WEB_PORT_80_TCP"] == f"tcp://{ip}:80"
+    assert linked["WEB_AT"] == f"{ip}:80"  # $(VAR) sees them
+    assert linked["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+    assert linked["KUBERNETES_SERVICE_PORT"] == "443"
+    unlinked = env("unlinked")
+    assert "WEB_SERVICE_HOST" not in unlinked and unlinked["KUBERNETES_SERVICE_HOST"]
+    # The `kubernetes` Service leads to this API, by name and cluster IP, from a pod.
+    got = served.kubectl("exec", "linked", "--", "curl", "-sk", "-m", "3",
+                         "https://kubernetes.default.svc/version")  # fmt: skip
+    assert json.loads(got.stdout)["gitVersion"] == "v1.37.0", got.stderr

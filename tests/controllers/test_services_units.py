@@ -114,3 +114,26 @@ def test_cluster_first_resolv_conf_names_the_cluster_dns() -> None:
         "options ndots:5\n"
     )
     assert resolv.resolv_conf({"dnsPolicy": "Default"}, host, ("10.96.0.10", "x"), "t") == host
+
+
+def test_service_environment_variables_as_the_kubelet_writes_them() -> None:
+    from podkit.runtime.service_env import service_env
+
+    web = svc("web-front", clusterIP="10.96.0.5", ports=[
+        {"name": "http", "port": 80, "protocol": "TCP"},
+        {"name": "dns", "port": 53, "protocol": "UDP"}])  # fmt: skip
+    master = svc("kubernetes", clusterIP="10.96.0.1",
+                 ports=[{"name": "https", "port": 443, "protocol": "TCP"}])  # fmt: skip
+    master["metadata"]["namespace"] = "default"
+    headless = svc("peers", clusterIP="None")
+    found = {("ns", "web-front"): web, ("default", "kubernetes"): master, ("ns", "peers"): headless}
+    env = service_env(found, "ns", enable_links=True)
+    assert env["WEB_FRONT_SERVICE_HOST"] == "10.96.0.5"
+    assert env["WEB_FRONT_SERVICE_PORT"] == "80" and env["WEB_FRONT_SERVICE_PORT_DNS"] == "53"
+    assert env["WEB_FRONT_PORT"] == "tcp://10.96.0.5:80"
+    assert env["WEB_FRONT_PORT_53_UDP"] == "udp://10.96.0.5:53"
+    assert env["WEB_FRONT_PORT_53_UDP_ADDR"] == "10.96.0.5"
+    assert not any(k.startswith("PEERS_") for k in env)  # headless: none
+    assert set(service_env(found, "ns", enable_links=False)) == {
+        k for k in env if k.startswith("KUBERNETES_")
+    }

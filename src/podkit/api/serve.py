@@ -77,7 +77,15 @@ def serve(
     base, config_path, db_path = paths(state_dir)
     _lock(base)
     store = ObjectStore(db_path, history)  # StoreError: a clear message, before listening
-    keys = pki.ensure(base / "pki", [listen.host])
+    # The names in-cluster clients use too (the `kubernetes` Service: its cluster IP and DNS
+    # names, and the pods' gateway where serve answers them).
+    in_cluster = [
+        network.NetworkConfig.from_env().gateway,
+        services.reserved(services.SERVICE_CIDR)[0],
+        "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+        f"kubernetes.default.svc.{DOMAIN}",
+    ]  # fmt: skip
+    keys = pki.ensure(base / "pki", [listen.host, *in_cluster])
     server = (
         listen.url
         if listen.host not in ("0.0.0.0", "::")
@@ -178,6 +186,8 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     # Before the pods: they are told of it.
     dns_server = await _cluster_dns(agent, stop, say, dns_upstreams)
+    if dns_server is not None:  # root, with the bridge: pods can reach serve on its gateway
+        await _kubernetes_service(runner, agent.rest, listen.port, ctx)
     node = asyncio.ensure_future(agent.run(stop))
     controllers = asyncio.ensure_future(manager.run(agent.rest, stop, agent.state_dir, say))
     await stop.wait()
@@ -192,6 +202,23 @@ async def _run(
     with contextlib.suppress(Exception):
         await runner.cleanup()
     return 0
+
+
+async def _kubernetes_service(
+    runner: web.AppRunner, rest: Rest, port: int, ctx: ssl.SSLContext
+) -> None:
+    """default/kubernetes, as every cluster has it: its cluster IP (the range's first address)
+    leads to serve, listening on the pods' gateway too, so KUBERNETES_SERVICE_HOST and
+    KUBERNETES_PORT exist in every pod and lead to this API."""
+    gateway = network.NetworkConfig.from_env().gateway
+    with contextlib.suppress(OSError):  # taken: the Service still names it
+        await web.TCPSite(runner, gateway, port, ssl_context=ctx, shutdown_timeout=2.0).start()
+    svc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "kubernetes", "namespace": "default",
+                        "labels": {"component": "apiserver", "provider": "kubernetes"}},
+           "spec": {"clusterIP": services.reserved(rest.service_cidr)[0],
+                    "ports": [{"name": "https", "port": 443, "targetPort": port}]}}  # fmt: skip
+    cluster_dns.register_endpoint(rest, svc, gateway, [("https", port, "TCP")])
 
 
 def parse_upstream(text: str) -> tuple[str, int]:

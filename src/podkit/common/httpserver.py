@@ -237,10 +237,11 @@ class _Connection(asyncio.Protocol):
     def idle(self) -> bool:
         return not self._pending and (self._worker is None or self._worker.done())
 
-    def close_when_idle(self) -> None:
+    def drain(self) -> None:
+        """Answer the next request with `Connection: close` and close after it; an idle
+        connection is left open for that request (closing it now would race with a request
+        already on its way, which the client would see as a reset)."""
         self._closing = True
-        if self.idle and self._transport is not None:
-            self._transport.close()
 
     async def _serve_pending(self) -> None:
         while self._pending and self._transport is not None:
@@ -308,15 +309,17 @@ class HttpServer:
             log.exception("response hook failed", extra={"path": request.path})
 
     async def close(self, timeout: float = 1.0) -> None:
-        """Stop accepting, let in-flight requests finish (up to `timeout`), close connections."""
+        """Stop accepting; for up to `timeout`, finish in-flight requests and answer each
+        connection's next one with `Connection: close` (keep-alive clients leave without an
+        error); then close what is left."""
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
-            conn.close_when_idle()
+            conn.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(not c.idle for c in self._connections) and loop.time() < deadline:
-            await asyncio.sleep(0.01)  # shutdown only: poll the few busy connections
+        while self._connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)  # shutdown only: poll the few open connections
         for conn in list(self._connections):
             if conn._transport is not None:
                 conn._transport.close()

@@ -25,12 +25,13 @@ from podkit.manifest.schema import check_schema
 from podkit.manifest.support import unsupported_warning
 from podkit.manifest.yaml_reader import parse_documents
 
-SUPPORTED_KINDS = ("Pod", "ConfigMap", "Secret")
+SUPPORTED_KINDS = ("Pod", "ConfigMap", "Secret", "Service")
 _SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def load_files(paths: Sequence[str | Path]) -> Bundle:
-    """Every Pod, ConfigMap and Secret in the files; ManifestError if anything is wrong."""
+    """Every Pod, ConfigMap, Secret and Service in the files; ManifestError if anything is
+    wrong."""
     problems: list[Problem] = []
     manifests: list[Manifest] = []
     for name, text in _read_all(paths, problems):
@@ -156,6 +157,12 @@ def _key_values(checked: list[_Checked], problems: list[Problem]) -> tuple[Bundl
     for item in checked:
         m = item.manifest
         if m.kind == "Pod":
+            continue
+        if m.kind == "Service":
+            found = item.keep(list(metadata_problems(m)))
+            problems += found
+            if not _duplicate(m, seen, problems) and not found and item.valid:
+                bundle.services[(m.namespace, m.name)] = m.data
             continue
         kv, bad = build_key_values(m)
         found = item.keep([*metadata_problems(m), *bad])

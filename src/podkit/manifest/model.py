@@ -103,4 +103,6 @@ class Bundle:
     pods: list[Pod] = field(default_factory=list)
     config_maps: dict[tuple[str, str], KeyValueObject] = field(default_factory=dict)  # (ns, name)
     secrets: dict[tuple[str, str], KeyValueObject] = field(default_factory=dict)
+    # Services, as given: the service environment variables of pods in their namespace.
+    services: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

@@ -32,6 +32,7 @@ _SCHEMA_FILES = {
     "Secret": "secret-v1.json",
     "Namespace": "namespace-v1.json",
     "ServiceAccount": "serviceaccount-v1.json",
+    "Service": "service-v1.json",
 }
 _STRICT_DIR = re.compile(r"v(\d+)\.(\d+)\.(\d+)-local-strict\Z")
 

@@ -112,6 +112,8 @@ SUPPORTED_POD_FIELDS: tuple[str, ...] = (
     "spec.shareProcessNamespace",
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
+    "spec.subdomain",  # with podkit serve's DNS: <hostname>.<subdomain>.<ns>.svc
+    "spec.enableServiceLinks",
     "spec.hostAliases",
     "spec.dnsPolicy",
     "spec.dnsConfig",
@@ -127,7 +129,6 @@ SUPPORTED_POD_FIELDS: tuple[str, ...] = (
 # do; generators (`kubectl run --dry-run -o yaml`, `kubectl get -o yaml`) write them everywhere.
 DEFAULT_VALUES: dict[str, Any] = {
     "spec.dnsPolicy": "ClusterFirst",
-    "spec.enableServiceLinks": True,
     "spec.schedulerName": "default-scheduler",
     "spec.priority": 0,
     "spec.preemptionPolicy": "PreemptLowerPriority",

@@ -281,19 +281,29 @@ def register(rest: Rest, address: str, cluster_ip: str) -> None:
            "metadata": {"name": "kube-dns", "namespace": "kube-system",
                         "labels": {"k8s-app": "kube-dns"}},
            "spec": {"clusterIP": cluster_ip, "ports": ports}}  # fmt: skip
+    register_endpoint(rest, svc, address, [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")])
+
+
+def register_endpoint(
+    rest: Rest, svc: Obj, address: str, ports: list[tuple[str, int, str]]
+) -> None:
+    """A Service of serve's own (no selector) and the EndpointSlice that names serve as its
+    endpoint, made again at each start (the address may have changed)."""
+    meta = svc["metadata"]
+    ns, name = meta["namespace"], meta["name"]
     try:
-        current = rest.get(SERVICE, "kube-system", "kube-dns")
+        current = rest.get(SERVICE, ns, name)
     except ApiError:
-        current = rest.create(SERVICE, "kube-system", svc)
+        current = rest.create(SERVICE, ns, svc)
     endpoint = {"addresses": [address], "conditions": {"ready": True}}
     slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-              "metadata": {"name": "kube-dns-podkit", "namespace": "kube-system",
-                           "labels": {SERVICE_NAME: "kube-dns",
+              "metadata": {"name": f"{name}-podkit", "namespace": ns,
+                           "labels": {SERVICE_NAME: name,
                                       "endpointslice.kubernetes.io/managed-by": "podkit-serve"},
                            "ownerReferences": [owner_ref(current)]},
               "addressType": "IPv4", "endpoints": [endpoint],
-              "ports": [{"name": p["name"], "port": 53, "protocol": p["protocol"]}
-                        for p in ports]}  # fmt: skip
+              "ports": [{"name": n, "port": p, "protocol": proto}
+                        for n, p, proto in ports]}  # fmt: skip
     with contextlib.suppress(ApiError):
-        rest.delete(ENDPOINT_SLICE, "kube-system", "kube-dns-podkit")
-    rest.create(ENDPOINT_SLICE, "kube-system", slice_)
+        rest.delete(ENDPOINT_SLICE, ns, f"{name}-podkit")
+    rest.create(ENDPOINT_SLICE, ns, slice_)

@@ -10,6 +10,7 @@ from podkit.manifest.model import Bundle, Container, Pod
 from podkit.oci.image_process import process_args
 from podkit.oci.manifest import ImageConfig
 from podkit.runtime import env as envmod
+from podkit.runtime import service_env
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -38,7 +39,9 @@ def environment(
         injected["PYTHONPATH"] = catalog.BUILTIN_PYTHONPATH  # where the image's code lives
     injected.update(image_env or {})
     extra = {"status.podIP": pod_ip, "status.hostIP": "127.0.0.1"}
-    return {**injected, **envmod.resolve_env(pod, c, bundle, extra)}
+    links = (pod.raw.get("spec") or {}).get("enableServiceLinks", True) is not False
+    services = service_env.service_env(bundle.services, pod.namespace, links)
+    return {**injected, **envmod.resolve_env(pod, c, bundle, extra, services)}
 
 
 def argv(c: Container, env: dict[str, str], image: catalog.Image | ImageConfig) -> list[str]:

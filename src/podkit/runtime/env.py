@@ -28,15 +28,20 @@ class ResolveError(Exception):
 
 
 def resolve_env(
-    pod: Pod, container: Container, bundle: Bundle, extra: dict[str, str] | None = None
+    pod: Pod,
+    container: Container,
+    bundle: Bundle,
+    extra: dict[str, str] | None = None,
+    base: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The container's declared environment (envFrom, then env), with Kubernetes' semantics.
+    """The container's declared environment (envFrom, then env), with Kubernetes' semantics,
+    over `base` (the Services' variables: $(VAR) sees them, the declared ones win).
 
     extra carries what only the runtime knows: "status.podIP", "status.hostIP" (default
     127.0.0.1) and optionally "status.podIPs", "status.hostIPs" (comma separated).
     """
     status = {"status.podIP": DEFAULT_IP, "status.hostIP": DEFAULT_IP, **(extra or {})}
-    env: dict[str, str] = {}
+    env: dict[str, str] = dict(base or {})
     for source in container.env_from:
         env.update(_from_source(pod, source, bundle))
     for var in container.env:

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from podkit import __version__
-from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET
+from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET, SERVICE
 from podkit.api.rest import Rest, now
 from podkit.api.status import ApiError
 from podkit.manifest.references import Reference, references
@@ -76,7 +76,8 @@ class NodeAgent:
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.rest.store.subscribe(self.rest.prefix(POD, None))
         configs = [
-            self.rest.store.subscribe(self.rest.prefix(k, None)) for k in (CONFIGMAP, SECRET)
+            self.rest.store.subscribe(self.rest.prefix(k, None))
+            for k in (CONFIGMAP, SECRET, SERVICE)
         ]
         self._register()
         try:
@@ -146,6 +147,14 @@ class NodeAgent:
         follow, as the kubelet's sync updates them), and pods held for it may start."""
         meta = obj["metadata"]
         ref = (obj.get("kind", ""), meta["name"])
+        if ref[0] == "Service":  # its variables, for the containers started from now on
+            ns = meta.get("namespace")
+            for pod in list(self.pods.values()):
+                if pod.namespace == ns or (ns, ref[1]) == ("default", "kubernetes"):
+                    with contextlib.suppress(ApiError):
+                        current = self.rest.get(POD, pod.namespace, pod.name)
+                        self._hand_over(pod, current, force=True)
+            return
         for pod in list(self.pods.values()):
             if pod.namespace == meta.get("namespace") and ref in pod.refs:
                 with contextlib.suppress(ApiError):
@@ -195,6 +204,11 @@ class NodeAgent:
             with contextlib.suppress(ApiError):  # missing: the supervisor says what it lacks
                 obj = self.rest.get(_CONFIG_KINDS[kind], meta["namespace"], name)
                 docs.append(_without_server_fields(obj))
+        services, _ = self.rest.list_objects(SERVICE, meta["namespace"])
+        if meta["namespace"] != "default":  # the `kubernetes` Service's variables, for all
+            with contextlib.suppress(ApiError):
+                services.append(self.rest.get(SERVICE, "default", "kubernetes"))
+        docs += [_without_server_fields(s) for s in services]
         if sup is not None:
             sup.refs = frozenset(refs)
         text = yaml.safe_dump_all(docs, sort_keys=False)

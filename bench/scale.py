@@ -1,0 +1,146 @@
+"""podkit serve's workloads against issue 18's targets, in one run (as root):
+
+1. The seed pod (simple-webapp + log-agent) as a Deployment, scaled 0 -> 20 with the real
+   kubectl: the time until all 20 are Ready, and podkit's own memory per pod (PSS of each
+   pod's supervisor and sandbox processes, shared pages counted once; not the containers).
+2. Requests/s and p99 with wrk (10 s each) through a Service's cluster IP against straight to
+   the pod IP of its one endpoint: the cost of kube-proxy's nftables DNAT, done by the kernel.
+
+No cluster can run here side by side; the ClusterIP/direct ratio is the comparison.
+Targets: 20 Ready < 10 s, < 15 MB per pod, ClusterIP >= 0.95x direct.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "api")]
+
+from serve_harness import Served, start  # noqa: E402
+
+PODS = int(os.environ.get("PODS", "20"))
+SEED = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: seed}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: seed}}
+  template:
+    metadata: {labels: {app: seed}}
+    spec:
+      containers:
+      - {name: simple-webapp, image: simple-webapp, ports: [{containerPort: 8080}]}
+      - {name: log-agent, image: log-agent}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      containers:
+      - {name: web, image: simple-webapp, env: [{name: LOG_AGENT_ADDR, value: "off"}],
+         ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: solo}
+spec: {selector: {app: solo}, ports: [{port: 80, targetPort: 8080}]}
+"""
+
+
+def kubectl(served: Served, *args: str) -> str:
+    got = served.kubectl(*args)
+    if got.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)}: {got.stderr}")
+    return got.stdout
+
+
+def scale_up(served: Served) -> float:
+    t0 = time.monotonic()
+    kubectl(served, "scale", "deployment/seed", f"--replicas={PODS}")
+    kubectl(served, "rollout", "status", "deployment/seed", "--timeout=120s")
+    return time.monotonic() - t0
+
+
+def supervisor_pss_mb(served: Served) -> float:
+    total = 0
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    for line in ps.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if f"run {served.state}/serve/pods/" not in args:
+            continue
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
+    return total / 1024
+
+
+def wrk(url: str) -> tuple[float, float]:
+    """(requests/s, p99 ms) of 10 s of wrk."""
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", "-d10s", "--latency", url], capture_output=True, text=True
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("bench/scale.py: cluster IPs need root")
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        served = start(Path(tmp_dir))
+        try:
+            applied = served.kubectl("apply", "-f", "-", stdin=SEED)
+            if applied.returncode != 0:
+                raise SystemExit(applied.stderr)
+            kubectl(served, "rollout", "status", "deployment/solo", "--timeout=60s")
+            ready_s = scale_up(served)
+            time.sleep(3)  # a quiet interval: memory after the start-up work
+            per_pod = supervisor_pss_mb(served) / PODS
+            pod_ip = json.loads(kubectl(served, "get", "pods", "-l", "app=solo", "-o", "json"))[
+                "items"][0]["status"]["podIP"]  # fmt: skip
+            cluster_ip = json.loads(kubectl(served, "get", "svc", "solo", "-o", "json"))["spec"][
+                "clusterIP"]  # fmt: skip
+            direct = wrk(f"http://{pod_ip}:8080/healthz")
+            through = wrk(f"http://{cluster_ip}/healthz")
+        finally:
+            served.stop()
+    figures = {
+        "pods": PODS,
+        "scale_to_ready_s": round(ready_s, 2),
+        "podkit_mb_per_pod": round(per_pod, 1),
+        "direct_rps": round(direct[0]),
+        "direct_p99_ms": round(direct[1], 2),
+        "cluster_ip_rps": round(through[0]),
+        "cluster_ip_p99_ms": round(through[1], 2),
+        "cluster_ip_ratio": round(through[0] / direct[0], 2),
+    }
+    print(
+        f"scale 0 -> {PODS}: all Ready in {figures['scale_to_ready_s']} s (target < 10); "
+        f"podkit's own memory {figures['podkit_mb_per_pod']} MB per pod (target < 15); "
+        f"through the cluster IP {figures['cluster_ip_rps']} req/s, p99 "
+        f"{figures['cluster_ip_p99_ms']} ms, against {figures['direct_rps']} req/s, p99 "
+        f"{figures['direct_p99_ms']} ms straight to the pod: ratio "
+        f"{figures['cluster_ip_ratio']} (target >= 0.95)"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
