@@ -17,6 +17,7 @@ import sys
 import termios
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,18 @@ class Served:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(15)
+
+
+@contextlib.contextmanager
+def serving(base: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """start(), then its stop, and no pod supervisor of it left behind."""
+    served = start(base, *args, env=env)
+    try:
+        yield served
+    finally:
+        if served.proc.poll() is None:
+            served.stop()
+        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {served.state}"], capture_output=True)
 
 
 def start(base: Path, *args: str, env: dict[str, str] | None = None) -> Served:

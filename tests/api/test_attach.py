@@ -10,19 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_harness import KUBECTL, Served, Terminal, start
+from serve_harness import KUBECTL, Served, Terminal, serving
 
 from podkit_harness import PODKIT_ENV, wait_for
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start(tmp_path_factory.mktemp("attach"), env=PODKIT_ENV)
-    try:
+    with serving(tmp_path_factory.mktemp("attach"), env=PODKIT_ENV) as s:
         yield s
-    finally:
-        s.stop()
-        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
 
 
 def test_kubectl_run_it_gives_a_terminal_and_rm_removes_the_pod(served: Served) -> None:

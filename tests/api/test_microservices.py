@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from serve_harness import Served, start
+from serve_harness import Served, serving
 
 from podkit_harness import REPO, http_get, wait_for
 
@@ -22,16 +22,12 @@ EXAMPLE = REPO / "examples" / "microservices.yaml"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start(tmp_path_factory.mktemp("microservices"))
-    try:
+    with serving(tmp_path_factory.mktemp("microservices")) as s:
         assert s.kubectl("apply", "-f", str(EXAMPLE)).returncode == 0
         for name in ("webapp", "catalog"):
             done = s.kubectl("rollout", "status", f"deployment/{name}", "--timeout=90s")
             assert done.returncode == 0, done.stdout + done.stderr
         yield s
-    finally:
-        s.stop()
-        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
 
 
 def catalog_answering(url: str) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_harness import Served, Terminal, start
+from serve_harness import Served, Terminal, serving, start
 
 from podkit_harness import REPO, http_get, wait_for
 
@@ -24,13 +24,8 @@ SEED = REPO / "examples" / "pod-definition.yaml"
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    s = start(tmp_path)
-    try:
+    with serving(tmp_path) as s:
         yield s
-    finally:
-        if s.proc.poll() is None:
-            s.stop()
-        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
 
 
 def supervisors(served: Served) -> list[int]:

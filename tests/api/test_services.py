@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from serve_harness import Served, start
+from serve_harness import Served, serving
 
 from podkit_harness import PODKIT_ENV, free_port, http_get, wait_for
 
@@ -68,16 +68,12 @@ def upstream() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("services")
-    s = start(base, "--dns-upstream", f"127.0.0.1:{upstream}", env=PODKIT_ENV)
-    try:
+    with serving(base, "--dns-upstream", f"127.0.0.1:{upstream}", env=PODKIT_ENV) as s:
         applied = s.kubectl("apply", "-f", "-", stdin=WEB)
         assert applied.returncode == 0, applied.stderr
         done = s.kubectl("rollout", "status", "deployment/web", "--timeout=60s")
         assert done.returncode == 0, done.stderr
         yield s
-    finally:
-        s.stop()
-        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
 
 
 def service(served: Served, name: str = "web") -> dict:  # type: ignore[type-arg]

@@ -6,11 +6,10 @@ Containers run host programs (tests/host-images.yaml)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-from serve_harness import Served, start
+from serve_harness import Served, serving
 
 from podkit_harness import PODKIT_ENV, wait_for
 
@@ -42,12 +41,8 @@ def app(name: str, replicas: int = 3, image: str = "busybox", strategy: str = "{
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    s = start(tmp_path_factory.mktemp("workloads"), env=PODKIT_ENV)
-    try:
+    with serving(tmp_path_factory.mktemp("workloads"), env=PODKIT_ENV) as s:
         yield s
-    finally:
-        s.stop()
-        subprocess.run(["pkill", "-KILL", "-f", f"--state-dir {s.state}"], capture_output=True)
 
 
 def get(served: Served, *what: str) -> dict:  # type: ignore[type-arg]
@@ -80,7 +75,9 @@ def test_a_deployment_runs_its_replicas_and_keeps_them(served: Served) -> None:
     assert rs["metadata"]["name"] == f"web-{hash_}"
     assert rs["metadata"]["ownerReferences"][0]["uid"] == deployment["metadata"]["uid"]
     running = pods(served, "web")
-    assert len(running) == 3
+    assert len(running) == 3, [
+        (p["metadata"]["name"], p["status"].get("phase"), p["metadata"].get("ownerReferences"),
+         served.kubectl("get", "events").stdout) for p in running]  # fmt: skip
     for p in running:
         assert p["metadata"]["name"].startswith(f"web-{hash_}-")
         assert p["metadata"]["ownerReferences"][0]["name"] == rs["metadata"]["name"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 
 from podkit.api.kinds import DEPLOYMENT, POD, REPLICASET, Kind, Obj
+from podkit.api.rest import MERGE
 from podkit.api.status import ApiError
 from podkit.controllers import replicas, rollout
 from podkit.controllers.loop import Controller, Key, utcnow
-
-MERGE = "application/merge-patch+json"
 
 
 class DeploymentController(Controller):
@@ -46,10 +45,10 @@ class DeploymentController(Controller):
             return None
         sets, released = replicas.claim(d, self.rest.list_objects(REPLICASET, ns)[0])
         for rs in released:
-            self._owner(rs, None)
+            self.set_controller(REPLICASET, rs, None)
         for rs in sets:
             if replicas.controller_of(rs) is None:
-                self._owner(rs, replicas.owner_ref(d))
+                self.set_controller(REPLICASET, rs, replicas.owner_ref(d))
         if "deletionTimestamp" in d["metadata"]:
             return self._status(d, sets, rollout.find_new(d, sets))
         new = rollout.find_new(d, sets)
@@ -178,15 +177,6 @@ class DeploymentController(Controller):
         meta = d["metadata"]
         patch = {"metadata": {"annotations": {rollout.REVISION: str(revision)}}}
         self.rest.patch(DEPLOYMENT, meta["namespace"], meta["name"], MERGE, patch)
-
-    def _owner(self, rs: Obj, ref: Obj | None) -> None:
-        meta = rs["metadata"]
-        others = [r for r in meta.get("ownerReferences") or [] if not r.get("controller")]
-        refs = others + ([ref] if ref is not None else [])
-        patch = {"metadata": {"ownerReferences": refs or None,
-                              "resourceVersion": meta["resourceVersion"]}}  # fmt: skip
-        with contextlib.suppress(ApiError):
-            self.rest.patch(REPLICASET, meta["namespace"], meta["name"], MERGE, patch)
 
     def _status(self, d: Obj, sets: list[Obj], new: Obj | None) -> float | None:
         meta = d["metadata"]

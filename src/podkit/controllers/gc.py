@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 
 from podkit.api.kinds import KINDS, Kind, Obj
+from podkit.api.rest import MERGE
 from podkit.api.status import ApiError
 from podkit.controllers.loop import Controller, Key
 
-MERGE = "application/merge-patch+json"
 FOREGROUND, ORPHAN = "foregroundDeletion", "orphan"
 _BY_KIND = {(k.api_version, k.kind): k for k in KINDS if not k.view}
 
@@ -57,7 +57,7 @@ class GarbageCollector(Controller):
                 if "deletionTimestamp" not in meta:
                     self.rest.delete(kind, meta["namespace"], meta["name"])
             else:
-                self._set_refs(kind, obj, kept)
+                self.set_refs(kind, obj, kept)
 
     def _owner_going(self, kind: Kind, owner: Obj, found: list[tuple[Kind, Obj]]) -> None:
         uid = owner["metadata"]["uid"]
@@ -70,7 +70,7 @@ class GarbageCollector(Controller):
             for k, o in dependents:
                 refs = [r for r in o["metadata"]["ownerReferences"] if r.get("uid") != uid]
                 with contextlib.suppress(ApiError):
-                    self._set_refs(k, o, refs)
+                    self.set_refs(k, o, refs)
             self._drop_finalizer(kind, owner, ORPHAN)
             return
         blocking = 0
@@ -83,12 +83,6 @@ class GarbageCollector(Controller):
                     self.rest.delete(k, meta["namespace"], meta["name"], propagation="Foreground")
         if not blocking:
             self._drop_finalizer(kind, owner, FOREGROUND)
-
-    def _set_refs(self, kind: Kind, obj: Obj, refs: list[Obj]) -> None:
-        meta = obj["metadata"]
-        patch = {"metadata": {"ownerReferences": refs or None,
-                              "resourceVersion": meta["resourceVersion"]}}  # fmt: skip
-        self.rest.patch(kind, meta["namespace"], meta["name"], MERGE, patch)
 
     def _drop_finalizer(self, kind: Kind, obj: Obj, finalizer: str) -> None:
         meta = obj["metadata"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 
 from podkit.api.kinds import JOB, POD, Kind, Obj
+from podkit.api.rest import MERGE
 from podkit.api.status import ApiError
 from podkit.controllers import jobs, replicas
 from podkit.controllers.loop import Controller, Key, utcnow
-
-MERGE = "application/merge-patch+json"
 
 
 class JobController(Controller):

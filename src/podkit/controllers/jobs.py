@@ -12,7 +12,8 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from podkit.controllers.replicas import deletion_order, owner_ref, ready_since, when
+from podkit.controllers import replicas
+from podkit.controllers.replicas import deletion_order, ready_since, when
 
 Obj = dict[str, Any]
 TRACKING = "batch.kubernetes.io/job-tracking"
@@ -25,16 +26,8 @@ def finished(pod: Obj) -> str | None:
 
 
 def new_pod(job: Obj) -> Obj:
-    template = copy.deepcopy((job.get("spec") or {}).get("template") or {})
-    meta = template.get("metadata") or {}
-    meta.pop("name", None)
-    meta.update(
-        generateName=f"{job['metadata']['name']}-",
-        namespace=job["metadata"]["namespace"],
-        ownerReferences=[owner_ref(job)],
-        finalizers=[TRACKING],
-    )
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec")}
+    """A pod of the Job's template, held by the tracking finalizer until it is counted."""
+    return replicas.new_pod(job, (TRACKING,))
 
 
 def _condition(kind: str, reason: str, message: str, stamp: str) -> Obj:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from podkit.api.kinds import EVENT, Kind, Obj
-from podkit.api.rest import Rest, now
+from podkit.api.rest import MERGE, Rest, now
 from podkit.api.status import ApiError
 from podkit.store.objects import Event
 
@@ -83,9 +83,36 @@ class Controller:
 
     # --- helpers -------------------------------------------------------------------------
 
+    def set_refs(self, kind: Kind, obj: Obj, refs: list[Obj]) -> None:
+        """The object's ownerReferences, written if it has not changed meanwhile."""
+        meta = obj["metadata"]
+        patch = {"metadata": {"ownerReferences": refs or None,
+                              "resourceVersion": meta["resourceVersion"]}}  # fmt: skip
+        self.rest.patch(kind, meta["namespace"], meta["name"], MERGE, patch)
+
+    def set_controller(self, kind: Kind, obj: Obj, ref: Obj | None) -> None:
+        """Adopt (a controller reference to `ref`'s owner) or release (None) an object; its
+        other owners stay. A race with another write is left to the next sync."""
+        others = [
+            r for r in obj["metadata"].get("ownerReferences") or [] if not r.get("controller")
+        ]
+        with contextlib.suppress(ApiError):
+            self.set_refs(kind, obj, others + ([ref] if ref is not None else []))
+
     def record(self, obj: Obj, type_: str, reason: str, message: str) -> None:
         """An Event about `obj`, from this controller, as `kubectl describe` shows them."""
         record_event(self.rest, obj, type_, reason, message, self.name)
+
+
+class Singleton(Controller):
+    """A controller of the whole state at once (the proxy's rules, the DNS records): every
+    change asks for its one key."""
+
+    def keys(self, kind: Kind, obj: Obj) -> list[Key]:
+        return [("", "")]
+
+    def all_keys(self) -> list[Key]:
+        return [("", "")]
 
 
 def record_event(

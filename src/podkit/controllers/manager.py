@@ -28,6 +28,7 @@ async def run(rest: Rest, stop: asyncio.Event, state_dir: Path, say: Callable[[s
     proxy = None
     why = service_proxy.why_not()
     if why is None:
+        service_proxy.claim(state_dir)
         proxy = service_proxy.ServiceProxy(rest, state_dir)
         controllers.append(proxy)
     else:

@@ -86,16 +86,17 @@ def claim(owner: Obj, objects: list[Obj]) -> tuple[list[Obj], list[Obj]]:
     return mine, released
 
 
-def new_pod(rs: Obj) -> Obj:
-    """A pod of the ReplicaSet's template: named `<rs>-<random>`, labelled as the template
-    says, controlled by the ReplicaSet."""
-    template = copy.deepcopy((rs.get("spec") or {}).get("template") or {})
+def new_pod(owner: Obj, finalizers: tuple[str, ...] = ()) -> Obj:
+    """A pod of the owner's template (a ReplicaSet's, a Job's): named `<owner>-<random>`,
+    labelled as the template says, controlled by the owner."""
+    template = copy.deepcopy((owner.get("spec") or {}).get("template") or {})
     meta = template.get("metadata") or {}
     meta.pop("name", None)
     meta.update(
-        generateName=f"{rs['metadata']['name']}-",
-        namespace=rs["metadata"]["namespace"],
-        ownerReferences=[owner_ref(rs)],
+        generateName=f"{owner['metadata']['name']}-",
+        namespace=owner["metadata"]["namespace"],
+        ownerReferences=[owner_ref(owner)],
+        **({"finalizers": list(finalizers)} if finalizers else {}),
     )
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec")}
 

@@ -11,8 +11,6 @@ from podkit.api.status import ApiError
 from podkit.controllers import replicas
 from podkit.controllers.loop import Controller, Key, utcnow
 
-MERGE = "application/merge-patch+json"
-
 
 class ReplicaSetController(Controller):
     name = "replicaset-controller"
@@ -38,10 +36,10 @@ class ReplicaSetController(Controller):
         pods, _ = self.rest.list_objects(POD, ns)
         mine, released = replicas.claim(rs, pods)
         for pod in released:
-            self._set_owner(pod, None)
+            self.set_controller(POD, pod, None)
         for pod in mine:
             if replicas.controller_of(pod) is None:
-                self._set_owner(pod, replicas.owner_ref(rs))
+                self.set_controller(POD, pod, replicas.owner_ref(rs))
         if "deletionTimestamp" not in rs["metadata"]:
             self._scale(rs, mine)
         now = utcnow()
@@ -69,13 +67,3 @@ class ReplicaSetController(Controller):
                     self.rest.delete(POD, ns, pod["metadata"]["name"])
                     self.record(rs, "Normal", "SuccessfulDelete",
                                 f"Deleted pod: {pod['metadata']['name']}")  # fmt: skip
-
-    def _set_owner(self, pod: Obj, ref: Obj | None) -> None:
-        """Adopt (a controller reference to the ReplicaSet) or release (none) a pod."""
-        meta = pod["metadata"]
-        others = [r for r in meta.get("ownerReferences") or [] if not r.get("controller")]
-        refs = others + ([ref] if ref is not None else [])
-        patch = {"metadata": {"ownerReferences": refs or None,
-                              "resourceVersion": meta["resourceVersion"]}}  # fmt: skip
-        with contextlib.suppress(ApiError):
-            self.rest.patch(POD, meta["namespace"], meta["name"], MERGE, patch)

@@ -33,10 +33,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from podkit.api.kinds import ENDPOINT_SLICE, SERVICE, Kind
+from podkit.api.kinds import ENDPOINT_SLICE, SERVICE
 from podkit.api.rest import Rest
 from podkit.api.status import ApiError
-from podkit.controllers.loop import Controller, Key
+from podkit.controllers.loop import Key, Singleton
 from podkit.controllers.replicas import owner_ref
 
 Obj = dict[str, Any]
@@ -249,7 +249,7 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(out, addr)
 
 
-class DnsRecords(Controller):
+class DnsRecords(Singleton):
     """Keeps the DNS server's records in step with Services and EndpointSlices."""
 
     name = "cluster-dns"
@@ -258,12 +258,6 @@ class DnsRecords(Controller):
     def __init__(self, rest: Rest, server: ClusterDns) -> None:
         super().__init__(rest)
         self.server = server
-
-    def keys(self, kind: Kind, obj: Obj) -> list[Key]:
-        return [("", "")]
-
-    def all_keys(self) -> list[Key]:
-        return [("", "")]
 
     def sync(self, key: Key) -> float | None:
         services, _ = self.rest.list_objects(SERVICE, None)

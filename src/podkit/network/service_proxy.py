@@ -16,10 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from podkit.api.kinds import ENDPOINT_SLICE, SERVICE, Kind, Obj
+from podkit.api.kinds import ENDPOINT_SLICE, SERVICE
 from podkit.api.rest import Rest
-from podkit.controllers.loop import Controller, Key
+from podkit.controllers.loop import Key, Singleton
 from podkit.network import service_rules
+from podkit.runtime import statedir
 
 NODE_PORT_ADDRESS = "127.0.0.1"
 
@@ -38,13 +39,32 @@ def why_not() -> str | None:
     return None
 
 
+OWNERS = Path("/run/podkit/service-tables")  # table name -> the serve that writes it
+
+
 def remove(state_dir: Path) -> None:
     if why_not() is None:
-        subprocess.run(["nft", "delete", "table", "ip", table_name(state_dir)],
-                       capture_output=True, check=False)  # fmt: skip
+        _delete(table_name(state_dir))
 
 
-class ServiceProxy(Controller):
+def _delete(table: str) -> None:
+    subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True, check=False)
+    (OWNERS / table).unlink(missing_ok=True)
+
+
+def claim(state_dir: Path) -> None:
+    """Note this serve as its table's writer, and delete the tables of serves that died
+    without removing theirs (a kill -9): their rules would catch the same cluster IPs."""
+    OWNERS.mkdir(parents=True, exist_ok=True)
+    mine = table_name(state_dir)
+    for owned in OWNERS.iterdir():
+        with contextlib.suppress(OSError):  # another serve's, deleted meanwhile
+            if owned.name != mine and not statedir.owner_alive(owned.read_text()):
+                _delete(owned.name)
+    (OWNERS / mine).write_text(statedir.owner_record())
+
+
+class ServiceProxy(Singleton):
     name = "service-proxy"
     watches = (SERVICE, ENDPOINT_SLICE)
 
@@ -54,12 +74,6 @@ class ServiceProxy(Controller):
         self.written = ""
         self.listeners: dict[int, asyncio.Server] = {}
         self.targets: dict[int, tuple[str, int, str]] = {}
-
-    def keys(self, kind: Kind, obj: Obj) -> list[Key]:
-        return [("", "")]
-
-    def all_keys(self) -> list[Key]:
-        return [("", "")]
 
     def sync(self, key: Key) -> float | None:
         services, _ = self.rest.list_objects(SERVICE, None)
