@@ -492,10 +492,12 @@ def test_lists_come_in_pages_and_collections_delete_by_selector(served: Served) 
         token = got.metadata._continue
         if not token:
             break
-        assert got.metadata.remaining_item_count == 7 - len(names)
-    assert (pages, names) == (3, [f"p{i}" for i in range(7)])
+        assert got.metadata.remaining_item_count == 8 - len(names)
+    # Every namespace has its kube-root-ca.crt, as in a cluster (the service accounts' CA).
+    every = ["kube-root-ca.crt", *(f"p{i}" for i in range(7))]
+    assert (pages, names) == (3, every)
     chunked = served.kubectl("get", "cm", "-n", "paged", "--chunk-size=2", "-o", "name")
-    assert chunked.stdout.split() == [f"configmap/p{i}" for i in range(7)]
+    assert chunked.stdout.split() == [f"configmap/{name}" for name in every]
     api.delete_collection_namespaced_config_map("paged", label_selector="batch=odd")
     left = [o.metadata.name for o in api.list_namespaced_config_map("paged").items]
-    assert left == ["p0", "p2", "p4", "p6"]
+    assert left == ["kube-root-ca.crt", "p0", "p2", "p4", "p6"]

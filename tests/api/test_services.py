@@ -271,3 +271,52 @@ def test_pods_learn_services_from_their_environment(served: Served) -> None:
     got = served.kubectl("exec", "linked", "--", "curl", "-sk", "-m", "3",
                          "https://kubernetes.default.svc/version")  # fmt: skip
     assert json.loads(got.stdout)["gitVersion"] == "v1.37.0", got.stderr
+
+
+IN_CLUSTER = """apiVersion: v1
+kind: Pod
+metadata: {{name: in-cluster}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: x
+    command:
+    - {python}
+    - -c
+    - |
+      from kubernetes import client, config
+      config.load_incluster_config()  # the pod's token, ca.crt and KUBERNETES_SERVICE_*
+      api = client.CoreV1Api()
+      mine = api.list_namespaced_pod("default").items
+      print("pods", " ".join(sorted(p.metadata.name for p in mine)))
+      made = {{"metadata": {{"name": "x"}}}}
+      for name, call in (
+          ("create", lambda: api.create_namespaced_config_map("default", made)),
+          ("elsewhere", lambda: api.list_namespaced_pod("kube-system")),
+      ):
+          try:
+              call()
+              print(name, "allowed")
+          except client.ApiException as exc:
+              print(name, exc.status, exc.reason)
+"""
+
+
+def test_an_in_cluster_client_reads_its_namespace_and_may_not_write(served: Served) -> None:
+    import sys
+
+    pod = IN_CLUSTER.format(python=sys.executable)  # the official client, from the venv
+    assert served.kubectl("apply", "-f", "-", stdin=pod).returncode == 0
+
+    def finished() -> str | None:
+        got = served.kubectl("get", "pod", "in-cluster", "-o", "jsonpath={.status.phase}")
+        return got.stdout if got.stdout in ("Succeeded", "Failed") else None
+
+    assert wait_for("the client done", finished, 30) == "Succeeded"
+    lines = served.kubectl("logs", "in-cluster").stdout.splitlines()
+    assert lines[0].startswith("pods ") and "in-cluster" in lines[0].split()
+    assert lines[1:] == ["create 403 Forbidden", "elsewhere 403 Forbidden"]
+    volumes = json.loads(served.kubectl("get", "pod", "in-cluster", "-o", "json").stdout)
+    sources = volumes["spec"]["volumes"][0]["projected"]["sources"]
+    assert sources[0] == {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}

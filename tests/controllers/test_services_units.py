@@ -3,6 +3,8 @@ and the nftables ruleset kube-proxy's nftables mode would write."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from podkit.api import services
 from podkit.controllers.endpoints import endpoints
 from podkit.network import service_rules
@@ -137,3 +139,25 @@ def test_service_environment_variables_as_the_kubelet_writes_them() -> None:
     assert set(service_env(found, "ns", enable_links=False)) == {
         k for k in env if k.startswith("KUBERNETES_")
     }
+
+
+def test_bound_tokens_and_what_a_service_account_may_do(tmp_path: Path) -> None:
+    from podkit.api import service_accounts, tokens
+
+    signer = tokens.Signer(tmp_path / "sa.key")
+    who = tokens.Identity("team", "default", "web-1", "uid-1")
+    token = signer.issue(who, "sa-uid")
+    assert signer.check(token) == who
+    assert tokens.Signer(tmp_path / "sa.key").check(token) == who  # the key is kept
+    assert tokens.Signer(tmp_path / "other.key").check(token) is None  # another serve's
+    assert signer.check(signer.issue(who, "sa-uid", lifetime=-5)) is None  # expired
+    assert not service_accounts.forbidden("list", "team", "team", writes=False)
+    assert service_accounts.forbidden("create", "team", "team", writes=False)
+    assert not service_accounts.forbidden("create", "team", "team", writes=True)
+    assert service_accounts.forbidden("get", "other", "team", writes=True)
+    pod = {"spec": {"containers": [{"name": "c"}]}}
+    mounted = service_accounts.admitted(pod, None, "abcde")
+    assert mounted["spec"]["containers"][0]["volumeMounts"] == [
+        {"name": "kube-api-access-abcde", "mountPath": service_accounts.MOUNT, "readOnly": True}
+    ]
+    assert service_accounts.admitted(pod, {"automountServiceAccountToken": False}, "x") == pod

@@ -14,8 +14,18 @@ import uuid
 from typing import Any
 
 from podkit.api import patch as patches
-from podkit.api import pods, services, smp, status, workloads
-from podkit.api.kinds import KINDS, NAMESPACE, POD, SECRET, SERVICE, SERVICE_ACCOUNT, Kind, Obj
+from podkit.api import pods, service_accounts, services, smp, status, tokens, workloads
+from podkit.api.kinds import (
+    CONFIGMAP,
+    KINDS,
+    NAMESPACE,
+    POD,
+    SECRET,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    Kind,
+    Obj,
+)
 from podkit.manifest import schema
 from podkit.store import objects
 from podkit.store.objects import ObjectStore, StoreError
@@ -55,6 +65,9 @@ class Rest:
         self.warnings: list[str] = []  # of the request being handled: Warning headers
         self.dry_run = False  # the request's dryRun=All: everything but the write
         self._emptying: set[str] = set()  # namespaces whose contents are being deleted now
+        # serve's: service account tokens are signed, and pods get them (service_accounts.py)
+        self.signer: tokens.Signer | None = None
+        self.root_ca = ""  # the CA every namespace's kube-root-ca.crt ConfigMap holds
 
     # --- reads -------------------------------------------------------------------------
 
@@ -107,6 +120,10 @@ class Rest:
             meta["generation"] = 1
         if kind is POD:
             obj = pods.defaulted(obj, self.node_name, meta["creationTimestamp"])
+            if self.signer is not None:
+                account_name = obj["spec"].get("serviceAccountName", "default")
+                account = self.store.get(self.key(SERVICE_ACCOUNT, namespace, account_name))
+                obj = service_accounts.admitted(obj, account, random_suffix())
         if kind.prepare is not None:
             obj = kind.prepare(obj)
         if kind.validate is not None and (causes := kind.validate(obj, None)):
@@ -131,7 +148,19 @@ class Rest:
                        "metadata": {"name": "default", "namespace": name}}  # fmt: skip
             with contextlib.suppress(status.ApiError):
                 self.create(SERVICE_ACCOUNT, name, account)
+            self.publish_root_ca(name)
         return made
+
+    def publish_root_ca(self, namespace: str) -> None:
+        """The namespace's kube-root-ca.crt ConfigMap (the root CA publisher's), for the
+        service account volumes' ca.crt."""
+        if not self.root_ca:
+            return
+        ca = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": service_accounts.ROOT_CA, "namespace": namespace},
+              "data": {"ca.crt": self.root_ca}}  # fmt: skip
+        with contextlib.suppress(status.ApiError):
+            self.create(CONFIGMAP, namespace, ca)
 
     def replace(
         self,

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from podkit.api import kubeconfig, pki, services
+from podkit.api import kubeconfig, pki, tokens
+from podkit.api.kinds import NAMESPACE, services
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.common.userns import remove_tree
@@ -73,6 +74,7 @@ def serve(
     keep_pods: bool = False,
     history: int = HISTORY,
     dns_upstreams: list[tuple[str, int]] | None = None,
+    service_account_writes: bool = False,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     _lock(base)
@@ -93,14 +95,19 @@ def serve(
     )
     kubeconfig.write(config_path, kubeconfig.render(keys, server))
     rest = Rest(store, node_name=os.uname().nodename)
+    rest.signer = tokens.Signer(base / "pki" / "sa.key")
+    rest.root_ca = keys.ca.read_text()
     for name in SYSTEM_NAMESPACES:
         rest.ensure_namespace(name)
+    for ns in rest.list_objects(NAMESPACE, None)[0]:
+        rest.publish_root_ca(ns["metadata"]["name"])  # namespaces from before this start
     ctx = tls_context(str(keys.ca), str(keys.server_cert), str(keys.server_key))
     try:
         import uvloop
 
         agent = NodeAgent(rest, state_dir)
         api = Api(rest, state_dir=state_dir)
+        api.sa_writes = service_account_writes
         return uvloop.run(
             _run(api.app(), agent, listen, ctx, config_path, say, keep_pods, dns_upstreams)
         )

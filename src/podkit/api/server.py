@@ -30,8 +30,10 @@ from podkit.api import (
     portforward_ws,
     protobuf,
     selectors,
+    service_accounts,
     status,
     tables,
+    tokens,
     watch,
 )
 from podkit.api.kinds import BY_RESOURCE, KINDS, POD, Kind, Obj
@@ -82,6 +84,7 @@ class Api:
         self.rest = rest
         self.state_dir = state_dir  # the node's: its pods' directories (logs, exec, sandbox)
         self.require_client_cert = require_client_cert
+        self.sa_writes = False  # service accounts may write in their namespace (no RBAC yet)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth, _errors])
@@ -127,11 +130,48 @@ class Api:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        # What the apiserver lets anyone read (system:public-info-viewer).
+        """The admin's client certificate may do anything; a service account's bearer token
+        what service_accounts.forbidden allows; anyone, what the apiserver lets anyone read
+        (system:public-info-viewer)."""
         public = request.path in ("/healthz", "/readyz", "/livez", "/version")
-        if self.require_client_cert and not public and not _authenticated(request):
+        if public or not self.require_client_cert or _authenticated(request):
+            return await handler(request)
+        who = self._bearer(request)
+        if who is None:
             return _error(status.UNAUTHORIZED)
-        return await handler(request)
+        refusal = self._refused(request, who)
+        return _error(refusal) if refusal is not None else await handler(request)
+
+    def _bearer(self, request: web.Request) -> tokens.Identity | None:
+        """The service account a valid token names, while the pod it is bound to exists."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or self.rest.signer is None:
+            return None
+        who = self.rest.signer.check(token.strip())
+        if who is None:
+            return None
+        pod = self.rest.store.get(self.rest.key(POD, who.namespace, who.pod))
+        return who if pod is not None and pod["metadata"]["uid"] == who.pod_uid else None
+
+    def _refused(self, request: web.Request, who: tokens.Identity) -> status.ApiError | None:
+        info = request.match_info
+        if "resource" not in info and "name" not in info:
+            return None  # discovery and OpenAPI: what every authenticated client reads
+        resource = info.get("resource") or request.path.split("/")[-3]  # pods/NAME/log...
+        sub = info.get("subresource") or request.path.rsplit("/", 1)[-1]
+        verb = _VERBS.get(request.method, "get")
+        if request.method == "GET" and "name" not in info:
+            verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
+        if request.method == "DELETE" and "name" not in info:
+            verb = "deletecollection"
+        if sub in ("exec", "attach", "portforward"):
+            verb = "create"  # a shell in a container is a write
+        namespace = info.get("namespace", "")
+        if not service_accounts.forbidden(verb, namespace, who.namespace, self.sa_writes):
+            return None
+        group = info.get("group", "")
+        message = service_accounts.forbidden_message(who.user, verb, resource, group, namespace)
+        return status.ApiError(403, "Forbidden", message, {"kind": resource, "group": group})
 
     # --- discovery and OpenAPI --------------------------------------------------------------
 
@@ -407,6 +447,9 @@ class Api:
                 "items": items,
             }  # fmt: skip
         )
+
+
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 def _not_found() -> status.ApiError:

@@ -40,6 +40,12 @@ def add_commands(commands: Any) -> None:
         "default: the host's nameservers (/etc/resolv.conf).",
     )
     cmd.add_argument(
+        "--service-accounts-may-write",
+        action="store_true",
+        help="Let pods' service account tokens write in their own namespace (by default they "
+        "may only read there; there is no RBAC yet).",
+    )
+    cmd.add_argument(
         "--reset",
         action="store_true",
         help="Do not serve: stop every pod podkit serve started (gracefully) and remove its "
@@ -56,6 +62,7 @@ def serve(
     history: int = 10_000,
     reset: bool = False,
     dns_upstream: list[str] | None = None,
+    service_accounts_may_write: bool = False,
     state_dir: Path | None = None,
 ) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
@@ -76,7 +83,15 @@ def serve(
     try:
         if reset:
             return reset_state(state_dir or default_state_dir(), out.note)
-        return run(state_dir or default_state_dir(), where, out.note, keep_pods, history, upstreams)
+        return run(
+            state_dir or default_state_dir(),
+            where,
+            out.note,
+            keep_pods,
+            history,
+            upstreams,
+            service_accounts_may_write,
+        )
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None
     except OSError as exc:

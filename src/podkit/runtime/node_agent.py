@@ -21,12 +21,15 @@ A forced deletion (grace 0) removes the object at once; the agent then kills the
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import copy
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,8 @@ from typing import Any
 import yaml
 
 from podkit import __version__
-from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET, SERVICE
+from podkit.api import tokens
+from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET, SERVICE, SERVICE_ACCOUNT
 from podkit.api.rest import Rest, now
 from podkit.api.status import ApiError
 from podkit.manifest.references import Reference, references
@@ -44,6 +48,7 @@ from podkit.runtime.node import RELOAD_SIGNAL
 Obj = dict[str, Any]
 _CONFIG_KINDS = {CONFIGMAP.kind: CONFIGMAP, SECRET.kind: SECRET}
 TICK = 0.2  # seconds between looks at the supervisors' status files
+TOKEN_RENEW = 0.8  # of a projected token's life, when the kubelet renews it
 
 
 @dataclass
@@ -72,6 +77,7 @@ class NodeAgent:
         self.pods: dict[str, Supervised] = {}  # by uid
         self.waiting: dict[str, set[str]] = {}  # pods held for a missing object: what was said
         self.cluster_dns: tuple[str, str] | None = None  # (address, domain) for ClusterFirst
+        self.tokens: dict[str, tuple[str, float]] = {}  # pod uid -> its token, when issued
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.rest.store.subscribe(self.rest.prefix(POD, None))
@@ -198,7 +204,7 @@ class NodeAgent:
         """The supervisor's manifest: the pod and the ConfigMaps and Secrets it reads. False
         when the file already says that."""
         meta = pod["metadata"]
-        docs = [_without_server_fields(pod)]
+        docs = self._with_token(_without_server_fields(pod))
         refs = {(r.kind, r.name) for r in references(pod.get("spec") or {})}
         for kind, name in sorted(refs):
             with contextlib.suppress(ApiError):  # missing: the supervisor says what it lacks
@@ -223,6 +229,43 @@ class NodeAgent:
             f.write(text)
         tmp.replace(manifest)  # the supervisor reads the old file or the new, never half
         return True
+
+    def _with_token(self, pod: Obj) -> list[Obj]:
+        """The pod for its supervisor, and the Secret holding its service account token: each
+        serviceAccountToken projection becomes a projection of that Secret (kept in memory by
+        the supervisor, as secrets are). The token is bound to the pod and renewed at 80% of
+        its life (TOKEN_RENEW), as the kubelet renews it."""
+        pod = copy.deepcopy(pod)  # its lists are the store's object's
+        volumes = (pod.get("spec") or {}).get("volumes") or []
+        wanted = [
+            (v, i, s) for v in volumes
+            for i, s in enumerate((v.get("projected") or {}).get("sources") or [])
+            if "serviceAccountToken" in s
+        ]  # fmt: skip
+        if not wanted or self.rest.signer is None:
+            return [pod]
+        meta = pod["metadata"]
+        held = self.tokens.get(meta["uid"])
+        if held is None or time.time() - held[1] > TOKEN_RENEW * tokens.LIFETIME:
+            account_name = pod["spec"].get("serviceAccountName", "default")
+            try:
+                account_uid = self.rest.get(SERVICE_ACCOUNT, meta["namespace"], account_name)[
+                    "metadata"]["uid"]  # fmt: skip
+            except ApiError:
+                account_uid = ""
+            who = tokens.Identity(meta["namespace"], account_name, meta["name"], meta["uid"])
+            held = (self.rest.signer.issue(who, account_uid), time.time())
+            self.tokens[meta["uid"]] = held
+        name = f"{meta['name']}-podkit-token"
+        for volume, i, source in wanted:
+            path = source["serviceAccountToken"].get("path", "token")
+            volume["projected"]["sources"][i] = {
+                "secret": {"name": name, "items": [{"key": "token", "path": path}]}
+            }
+        secret = {"apiVersion": "v1", "kind": "Secret",
+                  "metadata": {"name": name, "namespace": meta["namespace"]},
+                  "data": {"token": base64.b64encode(held[0].encode()).decode()}}  # fmt: skip
+        return [pod, secret]
 
     def _start(self, pod: Obj) -> Supervised | None:
         meta = pod["metadata"]
@@ -324,7 +367,14 @@ class NodeAgent:
                 self._copy_status(pod)  # what it wrote last
                 self._copy_events(pod)
                 del self.pods[uid]
+                self.tokens.pop(uid, None)
                 self._exited(pod)
+            elif time.time() - self.tokens.get(uid, ("", time.time()))[1] > (
+                TOKEN_RENEW * tokens.LIFETIME
+            ):  # its token is due for renewal
+                with contextlib.suppress(ApiError):
+                    current = self.rest.get(POD, pod.namespace, pod.name)
+                    self._hand_over(pod, current, force=True)
 
     def _copy_events(self, pod: Supervised) -> None:
         """The supervisor's events (events.json, append-only) as Event objects, named
