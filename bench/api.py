@@ -33,6 +33,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "api")]
 
 from serve_harness import Served, start  # noqa: E402
 
+from memory import pss_mb  # noqa: E402
+
 STARTS = int(os.environ.get("STARTS", "5"))
 RUNS = int(os.environ.get("RUNS", "10"))
 SEED = REPO / "examples" / "pod-definition.yaml"
@@ -105,16 +107,7 @@ def podkit_pss_mb(served: Served) -> float:
         pid, _, args = line.strip().partition(" ")
         if f"run {served.state}/serve/pods/" in args or "podkit.runtime.launcher" in args:
             pids.add(int(pid))
-    total = 0
-    for pid in pids:
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        total += next(
-            int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")
-        )
-    return total / 1024
+    return pss_mb(pids)
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "api")]
 
 from serve_harness import Served, start  # noqa: E402
 
+from memory import pss_mb  # noqa: E402
+
 PODS = int(os.environ.get("PODS", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 SEED = """apiVersion: apps/v1
@@ -88,14 +90,7 @@ def supervisor_pss_mb(served: Served) -> float:
     ours = supervisors | {
         pid for pid, ppid, args in rows if ppid in supervisors and "podkit" in args
     }
-    total = 0
-    for pid in ours:
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        total += next(int(x.split()[1]) for x in rollup.splitlines() if x.startswith("Pss:"))
-    return total / 1024
+    return pss_mb(ours)
 
 
 def wrk(url: str) -> tuple[float, float]:

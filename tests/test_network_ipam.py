@@ -49,6 +49,14 @@ def test_free_address_skips_network_gateway_and_broadcast():
     assert network.free_address(net, ["10.1.0.2", "10.1.0.4"]) == "10.1.0.3"
 
 
+def test_addresses_go_round_robin_so_a_freed_one_is_not_reused_at_once():
+    net = ipaddress.IPv4Network("10.1.2.0/29")  # pods .2 to .6
+    assert network.free_address(net, [], after="10.1.2.3") == "10.1.2.4"
+    assert network.free_address(net, ["10.1.2.2"], after="10.1.2.6") == "10.1.2.3"  # wraps
+    table, a = network.lease_for({}, net, "uid-a", "1 1", after="10.1.2.2")
+    assert a == "10.1.2.3"  # not .2, freed a moment ago
+
+
 def test_lease_for_takes_the_lowest_free_and_is_idempotent_per_pod():
     net = ipaddress.IPv4Network("10.1.2.0/29")
     table, a = network.lease_for({}, net, "uid-a", "1 1")

@@ -151,11 +151,19 @@ def veth_name(ip: str) -> str:
     return f"pk{int(ipaddress.IPv4Address(ip)):08x}"
 
 
-def free_address(net: ipaddress.IPv4Network, taken: Iterable[str]) -> str | None:
-    """Lowest address that is not the network, the gateway (.1), the broadcast or taken."""
+def free_address(
+    net: ipaddress.IPv4Network, taken: Iterable[str], after: str | None = None
+) -> str | None:
+    """The first address after `after` (round robin, as CNI's host-local IPAM hands them out;
+    from the lowest without it) that is not the network, the gateway (.1), the broadcast or
+    taken. An address just freed is thus not handed out again at once: the host's neighbour
+    cache may still give it the old pod's MAC, a black hole for the new pod's first packets."""
     used = set(taken)
     first, last = int(net.network_address) + 2, int(net.broadcast_address) - 1
-    for n in range(first, last + 1):
+    start = first
+    if after is not None and first <= int(ipaddress.IPv4Address(after)) < last:
+        start = int(ipaddress.IPv4Address(after)) + 1
+    for n in [*range(start, last + 1), *range(first, start)]:
         candidate = str(ipaddress.IPv4Address(n))
         if candidate not in used:
             return candidate
@@ -172,13 +180,14 @@ def split_dead(leases: Leases, alive: Callable[[str], bool]) -> tuple[Leases, Le
 
 
 def lease_for(
-    leases: Leases, net: ipaddress.IPv4Network, uid: str, owner: str
+    leases: Leases, net: ipaddress.IPv4Network, uid: str, owner: str, after: str | None = None
 ) -> tuple[Leases, str]:
-    """The table with a lease for `uid` (its existing one, else the lowest free address)."""
+    """The table with a lease for `uid` (its existing one, else the next free address after
+    `after`, the last one handed out)."""
     for ip, lease in leases.items():
         if lease.uid == uid and lease.owner == owner:
             return leases, ip
-    free = free_address(net, leases)
+    free = free_address(net, leases, after)
     if free is None:
         raise AddressPoolExhausted(
             f"no free pod address left in {net} ({len(leases)} leases held); "
@@ -248,9 +257,16 @@ def _lease_table(cfg: NetworkConfig, state_dir: Path) -> Iterator[list[Leases]]:
 
 def allocate(cfg: NetworkConfig, pod_uid: str, state_dir: Path) -> str:
     """Lease the lowest free address to `pod_uid` for this process; reclaims dead owners'."""
+    last = _net_dir(cfg, state_dir) / "last"  # the address handed out last
     with _lease_table(cfg, state_dir) as box:
         live, _ = split_dead(box[0], statedir.owner_alive)
-        box[0], ip = lease_for(live, cfg.network, pod_uid, statedir.owner_record())
+        try:
+            after: str | None = last.read_text().strip()
+            ipaddress.IPv4Address(after)
+        except (OSError, ValueError):
+            after = None
+        box[0], ip = lease_for(live, cfg.network, pod_uid, statedir.owner_record(), after)
+        last.write_text(ip)
     return ip
 
 
