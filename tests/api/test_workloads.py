@@ -97,7 +97,9 @@ def test_scaling_down_takes_the_not_ready_pod_first(served: Served) -> None:
     rolled_out(served, "scaled")
     assert served.kubectl("scale", "deployment/scaled", "--replicas=4").returncode == 0
     rolled_out(served, "scaled")
-    assert len(pods(served, "scaled")) == 4
+    four = pods(served, "scaled")
+    assert len(four) == 4, [(p["metadata"]["name"], p["status"].get("phase"),
+                             p["status"].get("message")) for p in four]  # fmt: skip
     unready = pods(served, "scaled")[1]["metadata"]["name"]
     served.kubectl("exec", unready, "--", "rm", "/tmp/ready")
 

@@ -96,9 +96,9 @@ class PodFiles:
     def create(self, share_pid: bool, network: NetworkConfig | None) -> None:
         """State dirs, the sandbox (forked: podkit must still be single-threaded), its
         address on the bridge (raises network.NetworkError), /etc files and volumes."""
+        statedir.claim(self.dir)  # first: another podkit's clean-up leaves it be from now on
         for sub in ("logs", "volumes", "containers", "etc"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.dir / "owner").write_text(statedir.owner_record())
         sysctls = [
             (security_context.sysctl_path(name), value)
             for name, value in security_context.sysctls(self.pod.raw.get("spec") or {})

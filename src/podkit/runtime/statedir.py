@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +95,41 @@ def remove_volatile(pod_dir: Path) -> None:
                 path.unlink()
 
 
+@contextlib.contextmanager
+def _pods_locked(state_dir: Path) -> Iterator[Path]:
+    """The pods directory, locked: a pod's directory is made and claimed (its owner file)
+    under this lock, and clean_stale looks under it, so it never takes a directory another
+    podkit has just made for its not yet claimed."""
+    pods = state_dir / "pods"
+    pods.mkdir(parents=True, exist_ok=True)
+    fd = os.open(pods / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield pods
+    finally:
+        os.close(fd)
+
+
+def claim(pod_dir: Path) -> None:
+    """Make a pod's directory, this podkit its owner."""
+    with _pods_locked(pod_dir.parent.parent):
+        pod_dir.mkdir(exist_ok=True)
+        (pod_dir / "owner").write_text(owner_record())
+
+
 def clean_stale(state_dir: Path) -> list[str]:
     """Clean what killed runs left and keep only the newest finished pods; returns cleaned."""
-    pods = state_dir / "pods"
-    if not pods.is_dir():
+    if not (state_dir / "pods").is_dir():
         return []
+    with _pods_locked(state_dir) as pods:
+        return _clean(pods)
+
+
+def _clean(pods: Path) -> list[str]:
     cleaned, finished = [], []
     for d in pods.iterdir():
+        if not d.is_dir():
+            continue  # the lock
         owner = d / "owner"
         try:
             record = owner.read_text()
