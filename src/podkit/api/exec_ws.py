@@ -163,7 +163,6 @@ async def attach_stdin(
     """`kubectl attach` (and `kubectl run -it`) to a container with stdin or a terminal,
     through its supervisor's attach socket (runtime/attach.py): keys and terminal sizes in,
     its output out as it comes, until the container instance exits or the client goes."""
-    check_attach(request, container)
     ws = _upgrade(request)
     directory = pod_dir / "containers" / container["name"]
     fd, path = attach_socket.socket_path(directory) if directory.is_dir() else (-1, "")
@@ -210,10 +209,9 @@ async def attach(
 ) -> web.StreamResponse:
     """`kubectl attach` to a container without stdin or terminal: its output from now on,
     each line on its stream's channel, through restarts, until the container's pod stops
-    running or the client goes. -i and -t are refused before the upgrade."""
+    running or the client goes. The caller has refused what check_attach refuses."""
     if container.get("stdin") or container.get("tty"):
         return await attach_stdin(request, pod_dir, container)
-    check_attach(request, container)
     ws = _upgrade(request)
     name = container["name"]
     path = log_read.log_file(pod_dir, name, previous=False)

@@ -149,8 +149,9 @@ class NodeAgent:
                 self.pods[uid] = started
 
     def _config_changed(self, obj: Obj) -> None:
-        """A ConfigMap or Secret was written: the pods that read it get it (their volumes
-        follow, as the kubelet's sync updates them), and pods held for it may start."""
+        """A ConfigMap, Secret or Service was written: the pods that read it get it (their
+        volumes follow, as the kubelet's sync updates them; a Service's variables, the next
+        containers started), and pods held for it may start."""
         meta = obj["metadata"]
         ref = (obj.get("kind", ""), meta["name"])
         if ref[0] == "Service":  # its variables, for the containers started from now on
