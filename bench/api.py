@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +32,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "api")]
 
 from serve_harness import Served, start  # noqa: E402
 
-from memory import pss_mb  # noqa: E402
+from memory import pss_mb, serve_processes  # noqa: E402
 
 STARTS = int(os.environ.get("STARTS", "5"))
 RUNS = int(os.environ.get("RUNS", "10"))
@@ -100,14 +99,8 @@ def client_rates(served: Served) -> tuple[float, float, float]:
 
 
 def podkit_pss_mb(served: Served) -> float:
-    """PSS of serve and of every process of the pod's supervisor tree that is podkit's own."""
-    pids = {served.proc.pid}
-    for line in subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True,
-                               text=True).stdout.splitlines():  # fmt: skip
-        pid, _, args = line.strip().partition(" ")
-        if f"run {served.state}/serve/pods/" in args or "podkit.runtime.launcher" in args:
-            pids.add(int(pid))
-    return pss_mb(pids)
+    """PSS of serve and of every process of the pods' supervisor trees that is podkit's own."""
+    return pss_mb([served.proc.pid, *serve_processes(served.proc.pid, served.supervisors())])
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from podkit.runtime import cgroups, launcher, sandbox
+from podkit.runtime import cgroups, launcher, linux, sandbox
 from podkit.runtime.cgroups import (
     CgroupDriver,
     ContainerCgroup,
@@ -360,14 +360,19 @@ def test_the_launcher_puts_the_container_in_its_cgroup_before_exec(
             send_spec(launcher.spec_w, spec)
             with os.fdopen(launcher.status_r) as status:
                 first = status.readline().strip()
-            results.append((first, launcher.popen.wait(timeout=10)))
+            assert launcher.popen.wait(timeout=10) == 0
+            # The container's PID 1 is the launcher's sibling: this test's child.
+            pid = int(first.split()[1])
+            results.append((first.replace(f" {pid} ", " PID ", 1), linux.wait_exit_code(pid)))
     finally:
         sandbox.stop_sandbox(sandbox_pid)
     (started, code), (error, bad_code) = results
     assert started.startswith("started ")
     assert code == 137  # 128 + SIGKILL, as Kubernetes reports an OOMKilled container
     assert cg.oom_killed(code)
-    assert error == f"error cgroup: cannot join {os.path.dirname(bad)}: No such file or directory"
+    assert error == (
+        f"error PID cgroup: cannot join {os.path.dirname(bad)}: No such file or directory"
+    )
     assert bad_code == 128
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from podkit.runtime import statedir
 from podkit_harness import REPO, free_port, wait_for
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -66,6 +67,17 @@ class Served:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(15)
+
+    def supervisors(self) -> list[int]:
+        """The pids of this serve's running pod supervisors, as serve itself finds them: each
+        pod directory's owner file (their command line is the fork server's)."""
+        pids = []
+        for owner in (self.state / "pods").glob("*/owner"):
+            with contextlib.suppress(OSError):
+                record = owner.read_text()
+                if statedir.owner_alive(record):
+                    pids.append(int(record.split()[0]))
+        return pids
 
 
 @contextlib.contextmanager

@@ -29,18 +29,12 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 
 def supervisors(served: Served) -> list[int]:
-    got = subprocess.run(
-        ["pgrep", "-f", f"podkit.cli.main run {served.state}/serve/pods/"],
-        capture_output=True,
-        text=True,
-    )
-    return [int(p) for p in got.stdout.split()]
+    return served.supervisors()
 
 
 def no_supervisor(served: Served) -> None:
-    """Every supervisor of this serve has exited (its sandbox, a fork with the same command
-    line, dies with it a moment later: polled, not asserted at once). A pod's grace period is
-    30 s, so 60 s is the deadline."""
+    """Every supervisor of this serve has exited. A pod's grace period is 30 s, so 60 s is the
+    deadline."""
     wait_for("no pod supervisor left", lambda: supervisors(served) == [], 60)
 
 
@@ -325,7 +319,12 @@ def test_a_namespace_terminates_once_its_contents_are_gone(served: Served) -> No
     assert served.kubectl("delete", "namespace", "team", "--wait=false").returncode == 0
     refused = served.kubectl("create", "configmap", "late", "-n", "team")
     assert "because it is being terminated" in refused.stderr
-    no_supervisor(served)  # the namespace's pod stopped and gone
+    no_supervisor(served)  # the namespace's pod stopped
+    wait_for(  # and, once the node saw it stop, gone from the API
+        "the pod's object gone",
+        lambda: served.kubectl("get", "pods", "-n", "team", "-o", "name").stdout == "",
+        10,
+    )
     phase = served.kubectl("get", "ns", "team", "-o", "jsonpath={.status.phase}").stdout
     assert phase == "Terminating"  # the ConfigMap's finalizer still holds it
     released = served.kubectl("patch", "cm", "held", "-n", "team", "--type=merge",

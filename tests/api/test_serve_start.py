@@ -9,6 +9,8 @@ from pathlib import Path
 
 from serve_harness import start
 
+from podkit_harness import TEST_SUBNET
+
 PODKIT = str(Path(sys.executable).parent / "podkit")
 
 
@@ -38,6 +40,20 @@ def test_a_bad_listen_address_is_bad_input(tmp_path: Path) -> None:
         assert got.returncode == 2
         assert why in got.stderr
     assert not (tmp_path / "serve").exists()
+
+
+def test_a_bad_service_range_is_bad_input(tmp_path: Path) -> None:
+    for bad, why in (
+        ("10.96.0.0/33", "--service-cidr '10.96.0.0/33'"),
+        ("10.96.0.0/30", "the prefix must be from /12 to /28"),
+        ("10.0.0.0/8", "the prefix must be from /12 to /28"),
+    ):
+        got = serve(tmp_path, "--service-cidr", bad)
+        assert got.returncode == 2
+        assert why in got.stderr
+    overlapping = serve(tmp_path, "--service-cidr", TEST_SUBNET, "--listen", "127.0.0.1:1")
+    assert overlapping.returncode == 1
+    assert f"overlaps the pods' network {TEST_SUBNET}" in overlapping.stderr
 
 
 def test_a_second_serve_on_the_same_state_is_refused(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from serve_harness import Served, serving
+from serve_harness import KUBECTL, Served, serving
 
 from podkit_harness import PODKIT_ENV, free_port, http_get, wait_for
 
@@ -320,3 +321,53 @@ def test_an_in_cluster_client_reads_its_namespace_and_may_not_write(served: Serv
     volumes = json.loads(served.kubectl("get", "pod", "in-cluster", "-o", "json").stdout)
     sources = volumes["spec"]["volumes"][0]["projected"]["sources"]
     assert sources[0] == {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}
+
+
+ASKER = """apiVersion: v1
+kind: Pod
+metadata: {name: asker}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "trap 'exit 0' TERM; while sleep 1; do :; done"]
+"""
+
+
+def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
+    served: Served, tmp_path: Path
+) -> None:
+    """Two podkit serves on one machine: each with its own cluster IPs, DNS and Services (the
+    second's DNS on another port of the gateway, behind its own cluster IP)."""
+    with serving(tmp_path, "--service-cidr", "10.112.0.0/16", env=PODKIT_ENV) as second:
+        applied = second.kubectl(
+            "apply", "-f", "-", stdin=WEB.replace("replicas: 3", "replicas: 1")
+        )
+        assert applied.returncode == 0, applied.stderr
+        assert second.kubectl("apply", "-f", "-", stdin=ASKER).returncode == 0
+        done = second.kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+        assert done.returncode == 0, done.stderr
+        ready = second.kubectl("wait", "--for=condition=Ready", "pod/asker", "--timeout=30s")
+        assert ready.returncode == 0, ready.stderr
+        ip = service(second)["spec"]["clusterIP"]
+        assert ip.startswith("10.112.")
+        assert service(second, "kubernetes")["spec"]["clusterIP"] == "10.112.0.1"
+        resolv = second.kubectl("exec", "asker", "--", "cat", "/etc/resolv.conf").stdout
+        assert resolv.splitlines()[0] == "nameserver 10.112.0.10"
+        got = second.kubectl("exec", "asker", "--", "getent", "hosts", "web")
+        assert got.stdout.split()[:1] == [ip]
+        (theirs,) = ready_endpoints(second)
+        for _ in range(3):  # by name, through the second's DNS and cluster IP
+            got = second.kubectl(
+                "exec", "asker", "--", "curl", "-s", "-m", "3", "http://web/api/info"
+            )
+            assert json.loads(got.stdout)["pod_name"] == theirs, got.stderr
+        # The first serve goes on answering for its own Service, with its own pods.
+        first = answers(f"http://{service(served)['spec']['clusterIP']}/api/info", 10)
+        assert set(first) <= set(ready_endpoints(served)) and theirs not in first
+    moved = subprocess.run(
+        [str(KUBECTL.parent / "podkit"), "serve", "--state-dir", str(second.state),
+         "--service-cidr", "10.113.0.0/16"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert moved.returncode == 1
+    assert "its Services have addresses from 10.112.0.0/16" in moved.stderr

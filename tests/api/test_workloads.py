@@ -234,6 +234,34 @@ spec:
 """
 
 
+def test_a_pod_the_api_refuses_is_a_replica_failure_until_it_is_accepted(served: Served) -> None:
+    """The ServiceAccount admission refuses pods of a missing account; the ReplicaSet retries
+    with a backoff, and the Deployment says ReplicaFailure until the account exists."""
+    robot = app("robot", replicas=1).replace(
+        "terminationGracePeriodSeconds: 2", "terminationGracePeriodSeconds: 2\n      "
+        "serviceAccountName: robot"
+    )  # fmt: skip
+    assert served.kubectl("apply", "-f", "-", stdin=robot).returncode == 0
+
+    def failure() -> dict | None:  # type: ignore[type-arg]
+        conditions = get(served, "deployment/robot").get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "ReplicaFailure"), None)
+
+    cond = wait_for("the Deployment's ReplicaFailure", failure, 20)
+    assert (cond["status"], cond["reason"]) == ("True", "FailedCreate")
+    assert cond["message"].startswith('pods "robot-')
+    assert cond["message"].endswith(
+        "is forbidden: error looking up service account default/robot: "
+        'serviceaccount "robot" not found'
+    )
+    assert pods(served, "robot") == []
+    assert served.kubectl("create", "serviceaccount", "robot").returncode == 0
+    rolled_out(served, "robot")
+    assert failure() is None
+    assert len(pods(served, "robot")) == 1
+    served.kubectl("delete", "deployment/robot")
+
+
 def test_a_job_with_a_sidecar_completes_and_counts_each_pod_once(served: Served) -> None:
     assert served.kubectl("apply", "-f", "-", stdin=JOB).returncode == 0
     done = served.kubectl("wait", "--for=condition=complete", "job/batch", "--timeout=60s")

@@ -177,6 +177,34 @@ def test_a_replica_sets_pods_and_status() -> None:
     assert made["metadata"]["labels"] == {"a": "b"}
 
 
+def test_a_failed_create_is_a_replica_failure_until_a_sync_succeeds() -> None:
+    """ReplicaFailure, as calculateStatus keeps it on the ReplicaSet and getReplicaFailures
+    copies it to the Deployment (the new ReplicaSet's first)."""
+    owner = {"metadata": {"name": "web-x", "generation": 1}, "spec": {"replicas": 2},
+             "status": {}}  # fmt: skip
+    why = 'pods "web-x-" is forbidden: error looking up service account ns/robot: ...'
+    failed = replicas.status(owner, [], NOW, why)
+    (cond,) = failed["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"], cond["message"]) == (
+        "ReplicaFailure", "True", "FailedCreate", why,
+    )  # fmt: skip
+    owner["status"] = failed
+    later = NOW + datetime.timedelta(seconds=30)
+    assert replicas.status(owner, [], later, "another error")["conditions"] == [cond]  # kept
+    assert "conditions" not in replicas.status(owner, [], later)  # a sync that worked
+    d = deployment(2)
+    new, old = rs("web-new", 2, 0), rs("web-old", 1, 1)
+    new["status"]["conditions"] = [cond]
+    copied = {c["type"]: c for c in rollout.status(d, [new, old], new, NOW)["conditions"]}
+    assert copied["ReplicaFailure"]["reason"] == "FailedCreate"
+    assert copied["ReplicaFailure"]["message"] == why
+    assert copied["ReplicaFailure"]["lastUpdateTime"] == cond["lastTransitionTime"]
+    d["status"] = {"conditions": list(copied.values())}
+    new["status"].pop("conditions")
+    healed = rollout.status(d, [new, old], new, NOW)
+    assert "ReplicaFailure" not in {c["type"] for c in healed["conditions"]}
+
+
 def job(**spec: Any) -> dict:
     base = {"completions": 3, "parallelism": 2, "backoffLimit": 1,
             "template": {"spec": {"restartPolicy": "Never"}}}  # fmt: skip

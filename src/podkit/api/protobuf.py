@@ -124,6 +124,15 @@ KINDS: dict[str, Spec] = {
         }),
         3: ("status", {1: ("loadBalancer", {})}),
     },
+    # What `kubectl create serviceaccount NAME` sends.
+    "ServiceAccount": {
+        1: ("metadata", OBJECT_META),
+        2: ("secrets", ("list", {1: ("kind", "string"), 2: ("namespace", "string"),
+                                 3: ("name", "string"), 4: ("uid", "string"),
+                                 5: ("apiVersion", "string")})),
+        3: ("imagePullSecrets", ("list", {1: ("name", "string")})),
+        4: ("automountServiceAccountToken", "optional bool"),
+    },
     # What `kubectl create job NAME --image=... [-- CMD]` sends.
     "Job": {
         1: ("metadata", OBJECT_META),
@@ -188,7 +197,7 @@ def _message(data: bytes, spec: Spec, where: str) -> dict[str, Any]:
             out[name] = _value(value, wire, kind, path)
     # Zero values are what Go's JSON encoding omits (omitempty): the same object either way.
     return {
-        k: int(v) if isinstance(v, Explicit) else v
+        k: (bool(v) if isinstance(v, ExplicitBool) else int(v)) if isinstance(v, Explicit) else v
         for k, v in out.items()
         if isinstance(v, Explicit) or v not in ("", None, {}, [], 0)
     }
@@ -196,6 +205,10 @@ def _message(data: bytes, spec: Spec, where: str) -> dict[str, Any]:
 
 class Explicit(int):
     """An optional field's value, kept even when it is zero."""
+
+
+class ExplicitBool(Explicit):
+    """An optional bool's, kept even when false."""
 
 
 def _value(value: Any, wire: int, kind: Any, path: str) -> Any:
@@ -210,6 +223,8 @@ def _value(value: Any, wire: int, kind: Any, path: str) -> Any:
         return _message(value, kind, path)
     if kind == "optional int":  # a pointer in Go: present, even as 0, is set
         return Explicit(_value(value, wire, "int", path))
+    if kind == "optional bool":
+        return ExplicitBool(_value(value, wire, "bool", path))
     if kind in ("int", "bool"):
         if wire != 0:
             raise ProtobufError(f"{path}: expected a varint")

@@ -104,7 +104,7 @@ class Rest:
         creating = kind.create_problems
         problems = creating(body) if creating is not None and isinstance(body, dict) else []
         obj = self._checked_body(kind, namespace, body, None, validation, problems)
-        name = obj["metadata"].get("name") or ""
+        name = given = obj["metadata"].get("name") or ""
         if not name and obj["metadata"].get("generateName"):
             name = obj["metadata"]["generateName"] + random_suffix()
             obj["metadata"]["name"] = name
@@ -123,6 +123,12 @@ class Rest:
             if self.signer is not None:
                 account_name = obj["spec"].get("serviceAccountName", "default")
                 account = self.store.get(self.key(SERVICE_ACCOUNT, namespace, account_name))
+                if account is None:  # the ServiceAccount admission plugin's refusal
+                    raise status.forbidden(
+                        POD, given or meta.get("generateName", ""),
+                        f"error looking up service account {namespace}/{account_name}: "
+                        f'serviceaccount "{account_name}" not found',
+                    )  # fmt: skip
                 obj = service_accounts.admitted(obj, account, random_suffix())
         if kind.prepare is not None:
             obj = kind.prepare(obj)

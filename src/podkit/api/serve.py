@@ -75,15 +75,17 @@ def serve(
     history: int = HISTORY,
     dns_upstreams: list[tuple[str, int]] | None = None,
     service_account_writes: bool = False,
+    service_cidr: str | None = None,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     _lock(base)
+    cidr = _service_cidr(base, service_cidr)
     store = ObjectStore(db_path, history)  # StoreError: a clear message, before listening
     # The names in-cluster clients use too (the `kubernetes` Service: its cluster IP and DNS
     # names, and the pods' gateway where serve answers them).
     in_cluster = [
         network.NetworkConfig.from_env().gateway,
-        services.reserved(services.SERVICE_CIDR)[0],
+        services.reserved(cidr)[0],
         "kubernetes", "kubernetes.default", "kubernetes.default.svc",
         f"kubernetes.default.svc.{DOMAIN}",
     ]  # fmt: skip
@@ -94,7 +96,7 @@ def serve(
         else "https://127.0.0.1:" + str(listen.port)
     )
     kubeconfig.write(config_path, kubeconfig.render(keys, server))
-    rest = Rest(store, node_name=os.uname().nodename)
+    rest = Rest(store, node_name=os.uname().nodename, service_cidr=cidr)
     rest.signer = tokens.Signer(base / "pki" / "sa.key")
     rest.root_ca = keys.ca.read_text()
     for name in SYSTEM_NAMESPACES:
@@ -113,6 +115,29 @@ def serve(
         )
     finally:
         store.close()
+
+
+def _service_cidr(base: Path, asked: str | None) -> str:
+    """The range Services' cluster IPs come from: the one this state was first served with
+    (its Services hold addresses from it), kept in serve/service-cidr."""
+    record = base / "service-cidr"
+    try:
+        kept = record.read_text().strip()
+    except FileNotFoundError:
+        kept = None
+    if kept is not None and asked is not None and asked != kept:
+        raise StoreError(
+            "Internal",
+            f"{base}: its Services have addresses from {kept}; --service-cidr {asked} needs "
+            "a state of its own (another --state-dir, or podkit serve --reset)",
+        )
+    cidr = kept or asked or services.SERVICE_CIDR
+    pods = network.NetworkConfig.from_env().subnet
+    if ipaddress.IPv4Network(cidr).overlaps(ipaddress.IPv4Network(pods)):
+        raise StoreError("Internal", f"--service-cidr {cidr} overlaps the pods' network {pods}")
+    if kept is None:
+        record.write_text(cidr + "\n")
+    return cidr
 
 
 def _lock(base: Path) -> int:
@@ -204,6 +229,7 @@ async def _run(
         say("podkit serve: stopping the pods (--keep-pods leaves them running)")
         await agent.stop_all()
         service_proxy.remove(agent.state_dir)  # its rules go with the pods they lead to
+    agent.close()
     if dns_server is not None:
         dns_server.close()
     with contextlib.suppress(Exception):
@@ -257,12 +283,17 @@ async def _cluster_dns(
         if upstreams is None:  # the host's resolvers
             upstreams = [(ip, 53) for ip in dns.parse(host_resolv_conf())[0]]
         server = ClusterDns(DOMAIN, upstreams)
-        await server.start(cfg.gateway, 53)
+        try:
+            port = await server.start(cfg.gateway, 53)
+        except OSError as exc:  # most often another podkit serve's
+            # Any port does: pods reach the server through its own cluster IP's DNAT.
+            port = await server.start(cfg.gateway, 0)
+            say(f"podkit serve: cluster DNS on port {port} ({cfg.gateway}:53: {exc})")
     except (OSError, network.NetworkError) as exc:
         say(f"podkit serve: no cluster DNS (pods use the host's resolvers): {exc}")
         return None
     address = services.reserved(agent.rest.service_cidr)[1]
-    cluster_dns.register(agent.rest, cfg.gateway, address)
+    cluster_dns.register(agent.rest, cfg.gateway, address, port)
     agent.cluster_dns = (address, DOMAIN)
     asyncio.ensure_future(cluster_dns.DnsRecords(agent.rest, server).run(stop))
     return server

@@ -18,6 +18,19 @@ SERVICE_CIDR = "10.96.0.0/12"
 NODE_PORTS = range(30000, 32768)
 
 
+def parse_cidr(text: str) -> str:
+    """A service range as --service-cidr gives it (kube-apiserver's
+    --service-cluster-ip-range): an IPv4 network from /12 (the largest it takes) to /28 (room
+    for the tenth address). Raises ValueError."""
+    try:
+        net = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise ValueError(f"--service-cidr {text!r}: {exc}") from None
+    if not 12 <= net.prefixlen <= 28:
+        raise ValueError(f"--service-cidr {text!r}: the prefix must be from /12 to /28")
+    return str(net)
+
+
 def reserved(cidr: str) -> tuple[str, str]:
     """The `kubernetes` Service's address (the range's first) and cluster DNS's (its tenth)."""
     net = ipaddress.IPv4Network(cidr)

@@ -78,6 +78,12 @@ _CAUSES = {
 }
 
 
+def forbidden(kind: Kind, name: str, why: str) -> ApiError:
+    """An admission's refusal (admission.NewForbidden)."""
+    message = f'{_qualified(kind)} "{name}" is forbidden: {why}'
+    return ApiError(403, "Forbidden", message, _details(kind, name))
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 

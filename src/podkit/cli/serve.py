@@ -46,6 +46,13 @@ def add_commands(commands: Any) -> None:
         "may only read there; there is no RBAC yet).",
     )
     cmd.add_argument(
+        "--service-cidr",
+        metavar="CIDR",
+        help="Where Services' cluster IPs come from (default 10.96.0.0/12; the first address "
+        "is the kubernetes Service's, the tenth the cluster DNS's). Two podkit serves on one "
+        "machine need ranges of their own. Fixed at a state directory's first start.",
+    )
+    cmd.add_argument(
         "--reset",
         action="store_true",
         help="Do not serve: stop every pod podkit serve started (gracefully) and remove its "
@@ -63,6 +70,7 @@ def serve(
     reset: bool = False,
     dns_upstream: list[str] | None = None,
     service_accounts_may_write: bool = False,
+    service_cidr: str | None = None,
     state_dir: Path | None = None,
 ) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
@@ -72,12 +80,14 @@ def serve(
     from podkit.api.serve import Listen, parse_upstream
     from podkit.api.serve import reset as reset_state
     from podkit.api.serve import serve as run
+    from podkit.api.services import parse_cidr
     from podkit.runtime.statedir import default_state_dir
     from podkit.store.objects import StoreError
 
     try:
         where = Listen.parse(listen)
         upstreams = [parse_upstream(u) for u in dns_upstream] if dns_upstream else None
+        cidr = parse_cidr(service_cidr) if service_cidr is not None else None
     except ValueError as exc:
         raise out.fail(str(exc), 2) from None
     try:
@@ -91,6 +101,7 @@ def serve(
             history,
             upstreams,
             service_accounts_may_write,
+            cidr,
         )
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None

@@ -136,8 +136,10 @@ def diff(rs: Obj, pods: list[Obj]) -> int:
     return max(-BURST, min(BURST, want - have))
 
 
-def status(rs: Obj, pods: list[Obj], now: datetime.datetime) -> Obj:
-    """The ReplicaSet's status from its pods (calculateStatus)."""
+def status(rs: Obj, pods: list[Obj], now: datetime.datetime, failure: str | None = None) -> Obj:
+    """The ReplicaSet's status from its pods (calculateStatus). `failure`: why this sync
+    could not make or delete the pods it wanted (the error's message); the ReplicaFailure
+    condition says so, FailedCreate or FailedDelete, until a sync succeeds."""
     spec = rs.get("spec") or {}
     active = [p for p in pods if is_active(p)]
     template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
@@ -157,6 +159,16 @@ def status(rs: Obj, pods: list[Obj], now: datetime.datetime) -> Obj:
         "observedGeneration": rs["metadata"].get("generation", 1),
     }
     conditions = [c for c in (rs.get("status") or {}).get("conditions") or []]
+    held = next((c for c in conditions if c.get("type") == "ReplicaFailure"), None)
+    if failure is not None and held is None:
+        short = len(active) < int(spec.get("replicas", 1))
+        conditions.append({
+            "type": "ReplicaFailure", "status": "True",
+            "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "reason": "FailedCreate" if short else "FailedDelete", "message": failure,
+        })  # fmt: skip
+    elif failure is None and held is not None:
+        conditions.remove(held)
     if conditions:
         out["conditions"] = conditions
     return {k: v for k, v in out.items() if v or k in ("replicas", "observedGeneration")}

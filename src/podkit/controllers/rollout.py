@@ -338,8 +338,27 @@ def status(deployment: Obj, all_sets: list[Obj], new: Obj | None, now: datetime.
                     stamp,
                 ),
             )
+    failure = replica_failure(new, all_sets)
+    if failure is not None:
+        conditions = _set(conditions, failure)
+    else:
+        conditions = [c for c in conditions if c.get("type") != "ReplicaFailure"]
     out["conditions"] = conditions
     return out
+
+
+def replica_failure(new: Obj | None, all_sets: list[Obj]) -> Obj | None:
+    """The Deployment's ReplicaFailure condition: its new ReplicaSet's, else any other's
+    (getReplicaFailures, ReplicaSetToDeploymentCondition)."""
+    for rs in [new] if new is not None else all_sets:
+        cond = _condition((rs.get("status") or {}).get("conditions") or [], "ReplicaFailure")
+        if cond is not None:
+            stamp = cond.get("lastTransitionTime", "")
+            return condition(
+                "ReplicaFailure", cond["status"], cond.get("reason", ""),
+                cond.get("message", ""), stamp,
+            )  # fmt: skip
+    return None if new is None else replica_failure(None, all_sets)
 
 
 def _progressed(before: Obj, after: Obj) -> bool:

@@ -191,12 +191,23 @@ class ClusterDns:
         self._transport: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int = 53) -> None:
+    async def start(self, host: str, port: int = 53) -> int:
+        """Answers on UDP and TCP `port` of `host` (0: a free one, the same for both); the
+        port. Raises OSError."""
         loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(host, port)
-        )
-        self._tcp = await asyncio.start_server(self._tcp_client, host, port)
+        for _ in range(1 if port else 10):  # a UDP port whose TCP twin is taken: another
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port)
+            )
+            bound = int(self._transport.get_extra_info("sockname")[1])
+            try:
+                self._tcp = await asyncio.start_server(self._tcp_client, host, bound)
+                return bound
+            except OSError:
+                self._transport.close()
+                if port:
+                    raise
+        raise OSError(f"no port of {host} free for both UDP and TCP")
 
     def close(self) -> None:
         if self._transport is not None:
@@ -266,16 +277,17 @@ class DnsRecords(Singleton):
         return None
 
 
-def register(rest: Rest, address: str, cluster_ip: str) -> None:
+def register(rest: Rest, address: str, cluster_ip: str, port: int = 53) -> None:
     """kube-system/kube-dns: the Service pods' resolv.conf names (cluster_ip, port 53 UDP and
-    TCP) and its endpoint, this server, as a cluster's DNS Deployment would have it."""
+    TCP) and its endpoint, this server (at `port`), as a cluster's DNS Deployment would have
+    it."""
     ports = [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
              {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]  # fmt: skip
     svc = {"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": "kube-dns", "namespace": "kube-system",
                         "labels": {"k8s-app": "kube-dns"}},
            "spec": {"clusterIP": cluster_ip, "ports": ports}}  # fmt: skip
-    register_endpoint(rest, svc, address, [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")])
+    register_endpoint(rest, svc, address, [("dns", port, "UDP"), ("dns-tcp", port, "TCP")])
 
 
 def register_endpoint(

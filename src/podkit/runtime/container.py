@@ -33,7 +33,7 @@ from podkit.runtime.confine import Confinement
 from podkit.runtime.enter import send_spec
 from podkit.runtime.events import container_path
 from podkit.runtime.image_pull import OciImage, PullFailed, go_duration, pull_policy
-from podkit.runtime.launch import Launched
+from podkit.runtime.launch import Launched, parse_report
 from podkit.runtime.logs import ContainerLog, pump, pump_terminal
 from podkit.runtime.prober import ProbeResult, ProbeTarget, run_probe
 from podkit.runtime.probes import ContainerProbes
@@ -371,7 +371,6 @@ class ContainerRunner:
             "cgroup_mounts": pod.cgroup.driver.mounts() if self.cgroup and pod.cgroup else [],
             "confinement": self.confinement.to_json(),
             "image_root": image_root,
-            "stop_signal": int(self.stop_signal),
         }
         instance = None
         if self.attach is not None:
@@ -408,10 +407,12 @@ class ContainerRunner:
                 )
             )
         self.proc = proc
+        started, pid, failure = parse_report(reply)
+        proc.follow(pid)
         self._exited = asyncio.ensure_future(proc.wait())
-        if reply.startswith("started"):
+        if started:
             self._start_error = None
-            self.pid = int(reply.split()[1])
+            self.pid = proc.pid
             # What `kubectl exec` through podkit serve needs to enter it (runtime/exec.py).
             statedir.write_json_atomic(
                 cdir / "exec.json",
@@ -424,9 +425,7 @@ class ContainerRunner:
             events.normal("Started", f"Started container {c.name}", self.field_path)
             await self._post_start(proc)
         else:
-            self._start_error = (
-                reply.removeprefix("error ").strip() or "the container did not start"
-            )
+            self._start_error = failure.strip() or "the container did not start"
             events.warning("Failed", f"Error: {self._start_error}", self.field_path)
             self.post_started.set()
         return proc

@@ -8,7 +8,9 @@ spec exits when the pipe closes.
 
 The spawn is subprocess.Popen's, outside asyncio, so `Launched` gives the event loop what
 asyncio.subprocess.Process gave: stdout and stderr as streams, wait(), send_signal() and kill(),
-with the exit seen through a pidfd (the loop's own child watcher knows only its own children).
+with exits seen through pidfds (the loop's own child watcher knows only its own children).
+Once the launcher reports, `Launched` is the container's PID 1 (podkit's child: launcher.py),
+and the launcher is only reaped.
 """
 
 from __future__ import annotations
@@ -73,17 +75,27 @@ class Launchers:
             self._ready.popleft().discard()
 
 
+def parse_report(reply: str) -> tuple[bool, int, str]:
+    """A launcher's report: `started PID` or `error PID message` (PID 0: none was made; an
+    empty report: the launcher died) -> (started, PID, message)."""
+    parts = reply.split(None, 2)
+    pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return parts[:1] == ["started"], pid, parts[2] if len(parts) > 2 else ""
+
+
 class Launched:
-    """A spawned launcher as the event loop sees it (asyncio.subprocess.Process's interface)."""
+    """A spawned launcher, then the container it made, as the event loop sees them
+    (asyncio.subprocess.Process's interface)."""
 
     def __init__(self, spawned: Spawned) -> None:
         self._popen = spawned.popen
-        self.pid = spawned.popen.pid
+        self.pid = spawned.popen.pid  # the launcher's until follow(), then PID 1's
         self.returncode: int | None = None
         self.stdout = asyncio.StreamReader()
         self.stderr = asyncio.StreamReader()
-        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pidfd = os.pidfd_open(self.pid)
+        loop = asyncio.get_running_loop()
+        self._launcher_exit: asyncio.Future[int] = loop.create_future()
+        self._exit: asyncio.Future[int] = loop.create_future()
 
     async def adopt(self) -> None:
         """Reads its output and watches for its exit; the loop owns its pipes from here."""
@@ -92,17 +104,23 @@ class Launched:
         assert out is not None and err is not None
         await _read_into(self.stdout, out)
         await _read_into(self.stderr, err)
-        asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
+        _watch(self.pid, self._launcher_exit)
+        # Popen must not wait for it again.
+        self._launcher_exit.add_done_callback(lambda f: setattr(self._popen, "returncode", 0))
 
-    def _reap(self) -> None:
-        pid, status = os.waitpid(self.pid, os.WNOHANG)
-        if pid == 0:
+    def follow(self, pid: int) -> None:
+        """The launcher reported: from now on this is the container's PID 1 (0: none was made,
+        and the launcher's exit is the container's)."""
+        if not pid:
+            self._launcher_exit.add_done_callback(lambda f: self._exited(f.result()))
             return
-        asyncio.get_running_loop().remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        # As asyncio reports it: -N for a signal; Popen must not wait for it again.
-        self.returncode = self._popen.returncode = os.waitstatus_to_exitcode(status)
-        self._exit.set_result(self.returncode)
+        self.pid = pid
+        _watch(pid, self._exit)
+        self._exit.add_done_callback(lambda f: setattr(self, "returncode", f.result()))
+
+    def _exited(self, code: int) -> None:
+        self.returncode = code
+        self._exit.set_result(code)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)
@@ -114,6 +132,23 @@ class Launched:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def _watch(pid: int, exit_code: asyncio.Future[int]) -> None:
+    """Reap the child `pid` when it exits, its code into `exit_code` (as asyncio gives it: -N
+    for a signal)."""
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(pid)
+
+    def reap() -> None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:
+            return
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        exit_code.set_result(os.waitstatus_to_exitcode(status))
+
+    loop.add_reader(pidfd, reap)
 
 
 async def _read_into(reader: asyncio.StreamReader, pipe: IO[bytes]) -> None:

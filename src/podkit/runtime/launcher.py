@@ -8,10 +8,11 @@ standard devices only, then forks the container's PID 1. PID 1 joins the contain
 its own cgroup namespace, mounts /proc with containerd's masked and read-only paths, makes the
 root its own mount namespace's root (pivot_root), confines itself (confine.py: capabilities,
 seccomp, user, no_new_privs) and execs the command.
-The launcher stays as the container's parent: it forwards signals, reports `started` or
-`error ...` on the status fd, and exits with the container's exit code (128 + signal when
-killed, as Kubernetes reports it). Every process here has PDEATHSIG set, so if podkit dies the
-whole chain dies, and PID 1's death tears down the container's PID namespace.
+PID 1 is forked as the launcher's sibling (CLONE_PARENT): podkit is its parent, which signals
+and reaps it, so the launcher reports `started PID` or `error PID message` on the status fd and
+exits, and a running container costs podkit no process of its own (a launcher is an
+interpreter: about 4 MB). PID 1 and the launcher have PDEATHSIG set, so if podkit dies they
+die, and PID 1's death tears down the container's PID namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import errno
 import marshal
 import os
+import select
 import signal
 import sys
 
@@ -32,15 +34,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-)
 _SKIP_PREFIXES = ("/proc", "/sys", "/dev")
 
 
@@ -70,7 +63,6 @@ class LaunchSpec:
         cgroup_mounts: list[list[str]] | None = None,
         confinement: dict[str, Any] | None = None,
         image_root: dict[str, str] | None = None,
-        stop_signal: int = signal.SIGTERM,
         stdio: str = "",
         tty: bool = False,
     ) -> None:
@@ -92,7 +84,6 @@ class LaunchSpec:
         # A registry image's root: {"store": dir, "options": overlay mount options whose lower
         # dirs are relative to it (oci/lower_dirs.py)}. None: the host's files (built-ins).
         self.image_root = image_root
-        self.stop_signal = stop_signal  # the image's StopSignal, forwarded as the others
         # `stdin: true`: a path to the pipe the supervisor writes (runtime/attach.py), the
         # container's stdin; with `tty`, a terminal: its stdin, stdout and stderr, controlling.
         self.stdio, self.tty = stdio, tty
@@ -102,13 +93,6 @@ class LaunchSpec:
     def from_json(cls, raw: dict[str, Any]) -> LaunchSpec:
         mounts = [Mount(**m) for m in raw.pop("mounts", [])]
         return cls(mounts=mounts, **raw)
-
-
-def _forwarded(spec: LaunchSpec) -> set[int]:
-    """The signals the launcher passes on to the container: the usual ones and the image's
-    StopSignal (SIGKILL and SIGSTOP cannot be caught: a SIGKILL to the launcher ends the
-    container too, through its parent-death signal)."""
-    return {*FORWARDED, spec.stop_signal} - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def _host_mount_points(state_dir: str) -> list[str]:
@@ -363,8 +347,14 @@ def _make_read_only(rootfs: list[str]) -> None:
         linux.remount_read_only(path)
 
 
-def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: int) -> None:
-    """Runs as the container's PID 1; never returns."""
+def _exec_container(
+    spec: LaunchSpec, root: str, rootfs: list[str], report_fd: int, podkit: int
+) -> None:
+    """Runs as the container's PID 1, podkit's child; never returns. `podkit`: a pidfd of
+    podkit (getppid() says 0 in a new PID namespace)."""
+    linux.set_parent_death_signal(signal.SIGKILL)
+    if select.select([podkit], [], [], 0)[0]:  # podkit died before prctl took effect
+        os._exit(128)
     # Before pivot_root: the cgroup files are host paths (and /sys is read-only inside).
     cgroup_failure = _join_cgroups(spec.cgroup_procs)
     if cgroup_failure:
@@ -372,7 +362,6 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
         os._exit(128)
     confinement = spec.confinement
     try:
-        linux.set_parent_death_signal(signal.SIGKILL)
         if spec.stdio_fd >= 0:
             for target in (0, 1, 2) if spec.tty else (0,):
                 os.dup2(spec.stdio_fd, target)
@@ -403,8 +392,13 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
         # Nothing of podkit's but stdin/out/err (and the exec report, closed by exec) goes in.
         os.closerange(3, report_fd)
         os.closerange(report_fd + 1, 1 << 16)
-        for sig in _forwarded(spec):
-            signal.signal(sig, signal.SIG_DFL)
+        # Every signal at its default, as runc gives them: an ignored one stays ignored
+        # through exec (Python ignores SIGPIPE and SIGXFSZ; whoever started podkit may ignore
+        # others). 32 and 33 are the C library's own: it refuses to change them.
+        for sig in range(1, signal.NSIG):
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(sig, signal.SIG_DFL)
         held = {signal.SIGTERM, signal.SIGINT} if spec.hold_signals else set()
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
     except OSError as exc:
@@ -427,7 +421,7 @@ def _exec_container(spec: LaunchSpec, root: str, rootfs: list[str], report_fd: i
     os._exit(128)
 
 
-def run(spec: LaunchSpec, status_fd: int) -> int:
+def run(spec: LaunchSpec, status_fd: int, podkit: int) -> int:
     if spec.stdio:
         flags = os.O_RDWR | os.O_NOCTTY if spec.tty else os.O_RDONLY
         spec.stdio_fd = os.open(spec.stdio, flags | os.O_CLOEXEC)
@@ -442,39 +436,22 @@ def run(spec: LaunchSpec, status_fd: int) -> int:
         os.close(fd)
     linux.unshare(linux.CLONE_NEWNS | (0 if spec.pid_ns_pid else linux.CLONE_NEWPID))
     root, rootfs = build_root(spec)
-    # Forward signals from before the fork on, so a stop during start-up is never lost.
-    child = 0
-    pending: list[int] = []
-
-    def forward(sig: int, _frame: object) -> None:
-        if child:
-            os.kill(child, sig)
-        else:
-            pending.append(sig)
-
-    for sig in _forwarded(spec):
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit started us with stops held
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = linux.fork_sibling()
     if pid == 0:
         os.close(err_r)
-        _exec_container(spec, root, rootfs, err_w)
-    child = pid
-    if spec.stdio_fd >= 0:
-        os.close(spec.stdio_fd)  # the container's alone: its exit ends the terminal's output
-    for signum in pending:
-        os.kill(pid, signum)
+        _exec_container(spec, root, rootfs, err_w, podkit)
     os.close(err_w)
     failure = os.read(err_r, 4096).decode()  # EOF without data: exec succeeded
     os.close(err_r)
-    os.write(status_fd, (f"error {failure}\n" if failure else f"started {pid}\n").encode())
-    return linux.wait_exit_code(pid)
+    os.write(status_fd, (f"error {pid} {failure}\n" if failure else f"started {pid}\n").encode())
+    return 0
 
 
 def main() -> int:
     if not linux.die_with_parent():
         return 1
+    podkit = os.pidfd_open(os.getppid())  # readable once podkit has exited
     # The spec (the container's environment, secrets included) comes over a pipe: never a file.
     spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])
     with os.fdopen(spec_fd, "rb") as f:
@@ -483,9 +460,9 @@ def main() -> int:
         return 0
     spec = LaunchSpec.from_json(marshal.loads(raw))
     try:
-        return run(spec, status_fd)
-    except OSError as exc:
-        os.write(status_fd, f"error {exc}\n".encode())
+        return run(spec, status_fd, podkit)
+    except OSError as exc:  # before PID 1 existed
+        os.write(status_fd, f"error 0 {exc}\n".encode())
         return 128
 
 

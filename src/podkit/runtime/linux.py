@@ -22,6 +22,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWCGROUP = 0x02000000
+CLONE_PARENT = 0x00008000
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -44,8 +45,8 @@ SECCOMP_MODE_FILTER = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # seccomp(2) and mount_setattr(2) by machine: os has neither, and libc wraps only the first.
 _SYSCALLS = {
-    "x86_64": {"seccomp": 317, "mount_setattr": 442, "pivot_root": 155},
-    "aarch64": {"seccomp": 277, "mount_setattr": 442, "pivot_root": 41},
+    "x86_64": {"seccomp": 317, "mount_setattr": 442, "pivot_root": 155, "clone": 56},
+    "aarch64": {"seccomp": 277, "mount_setattr": 442, "pivot_root": 41, "clone": 220},
 }
 MNT_DETACH = 2
 AT_RECURSIVE = 0x8000
@@ -225,6 +226,23 @@ def die_with_parent() -> bool:
     parent = os.getppid()
     set_parent_death_signal(signal.SIGKILL)
     return os.getppid() == parent
+
+
+def fork_sibling() -> int:
+    """fork(2), except that the child's parent is this process's parent (CLONE_PARENT): the
+    parent reaps it, and its parent-death signal follows that parent. 0 in the child. Only for
+    a single-threaded caller whose child execs or exits: the raw system call skips the fork
+    hooks of the C library and of Python, which such a child does not need."""
+    null = ctypes.c_void_p(0)
+    pid = _libc.syscall(
+        ctypes.c_long(_syscall_number("clone")),
+        ctypes.c_ulong(CLONE_PARENT | signal.SIGCHLD),
+        null, null, null, null,
+    )  # fmt: skip
+    if pid < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"clone: {os.strerror(errno)}")
+    return int(pid)
 
 
 def wait_exit_code(pid: int) -> int:

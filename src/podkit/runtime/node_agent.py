@@ -1,8 +1,9 @@
 """The node of `podkit serve`: it runs the pods the API holds and writes their status back.
 
 Each pod runs under its own supervisor, `podkit run` of that one pod (containerd's shim and
-podman's conmon are the models). The supervisor is started in a session of its own and is
-not tied to serve's life, so a kill -9 of serve, or an upgrade, stops no container. A
+podman's conmon are the models), forked from podkit's fork server (forkserver.py: the
+supervisors share its imported modules). The supervisor is started in a session of its own
+and is not tied to serve's life, so a kill -9 of serve, or an upgrade, stops no container. A
 restarted serve finds the supervisors still running (the pod directory's `owner` file names
 the pid and its start time) and adopts them: nothing restarts.
 
@@ -27,8 +28,6 @@ import copy
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from podkit.api.rest import Rest, now
 from podkit.api.status import ApiError
 from podkit.manifest.references import Reference, references
 from podkit.runtime import statedir
+from podkit.runtime.forkserver import ForkServer
 from podkit.runtime.node import RELOAD_SIGNAL
 
 Obj = dict[str, Any]
@@ -58,7 +58,7 @@ class Supervised:
     uid: str
     pod_dir: Path
     pid: int
-    popen: subprocess.Popen[bytes] | None = None  # None: adopted from an earlier serve
+    forks: ForkServer | None = None  # the fork server that started it (None: adopted)
     # The status and events files as last read: by content, not mtime (two writes within
     # one tick of the file system's clock would look like one).
     status_seen: bytes = b""
@@ -78,6 +78,7 @@ class NodeAgent:
         self.waiting: dict[str, set[str]] = {}  # pods held for a missing object: what was said
         self.cluster_dns: tuple[str, str] | None = None  # (address, domain) for ClusterFirst
         self.tokens: dict[str, tuple[str, float]] = {}  # pod uid -> its token, when issued
+        self._forks: ForkServer | None = None  # started with the first pod
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = self.rest.store.subscribe(self.rest.prefix(POD, None))
@@ -274,45 +275,32 @@ class NodeAgent:
             return None
         self._write_manifest(pod)
         manifest = self.work / f"{meta['uid']}.yaml"
-        # Held from its first instruction until it can take a reload (runtime/node.py).
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+        argv = ["run", str(manifest), "--state-dir", str(self.state_dir), "--no-publish",
+                "--no-logs", "--no-color", "-o", "json"]  # fmt: skip
+        if self.cluster_dns:
+            argv += ["--cluster-dns", self.cluster_dns[0], "--cluster-domain", self.cluster_dns[1]]
         with open(self.work / f"{meta['uid']}.log", "ab") as log:
-            popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "podkit.cli.main",
-                    "run",
-                    str(manifest),
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--no-publish",
-                    "--no-logs",
-                    "--no-color",
-                    "-o",
-                    "json",
-                    *(
-                        [
-                            "--cluster-dns",
-                            self.cluster_dns[0],
-                            "--cluster-domain",
-                            self.cluster_dns[1],
-                        ]
-                        if self.cluster_dns
-                        else []
-                    ),
-                ],  # fmt: skip
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,  # not serve's: a Ctrl-C or kill of serve spares it
-            )
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            try:
+                pid = self._fork_server().spawn(argv, log.fileno())
+            except OSError:  # it died: a new one
+                self._forks = None
+                pid = self._fork_server().spawn(argv, log.fileno())
         sup = Supervised(
-            meta["namespace"], meta["name"], meta["uid"], self._pod_dir(pod), popen.pid, popen
+            meta["namespace"], meta["name"], meta["uid"], self._pod_dir(pod), pid, forks=self._forks
         )
         self._hand_over(sup, pod)  # only notes what it was given: the file says it already
         return sup
+
+    def _fork_server(self) -> ForkServer:
+        if self._forks is None:
+            self._forks = ForkServer(self.work / "forkserver.log", self.state_dir)
+        return self._forks
+
+    def close(self) -> None:
+        """Stops the fork server; the supervisors it started go on."""
+        if self._forks is not None:
+            self._forks.close()
+            self._forks = None
 
     def _held(self, pod: Obj) -> bool:
         """The kubelet does not start a pod whose ConfigMaps or Secrets are missing: it waits
@@ -410,8 +398,8 @@ class NodeAgent:
             self.rest.update_status(POD, pod.namespace, pod.name, doc.get("status") or {})
 
     def _alive(self, pod: Supervised) -> bool:
-        if pod.popen is not None:
-            return pod.popen.poll() is None
+        if pod.forks is not None and pod.forks.running:
+            return pod.forks.exit_code(pod.pid) is None  # told once reaped: no zombie
         try:
             os.kill(pod.pid, 0)
         except ProcessLookupError:
@@ -441,7 +429,7 @@ class NodeAgent:
                     )
             self._finish(current)
             return
-        code = pod.popen.returncode if pod.popen is not None else None
+        code = pod.forks.exit_code(pod.pid) if pod.forks is not None else None
         status = current.get("status") or {}
         if status.get("phase") in ("Pending", None) and code not in (None, 0):
             # The supervisor refused the pod before running it: say why, as a Failed pod.

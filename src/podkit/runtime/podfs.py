@@ -76,7 +76,7 @@ class PodFiles:
         self.dir = statedir.pod_dir(state_dir, pod.namespace, pod.name, pod.uid)
         self.sandbox_pid: int | None = None
         self.pid_ns_pid: int | None = None  # PID 1 of the pod's PID namespace, when shared
-        self.socket: sandbox.PodSockets | None = None  # sockets inside the pod
+        self.socket: sandbox.PodSockets | sandbox.NetnsSockets | None = None  # in the pod
         self.volume_paths: dict[str, str] = {}
         self.kinds = {v.name: v.kind for v in pod.volumes}
 

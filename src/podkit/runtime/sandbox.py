@@ -3,21 +3,48 @@
 podkit forks it while still single-threaded (no interpreter start-up on the pod's critical
 path). It creates the pod's network (loopback up), UTS (hostname), IPC and mount namespaces,
 sets the pod's sysctls, mounts pod-wide tmpfs volumes (emptyDir medium: Memory, /dev/shm,
-secrets) inside its own mount namespace so they never appear on the host, reports `ready` and
-waits. Containers join its
-namespaces through /proc/<pid>/ns/*. It dies with podkit (PDEATHSIG), and its namespaces with it.
+secrets) inside its own mount namespace so they never appear on the host, reports `ready`,
+and execs what holds them (a fork of podkit would cost the pod every page podkit writes
+later): as root, `sleep infinity` (about 0.2 MB), since podkit makes the pod's sockets itself
+by stepping into its network namespace (NetnsSockets); rootless, where podkit cannot enter
+it, a small interpreter that makes them on request (sandbox_hold.py, about 3 MB).
+Containers join its namespaces through /proc/<pid>/ns/*. It dies with podkit (PDEATHSIG),
+and its namespaces with it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import sys
 import threading
+from pathlib import Path
 
 from podkit.common import subids
 from podkit.runtime import linux
+
+_HOLD = [sys.executable, "-S", "-E", os.path.join(os.path.dirname(__file__), "sandbox_hold.py")]
+_SLEEP_LINK = Path("/run/podkit/podkit-sandbox")  # sleep under the name ps shows
+
+
+def _sleep() -> str | None:
+    """As root, `sleep` linked as podkit-sandbox (exec names a process after the path); None
+    rootless or without sleep."""
+    sleep = shutil.which("sleep")
+    if os.geteuid() != 0 or sleep is None:
+        return None
+    with contextlib.suppress(OSError):
+        if os.readlink(_SLEEP_LINK) == sleep:
+            return str(_SLEEP_LINK)
+    _SLEEP_LINK.parent.mkdir(parents=True, exist_ok=True)
+    new = _SLEEP_LINK.with_name(f".podkit-sandbox.{os.getpid()}")
+    new.unlink(missing_ok=True)
+    new.symlink_to(sleep)
+    new.replace(_SLEEP_LINK)  # atomic: a sandbox starting meanwhile finds one or the other
+    return str(_SLEEP_LINK)
 
 
 def _enter_user_namespace(uid: int, gid: int, control: socket.socket | None) -> None:
@@ -75,13 +102,8 @@ def _pid_namespace_init() -> int:
     os.closerange(3, 1 << 16)  # above all the report pipe: podkit reads it until EOF
     # Its parent (the sandbox) is outside the namespace, so getppid() is 0 here: no race check.
     linux.set_parent_death_signal(signal.SIGKILL)
-    linux.set_name("pause")  # what `ps` shows as PID 1, as in a Kubernetes pod
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    while True:
-        signal.sigwaitinfo({signal.SIGCHLD})
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # none is missed before exec
+    os.execv(_HOLD[0], [*_HOLD, "reap"])
 
 
 def _child(
@@ -93,44 +115,67 @@ def _child(
     report: int,
     control: socket.socket,
     mapped: bool,
+    sleep: str | None,
 ) -> None:
     """The sandbox process itself; never returns."""
     try:
         linux.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:  # podkit died before prctl took effect
             os._exit(1)
-        linux.set_name("podkit-sandbox")
+        linux.set_name("podkit-sandbox")  # until the exec below
         os.setsid()  # the terminal's Ctrl-C is podkit's to handle, not the sandbox's
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # podkit may hold some back
         _setup(hostname, tmpfs, sysctls, control if mapped else None)
         pid_ns = _pid_namespace_init() if share_pid else 0
         os.write(report, f"ready {pid_ns}".encode())
+        if sleep is not None:  # podkit makes the pod's sockets itself: nothing else to do
+            os.closerange(3, 1 << 16)
+            os.execv(sleep, [sleep, "infinity"])
         # podkit's sockets and files are none of the sandbox's; only its control socket stays.
         keep = control.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 16)
-        _serve_sockets(control)
+        os.set_inheritable(keep, True)
+        os.execv(_HOLD[0], [*_HOLD, "sockets", str(keep)])
     except BaseException as exc:  # noqa: BLE001 - report anything, then vanish
-        os.write(report, f"error {exc}".encode())
+        with contextlib.suppress(OSError):  # closed already if the exec failed
+            os.write(report, f"error {exc}".encode())
     os._exit(1)
 
 
-def _serve_sockets(control: socket.socket) -> None:
-    """Make sockets inside the pod for podkit (published ports, probes): it asks with an address
-    family and gets the socket back over SCM_RIGHTS. Sockets keep the namespace they were made
-    in, and this works without any privilege over the pod's namespaces (rootless too)."""
-    while True:
-        request = control.recv(8)
-        if not request:  # podkit closed its end: it is gone
-            os._exit(0)
-        with socket.socket(int(request), socket.SOCK_STREAM) as made:
-            socket.send_fds(control, [b"s"], [made.fileno()])
+class NetnsSockets:
+    """As root: sockets made in the pod's network namespace by stepping this thread into it
+    and back (setns is per thread; a socket keeps the namespace it was made in), as CNI
+    plugins do. The namespace is opened through the sandbox each time, not held: it goes
+    when the sandbox goes (the sandbox is podkit's child, so its pid is not reused before
+    podkit reaps it)."""
+
+    def __init__(self, sandbox_pid: int) -> None:
+        self._path = f"/proc/{sandbox_pid}/ns/net"
+
+    def __call__(self, family: int = socket.AF_INET) -> socket.socket:
+        try:
+            pod = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise OSError("the pod sandbox is gone") from None
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            linux.setns(pod, linux.CLONE_NEWNET)
+            try:
+                return socket.socket(family, socket.SOCK_STREAM)
+            finally:
+                linux.setns(home, linux.CLONE_NEWNET)
+        finally:
+            os.close(home)
+            os.close(pod)
+
+    def close(self) -> None:
+        pass  # nothing held
 
 
 class PodSockets:
-    """podkit's end of a sandbox's control socket."""
+    """Rootless: podkit's end of a sandbox's control socket (sandbox_hold.py)."""
 
     def __init__(self, control: socket.socket) -> None:
         self.control = control
@@ -151,13 +196,14 @@ def fork_sandbox(
     tmpfs: list[tuple[str, int | None]],
     share_pid: bool = False,
     sysctls: list[tuple[str, str]] | None = None,
-) -> tuple[int, int | None, PodSockets]:
+) -> tuple[int, int | None, PodSockets | NetnsSockets]:
     """Start a pod sandbox once its namespaces exist; returns its pid, with share_pid the pid of
     the pod PID namespace's init, and the factory of sockets inside the pod. `sysctls` are
     (/proc/sys path, value) to set in the pod's namespaces. Raises OSError."""
     if threading.active_count() != 1:
         raise RuntimeError("the pod sandbox must be forked before any thread starts")
     mapping = subids.current()[0] if os.geteuid() != 0 else None
+    sleep = _sleep()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent = os.getpid()
@@ -165,7 +211,10 @@ def fork_sandbox(
     if pid == 0:
         os.close(read_end)
         ours.close()
-        _child(hostname, tmpfs, sysctls or [], share_pid, parent, write_end, theirs, bool(mapping))
+        _child(
+            hostname, tmpfs, sysctls or [], share_pid, parent, write_end, theirs, bool(mapping),
+            sleep,
+        )  # fmt: skip
     os.close(write_end)
     theirs.close()
     if mapping is not None and ours.recv(1) == b"u":  # b"": it failed before, and says why
@@ -185,6 +234,9 @@ def fork_sandbox(
         ours.close()
         raise OSError(reply.removeprefix("error ") or "the pod sandbox exited during set-up")
     pid_ns = int(reply.split()[1])
+    if sleep is not None:
+        ours.close()
+        return pid, pid_ns or None, NetnsSockets(pid)
     return pid, pid_ns or None, PodSockets(ours)
 
 
