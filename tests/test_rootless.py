@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -28,6 +30,7 @@ from podkit_harness import (
 )
 
 USER = "podkit-rootless"
+KUBECTL = Path(sys.executable).parent / "kubectl"  # the venv's, never one on PATH
 
 
 @pytest.fixture
@@ -326,3 +329,89 @@ def test_an_owner_beyond_the_subordinate_ids_is_a_clear_pull_error(
     # The half-unpacked layer went (busybox's own layer, whole and checked, may stay).
     assert not [p.name for p in layers.iterdir() if p.name.startswith(".tmp-")]
     assert not list(layers.glob("*/app/data"))  # layer 1: the files of uid 1000
+
+
+SERVICES = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: simple-webapp, ports: [{name: http, containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: asker}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "trap 'exit 0' TERM; while sleep 1; do :; done"]
+"""
+
+
+def test_services_and_cluster_dns_work_rootless_on_each_pods_loopback(user_dir: Path) -> None:
+    """Without root there are no pod IPs: cluster IPs are loopback addresses (127.96.0.0/12),
+    and serve's userspace proxy listens on them inside each pod. By name, through the cluster
+    DNS, a pod reaches both `web` pods; the kubernetes Service leads to the API; a NodePort
+    on the host's 127.0.0.1 leads to the pods too."""
+    port = free_port()
+    serve = subprocess.Popen(
+        as_user(user_dir, "serve", "--listen", f"127.0.0.1:{port}"),
+        cwd=user_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    config = user_dir / "state" / "serve" / "kubeconfig.yaml"
+    env = {"KUBECONFIG": str(config), "HOME": str(user_dir), "PATH": os.environ["PATH"]}
+
+    def kubectl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KUBECTL), *args], input=stdin, capture_output=True, text=True, env=env,
+            timeout=60,
+        )  # fmt: skip
+
+    try:
+        wait_for("serve", lambda: config.exists() and kubectl("get", "ns").returncode == 0, 30)
+        assert kubectl("apply", "-f", "-", stdin=SERVICES).returncode == 0
+        done = kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+        assert done.returncode == 0, done.stderr
+        ready = kubectl("wait", "--for=condition=Ready", "pod/asker", "--timeout=60s")
+        assert ready.returncode == 0, ready.stderr
+        svc = json.loads(kubectl("get", "svc", "web", "-o", "json").stdout)["spec"]
+        assert ipaddress.ip_address(svc["clusterIP"]) in ipaddress.ip_network("127.96.0.0/12")
+        resolv = kubectl("exec", "asker", "--", "cat", "/etc/resolv.conf").stdout
+        assert resolv.splitlines()[0] == "nameserver 127.96.0.10"
+        found = kubectl("exec", "asker", "--", "getent", "hosts", "web").stdout.split()
+        assert found[:2] == [svc["clusterIP"], "web.default.svc.cluster.local"]
+        pods = json.loads(kubectl("get", "pods", "-l", "app=web", "-o", "json").stdout)
+        names = {p["metadata"]["name"] for p in pods["items"]}
+        seen: set[str] = set()
+        for _ in range(30):  # random choice: both, in 30 tries (1 in 2^29 to fail)
+            got = kubectl("exec", "asker", "--", "curl", "-s", "-m", "3", "http://web/api/info")
+            seen.add(json.loads(got.stdout)["pod_name"])
+        assert seen == names
+        api = kubectl(
+            "exec", "asker", "--", "sh", "-c",
+            "curl -sk -m 3 -o /dev/null -w '%{http_code}' "
+            "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version",
+        )  # fmt: skip
+        assert api.stdout == "200", api.stderr
+        node_port = svc["ports"][0]["nodePort"]
+        status, body = wait_for(
+            "the NodePort", lambda: http_get(f"http://127.0.0.1:{node_port}/api/info"), 10
+        )
+        assert status == 200 and json.loads(body)["pod_name"] in names
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)

@@ -146,6 +146,11 @@ def test_a_rolling_update_history_undo_pause_and_restart(served: Served) -> None
         c.get("reason") == "DeploymentPaused"
         for c in get(served, "deployment", "rolled")["status"]["conditions"]), 10)  # fmt: skip
     assert {p["spec"]["containers"][0]["image"] for p in pods(served, "rolled")} == {"busybox"}
+    # Scaled while paused: the size changes, the new template still waits.
+    assert served.kubectl("scale", "deployment/rolled", "--replicas=3").returncode == 0
+    wait_for("3 pods of the paused template", lambda: sorted(
+        p["spec"]["containers"][0]["image"] for p in pods(served, "rolled")) == ["busybox"] * 3,
+        20)  # fmt: skip
     assert served.kubectl("rollout", "resume", "deployment/rolled").returncode == 0
     rolled_out(served, "rolled")
     assert {p["spec"]["containers"][0]["image"] for p in pods(served, "rolled")} == {"x"}

@@ -139,6 +139,37 @@ def pod(name: str, created: str, ready: str | None = None, **extra: Any) -> dict
             "spec": {"nodeName": "vm"}, "status": status}  # fmt: skip
 
 
+def sized(name: str, count: int, created: str, desired: int, most: int) -> dict:
+    made = rs(name, count, 0, created)
+    made["metadata"]["annotations"] = {rollout.DESIRED: str(desired), rollout.MAX: str(most)}
+    return made
+
+
+def test_scaling_mid_rollout_shares_the_change_in_proportion() -> None:
+    """The example of Kubernetes' documentation (Deployments, proportional scaling): 10
+    replicas, maxSurge 3, maxUnavailable 2, a rollout stuck at 8 old and 5 new; scaled to 15,
+    3 of the 5 new replicas go to the old ReplicaSet and 2 to the new one."""
+    old = sized("web-old", 8, "2026-12-05T10:00:00Z", 10, 13)
+    new = sized("web-new", 5, "2026-12-05T11:00:00Z", 10, 13)
+    d = deployment(15, surge=3, unavailable=2)
+    assert rollout.is_scaling_event(d, [old, new])
+    assert rollout.scaled(d, new, [old]) == {"web-old": 11, "web-new": 7}
+    down = deployment(5, surge=3, unavailable=2)  # 8 in all: 5 + the surge
+    assert rollout.scaled(down, new, [old]) == {"web-old": 5, "web-new": 3}
+    assert rollout.scaled(deployment(0), new, [old]) == {"web-old": 0, "web-new": 0}
+    assert not rollout.is_scaling_event(deployment(10, surge=3, unavailable=2), [old, new])
+
+
+def test_scaling_one_active_replica_set_or_past_a_saturated_new_one() -> None:
+    only = sized("web-new", 3, "2026-12-05T11:00:00Z", 3, 4)
+    gone = sized("web-old", 0, "2026-12-05T10:00:00Z", 3, 4)
+    assert rollout.scaled(deployment(5), only, [gone]) == {"web-new": 5}
+    saturated = sized("web-new", 5, "2026-12-05T11:00:00Z", 5, 7)
+    saturated["status"]["availableReplicas"] = 5
+    left = sized("web-old", 1, "2026-12-05T10:00:00Z", 5, 7)
+    assert rollout.scaled(deployment(5), saturated, [left]) == {"web-old": 0}
+
+
 def test_scale_down_deletes_in_the_controllers_order() -> None:
     pods = [
         pod("old-ready", "2026-12-05T10:00:00Z", "2026-12-05T10:00:05Z"),

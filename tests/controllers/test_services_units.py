@@ -7,7 +7,7 @@ from pathlib import Path
 
 from podkit.api import services
 from podkit.controllers.endpoints import endpoints
-from podkit.network import service_rules
+from podkit.network import service_rules, userspace_proxy
 
 
 def svc(name: str = "web", **spec: object) -> dict:
@@ -72,6 +72,32 @@ def test_the_ruleset_dnats_to_ready_endpoints_and_rejects_without_any() -> None:
     node = svc(type="NodePort", clusterIP="10.96.0.7",
                ports=[{"port": 80, "nodePort": 30080, "protocol": "TCP"}])  # fmt: skip
     assert service_rules.node_ports([node]) == {30080: ("10.96.0.7", 80, "TCP")}
+
+
+def test_rootless_routes_lead_into_the_endpoint_pods_or_to_the_host() -> None:
+    web = svc(clusterIP="127.96.0.5")
+    into_pod = {
+        "addresses": ["127.0.0.1"],
+        "conditions": {"ready": True},
+        "targetRef": {"kind": "Pod", "namespace": "ns", "name": "a", "uid": "u-a"},
+    }
+    unready = {**into_pod, "conditions": {"ready": False}}
+    host = {"addresses": ["127.0.0.1"], "conditions": {"ready": True}}  # serve's own
+    slices = [{"metadata": {"namespace": "ns", "labels": {service_rules.SERVICE_NAME: "web"}},
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [into_pod, unready, host]}]  # fmt: skip
+    other_ns = {
+        **slices[0],
+        "metadata": {"namespace": "elsewhere", "labels": {service_rules.SERVICE_NAME: "web"}},
+    }
+    got = userspace_proxy.routes([web], [*slices, other_ns], Path("/state"))
+    listener = Path("/state/pods/ns_a_u-a/sandbox.sock")
+    assert got == {
+        userspace_proxy.Port("127.96.0.5", 80, "TCP"): [
+            userspace_proxy.Endpoint(listener, "127.0.0.1", 8080),
+            userspace_proxy.Endpoint(None, "127.0.0.1", 8080),
+        ]
+    }
 
 
 def test_dns_answers_from_services_and_forwards_the_rest() -> None:

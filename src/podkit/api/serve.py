@@ -27,7 +27,7 @@ from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
 from podkit.common.userns import remove_tree
 from podkit.controllers import manager
-from podkit.network import cluster_dns, service_proxy
+from podkit.network import cluster_dns, service_proxy, userspace_proxy
 from podkit.network.cluster_dns import DOMAIN, ClusterDns
 from podkit.runtime import dns, network, statedir
 from podkit.runtime.node_agent import NodeAgent
@@ -117,9 +117,14 @@ def serve(
         store.close()
 
 
+def _rootless() -> bool:
+    return os.geteuid() != 0
+
+
 def _service_cidr(base: Path, asked: str | None) -> str:
     """The range Services' cluster IPs come from: the one this state was first served with
-    (its Services hold addresses from it), kept in serve/service-cidr."""
+    (its Services hold addresses from it), kept in serve/service-cidr. Rootless, a range of
+    loopback addresses (network/userspace_proxy.py)."""
     record = base / "service-cidr"
     try:
         kept = record.read_text().strip()
@@ -131,7 +136,16 @@ def _service_cidr(base: Path, asked: str | None) -> str:
             f"{base}: its Services have addresses from {kept}; --service-cidr {asked} needs "
             "a state of its own (another --state-dir, or podkit serve --reset)",
         )
-    cidr = kept or asked or services.SERVICE_CIDR
+    default = userspace_proxy.ROOTLESS_SERVICE_CIDR if _rootless() else services.SERVICE_CIDR
+    cidr = kept or asked or default
+    loopback = ipaddress.IPv4Network(cidr).subnet_of(ipaddress.IPv4Network("127.0.0.0/8"))
+    if loopback != _rootless():
+        why = (
+            "without root, Services live on the pods' loopback: a range inside 127.0.0.0/8"
+            if _rootless()
+            else "as root, cluster IPs are routed to pods: not a loopback range"
+        )
+        raise StoreError("Internal", f"{base}: service range {cidr}: {why}")
     pods = network.NetworkConfig.from_env().subnet
     if ipaddress.IPv4Network(cidr).overlaps(ipaddress.IPv4Network(pods)):
         raise StoreError("Internal", f"--service-cidr {cidr} overlaps the pods' network {pods}")
@@ -218,8 +232,8 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     # Before the pods: they are told of it.
     dns_server = await _cluster_dns(agent, stop, say, dns_upstreams)
-    if dns_server is not None:  # root, with the bridge: pods can reach serve on its gateway
-        await _kubernetes_service(runner, agent.rest, listen.port, ctx)
+    if dns_server is not None:  # pods can reach serve: on its gateway, or rootless by proxy
+        await _kubernetes_service(runner, agent.rest, listen, ctx)
     node = asyncio.ensure_future(agent.run(stop))
     controllers = asyncio.ensure_future(manager.run(agent.rest, stop, agent.state_dir, say))
     await stop.wait()
@@ -238,20 +252,26 @@ async def _run(
 
 
 async def _kubernetes_service(
-    runner: web.AppRunner, rest: Rest, port: int, ctx: ssl.SSLContext
+    runner: web.AppRunner, rest: Rest, listen: Listen, ctx: ssl.SSLContext
 ) -> None:
     """default/kubernetes, as every cluster has it: its cluster IP (the range's first address)
-    leads to serve, listening on the pods' gateway too, so KUBERNETES_SERVICE_HOST and
-    KUBERNETES_PORT exist in every pod and lead to this API."""
-    gateway = network.NetworkConfig.from_env().gateway
-    with contextlib.suppress(OSError):  # taken: the Service still names it
-        await web.TCPSite(runner, gateway, port, ssl_context=ctx, shutdown_timeout=2.0).start()
+    leads to serve, listening on the pods' gateway too (rootless, the Service proxy carries
+    it to where serve listens), so KUBERNETES_SERVICE_HOST and KUBERNETES_PORT exist in every
+    pod and lead to this API."""
+    port = listen.port
+    if _rootless():
+        address = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    else:
+        address = network.NetworkConfig.from_env().gateway
+        with contextlib.suppress(OSError):  # taken: the Service still names it
+            site = web.TCPSite(runner, address, port, ssl_context=ctx, shutdown_timeout=2.0)
+            await site.start()
     svc = {"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": "kubernetes", "namespace": "default",
                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
            "spec": {"clusterIP": services.reserved(rest.service_cidr)[0],
                     "ports": [{"name": "https", "port": 443, "targetPort": port}]}}  # fmt: skip
-    cluster_dns.register_endpoint(rest, svc, gateway, [("https", port, "TCP")])
+    cluster_dns.register_endpoint(rest, svc, address, [("https", port, "TCP")])
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
@@ -272,28 +292,33 @@ async def _cluster_dns(
     say: Callable[[str], None],
     upstreams: list[tuple[str, int]] | None,
 ) -> ClusterDns | None:
-    """The cluster DNS on the pods' bridge gateway, port 53, behind the kube-dns Service's
-    cluster IP (the service range's tenth address); pods with dnsPolicy ClusterFirst use it.
-    As root only, with the Service proxy: without them there is no address to reach it at."""
-    if service_proxy.why_not() is not None:
-        return None
-    cfg = network.NetworkConfig.from_env()
+    """The cluster DNS behind the kube-dns Service's cluster IP (the service range's tenth
+    address); pods with dnsPolicy ClusterFirst use it. As root, on the pods' bridge gateway,
+    port 53 (the Service's rules DNAT to it); rootless, on 127.0.0.1, where the Service proxy
+    carries the pods' queries."""
+    if not _rootless() and service_proxy.why_not() is not None:
+        return None  # as root without nftables: no address for pods to reach it at
     try:
-        network.ensure_bridge(cfg, network.HOST_DIR)
         if upstreams is None:  # the host's resolvers
             upstreams = [(ip, 53) for ip in dns.parse(host_resolv_conf())[0]]
         server = ClusterDns(DOMAIN, upstreams)
-        try:
-            port = await server.start(cfg.gateway, 53)
-        except OSError as exc:  # most often another podkit serve's
-            # Any port does: pods reach the server through its own cluster IP's DNAT.
-            port = await server.start(cfg.gateway, 0)
-            say(f"podkit serve: cluster DNS on port {port} ({cfg.gateway}:53: {exc})")
+        if _rootless():
+            host, port = "127.0.0.1", await server.start("127.0.0.1", 0)
+        else:
+            cfg = network.NetworkConfig.from_env()
+            network.ensure_bridge(cfg, network.HOST_DIR)
+            host = cfg.gateway
+            try:
+                port = await server.start(host, 53)
+            except OSError as exc:  # most often another podkit serve's
+                # Any port does: pods reach the server through its own cluster IP's DNAT.
+                port = await server.start(host, 0)
+                say(f"podkit serve: cluster DNS on port {port} ({host}:53: {exc})")
     except (OSError, network.NetworkError) as exc:
         say(f"podkit serve: no cluster DNS (pods use the host's resolvers): {exc}")
         return None
     address = services.reserved(agent.rest.service_cidr)[1]
-    cluster_dns.register(agent.rest, cfg.gateway, address, port)
+    cluster_dns.register(agent.rest, host, address, port)
     agent.cluster_dns = (address, DOMAIN)
     asyncio.ensure_future(cluster_dns.DnsRecords(agent.rest, server).run(stop))
     return server

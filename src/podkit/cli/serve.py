@@ -48,9 +48,10 @@ def add_commands(commands: Any) -> None:
     cmd.add_argument(
         "--service-cidr",
         metavar="CIDR",
-        help="Where Services' cluster IPs come from (default 10.96.0.0/12; the first address "
-        "is the kubernetes Service's, the tenth the cluster DNS's). Two podkit serves on one "
-        "machine need ranges of their own. Fixed at a state directory's first start.",
+        help="Where Services' cluster IPs come from (default 10.96.0.0/12; rootless "
+        "127.96.0.0/12, addresses on each pod's loopback; the first address is the "
+        "kubernetes Service's, the tenth the cluster DNS's). Two podkit serves on one machine "
+        "need ranges of their own. Fixed at a state directory's first start.",
     )
     cmd.add_argument(
         "--reset",

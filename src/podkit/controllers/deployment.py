@@ -53,8 +53,15 @@ class DeploymentController(Controller):
             return self._status(d, sets, rollout.find_new(d, sets))
         new = rollout.find_new(d, sets)
         old = [rs for rs in sets if rs is not new]
-        if (d.get("spec") or {}).get("paused"):
-            return self._status(d, sets, new)  # no rollout while paused
+        paused = bool((d.get("spec") or {}).get("paused"))
+        changes = rollout.scaled(d, new, old) if paused or rollout.is_scaling_event(d, sets) else {}
+        if changes or paused:
+            # Scaled (mid-rollout, or paused): sizes change, the rollout does not step.
+            sets = [self._scale(d, rs, changes[rs["metadata"]["name"]])
+                    if rs["metadata"]["name"] in changes else rs for rs in sets]  # fmt: skip
+            new = next((rs for rs in sets if new is not None and rs["metadata"]["name"]
+                        == new["metadata"]["name"]), None)  # fmt: skip
+            return self._status(d, sets, new)
         if new is not None:
             new = self._sync_revision(d, new, old)
         if rollout.is_recreate(d):

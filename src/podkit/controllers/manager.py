@@ -4,6 +4,7 @@ and kube-proxy's Service rules), each a task on serve's event loop until it stop
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from podkit.controllers.gc import GarbageCollector
 from podkit.controllers.job import JobController
 from podkit.controllers.loop import Controller
 from podkit.controllers.replicaset import ReplicaSetController
-from podkit.network import service_proxy
+from podkit.network import service_proxy, userspace_proxy
 
 
 async def run(rest: Rest, stop: asyncio.Event, state_dir: Path, say: Callable[[str], None]) -> None:
@@ -25,14 +26,17 @@ async def run(rest: Rest, stop: asyncio.Event, state_dir: Path, say: Callable[[s
         EndpointSliceController(rest),
         GarbageCollector(rest),
     ]
-    proxy = None
+    proxy: service_proxy.ServiceProxy | userspace_proxy.UserspaceProxy | None = None
     why = service_proxy.why_not()
     if why is None:
         service_proxy.claim(state_dir)
         proxy = service_proxy.ServiceProxy(rest, state_dir)
-        controllers.append(proxy)
+    elif os.geteuid() != 0:  # no pod IPs: Services on each pod's loopback
+        proxy = userspace_proxy.UserspaceProxy(rest, state_dir)
     else:
         say(f"podkit serve: {why}")
+    if proxy is not None:
+        controllers.append(proxy)
     try:
         await asyncio.gather(*(c.run(stop) for c in controllers))
     finally:

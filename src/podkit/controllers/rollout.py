@@ -202,6 +202,85 @@ def old_scale_down(deployment: Obj, new: Obj, old: list[Obj]) -> dict[str, int]:
     return out
 
 
+def is_scaling_event(deployment: Obj, sets: list[Obj]) -> bool:
+    """isScalingEvent: an active ReplicaSet was sized for another replica count (its
+    desired-replicas annotation) than the Deployment's now."""
+    for rs in sets:
+        desired = (rs["metadata"].get("annotations") or {}).get(DESIRED, "")
+        if replicas(rs) > 0 and desired.isdigit() and int(desired) != replicas(deployment):
+            return True
+    return False
+
+
+def scaled(deployment: Obj, new: Obj | None, old: list[Obj]) -> dict[str, int]:
+    """The Deployment controller's scale() when its replicas change, mid-rollout too: one
+    active ReplicaSet takes the whole count; a saturated new one leaves the old at 0; else,
+    rolling, the pods added or removed are shared in proportion to the ReplicaSets' sizes
+    (largest first: newer first when adding, older first when removing; the rounding's
+    leftover to the first). Returns name -> replicas, for those that change."""
+    desired = replicas(deployment)
+    everything = [*old, *([new] if new is not None else [])]
+    active = [rs for rs in everything if replicas(rs) > 0]
+    if not everything:
+        return {}
+    if len(active) <= 1:
+        one = active[0] if active else (new if new is not None else by_age(old)[-1])
+        return {} if replicas(one) == desired else {one["metadata"]["name"]: desired}
+    if new is not None and _saturated(deployment, new):
+        return {rs["metadata"]["name"]: 0 for rs in old if replicas(rs) > 0}
+    if is_recreate(deployment):
+        return {}
+    allowed = desired + fenceposts(deployment)[0] if desired > 0 else 0
+    to_add = allowed - sum(replicas(rs) for rs in active)
+    if to_add == 0:
+        return {}
+    aged = by_age(active)
+    if to_add > 0:  # largest first; of the same size, the newer
+        order = sorted(aged, key=lambda rs: (-replicas(rs), -aged.index(rs)))
+    else:  # largest first; of the same size, the older
+        order = sorted(aged, key=lambda rs: (-replicas(rs), aged.index(rs)))
+    sizes: dict[str, int] = {}
+    added = 0
+    for rs in order:
+        share = _share(rs, deployment, to_add, added)
+        sizes[rs["metadata"]["name"]] = replicas(rs) + share
+        added += share
+    first = order[0]["metadata"]["name"]
+    sizes[first] = max(0, sizes[first] + to_add - added)
+    return {
+        rs["metadata"]["name"]: sizes[rs["metadata"]["name"]]
+        for rs in active
+        if sizes[rs["metadata"]["name"]] != replicas(rs)
+    }
+
+
+def _saturated(deployment: Obj, rs: Obj) -> bool:
+    desired = replicas(deployment)
+    annotated = (rs["metadata"].get("annotations") or {}).get(DESIRED, "")
+    return (
+        replicas(rs) == desired
+        and annotated == str(desired)
+        and _status(rs, "availableReplicas") == desired
+    )
+
+
+def _share(rs: Obj, deployment: Obj, to_add: int, added: int) -> int:
+    """GetReplicaSetProportion: this ReplicaSet's part of `to_add`, within what is left."""
+    if replicas(rs) == 0 or to_add == added:
+        return 0
+    desired = replicas(deployment)
+    if desired == 0:
+        fraction = -replicas(rs)
+    else:
+        most = desired + fenceposts(deployment)[0]
+        before = (rs["metadata"].get("annotations") or {}).get(MAX, "")
+        sized_for = int(before) if before.isdigit() and int(before) > 0 else 0
+        sized_for = sized_for or _status(deployment, "replicas") or desired
+        fraction = math.floor(replicas(rs) * most / sized_for + 0.5) - replicas(rs)
+    left = to_add - added
+    return min(fraction, left) if to_add > 0 else max(fraction, left)
+
+
 def to_clean(deployment: Obj, old: list[Obj]) -> list[Obj]:
     """Old ReplicaSets past revisionHistoryLimit, empty ones only, lowest revision first."""
     limit = int((deployment.get("spec") or {}).get("revisionHistoryLimit", 10))

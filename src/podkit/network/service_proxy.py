@@ -19,7 +19,7 @@ from pathlib import Path
 from podkit.api.kinds import ENDPOINT_SLICE, SERVICE
 from podkit.api.rest import Rest
 from podkit.controllers.loop import Key, Singleton
-from podkit.network import service_rules
+from podkit.network import relay, service_rules
 from podkit.runtime import statedir
 
 NODE_PORT_ADDRESS = "127.0.0.1"
@@ -113,13 +113,11 @@ class ServiceProxy(Singleton):
                 writer.close()
                 return
             try:
-                up_r, up_w = await asyncio.open_connection(target[0], target[1])
+                upstream = await asyncio.open_connection(target[0], target[1])
             except OSError:
                 writer.close()
                 return
-            await asyncio.gather(_copy(reader, up_w), _copy(up_r, writer))
-            for w in (up_w, writer):
-                w.close()
+            await relay.both_ways((reader, writer), upstream)
 
         with contextlib.suppress(OSError):  # taken by another program: the port stays unset
             self.listeners[port] = await asyncio.start_server(forward, NODE_PORT_ADDRESS, port)
@@ -128,15 +126,3 @@ class ServiceProxy(Singleton):
         for server in self.listeners.values():
             server.close()
         self.listeners.clear()
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            writer.write_eof()  # the other way may still carry data

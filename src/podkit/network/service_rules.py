@@ -18,21 +18,28 @@ HAIRPIN = "0x4000"  # kube-proxy's masquerade mark
 SERVICE_NAME = "kubernetes.io/service-name"
 
 
-def backends(svc: Obj, slices: list[Obj]) -> dict[tuple[str, str], list[tuple[str, int]]]:
-    """(port name, protocol) -> the ready endpoints' (ip, port) for one Service."""
+def ready_endpoints(svc: Obj, slices: list[Obj]) -> dict[tuple[str, str], list[Obj]]:
+    """(port name, protocol) -> the ready endpoints of one Service, each as its slice has it,
+    with that port's number as `port`."""
     name = svc["metadata"]["name"]
-    out: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    out: dict[tuple[str, str], list[Obj]] = {}
     for s in slices:
         if (s["metadata"].get("labels") or {}).get(SERVICE_NAME) != name:
             continue
         for port in s.get("ports") or []:
             key = (port.get("name", ""), port.get("protocol", "TCP"))
             for e in s.get("endpoints") or []:
-                if (e.get("conditions") or {}).get("ready") is False:
-                    continue
-                for ip in e.get("addresses") or []:
-                    out.setdefault(key, []).append((ip, int(port["port"])))
-    return {k: sorted(set(v)) for k, v in out.items()}
+                if (e.get("conditions") or {}).get("ready") is not False:
+                    out.setdefault(key, []).append({**e, "port": int(port["port"])})
+    return out
+
+
+def backends(svc: Obj, slices: list[Obj]) -> dict[tuple[str, str], list[tuple[str, int]]]:
+    """(port name, protocol) -> the ready endpoints' (ip, port) for one Service."""
+    return {
+        key: sorted({(ip, e["port"]) for e in ends for ip in e.get("addresses") or []})
+        for key, ends in ready_endpoints(svc, slices).items()
+    }
 
 
 def ruleset(table: str, services: list[Obj], slices: list[Obj]) -> str:

@@ -34,7 +34,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_SKIP_PREFIXES = ("/proc", "/sys", "/dev")
+# Not the host's, in a container: /proc, /sys and /dev are made fresh; /run too (built-in
+# images), an empty tmpfs, as an image's /run is empty: the host's holds its daemons'
+# sockets (dbus, containerd), and its submounts (ip netns) would make it read-only, with no
+# room for the mount points the kubelet puts there (/var/run/secrets).
+_SKIPPED = ("/proc", "/sys", "/dev", "/run")
+
+
+def _skipped(path: str) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in _SKIPPED)
 
 
 class Mount:
@@ -101,7 +109,7 @@ def _host_mount_points(state_dir: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         for line in f:
             target = line.split()[4].replace("\\040", " ")
-            if target == "/" or target.startswith(_SKIP_PREFIXES):
+            if target == "/" or _skipped(target):
                 continue
             if state_dir and (target + "/").startswith(state_dir.rstrip("/") + "/"):
                 continue
@@ -183,7 +191,7 @@ def _root_by_entries(root: str, scratch: str, points: list[str]) -> None:
         source, target = f"/{name}", f"{root}/{name}"
         if os.path.islink(source):
             os.symlink(os.readlink(source), target)
-        elif not os.path.isdir(source) or source.startswith(_SKIP_PREFIXES):
+        elif not os.path.isdir(source) or _skipped(source):
             continue
         elif any(p == source or p.startswith(source + "/") for p in points):
             with contextlib.suppress(OSError):  # has submounts: read-only, with them
@@ -286,6 +294,8 @@ def build_root(spec: LaunchSpec) -> tuple[str, list[str]]:
         except OSError:  # a filesystem overlay cannot sit on: show it read-only instead
             with contextlib.suppress(OSError):
                 _bind(point, target, read_only=True)
+    os.makedirs(f"{root}/run", exist_ok=True)
+    linux.mount("tmpfs", f"{root}/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755")
     return _finish_root(spec, root, hide_state=True)
 
 

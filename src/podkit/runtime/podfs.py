@@ -104,8 +104,9 @@ class PodFiles:
             for name, value in security_context.sysctls(self.pod.raw.get("spec") or {})
         ]
         self.sandbox_pid, self.pid_ns_pid, self.socket = sandbox.fork_sandbox(
-            self.pod.hostname, self.tmpfs_volumes(), share_pid, sysctls
-        )
+            self.pod.hostname, self.tmpfs_volumes(), share_pid, sysctls,
+            listen=self.dir / sandbox.LISTEN_NAME,
+        )  # fmt: skip
         (self.dir / "sandbox").write_text(str(self.sandbox_pid))  # for `podkit port-forward`
         if network is not None:
             net = podnet.attach(network, self.sandbox_pid, self.pod.uid, podnet.HOST_DIR)

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from podkit.common import subids
@@ -28,6 +29,7 @@ from podkit.runtime import linux
 
 _HOLD = [sys.executable, "-S", "-E", os.path.join(os.path.dirname(__file__), "sandbox_hold.py")]
 _SLEEP_LINK = Path("/run/podkit/podkit-sandbox")  # sleep under the name ps shows
+LISTEN_NAME = "sandbox.sock"  # in the pod's directory: its sockets for podkit serve
 
 
 def _sleep() -> str | None:
@@ -116,6 +118,7 @@ def _child(
     control: socket.socket,
     mapped: bool,
     sleep: str | None,
+    listener: socket.socket | None,
 ) -> None:
     """The sandbox process itself; never returns."""
     try:
@@ -132,12 +135,15 @@ def _child(
         if sleep is not None:  # podkit makes the pod's sockets itself: nothing else to do
             os.closerange(3, 1 << 16)
             os.execv(sleep, [sleep, "infinity"])
-        # podkit's sockets and files are none of the sandbox's; only its control socket stays.
-        keep = control.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 16)
-        os.set_inheritable(keep, True)
-        os.execv(_HOLD[0], [*_HOLD, "sockets", str(keep)])
+        # podkit's sockets and files are none of the sandbox's; only its control socket (and
+        # the listener for serve) stay.
+        keep = sorted(s.fileno() for s in (control, listener) if s is not None)
+        for low, high in zip([2, *keep], [*keep, 1 << 16], strict=True):
+            os.closerange(low + 1, high)
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        extra = [str(listener.fileno())] if listener is not None else []
+        os.execv(_HOLD[0], [*_HOLD, "sockets", str(control.fileno()), *extra])
     except BaseException as exc:  # noqa: BLE001 - report anything, then vanish
         with contextlib.suppress(OSError):  # closed already if the exec failed
             os.write(report, f"error {exc}".encode())
@@ -154,7 +160,9 @@ class NetnsSockets:
     def __init__(self, sandbox_pid: int) -> None:
         self._path = f"/proc/{sandbox_pid}/ns/net"
 
-    def __call__(self, family: int = socket.AF_INET) -> socket.socket:
+    def __call__(
+        self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+    ) -> socket.socket:
         try:
             pod = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -163,7 +171,7 @@ class NetnsSockets:
         try:
             linux.setns(pod, linux.CLONE_NEWNET)
             try:
-                return socket.socket(family, socket.SOCK_STREAM)
+                return socket.socket(family, kind)
             finally:
                 linux.setns(home, linux.CLONE_NEWNET)
         finally:
@@ -180,15 +188,52 @@ class PodSockets:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
 
-    def __call__(self, family: int = socket.AF_INET) -> socket.socket:
-        self.control.sendall(str(int(family)).encode())
-        _, fds, _, _ = socket.recv_fds(self.control, 1, 1)
+    def __call__(
+        self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+    ) -> socket.socket:
+        self.control.sendall(f"{int(family)} {int(kind)}".encode())
+        reply, fds, _, _ = socket.recv_fds(self.control, 1, 1)
         if not fds:
-            raise OSError("the pod sandbox is gone")
+            raise OSError("the pod sandbox is gone" if not reply else "no such socket")
         return socket.socket(fileno=fds[0])
 
     def close(self) -> None:
         self.control.close()
+
+
+def _at(path: Path, use: Callable[[str], None]) -> None:
+    """bind or connect a unix socket at `path`, through its directory's fd: a pod directory's
+    path can be longer than a socket address holds (108 bytes)."""
+    where = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    try:
+        use(f"/proc/self/fd/{where}/{path.name}")
+    finally:
+        os.close(where)
+
+
+def pod_sockets(path: Path) -> PodSockets:
+    """Sockets inside a rootless pod, from its sandbox's listener at `path` (fork_sandbox's
+    `listen`). Raises OSError."""
+    asker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _at(path, asker.connect)
+    except OSError:
+        asker.close()
+        raise
+    return PodSockets(asker)
+
+
+def _listener(path: Path) -> socket.socket:
+    """A unix socket at `path` that only this user may open."""
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        _at(path, listener.bind)
+    finally:
+        os.umask(old)
+    listener.listen(16)
+    return listener
 
 
 def fork_sandbox(
@@ -196,14 +241,18 @@ def fork_sandbox(
     tmpfs: list[tuple[str, int | None]],
     share_pid: bool = False,
     sysctls: list[tuple[str, str]] | None = None,
+    listen: Path | None = None,
 ) -> tuple[int, int | None, PodSockets | NetnsSockets]:
     """Start a pod sandbox once its namespaces exist; returns its pid, with share_pid the pid of
     the pod PID namespace's init, and the factory of sockets inside the pod. `sysctls` are
-    (/proc/sys path, value) to set in the pod's namespaces. Raises OSError."""
+    (/proc/sys path, value) to set in the pod's namespaces. Rootless, `listen` is where the
+    sandbox also takes requests for sockets from podkit serve (pod_sockets). Raises
+    OSError."""
     if threading.active_count() != 1:
         raise RuntimeError("the pod sandbox must be forked before any thread starts")
     mapping = subids.current()[0] if os.geteuid() != 0 else None
     sleep = _sleep()
+    listener = _listener(listen) if listen is not None and sleep is None else None
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     parent = os.getpid()
@@ -213,10 +262,12 @@ def fork_sandbox(
         ours.close()
         _child(
             hostname, tmpfs, sysctls or [], share_pid, parent, write_end, theirs, bool(mapping),
-            sleep,
+            sleep, listener,
         )  # fmt: skip
     os.close(write_end)
     theirs.close()
+    if listener is not None:
+        listener.close()  # the sandbox's now
     if mapping is not None and ours.recv(1) == b"u":  # b"": it failed before, and says why
         try:
             subids.apply(pid, mapping)

@@ -1,21 +1,24 @@
 """What a pod sandbox becomes once its namespaces are made (runtime/sandbox.py execs it):
-`python -S -E sandbox_hold.py sockets FD` or `... reap`.
+`python -S -E sandbox_hold.py sockets FD [LISTEN_FD]` or `... reap`.
 
 The sandbox is forked from podkit with podkit's whole heap; staying that fork would cost each
 pod every page podkit writes afterwards (about 7 MB here). A fresh interpreter that imports
 only built-in modules costs about 3 MB. It is run by path, so no package is imported, and uses
 the C modules (_socket, _signal, posix) directly: their Python wrappers import enum and more.
 
-- sockets FD: make sockets inside the pod for podkit (published ports, probes). podkit asks
-  with an address family on the control socket FD and gets the socket back over SCM_RIGHTS;
-  sockets keep the namespace they were made in, and this needs no privilege over the pod's
-  namespaces (rootless too). Exits when podkit closes its end.
+- sockets FD [LISTEN_FD]: make sockets inside the pod for podkit (published ports, probes).
+  podkit asks with `FAMILY [TYPE]` on the control socket FD and gets the socket back over
+  SCM_RIGHTS; sockets keep the namespace they were made in, and this needs no privilege over
+  the pod's namespaces (rootless). LISTEN_FD, a unix socket in the pod's directory that only
+  its user may open, takes the same requests from podkit serve (its Service proxy: the pod's
+  side of Services without root). Exits when podkit closes the control socket.
 - reap: PID 1 of a pod-wide PID namespace (shareProcessNamespace): it only reaps orphans.
 """
 
 import _signal  # type: ignore[import-not-found]  # (no stubs; signal.py costs 0.9 MB)
 import _socket
 import posix
+import select
 import sys
 
 
@@ -24,16 +27,44 @@ def _name(name: str) -> None:
         f.write(name)
 
 
-def serve_sockets(fd: int) -> None:
+def _answer(asker: _socket.socket) -> bool:
+    """One request on `asker`; False once it has closed its end."""
+    request = asker.recv(32).split()
+    if not request:
+        return False
+    kind = int(request[1]) if len(request) > 1 else _socket.SOCK_STREAM
+    try:
+        made = _socket.socket(int(request[0]), kind)
+    except (OSError, ValueError):  # nothing passed: the asker sees no socket
+        asker.sendall(b"e")
+        return True
+    passed = made.fileno().to_bytes(4, sys.byteorder)
+    asker.sendmsg([b"s"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, passed)])
+    made.close()
+    return True
+
+
+def serve_sockets(fd: int, listen_fd: int = -1) -> None:
     control = _socket.socket(fileno=fd)
+    listener = _socket.socket(fileno=listen_fd) if listen_fd >= 0 else None
+    askers = [control]
     while True:
-        request = control.recv(8)
-        if not request:  # podkit closed its end: it is gone
-            posix._exit(0)
-        made = _socket.socket(int(request), _socket.SOCK_STREAM)
-        passed = made.fileno().to_bytes(4, sys.byteorder)
-        control.sendmsg([b"s"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, passed)])
-        made.close()
+        ready = select.select(askers + ([listener] if listener else []), [], [])[0]
+        for s in ready:
+            if s is listener:
+                conn, _ = listener._accept()  # type: ignore[attr-defined]
+                askers.append(_socket.socket(fileno=conn))
+                continue
+            try:
+                more = _answer(s)
+            except OSError:
+                more = False
+            if more:
+                continue
+            if s is control:  # podkit closed its end: it is gone
+                posix._exit(0)
+            askers.remove(s)
+            s.close()
 
 
 def reap() -> None:
@@ -50,7 +81,7 @@ def reap() -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "sockets":
         _name("podkit-sandbox")
-        serve_sockets(int(sys.argv[2]))
+        serve_sockets(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else -1)
     else:
         _name("pause")  # PID 1 as `ps` shows it in a Kubernetes pod
         reap()
