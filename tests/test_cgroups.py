@@ -273,6 +273,25 @@ def start_in(cg: ContainerCgroup, code: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-S", "-c", code], preexec_fn=join)
 
 
+def test_podkits_starting_at_once_all_find_the_cgroups(driver: CgroupDriver) -> None:
+    """Each podkit's detect() may make and remove <hierarchy>/podkit to probe it, and its
+    clean-up removes it once empty; another podkit doing either at the same moment must not
+    fail, nor conclude that limits cannot be enforced (a pod's supervisor died of it)."""
+    code = (
+        "from podkit.runtime import cgroups\n"
+        "for _ in range(300):\n"
+        "    found, why = cgroups.detect()\n"
+        "    assert found is not None, why\n"
+        "    cgroups.clean_stale(found)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    failures = [p.communicate(timeout=60)[1] for p in procs if p.wait(timeout=60) != 0]
+    assert failures == []
+
+
 def test_over_its_memory_limit_a_container_is_oom_killed(pod: PodCgroup) -> None:
     cg = pod.container("hog", 0, res({"memory": "64Mi"}))
     proc = start_in(cg, ALLOCATE_200MIB)

@@ -299,11 +299,16 @@ def test_a_pods_finalizer_keeps_its_object_after_the_containers_stopped(served: 
         30,
     )
     assert stopped["metadata"]["deletionTimestamp"]
+    uid = stopped["metadata"]["uid"]
+    logs = served.kubectl("logs", "simple-webapp", "-c", "simple-webapp")
+    assert '"msg":"serving"' in logs.stdout  # its logs, while its object stays
     released = served.kubectl(
         "patch", "pod", "simple-webapp", "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
     )
     assert released.returncode == 0, released.stderr
     assert served.kubectl("get", "pod", "simple-webapp").returncode == 1
+    # Its files stayed while the object did (its logs: `kubectl logs`), and go with it.
+    wait_for("the pod's directory gone", lambda: not list(served.state.glob(f"pods/*_{uid}")), 10)
 
 
 def test_a_namespace_terminates_once_its_contents_are_gone(served: Served) -> None:

@@ -51,6 +51,9 @@ def test_a_bad_service_range_is_bad_input(tmp_path: Path) -> None:
         got = serve(tmp_path, "--service-cidr", bad)
         assert got.returncode == 2
         assert why in got.stderr
+    nowhere = serve(tmp_path, "--node-port-address", "localhost")
+    assert nowhere.returncode == 2
+    assert "--node-port-address 'localhost': not an IP address" in nowhere.stderr
     overlapping = serve(tmp_path, "--service-cidr", TEST_SUBNET, "--listen", "127.0.0.1:1")
     assert overlapping.returncode == 1
     assert f"overlaps the pods' network {TEST_SUBNET}" in overlapping.stderr

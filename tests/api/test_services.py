@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -338,8 +339,10 @@ def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
     served: Served, tmp_path: Path
 ) -> None:
     """Two podkit serves on one machine: each with its own cluster IPs, DNS and Services (the
-    second's DNS on another port of the gateway, behind its own cluster IP)."""
-    with serving(tmp_path, "--service-cidr", "10.112.0.0/16", env=PODKIT_ENV) as second:
+    second's DNS on another port of the gateway, behind its own cluster IP). The second
+    publishes its NodePorts on 127.0.0.2, as asked, and not on 127.0.0.1."""
+    asked = ("--service-cidr", "10.112.0.0/16", "--node-port-address", "127.0.0.2")
+    with serving(tmp_path, *asked, env=PODKIT_ENV) as second:
         applied = second.kubectl(
             "apply", "-f", "-", stdin=WEB.replace("replicas: 3", "replicas: 1")
         )
@@ -362,6 +365,11 @@ def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
                 "exec", "asker", "--", "curl", "-s", "-m", "3", "http://web/api/info"
             )
             assert json.loads(got.stdout)["pod_name"] == theirs, got.stderr
+        node_port = service(second)["spec"]["ports"][0]["nodePort"]
+        assert answers(f"http://127.0.0.2:{node_port}/api/info", 2) == {theirs: 2}
+        if node_port != service(served)["spec"]["ports"][0]["nodePort"]:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", node_port), timeout=2)
         # The first serve goes on answering for its own Service, with its own pods.
         first = answers(f"http://{service(served)['spec']['clusterIP']}/api/info", 10)
         assert set(first) <= set(ready_endpoints(served)) and theirs not in first

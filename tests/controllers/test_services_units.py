@@ -101,10 +101,11 @@ def test_rootless_routes_lead_into_the_endpoint_pods_or_to_the_host() -> None:
 
 
 def test_dns_answers_from_services_and_forwards_the_rest() -> None:
+    import dns.flags
     import dns.message
     import dns.rcode
 
-    from podkit.network.cluster_dns import Records, answer
+    from podkit.network.cluster_dns import Records, answer, udp_wire
 
     headless = svc("peers", clusterIP="None")
     records = Records.build(
@@ -128,6 +129,18 @@ def test_dns_answers_from_services_and_forwards_the_rest() -> None:
         "NOERROR", ["0 100 80 web.ns.svc.cluster.local."])  # fmt: skip
     assert ask("web.ns.svc.cluster.local", "AAAA") == ("NOERROR", [])
     assert ask("10-1-2-3.ns.pod.cluster.local") == ("NOERROR", ["10.1.2.3"])
+    # Too large for a datagram: TC, and the client asks again over TCP.
+    many = [{"addresses": [f"10.0.1.{i}"], "conditions": {"ready": True}} for i in range(60)]
+    big = Records.build([headless], [{"metadata": {"namespace": "ns", "labels": {
+        service_rules.SERVICE_NAME: "peers"}}, "ports": [], "endpoints": many}])  # fmt: skip
+    query = dns.message.make_query("peers.ns.svc.cluster.local", "A")
+    full = answer(query, big, "cluster.local")
+    assert full is not None and len(full.to_wire()) > 512
+    short = dns.message.from_wire(udp_wire(full, query))
+    assert short.flags & dns.flags.TC and not short.answer
+    offered = dns.message.make_query("peers.ns.svc.cluster.local", "A", use_edns=0, payload=4096)
+    whole = dns.message.from_wire(udp_wire(full, offered))
+    assert not whole.flags & dns.flags.TC and len(whole.answer[0]) == 60
     assert ask("gone.ns.svc.cluster.local")[0] == "NXDOMAIN"
     assert answer(dns.message.make_query("pypi.org", "A"), records, "cluster.local") is None
 

@@ -76,6 +76,7 @@ def serve(
     dns_upstreams: list[tuple[str, int]] | None = None,
     service_account_writes: bool = False,
     service_cidr: str | None = None,
+    node_port_addresses: list[str] | None = None,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     _lock(base)
@@ -111,7 +112,17 @@ def serve(
         api = Api(rest, state_dir=state_dir)
         api.sa_writes = service_account_writes
         return uvloop.run(
-            _run(api.app(), agent, listen, ctx, config_path, say, keep_pods, dns_upstreams)
+            _run(
+                api.app(),
+                agent,
+                listen,
+                ctx,
+                config_path,
+                say,
+                keep_pods,
+                dns_upstreams,
+                node_port_addresses or service_proxy.NODE_PORT_ADDRESSES,
+            )  # fmt: skip
         )
     finally:
         store.close()
@@ -212,6 +223,7 @@ async def _run(
     say: Callable[[str], None],
     keep_pods: bool,
     dns_upstreams: list[tuple[str, int]] | None,
+    node_port_addresses: list[str],
 ) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -235,7 +247,9 @@ async def _run(
     if dns_server is not None:  # pods can reach serve: on its gateway, or rootless by proxy
         await _kubernetes_service(runner, agent.rest, listen, ctx)
     node = asyncio.ensure_future(agent.run(stop))
-    controllers = asyncio.ensure_future(manager.run(agent.rest, stop, agent.state_dir, say))
+    controllers = asyncio.ensure_future(
+        manager.run(agent.rest, stop, agent.state_dir, say, node_port_addresses)
+    )
     await stop.wait()
     await node
     await controllers

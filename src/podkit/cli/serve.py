@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,13 @@ def add_commands(commands: Any) -> None:
         "need ranges of their own. Fixed at a state directory's first start.",
     )
     cmd.add_argument(
+        "--node-port-address",
+        action="append",
+        metavar="IP",
+        help="Where NodePorts are published (repeatable; default 127.0.0.1, as podkit publishes "
+        "ports; 0.0.0.0 for every interface).",
+    )
+    cmd.add_argument(
         "--reset",
         action="store_true",
         help="Do not serve: stop every pod podkit serve started (gracefully) and remove its "
@@ -72,6 +80,7 @@ def serve(
     dns_upstream: list[str] | None = None,
     service_accounts_may_write: bool = False,
     service_cidr: str | None = None,
+    node_port_address: list[str] | None = None,
     state_dir: Path | None = None,
 ) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
@@ -89,6 +98,11 @@ def serve(
         where = Listen.parse(listen)
         upstreams = [parse_upstream(u) for u in dns_upstream] if dns_upstream else None
         cidr = parse_cidr(service_cidr) if service_cidr is not None else None
+        for address in node_port_address or []:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"--node-port-address {address!r}: not an IP address") from None
     except ValueError as exc:
         raise out.fail(str(exc), 2) from None
     try:
@@ -103,6 +117,7 @@ def serve(
             upstreams,
             service_accounts_may_write,
             cidr,
+            node_port_address,
         )
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None

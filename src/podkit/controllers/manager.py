@@ -18,7 +18,13 @@ from podkit.controllers.replicaset import ReplicaSetController
 from podkit.network import service_proxy, userspace_proxy
 
 
-async def run(rest: Rest, stop: asyncio.Event, state_dir: Path, say: Callable[[str], None]) -> None:
+async def run(
+    rest: Rest,
+    stop: asyncio.Event,
+    state_dir: Path,
+    say: Callable[[str], None],
+    node_port_addresses: list[str] = service_proxy.NODE_PORT_ADDRESSES,
+) -> None:
     controllers: list[Controller] = [
         DeploymentController(rest),
         ReplicaSetController(rest),
@@ -30,9 +36,9 @@ async def run(rest: Rest, stop: asyncio.Event, state_dir: Path, say: Callable[[s
     why = service_proxy.why_not()
     if why is None:
         service_proxy.claim(state_dir)
-        proxy = service_proxy.ServiceProxy(rest, state_dir)
+        proxy = service_proxy.ServiceProxy(rest, state_dir, node_port_addresses)
     elif os.geteuid() != 0:  # no pod IPs: Services on each pod's loopback
-        proxy = userspace_proxy.UserspaceProxy(rest, state_dir)
+        proxy = userspace_proxy.UserspaceProxy(rest, state_dir, node_port_addresses)
     else:
         say(f"podkit serve: {why}")
     if proxy is not None:

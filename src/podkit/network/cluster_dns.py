@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import dns.asyncquery
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -178,6 +179,20 @@ def _srv(
     return [dns.rrset.from_text_list(qname, TTL, "IN", "SRV", sorted(set(lines)))]
 
 
+def udp_wire(response: dns.message.Message, query: dns.message.Message) -> bytes:
+    """The answer as a UDP datagram the client takes: 512 bytes, or the payload size its EDNS
+    offers. Past that it goes with TC set and no records, and the client asks again over TCP
+    (RFC 1035 4.2.1, RFC 6891), as CoreDNS does it for a large headless Service."""
+    limit = max(512, query.payload) if query.edns >= 0 else 512
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        short = dns.message.make_response(query)
+        short.flags |= dns.flags.TC
+        short.set_rcode(response.rcode())
+        return short.to_wire()
+
+
 # --- the server ------------------------------------------------------------------------------
 
 
@@ -215,21 +230,21 @@ class ClusterDns:
         if self._tcp is not None:
             self._tcp.close()
 
-    async def reply(self, wire: bytes) -> bytes | None:
+    async def reply(self, wire: bytes, udp: bool = False) -> bytes | None:
+        """The answer to a query: over UDP (`udp`), within the size its client takes."""
         try:
             query = dns.message.from_wire(wire)
         except Exception:  # noqa: BLE001 - any malformed message: no answer, as servers do
             return None
-        local = answer(query, self.records, self.domain)
-        if local is not None:
-            return local.to_wire()
-        for address, port in self.upstreams:
-            with contextlib.suppress(Exception):
-                forwarded = await dns.asyncquery.udp(query, address, port=port, timeout=2.0)
-                return forwarded.to_wire()
-        failed = dns.message.make_response(query)
-        failed.set_rcode(dns.rcode.SERVFAIL)
-        return failed.to_wire()
+        response = answer(query, self.records, self.domain)
+        if response is None:
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.SERVFAIL)
+            for address, port in self.upstreams:
+                with contextlib.suppress(Exception):
+                    response = await dns.asyncquery.udp(query, address, port=port, timeout=2.0)
+                    break
+        return udp_wire(response, query) if udp else response.to_wire()
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -255,7 +270,7 @@ class _Udp(asyncio.DatagramProtocol):
         asyncio.ensure_future(self._answer(data, addr))
 
     async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-        out = await self.server.reply(data)
+        out = await self.server.reply(data, udp=True)
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
 

@@ -1,7 +1,8 @@
 """The Service proxy of `podkit serve` (kube-proxy's part): it watches Services and
 EndpointSlices, keeps the nftables table of network/service_rules.py in step with them (one
 atomic `nft -f` per change, none when nothing changed), and publishes each NodePort on
-127.0.0.1, forwarding its connections to the Service's cluster IP, where the table takes them.
+127.0.0.1 (or the addresses serve is given), forwarding its connections to the Service's
+cluster IP, where the table takes them.
 As root only: without root there are no pod IPs to route to.
 """
 
@@ -22,7 +23,7 @@ from podkit.controllers.loop import Key, Singleton
 from podkit.network import relay, service_rules
 from podkit.runtime import statedir
 
-NODE_PORT_ADDRESS = "127.0.0.1"
+NODE_PORT_ADDRESSES = ["127.0.0.1"]  # as podkit publishes ports: never all interfaces unasked
 
 
 def table_name(state_dir: Path) -> str:
@@ -68,8 +69,11 @@ class ServiceProxy(Singleton):
     name = "service-proxy"
     watches = (SERVICE, ENDPOINT_SLICE)
 
-    def __init__(self, rest: Rest, state_dir: Path) -> None:
+    def __init__(
+        self, rest: Rest, state_dir: Path, node_port_addresses: list[str] = NODE_PORT_ADDRESSES
+    ) -> None:
         super().__init__(rest)
+        self.addresses = node_port_addresses
         self.table = table_name(state_dir)
         self.written = ""
         self.listeners: dict[int, asyncio.Server] = {}
@@ -120,7 +124,7 @@ class ServiceProxy(Singleton):
             await relay.both_ways((reader, writer), upstream)
 
         with contextlib.suppress(OSError):  # taken by another program: the port stays unset
-            self.listeners[port] = await asyncio.start_server(forward, NODE_PORT_ADDRESS, port)
+            self.listeners[port] = await asyncio.start_server(forward, self.addresses, port)
 
     def close(self) -> None:
         for server in self.listeners.values():

@@ -31,11 +31,12 @@ from typing import Any
 from podkit.api.kinds import ENDPOINT_SLICE, POD, SERVICE
 from podkit.api.rest import Rest
 from podkit.controllers.loop import Key, Singleton
-from podkit.network import relay, service_rules
+from podkit.network import relay, service_proxy, service_rules
 from podkit.runtime import sandbox, statedir
 
 Obj = dict[str, Any]
 UDP_WAIT = 5.0  # seconds an endpoint has to answer a datagram
+CONNECT_ATTEMPTS = 3  # endpoints tried for one connection (the ambassador's number)
 ROOTLESS_SERVICE_CIDR = "127.96.0.0/12"
 
 
@@ -89,11 +90,18 @@ class UserspaceProxy(Singleton):
     name = "userspace-service-proxy"
     watches = (SERVICE, ENDPOINT_SLICE, POD)
 
-    def __init__(self, rest: Rest, state_dir: Path) -> None:
+    def __init__(
+        self,
+        rest: Rest,
+        state_dir: Path,
+        node_port_addresses: list[str] = service_proxy.NODE_PORT_ADDRESSES,
+    ) -> None:
         super().__init__(rest)
         self.state_dir = state_dir
+        self.addresses = node_port_addresses
         self.routes: dict[Port, list[Endpoint]] = {}
-        self.listening: dict[tuple[str, Port], _Listener] = {}  # by pod uid ("": the host)
+        # By pod uid, or "@ADDRESS" for a NodePort on the host.
+        self.listening: dict[tuple[str, Port], _Listener] = {}
 
     def sync(self, key: Key) -> float | None:
         services, _ = self.rest.list_objects(SERVICE, None)
@@ -117,16 +125,17 @@ class UserspaceProxy(Singleton):
         published = {Port(ip, port, proto): node for node, (ip, port, proto)
                      in service_rules.node_ports(services).items()}  # fmt: skip
         wanted = {(uid, port) for uid in pods for port in self.routes}
-        wanted |= {("", port) for port in published}
+        wanted |= {(f"@{address}", port) for address in self.addresses for port in published}
         for gone in set(self.listening) - wanted:
             self.listening.pop(gone).close()
         for uid, port in wanted - set(self.listening):
             try:
-                if uid:
+                if not uid.startswith("@"):
                     self.listening[(uid, port)] = self._listen(pods[uid], port)
                 else:
+                    host = socket.socket(socket.AF_INET6 if ":" in uid else socket.AF_INET)
                     self.listening[(uid, port)] = _Listener(
-                        self, port, _bound(socket.socket(), ("127.0.0.1", published[port]))
+                        self, port, _bound(host, (uid[1:], published[port]))
                     )
             except OSError:  # the pod went meanwhile, or the port is taken already
                 continue
@@ -142,9 +151,11 @@ class UserspaceProxy(Singleton):
             maker.close()
         return _Listener(self, port, _bound(sock, (port.ip, port.port)))
 
-    def pick(self, port: Port) -> Endpoint | None:
+    def pick(self, port: Port, tried: tuple[Endpoint, ...] = ()) -> Endpoint | None:
+        """A ready endpoint at random, one not tried yet if there is one."""
         ends = self.routes.get(port) or []
-        return random.choice(ends) if ends else None
+        fresh = [e for e in ends if e not in tried] or ends
+        return random.choice(fresh) if fresh else None
 
     def close(self) -> None:
         for listener in self.listening.values():
@@ -191,15 +202,20 @@ class _Listener:
                 transport.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        end = self.proxy.pick(self.port)
-        try:
+        tried: tuple[Endpoint, ...] = ()
+        for _ in range(CONNECT_ATTEMPTS):
+            end = self.proxy.pick(self.port, tried)
             if end is None:
-                raise OSError("no ready endpoint")
-            upstream = await asyncio.open_connection(sock=await _connect(end, socket.SOCK_STREAM))
-        except OSError:
-            writer.close()  # refused, as a Service without endpoints refuses
+                break
+            tried += (end,)
+            try:
+                sock = await _connect(end, socket.SOCK_STREAM)
+            except OSError:  # gone or not listening yet: another, as the ambassador does
+                continue
+            upstream = await asyncio.open_connection(sock=sock)
+            await relay.both_ways((reader, writer), upstream)
             return
-        await relay.both_ways((reader, writer), upstream)
+        writer.close()  # refused, as a Service without endpoints refuses
 
     def close(self) -> None:
         self.task.cancel()

@@ -607,14 +607,23 @@ def _enable(directory: Path, controllers: Iterable[str]) -> None:
 def _probe_root(base: str) -> tuple[Path | None, str]:
     """Can podkit create `<base>/podkit`? Leaves nothing new behind; (root, "") or (None, why)."""
     root = Path(base) / PODKIT_DIR
-    if root.is_dir():
-        return (root, "") if os.access(root, os.W_OK) else (None, f"{root} is not writable")
-    try:
-        os.mkdir(root)
-    except OSError as exc:
-        return None, f"cannot create {root}: {exc.strerror}"
-    os.rmdir(root)
-    return root, ""
+    # Other podkits may make it (their pods) or remove it (their clean-up, once it is empty)
+    # at the same moment: what this one sees may be gone the next instant, so look again.
+    for _ in range(10):
+        try:
+            os.mkdir(root)
+        except FileExistsError:
+            if os.access(root, os.W_OK):
+                return root, ""
+            if root.is_dir():
+                return None, f"{root} is not writable"
+            continue  # removed meanwhile
+        except OSError as exc:
+            return None, f"cannot create {root}: {exc.strerror}"
+        with contextlib.suppress(OSError):  # removed meanwhile, or holding pods already
+            os.rmdir(root)
+        return root, ""
+    return root, ""  # made and removed by others all along: it can be made
 
 
 def _not_root_hint() -> str:

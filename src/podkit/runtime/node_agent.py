@@ -40,6 +40,7 @@ from podkit.api import tokens
 from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET, SERVICE, SERVICE_ACCOUNT
 from podkit.api.rest import Rest, now
 from podkit.api.status import ApiError
+from podkit.common.userns import remove_tree
 from podkit.manifest.references import Reference, references
 from podkit.runtime import statedir
 from podkit.runtime.forkserver import ForkServer
@@ -129,9 +130,11 @@ class NodeAgent:
         meta = pod["metadata"]
         uid = meta["uid"]
         running = self.pods.get(uid)
-        if type_ == "DELETED":  # forced: the object is gone already
+        if type_ == "DELETED":  # gone: forced, or its finalizers released
             if running is not None:
-                self._signal(running, signal.SIGKILL)
+                self._signal(running, signal.SIGKILL)  # its files go once it has exited
+            else:
+                self._forget(uid, self._pod_dir(pod))
             return
         if "deletionTimestamp" in meta:
             if running is None:
@@ -279,6 +282,7 @@ class NodeAgent:
                 "--no-logs", "--no-color", "-o", "json"]  # fmt: skip
         if self.cluster_dns:
             argv += ["--cluster-dns", self.cluster_dns[0], "--cluster-domain", self.cluster_dns[1]]
+        statedir.keep(self._pod_dir(pod))  # until its object goes (_finish)
         with open(self.work / f"{meta['uid']}.log", "ab") as log:
             try:
                 pid = self._fork_server().spawn(argv, log.fileno())
@@ -409,9 +413,11 @@ class NodeAgent:
     def _exited(self, pod: Supervised) -> None:
         try:
             current = self.rest.get(POD, pod.namespace, pod.name)
-        except ApiError:
-            return  # force-deleted meanwhile
-        if current["metadata"]["uid"] != pod.uid:
+        except ApiError:  # force-deleted meanwhile
+            self._forget(pod.uid, pod.pod_dir)
+            return
+        if current["metadata"]["uid"] != pod.uid:  # deleted, and made again meanwhile
+            self._forget(pod.uid, pod.pod_dir)
             return
         if "deletionTimestamp" in current["metadata"]:
             # Stopped for its deletion: its phase is terminal now (as the kubelet sets it),
@@ -451,8 +457,16 @@ class NodeAgent:
         meta = pod["metadata"]
         with contextlib.suppress(ApiError):
             self.rest.finish_delete(POD, meta["namespace"], meta["name"])
+            self.rest.get(POD, meta["namespace"], meta["name"])
+            return  # a finalizer holds it: its files stay until it goes (DELETED)
+        self._forget(meta["uid"], self._pod_dir(pod))
+
+    def _forget(self, uid: str, pod_dir: Path) -> None:
+        """The pod's object is gone: its files go too (the kubelet removes a deleted pod's
+        directory and logs)."""
         for suffix in (".yaml", ".log"):
-            (self.work / f"{meta['uid']}{suffix}").unlink(missing_ok=True)
+            (self.work / f"{uid}{suffix}").unlink(missing_ok=True)
+        remove_tree(pod_dir)
 
 
 def waiting_status(pod: Obj, missing: list[Reference]) -> tuple[Obj, list[tuple[str, str, str]]]:

@@ -23,6 +23,9 @@ from podkit.common.userns import remove_tree
 
 VOLATILE = ("volumes", "shm", "containers", "etc", "sandbox")
 KEEP_FINISHED = 20
+# In a pod's directory: podkit serve keeps it (its logs, for `kubectl logs`) until the pod's
+# object is deleted, as the kubelet keeps a pod's; never pruned as one of the finished.
+KEPT = "kept"
 
 
 def pod_dir(state_dir: Path, namespace: str, name: str, uid: str) -> Path:
@@ -117,6 +120,13 @@ def claim(pod_dir: Path) -> None:
         (pod_dir / "owner").write_text(owner_record())
 
 
+def keep(pod_dir: Path) -> None:
+    """Make a pod's directory, marked KEPT (under the lock: no clean-up sees it unmarked)."""
+    with _pods_locked(pod_dir.parent.parent):
+        pod_dir.mkdir(exist_ok=True)
+        (pod_dir / KEPT).touch()
+
+
 def clean_stale(state_dir: Path) -> list[str]:
     """Clean what killed runs left and keep only the newest finished pods; returns cleaned."""
     if not (state_dir / "pods").is_dir():
@@ -140,7 +150,8 @@ def _clean(pods: Path) -> list[str]:
         if any((d / v).exists() for v in VOLATILE):
             remove_volatile(d)
             cleaned.append(d.name)
-        finished.append(d)
+        if not (d / KEPT).exists():
+            finished.append(d)
     finished.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for d in finished[KEEP_FINISHED:]:
         remove_tree(d)
