@@ -158,9 +158,11 @@ def test_sigkill_of_podkit_leaves_no_container_process(tmp_path, podkit, state_d
     )
     run = podkit("run", m)
     wait_for("three container processes", lambda: len(_pids_with(marker)) == 3, 15)
-    podkit_children = _children(run.proc.pid)  # the pod sandbox and the container launchers
+    # The pod sandbox and the containers' PID 1s (a launcher, a moment after it reported,
+    # may not be gone yet: it dies with podkit as well).
+    podkit_children = _children(run.proc.pid)
     tree = set(_pids_with(marker)) | set(podkit_children)
-    assert len(podkit_children) == 3
+    assert len(set(_pids_with(marker)) & set(podkit_children)) == 2  # a's and b's PID 1
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(5)
     # Dead within two seconds (a zombie runs nothing), then reaped: the orphans go to the

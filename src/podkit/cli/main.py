@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from podkit import __version__
+from podkit.cli import export as _export
 from podkit.cli import images as _images
 from podkit.cli import out
 from podkit.cli import serve as _serve
@@ -380,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
     command(commands, "version", version, "Print podkit's version.")
     _images.add_commands(commands)
     _serve.add_commands(commands)
+    _export.add_commands(commands)
     return top
 
 

@@ -21,7 +21,7 @@ from podkit.manifest.checks import Known, metadata_problems, pod_problems
 from podkit.manifest.document import Manifest
 from podkit.manifest.errors import ManifestError, Problem
 from podkit.manifest.model import Bundle
-from podkit.manifest.schema import check_schema
+from podkit.manifest.schema import check_schema, has_schema, schema_key
 from podkit.manifest.support import unsupported_warning
 from podkit.manifest.yaml_reader import parse_documents
 
@@ -33,12 +33,7 @@ def load_files(paths: Sequence[str | Path]) -> Bundle:
     """Every Pod, ConfigMap, Secret and Service in the files; ManifestError if anything is
     wrong."""
     problems: list[Problem] = []
-    manifests: list[Manifest] = []
-    for name, text in _read_all(paths, problems):
-        found, bad = parse_documents(name, text)
-        problems += bad
-        for manifest in found:
-            manifests += _objects(manifest, problems)
+    manifests = _manifests(paths, problems)
     checked = _validate(manifests, problems)
     bundle, known = _key_values(checked, problems)
     _pods(checked, known, bundle, problems)
@@ -50,6 +45,19 @@ def load_files(paths: Sequence[str | Path]) -> Bundle:
 
 
 # --- reading -------------------------------------------------------------------------------
+
+
+def _manifests(
+    paths: Sequence[str | Path], problems: list[Problem], any_kind: bool = False
+) -> list[Manifest]:
+    """Every object of the files, in order (of podkit run's kinds, unless `any_kind`)."""
+    manifests: list[Manifest] = []
+    for name, text in _read_all(paths, problems):
+        found, bad = parse_documents(name, text)
+        problems += bad
+        for manifest in found:
+            manifests += _objects(manifest, problems, any_kind)
+    return manifests
 
 
 def _read_all(paths: Sequence[str | Path], problems: list[Problem]) -> Iterator[tuple[str, str]]:
@@ -88,10 +96,27 @@ def _read_text(path: Path, problems: list[Problem]) -> str | None:
 # --- objects -------------------------------------------------------------------------------
 
 
-def _objects(m: Manifest, problems: list[Problem]) -> list[Manifest]:
+def read_objects(paths: Sequence[str | Path]) -> list[Manifest]:
+    """Every object in the files, of any kind with an official schema (`podkit export`), each
+    checked against it; ManifestError listing every problem."""
+    problems: list[Problem] = []
+    manifests = _manifests(paths, problems, any_kind=True)
+    for m in manifests:
+        key = schema_key(str(m.data.get("apiVersion", "")), m.kind)
+        if not has_schema(key):
+            reason = f"no official schema for {m.data.get('apiVersion')} {m.kind}"
+            problems.append(m.problem(("kind",), reason))
+        else:
+            problems += check_schema(m, key).problems
+    if problems:
+        raise ManifestError(problems)
+    return manifests
+
+
+def _objects(m: Manifest, problems: list[Problem], any_kind: bool = False) -> list[Manifest]:
     """The objects a document holds: itself, or the items of a `kind: List`."""
     if m.data.get("kind") != "List":
-        reason = _identity_problem(m)
+        reason = _identity_problem(m, any_kind)
         if reason is not None:
             problems.append(reason)
             return []
@@ -103,17 +128,18 @@ def _objects(m: Manifest, problems: list[Problem]) -> list[Manifest]:
     out: list[Manifest] = []
     for index, item in enumerate(items):
         if isinstance(item, dict):
-            out += _objects(m.item(index), problems)
+            out += _objects(m.item(index), problems, any_kind)
         else:
             problems.append(m.problem(("items", index), "must be a Kubernetes object (a mapping)"))
     return out
 
 
-def _identity_problem(m: Manifest) -> Problem | None:
+def _identity_problem(m: Manifest, any_kind: bool = False) -> Problem | None:
     kind, supported = m.data.get("kind"), ", ".join(SUPPORTED_KINDS)
     if kind is None:
-        return m.problem(("kind",), f"required field is missing; supported kinds: {supported}")
-    if kind not in SUPPORTED_KINDS:
+        hint = "" if any_kind else f"; supported kinds: {supported}"
+        return m.problem(("kind",), f"required field is missing{hint}")
+    if kind not in SUPPORTED_KINDS and not any_kind:
         reason = f"kind {kind} is not supported by podkit run; supported: {supported}"
         return m.problem(("kind",), reason)
     return None

@@ -225,11 +225,24 @@ class SchemaResult:
         return Manifest(manifest.source, data, manifest.lines, manifest.prefix)
 
 
-def check_schema(manifest: Manifest) -> SchemaResult:
-    """Every way the object breaks its kind's schema."""
+def schema_key(api_version: str, kind: str) -> str:
+    """The official schema file of any kind: pod-v1.json, deployment-apps-v1.json."""
+    group, _, version = api_version.rpartition("/")
+    if group:
+        return f"{kind.lower()}-{group.split('.')[0]}-{version}.json"
+    return f"{kind.lower()}-{version}.json"
+
+
+def has_schema(key: str) -> bool:
+    return (_schema_dir() / _SCHEMA_FILES.get(key, key)).is_file()
+
+
+def check_schema(manifest: Manifest, key: str | None = None) -> SchemaResult:
+    """Every way the object breaks its kind's schema (`key`: a schema file's name, for the
+    kinds podkit run does not take)."""
     problems: list[Problem] = []
     rejected: list[FieldPath] = []
-    for error in _errors(manifest.kind, manifest.data):
+    for error in _errors(key or manifest.kind, manifest.data):
         path: FieldPath = error.path
         for rel, reason in _describe(error):
             problems.append(manifest.problem(path + rel, reason))
