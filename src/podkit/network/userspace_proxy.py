@@ -24,18 +24,21 @@ import asyncio
 import contextlib
 import random
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from podkit.api.kinds import ENDPOINT_SLICE, POD, SERVICE
 from podkit.api.rest import Rest
+from podkit.controllers import replicas
 from podkit.controllers.loop import Key, Singleton
 from podkit.network import relay, service_proxy, service_rules
 from podkit.runtime import sandbox, statedir
 
 Obj = dict[str, Any]
 UDP_WAIT = 5.0  # seconds an endpoint has to answer a datagram
+WAIT_FOR_SANDBOX = 30.0  # seconds a new pod's sandbox is looked for, 5 times a second
 CONNECT_ATTEMPTS = 3  # endpoints tried for one connection (the ambassador's number)
 ROOTLESS_SERVICE_CIDR = "127.96.0.0/12"
 
@@ -86,6 +89,11 @@ def routes(services: list[Obj], slices: list[Obj], state_dir: Path) -> dict[Port
     return out
 
 
+def created(pod: Obj) -> float:
+    made = replicas.when(pod["metadata"].get("creationTimestamp"))
+    return made.timestamp() if made is not None else 0.0
+
+
 class UserspaceProxy(Singleton):
     name = "userspace-service-proxy"
     watches = (SERVICE, ENDPOINT_SLICE, POD)
@@ -119,8 +127,8 @@ class UserspaceProxy(Singleton):
             )
             if listen.exists():
                 pods[meta["uid"]] = listen
-            else:
-                waiting = True  # its sandbox is not up yet
+            elif time.time() - created(pod) < WAIT_FOR_SANDBOX:
+                waiting = True  # its sandbox is not up yet (a pod held longer: its events)
         # NodePorts: on the host's 127.0.0.1, as root's are (Port's ip: the cluster IP).
         published = {Port(ip, port, proto): node for node, (ip, port, proto)
                      in service_rules.node_ports(services).items()}  # fmt: skip

@@ -613,11 +613,15 @@ def _probe_root(base: str) -> tuple[Path | None, str]:
         try:
             os.mkdir(root)
         except FileExistsError:
-            if os.access(root, os.W_OK):
-                return root, ""
-            if root.is_dir():
-                return None, f"{root} is not writable"
-            continue  # removed meanwhile
+            try:  # held open, so the answer is about this directory even if it goes meanwhile
+                held = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            try:
+                writable = os.access(f"/proc/self/fd/{held}", os.W_OK)
+            finally:
+                os.close(held)
+            return (root, "") if writable else (None, f"{root} is not writable")
         except OSError as exc:
             return None, f"cannot create {root}: {exc.strerror}"
         with contextlib.suppress(OSError):  # removed meanwhile, or holding pods already

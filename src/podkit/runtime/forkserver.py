@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from podkit.common.helpers import helper_argv
+from podkit.runtime.node import RELOAD_SIGNAL, STOP_SIGNALS
 
 # What `podkit run` imports (cli/main.py imports these inside run(), to keep --help fast).
 PRELOAD = (
@@ -44,7 +45,7 @@ PRELOAD = (
 )
 # A supervisor starts with these held, as `podkit run` holds them until it can take them
 # (runtime/node.py): a stop or reload that comes while it starts waits instead of killing it.
-HELD = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+HELD = {*STOP_SIGNALS, RELOAD_SIGNAL}
 
 
 def _child(request: bytes, stderr: int, server: socket.socket, wake: tuple[int, int]) -> None:
