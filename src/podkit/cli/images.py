@@ -54,6 +54,33 @@ def add_commands(commands: Any) -> None:
     )
     sub = image.add_subparsers(metavar="COMMAND", required=True)
     add_state_dir(command(sub, "prune", prune, "Delete what no image uses."), _STORE)
+    cmd = command(
+        sub,
+        "build-builtins",
+        build_builtins,
+        "Build the built-in images as OCI images any runtime can pull (images/build.py).",
+    )
+    cmd.add_argument("--tag", metavar="VERSION", help="Their tag (default: podkit's version).")
+    cmd.add_argument(
+        "--output",
+        type=Path,
+        default=Path("podkit-images"),
+        metavar="DIR",
+        help="The OCI image layout written (default %(default)s): skopeo's oci:DIR:NAME:TAG, "
+        "podman load, ctr images import.",
+    )
+    cmd.add_argument(
+        "--push",
+        metavar="REGISTRY/PREFIX",
+        help="Also push each image to REGISTRY/PREFIX/NAME:TAG, with podkit's registry client.",
+    )
+    cmd.add_argument(
+        "--project",
+        type=Path,
+        help="podkit's source tree, whose wheel goes in (default: the one podkit runs from).",
+    )
+    add_state_dir(cmd, ", where the Debian base is cached")
+    add_registry_config(cmd)
 
 
 def pull(
@@ -253,6 +280,66 @@ def rmi(names: list[str], state_dir: Path | None = None) -> int:
     if freed.layers or freed.blobs:
         print(f"Deleted: {freed.layers} layers, {freed.blobs} blobs ({_human(freed.nbytes)})")
     return code
+
+
+def build_builtins(
+    tag: str | None = None,
+    output: Path = Path("podkit-images"),
+    push: str | None = None,
+    project: Path | None = None,
+    state_dir: Path | None = None,
+    registry_config: Path | None = None,
+) -> int:
+    """Build simple-webapp, log-agent, ambassador, metrics-adapter and auth-adapter as OCI
+    images into an OCI layout, and push them when asked."""
+    import asyncio
+
+    from podkit import __version__
+    from podkit.images import build
+    from podkit.oci.hosts import Hosts, RegistryConfigError, load
+    from podkit.oci.reference import InvalidReference, parse
+    from podkit.runtime.statedir import default_state_dir
+
+    version = tag or __version__
+    source = project or Path(build.__file__).resolve().parents[3]
+    if not (source / "pyproject.toml").is_file():
+        raise out.fail(f"--project {source}: no pyproject.toml: not podkit's source tree", 2)
+    try:
+        prefix = (push or "").rstrip("/")
+        targets = {n: parse(f"{prefix}/{n}:{version}") for n in build.PUBLISHED} if push else {}
+        hosts = Hosts(load(registry_config))
+    except (InvalidReference, RegistryConfigError) as exc:
+        raise out.fail(str(exc), EXIT_BAD_INPUT) from None
+    cache = (state_dir or default_state_dir()) / "oci" / "build-cache"
+    try:
+        built = build.build(output, source, version, cache, out.note)
+    except build.BuildError as exc:
+        raise out.fail(str(exc), 1) from None
+    for name, image in built.tags.items():
+        out.note(f"{name}: oci:{output}:{image}")
+    if targets:
+        return asyncio.run(_push_all(built, targets, hosts))
+    return 0
+
+
+async def _push_all(built: Any, targets: dict[str, Reference], hosts: Any) -> int:
+    from podkit.oci.push import Pusher
+    from podkit.oci.registry import PullError, RegistryClient
+
+    client = RegistryClient(hosts)
+    try:
+        pusher = Pusher(client, built.layout)
+        for name, target in targets.items():
+            try:
+                done = await pusher.push(built.tags[name], target)
+            except PullError as exc:
+                out.error(f"push {target}: {exc}")
+                return 1
+            sent = sum(1 for how in done.blobs.values() if how == "uploaded")
+            out.note(f"pushed {target}@{done.digest} ({sent} blob(s) uploaded)")
+    finally:
+        await client.close()
+    return 0
 
 
 def prune(state_dir: Path | None = None) -> int:

@@ -1,5 +1,5 @@
 """The OCI distribution API client (Docker Registry v2): manifests and blobs, one request at a
-time each, with the behaviour a pull needs to be trusted.
+time each, with the behaviour a pull needs to be trusted, and the push of blobs and manifests.
 
 - Auth: a 401's `WWW-Authenticate` challenge is answered once per request: Bearer (a token from
   the realm for the request's scope, anonymous or with Basic credentials, cached until it
@@ -16,6 +16,10 @@ time each, with the behaviour a pull needs to be trusted.
   aborts the download with a message that says so: never a pull left hanging.
 - Endpoints (mirrors first, then the registry itself) are tried in order; a loopback registry
   is tried over HTTPS, then plain HTTP.
+- Push goes to the registry itself, never a mirror, with a token scoped `pull,push`: a blob
+  the repository has already is not sent (HEAD); one that another repository of the registry
+  has is mounted from it (POST ?mount=&from=) when the caller knows where; else it is
+  uploaded in one PUT. Then the manifest is PUT under its tag.
 
 aiohttp is imported when the first client is made, not with this module: `podkit` commands
 that pull nothing do not pay for it.
@@ -140,7 +144,49 @@ class RegistryClient:
 
         await self._on_endpoints(ref, get)
 
+    async def push_blob(
+        self, ref: Reference, data: bytes, digest: str, mount_from: str | None = None
+    ) -> str:
+        """Put a blob in the repository: "exists", "mounted" or "uploaded"."""
+
+        async def put(end: Endpoint, base: str) -> str:
+            blobs = f"{base}/{ref.path}/blobs"
+            async with await self._request(end, ref, f"{blobs}/{digest}", {}, "HEAD") as resp:
+                if resp.status == 200:
+                    return "exists"
+            start = f"{blobs}/uploads/"
+            if mount_from:
+                start += f"?mount={digest}&from={mount_from}"
+            async with await self._request(end, ref, start, {}, "POST") as resp:
+                if resp.status == 201:
+                    return "mounted"
+                await self._raise_for(resp, ref, f"blob upload {digest}")
+                location = str(resp.url.join(URL(resp.headers.get("Location", ""))))
+            url = URL(location).update_query({"digest": digest})
+            headers = {"Content-Type": "application/octet-stream"}
+            async with await self._request(end, ref, str(url), headers, "PUT", data) as resp:
+                await self._raise_for(resp, ref, f"blob {digest}")
+            return "uploaded"
+
+        return str(await self._on_registry(ref, put))
+
+    async def push_manifest(self, ref: Reference, tag: str, body: bytes, media_type: str) -> str:
+        """PUT a manifest (or index) under `tag`; its digest, as the registry says it."""
+
+        async def put(end: Endpoint, base: str) -> str:
+            url = f"{base}/{ref.path}/manifests/{tag}"
+            headers = {"Content-Type": media_type}
+            async with await self._request(end, ref, url, headers, "PUT", body) as resp:
+                await self._raise_for(resp, ref, f"manifest {tag}")
+                return resp.headers.get("Docker-Content-Digest") or sha256(body)
+
+        return str(await self._on_registry(ref, put))
+
     # -- endpoints, retries ------------------------------------------------------------------
+
+    async def _on_registry(self, ref: Reference, call: Callable[[Endpoint, str], Any]) -> Any:
+        """`call` on the registry itself: a push never goes to a mirror."""
+        return await self._with_fallback(self.hosts.endpoints(ref.domain)[-1], call)
 
     async def _on_endpoints(self, ref: Reference, call: Callable[[Endpoint, str], Any]) -> Any:
         """`call` on each endpoint in turn until one works; the last error if none does."""
@@ -172,10 +218,18 @@ class RegistryClient:
             return await call(end, end.fallback)
 
     async def _request(
-        self, end: Endpoint, ref: Reference, url: str, headers: dict[str, str]
+        self,
+        end: Endpoint,
+        ref: Reference,
+        url: str,
+        headers: dict[str, str],
+        method: str = "GET",
+        data: bytes | None = None,
     ) -> aiohttp.ClientResponse:
-        """GET with auth, redirects and retries; the caller reads and releases the answer."""
-        scope = f"repository:{ref.path}:pull"
+        """A request with auth, retries and (GET) redirects; the caller reads and releases the
+        answer. Anything but GET and HEAD asks for push rights."""
+        reading = method in ("GET", "HEAD")
+        scope = f"repository:{ref.path}:{'pull' if reading else 'pull,push'}"
         delay = self.first_backoff
         authenticated = False
         attempt = 0
@@ -186,7 +240,7 @@ class RegistryClient:
             if auth:
                 sent["Authorization"] = auth
             try:
-                resp = await self._get_following(end, url, sent)
+                resp = await self._send(end, method, url, sent, data)
             except _TlsFailed:
                 raise
             except (self._aiohttp.ClientError, OSError) as exc:
@@ -213,15 +267,17 @@ class RegistryClient:
                 continue
             return resp
 
-    async def _get_following(
-        self, end: Endpoint, url: str, headers: dict[str, str]
+    async def _send(
+        self, end: Endpoint, method: str, url: str, headers: dict[str, str], data: bytes | None
     ) -> aiohttp.ClientResponse:
+        """One request; a GET's redirects followed (the Location of an upload is the caller's)."""
         host = _host(url)
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                resp = await self._session.get(
-                    url, headers=headers, allow_redirects=False, ssl=self._ssl_for(end)
-                )
+                resp = await self._session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False,
+                    ssl=self._ssl_for(end),
+                )  # fmt: skip
             except self._aiohttp.ClientConnectorCertificateError as exc:
                 raise PullError(
                     f"{end.host}: TLS certificate not trusted ({exc.certificate_error}); give "
@@ -234,7 +290,7 @@ class RegistryClient:
                     raise _TlsFailed(str(exc)) from None
                 raise
             location = resp.headers.get("Location")
-            if resp.status not in (301, 302, 303, 307, 308) or not location:
+            if method != "GET" or resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
             resp.release()
             url = str(resp.url.join(URL(location)))
