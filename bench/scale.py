@@ -3,7 +3,7 @@
 1. The seed pod (simple-webapp + log-agent) as a Deployment, scaled 0 -> 20 with the real
    kubectl: the time until all 20 are Ready, and podkit's own memory per pod (PSS of each
    pod's supervisor and its sandbox, and of the fork server the supervisors come from,
-   shared pages counted once; not the containers).
+   shared pages counted once, plus serve's own growth for the pods; not the containers).
 2. Requests/s and p99 with wrk through a Service's cluster IP against straight to the pod IP
    of its one endpoint: the cost of kube-proxy's nftables DNAT, done by the kernel. ROUNDS
    rounds of 5 s each way, alternating (the app's own speed drifts); medians.
@@ -107,9 +107,12 @@ def main() -> None:
             if applied.returncode != 0:
                 raise SystemExit(applied.stderr)
             kubectl(served, "rollout", "status", "deployment/solo", "--timeout=60s")
+            serve_before = pss_mb([served.proc.pid])
             ready_s = scale_up(served)
             time.sleep(3)  # a quiet interval: memory after the start-up work
-            per_pod = supervisor_pss_mb(served) / PODS
+            # serve's own growth for the pods (the node's state of them: objects, watches).
+            node_state = max(0.0, pss_mb([served.proc.pid]) - serve_before) / PODS
+            per_pod = supervisor_pss_mb(served) / PODS + node_state
             pod_ip = json.loads(kubectl(served, "get", "pods", "-l", "app=solo", "-o", "json"))[
                 "items"][0]["status"]["podIP"]  # fmt: skip
             cluster_ip = json.loads(kubectl(served, "get", "svc", "solo", "-o", "json"))["spec"][
@@ -127,6 +130,7 @@ def main() -> None:
         "pods": PODS,
         "scale_20_ready_s": round(ready_s, 2),
         "podkit_mb_per_pod": round(per_pod, 1),
+        "node_state_mb_per_pod": round(node_state, 2),  # serve's part of it
         "clusterip_rps": round(through[0]),
         "direct_rps": round(direct[0]),
         "clusterip_ratio": round(through[0] / direct[0], 2),

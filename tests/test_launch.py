@@ -73,9 +73,20 @@ def test_a_running_container_is_podkits_child_with_default_signals(
     assert ignored & 0x7FFFFFFF == 0, line  # 1-31; 32 and 33 are the C library's own
     exec_files = list((run.state_dir / "pods").glob("*/containers/app/exec.json"))
     pid = json.loads(exec_files[0].read_text())["pid"]
-    children = Path(f"/proc/{run.proc.pid}/task/{run.proc.pid}/children").read_text().split()
-    assert str(pid) in children
-    kinds = sorted(Path(f"/proc/{c}/comm").read_text().strip() for c in children)
-    assert kinds == ["podkit-sandbox", "sleep"]  # the sandbox and PID 1; no launcher
+
+    def children() -> list[str]:
+        listed = Path(f"/proc/{run.proc.pid}/task/{run.proc.pid}/children").read_text().split()
+        return [c for c in listed if Path(f"/proc/{c}").exists()]
+
+    assert str(pid) in children()
+    # The sandbox and PID 1, and no launcher: it exits once it has reported (a moment).
+    wait_for(
+        "the launcher gone",
+        lambda: (
+            sorted(Path(f"/proc/{c}/comm").read_text().strip() for c in children())
+            == ["podkit-sandbox", "sleep"]
+        ),
+        5,
+    )
     run.stop()
     assert not Path(f"/proc/{pid}").exists()  # reaped by podkit, not left a zombie
