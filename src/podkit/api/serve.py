@@ -25,7 +25,6 @@ from podkit.api import kubeconfig, pki, tokens
 from podkit.api.kinds import NAMESPACE, services
 from podkit.api.rest import Rest
 from podkit.api.server import Api, tls_context
-from podkit.common.userns import remove_tree
 from podkit.controllers import manager
 from podkit.network import cluster_dns, service_proxy, userspace_proxy
 from podkit.network.cluster_dns import DOMAIN, ClusterDns
@@ -202,7 +201,7 @@ def reset(state_dir: Path, say: Callable[[str], None], deadline: float = 60.0) -
         pod_dirs = [d for d in (state_dir / "pods").glob("*_*") if d.name.rsplit("_", 1)[1] in uids]
         stopped = statedir.stop_owners(pod_dirs, deadline)
         for d in pod_dirs:
-            remove_tree(d)
+            statedir.forget(d)
         service_proxy.remove(state_dir)
         shutil.rmtree(base)
     finally:

@@ -40,7 +40,6 @@ from podkit.api import tokens
 from podkit.api.kinds import CONFIGMAP, EVENT, NODE, POD, SECRET, SERVICE, SERVICE_ACCOUNT
 from podkit.api.rest import Rest, now
 from podkit.api.status import ApiError
-from podkit.common.userns import remove_tree
 from podkit.manifest.references import Reference, references
 from podkit.runtime import statedir
 from podkit.runtime.forkserver import ForkServer
@@ -466,7 +465,7 @@ class NodeAgent:
         directory and logs)."""
         for suffix in (".yaml", ".log"):
             (self.work / f"{uid}{suffix}").unlink(missing_ok=True)
-        remove_tree(pod_dir)
+        statedir.forget(pod_dir)
 
 
 def waiting_status(pod: Obj, missing: list[Reference]) -> tuple[Obj, list[tuple[str, str, str]]]:

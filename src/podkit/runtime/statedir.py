@@ -127,6 +127,13 @@ def keep(pod_dir: Path) -> None:
         (pod_dir / KEPT).touch()
 
 
+def forget(pod_dir: Path) -> None:
+    """Remove a pod's directory, under the lock every podkit's clean-up takes (one listing
+    the directories must not find this one gone halfway)."""
+    with _pods_locked(pod_dir.parent.parent):
+        remove_tree(pod_dir)
+
+
 def clean_stale(state_dir: Path) -> list[str]:
     """Clean what killed runs left and keep only the newest finished pods; returns cleaned."""
     if not (state_dir / "pods").is_dir():
@@ -152,10 +159,17 @@ def _clean(pods: Path) -> list[str]:
             cleaned.append(d.name)
         if not (d / KEPT).exists():
             finished.append(d)
-    finished.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    finished.sort(key=_mtime, reverse=True)
     for d in finished[KEEP_FINISHED:]:
         remove_tree(d)
     return cleaned
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed meanwhile by one that did not take the lock
+        return 0.0
 
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
