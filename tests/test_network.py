@@ -184,6 +184,38 @@ def test_pod_reaches_a_server_on_the_host_by_the_gateway_ip(cfg, pods, state_dir
     assert out.strip() == "pong from host", err
 
 
+def test_a_pod_keeps_reaching_the_host_when_the_pod_with_the_lowest_mac_leaves(
+    cfg, pods, state_dir
+):
+    """A Linux bridge without a MAC of its own takes its lowest port's. When that pod left, the
+    bridge's MAC changed under the other pods, whose cached gateway MAC then led nowhere for up
+    to a minute (CI: requests through a Service hung in a rolling update)."""
+    a_pid, b_pid = pods(2)
+    a = network.attach(cfg, a_pid, "uid-a", state_dir)
+    # a's host end gets the lowest MAC a port can have: a bridge without one would take it
+    subprocess.run(["ip", "link", "set", a.veth_host, "address", "02:00:00:00:00:01"], check=True)
+    network.attach(cfg, b_pid, "uid-b", state_dir)
+    with socket.socket() as listener:
+        listener.bind((cfg.gateway, 0))
+        listener.listen()
+        listener.settimeout(10)
+
+        def ping_host_from_b() -> str:
+            client = connect_from_pod(b_pid, cfg.gateway, listener.getsockname()[1])
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(10)
+                conn.sendall(b"pong")
+            out, err = client.communicate(timeout=10)
+            return out.strip() or err
+
+        assert ping_host_from_b() == "pong"  # b now has the gateway's MAC in its cache
+        network.detach(cfg, a, state_dir)
+        assert ping_host_from_b() == "pong"
+    mac = Path(f"/sys/class/net/{cfg.bridge}/address").read_text().strip()
+    assert mac == network.bridge_mac(cfg.gateway)  # its own, whatever ports come and go
+
+
 def test_detach_frees_the_ip_for_the_next_pod(cfg, pods, state_dir):
     a_pid, b_pid = pods(2)
     a = network.attach(cfg, a_pid, "uid-a", state_dir)

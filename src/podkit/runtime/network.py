@@ -151,6 +151,15 @@ def veth_name(ip: str) -> str:
     return f"pk{int(ipaddress.IPv4Address(ip)):08x}"
 
 
+def bridge_mac(gateway: str) -> str:
+    """The bridge's own MAC: fixed, locally administered, from its gateway address (as Docker
+    gives docker0 02:42:<ip>). Left unset, a Linux bridge takes the lowest MAC among its ports,
+    so it changes whenever that pod's veth comes or goes; pods keep the old one cached for their
+    gateway and their packets to the host and beyond are lost until they ARP again (up to a
+    minute: clients of a Service saw requests hang in a rolling update)."""
+    return "02:70:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(gateway).packed)
+
+
 def free_address(
     net: ipaddress.IPv4Network, taken: Iterable[str], after: str | None = None
 ) -> str | None:
@@ -384,6 +393,11 @@ def ensure_bridge(cfg: NetworkConfig, state_dir: Path | None = None) -> str | No
                 f"link set {cfg.bridge} up\n"
             ),
         )
+        mac = bridge_mac(cfg.gateway)
+        # A MAC set by hand stays whatever ports come and go. Set it only when it differs:
+        # setting it at all makes the kernel forget the host's neighbours on the bridge.
+        if Path(f"/sys/class/net/{cfg.bridge}/address").read_text().strip() != mac:
+            _run("ip", "link", "set", cfg.bridge, "address", mac)
         _enable_ip_forward()
         return _ensure_nat(cfg)
 
