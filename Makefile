@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBS   := python3 python3-venv passwd iproute2 curl procps util-linux openssl nftables libseccomp2 \
           rsyslog logrotate haproxy nginx wrk testssl.sh docker-registry skopeo umoci busybox-static \
-          mmdebstrap podman runc uidmap dnsmasq-base
+          mmdebstrap podman runc uidmap dnsmasq-base slirp4netns
 MANIFEST ?= examples/pod-definition.yaml
 
 .PHONY: run test bench lint debs bytecode clean
@@ -47,6 +47,7 @@ bench: $(STAMP) debs bytecode
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/adapters.py
 	$(BIN)/python bench/images.py
+	$(BIN)/python bench/published.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/scale.py
 

@@ -108,6 +108,25 @@ def test_built_in_images_get_their_published_names_and_the_rest_stays() -> None:
     assert published("busybox", "podkit", "1") is None
 
 
+def test_built_in_containers_learn_their_pod_through_the_downward_api() -> None:
+    """podkit tells every container its pod; a cluster (or podman) only when the manifest asks,
+    so the export asks for the built-ins, which put it in their events. What is set stays."""
+    found, _ = parse_documents(
+        "p.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n"
+        "  - {name: agent, image: log-agent, env: [{name: POD_NAME, value: mine}]}\n"
+        "  - {name: web, image: nginx}\n",
+    )
+    agent, web = export(found).documents[0]["spec"]["containers"]
+    uid = {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}
+    assert agent["env"] == [
+        {"name": "POD_NAME", "value": "mine"},
+        {"name": "POD_UID", "valueFrom": uid},
+        {"name": "CONTAINER_NAME", "value": "agent"},
+    ]
+    assert "env" not in web
+
+
 def test_bad_input_is_refused_with_the_file_and_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -5,6 +5,7 @@ user, the labels, and a second build (base made again by mmdebstrap) with the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from debian_images import debian_rootfs
 from podkit import __version__
-from podkit_harness import free_port, http_get, wait_for, write_manifest
+from podkit_harness import REPO, free_port, http_get, wait_for, write_manifest
+from podman_peer import Podman
 from registry_harness import Registry
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mmdebstrap and registry images: root")
@@ -58,7 +61,8 @@ def build(tmp: Path, *args: str, state: Path | None = None) -> Build:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Build]:
-    yield build(tmp_path_factory.mktemp("build"), "--push", registry.ref("podkit"))
+    tmp = tmp_path_factory.mktemp("build")
+    yield build(tmp, "--push", registry.ref("podkit"), "--archive", str(tmp / "images.tar"))
 
 
 def test_five_images_share_their_layers_and_say_who_they_are(built: Build) -> None:
@@ -122,6 +126,23 @@ def test_the_pushed_images_run_as_registry_images_not_as_root(
         run.stop()
 
 
+def test_the_docker_archive_loads_into_podman_under_the_published_names(
+    built: Build, registry: Registry, tmp_path: Path
+) -> None:
+    """One tarball for `docker load`, `podman load`, `kind load image-archive` and `k3s ctr
+    images import`; podman (a store of its own here) loads all five, as the same images."""
+    peer = Podman(tmp_path / "podman")
+    try:
+        loaded = peer.run("load", "-i", str(built.layout.parent / "images.tar")).stdout
+        for name, manifest in built.manifests().items():
+            ref = registry.ref(f"podkit/{name}:{__version__}")  # --push's prefix
+            assert ref in loaded
+            got = json.loads(peer.run("image", "inspect", ref).stdout)[0]
+            assert got["Id"] == manifest["config"]["digest"].removeprefix("sha256:")
+    finally:
+        peer.close()
+
+
 def _index(built: Build) -> list[dict[str, Any]]:
     return json.loads((built.layout / "index.json").read_text())["manifests"]
 
@@ -146,3 +167,146 @@ def test_a_build_from_scratch_gives_the_same_digests(
 ) -> None:
     """From scratch (a cache of its own: mmdebstrap makes the root filesystem again)."""
     assert _index(build(tmp_path_factory.mktemp("scratch"))) == _index(built)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same images under another runtime: podman pulls them from the registry and runs the
+# examples as `podkit export` writes them for a cluster. Its pods get slirp4netns (podman's
+# bridge would leave iptables rules behind; podman 4.3 publishes containerPorts, which the
+# host's network or none refuse); the checks run inside the containers.
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    peer = Podman(tmp_path_factory.mktemp("podman"))
+    yield peer
+    peer.close()
+
+
+@dataclass
+class Played:
+    podman: Podman
+    manifest: Path
+
+    def exec(self, container: str, code: str) -> str:
+        return python_in(self.podman, container, code)
+
+    def logs(self, container: str) -> list[dict[str, Any]]:
+        out = self.podman.run("logs", container, check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def python_in(podman: Podman, container: str, code: str) -> str:
+    """What Python code prints in that container ("" if it fails): the images have python3,
+    no curl."""
+    got = podman.run("exec", container, "python3", "-c", code, check=False)
+    return got.stdout if got.returncode == 0 else ""
+
+
+@contextlib.contextmanager
+def played(example: str, registry: Registry, podman: Podman, tmp: Path) -> Iterator[Played]:
+    """examples/EXAMPLE after `podkit export --registry-prefix` (this registry), under
+    `podman kube play`; taken down after."""
+    got = subprocess.run(
+        [PODKIT, "export", str(REPO / "examples" / example), "--registry-prefix",
+         registry.ref("podkit")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    manifest = tmp / example
+    manifest.write_text(got.stdout)
+    podman.run("kube", "play", "--network", "slirp4netns", "--tls-verify=false", str(manifest))
+    try:
+        yield Played(podman, manifest)
+    finally:
+        podman.run("kube", "down", str(manifest), check=False)
+
+
+def fetch(url: str) -> str:
+    """Python for `exec`: GET url and print the body."""
+    return (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=2).read().decode())"
+    )
+
+
+def test_podman_runs_the_classic_pod_from_the_published_images(
+    built: Build, registry: Registry, podman: Podman, tmp_path: Path
+) -> None:
+    with played("pod-definition.yaml", registry, podman, tmp_path) as pod:
+        info = wait_for(
+            "the webapp answering under podman",
+            lambda: pod.exec("simple-webapp-simple-webapp", fetch("http://127.0.0.1:8080/api/info")),
+            60,
+        )  # fmt: skip
+        # Its identity comes from the downward API the export added, as on a cluster.
+        assert json.loads(info)["pod_name"] == "simple-webapp"
+        pod.exec("simple-webapp-simple-webapp", fetch("http://127.0.0.1:8080/under-podman"))
+
+        def shipped() -> dict[str, Any] | None:
+            events = pod.logs("simple-webapp-log-agent")
+            return next((e for e in events if e.get("path") == "/under-podman"), None)
+
+        event = wait_for("the log-agent printing the enriched event", shipped, 30)
+        assert event["status"] == 404
+        assert event["kubernetes"]["pod_name"] == "simple-webapp"
+        assert event["kubernetes"]["container_name"] == "simple-webapp"
+        assert pod.exec("simple-webapp-log-agent", "import os; print(os.getuid())").strip() == (
+            "65532"
+        )
+
+
+def test_podman_runs_the_metrics_adapter_example(
+    built: Build, registry: Registry, podman: Podman, tmp_path: Path
+) -> None:
+    with played("adapter-metrics.yaml", registry, podman, tmp_path) as pod:
+        app = "webapp-with-metrics-adapter-simple-webapp"
+        wait_for("the app under podman", lambda: pod.exec(app, fetch("http://127.0.0.1:8080/")), 60)
+
+        def scraped() -> str | None:
+            text = pod.exec(app, fetch("http://127.0.0.1:9102/metrics"))
+            return text if "webapp_requests_total" in text else None
+
+        metrics = wait_for("the adapter's metrics", scraped, 30)
+        assert "metrics_adapter_up 1" in metrics
+
+
+@pytest.mark.slow
+def test_the_containerfile_builds_the_same_image_under_podman(
+    podman: Podman, tmp_path: Path
+) -> None:
+    """The Containerfile, for those with Docker or podman and the internet. Docker Hub's
+    python:3.12-slim cannot be had here: a stand-in of Debian's python3 and pip (from
+    mmdebstrap) takes its place, with pip free to install as on python:3.12-slim; pip fetches
+    podkit's dependencies from PyPI."""
+    rootfs = debian_rootfs("python3-pip", tmp_path / "debian")
+    podman.run("import", str(rootfs), "localhost/debian-python")
+    (tmp_path / "stand-in").mkdir()
+    (tmp_path / "stand-in" / "Containerfile").write_text(
+        "FROM localhost/debian-python\nRUN rm -f /usr/lib/python3*/EXTERNALLY-MANAGED\n"
+    )
+    podman.run(
+        "build", "--network", "none", "-t", "localhost/python-slim", str(tmp_path / "stand-in")
+    )
+    podman.run(
+        # pip inside trusts what the host trusts (a network may reach PyPI through a proxy
+        # with a CA of its own)
+        "build", "--network", "host", "--volume", "/etc/ssl/certs:/etc/ssl/certs:ro",
+        "--build-arg", "PYTHON=localhost/python-slim",
+        "--target", "simple-webapp", "-t", "localhost/podkit/simple-webapp:built", str(REPO),
+        timeout=900,
+    )  # fmt: skip
+    config = json.loads(
+        podman.run("image", "inspect", "localhost/podkit/simple-webapp:built").stdout
+    )
+    assert config[0]["Config"]["User"] == "65532:65532"
+    assert config[0]["Config"]["StopSignal"] == "SIGTERM"
+    assert "8080/tcp" in config[0]["Config"]["ExposedPorts"]
+    podman.run(
+        "run", "-d", "--network", "none", "--name", "built", "localhost/podkit/simple-webapp:built"
+    )
+    try:
+        url = fetch("http://127.0.0.1:8080/api/info")
+        got = wait_for("the Containerfile's webapp", lambda: python_in(podman, "built", url), 60)
+        assert json.loads(got)["app"] == "simple-webapp"
+    finally:
+        podman.run("rm", "-f", "built", check=False)

@@ -75,6 +75,14 @@ def add_commands(commands: Any) -> None:
         help="Also push each image to REGISTRY/PREFIX/NAME:TAG, with podkit's registry client.",
     )
     cmd.add_argument(
+        "--archive",
+        type=Path,
+        metavar="FILE",
+        help="Also write them as one docker-archive tarball, named PREFIX/NAME:TAG (PREFIX: "
+        "--push's, else podkit): docker load, podman load, kind load image-archive, k3s ctr "
+        "images import.",
+    )
+    cmd.add_argument(
         "--project",
         type=Path,
         help="podkit's source tree, whose wheel goes in (default: the one podkit runs from).",
@@ -286,12 +294,13 @@ def build_builtins(
     tag: str | None = None,
     output: Path = Path("podkit-images"),
     push: str | None = None,
+    archive: Path | None = None,
     project: Path | None = None,
     state_dir: Path | None = None,
     registry_config: Path | None = None,
 ) -> int:
     """Build simple-webapp, log-agent, ambassador, metrics-adapter and auth-adapter as OCI
-    images into an OCI layout, and push them when asked."""
+    images into an OCI layout; write them as a docker-archive and push them when asked."""
     import asyncio
 
     from podkit import __version__
@@ -317,6 +326,15 @@ def build_builtins(
         raise out.fail(str(exc), 1) from None
     for name, image in built.tags.items():
         out.note(f"{name}: oci:{output}:{image}")
+    if archive is not None:
+        from podkit.oci.archive import write_archive
+
+        named = {tag: f"{prefix or 'podkit'}/{name}:{version}" for name, tag in built.tags.items()}
+        try:
+            write_archive(output, named, archive, build.epoch(source))
+        except OSError as exc:
+            raise out.fail(f"--archive {archive}: {exc.strerror or exc}", 1) from None
+        out.note(f"docker-archive: {archive} ({', '.join(sorted(named.values()))})")
     if targets:
         return asyncio.run(_push_all(built, targets, hosts))
     return 0

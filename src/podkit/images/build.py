@@ -35,7 +35,7 @@ from podkit.oci.layout import Layer, Layout, layer_from_dir
 from podkit.oci.manifest import this_platform
 
 SUITE = "bookworm"
-PACKAGES = ("python3", "ca-certificates")
+PACKAGES = ("python3", "ca-certificates", "tzdata")  # tzdata: the log-agent's `timezone`
 UNSAID = "NOASSERTION"  # SPDX's word for a value the project does not state
 USER = "65532:65532"
 LIB, APP = "/opt/podkit/lib", "/opt/podkit/app"

@@ -6,6 +6,11 @@ becomes the published one, `<registry prefix>/<name>:<tag>`, which `podkit image
 build-builtins --push` puts there. Each object is checked against its kind's official schema
 first. What the output relies on that podkit does its own way is said, once per place, as a
 warning: a node's paths and addresses are not this machine's.
+
+A built-in container also gets, unless it sets them, the downward API's POD_NAME, POD_UID
+and CONTAINER_NAME, which the images read first: podkit's runtime gives each container its
+pod's identity (PODKIT_POD_NAME...), a cluster only when asked, and the log-agent's events
+say which pod they come from everywhere. Only fields podman's `kube play` resolves too.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ def export(
                 if isinstance(image, str) and new is not None:
                     container["image"] = new
                     out.images[image] = new
+                    _add_identity(container)
                     if container.get("imagePullPolicy") == "Never":
                         out.warnings.append(
                             f"{where}: {path}: imagePullPolicy Never: load {new} into the "
@@ -83,6 +89,20 @@ def export(
             )
         out.documents.append(doc)
     return out
+
+
+def _add_identity(container: Obj) -> None:
+    def field(name: str, path: str) -> Obj:
+        return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+    env = container.setdefault("env", [])
+    have = {e.get("name") for e in env if isinstance(e, dict)}
+    identity = [
+        field("POD_NAME", "metadata.name"),
+        field("POD_UID", "metadata.uid"),
+        {"name": "CONTAINER_NAME", "value": str(container.get("name", ""))},
+    ]
+    env += [e for e in identity if e["name"] not in have]
 
 
 def _dig(doc: Obj, path: tuple[str, ...]) -> Obj | None:

@@ -116,7 +116,8 @@ class TimeParser:
 
     def __init__(self, time_format: str | None = None, timezone: str = "UTC") -> None:
         self.time_format = time_format
-        self.zone: tzinfo = ZoneInfo(timezone)
+        # UTC needs no time zone database: an image may have none (tzdata is a package).
+        self.zone: tzinfo = UTC if timezone == "UTC" else ZoneInfo(timezone)
         self._cache: dict[str, str | None] = {}
         self._parse_text = self._text_parser(time_format)
 

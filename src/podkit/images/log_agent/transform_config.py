@@ -67,7 +67,8 @@ class TransformConfig(Section):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         try:
-            ZoneInfo(value)
+            if value != "UTC":  # the one zone that needs no time zone database
+                ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(
                 f"unknown time zone {value!r}: use an IANA name such as UTC or Europe/Paris"
