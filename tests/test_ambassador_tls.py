@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from podkit.proxy.config import ListenerTls
+from podkit.proxy.tls import ServerTls
 from proxy_harness import (
     Ambassador,
     BackgroundServer,
@@ -1032,3 +1034,15 @@ def test_testssl_finds_only_modern_protocols_and_ciphers(
 
     bad = [f for f in findings if f["severity"] in ("HIGH", "CRITICAL", "FATAL")]
     assert bad == [], bad
+
+
+def test_an_unreadable_certificate_or_key_is_named(tmp_path: Path) -> None:
+    """OpenSSL says only "PEM lib" or "No such file": the error says which files."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("not a certificate\n")
+    config = ListenerTls.model_validate({"certificates": [{"cert_file": cert, "key_file": key}]})
+    with pytest.raises(OSError, match=f"certificate {cert}, key {key}: .*PEM lib"):
+        ServerTls(config)
+    cert.unlink()
+    with pytest.raises(OSError, match=f"certificate {cert}, key {key}: No such file"):
+        ServerTls(config)

@@ -114,6 +114,9 @@ def test_the_cluster_ip_spreads_requests_over_the_ready_endpoints(served: Served
     slices = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
     ports = [p["port"] for p in slices["items"][0]["ports"]]
     assert ports == [8080]  # the named targetPort, resolved
+    # The rules follow the API a moment later (as kube-proxy's do): until they hold the ready
+    # endpoints, the cluster IP refuses (CI once connected in that moment).
+    wait_for("the cluster IP answering", lambda: http_get(f"http://{ip}/api/info")[0] == 200, 10)
     seen = answers(f"http://{ip}/api/info", 60)
     assert len(seen) == 3 and min(seen.values()) >= 5, seen  # random, each picked
     rows = served.kubectl("get", "svc", "web").stdout.split()

@@ -22,7 +22,10 @@ def _context(config: ListenerTls, cert_file: str, key_file: str) -> ssl.SSLConte
     )
     ctx.set_ciphers(CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-    ctx.load_cert_chain(cert_file, key_file)
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except OSError as exc:  # ssl.SSLError is one too; "PEM lib" alone says nothing of where
+        raise OSError(f"certificate {cert_file}, key {key_file}: {exc.strerror or exc}") from None
     if config.alpn:
         ctx.set_alpn_protocols(config.alpn)
     if config.client_ca_file is not None:
