@@ -21,6 +21,10 @@ def write_archive(layout: Path, names: dict[str, str], out: Path, epoch: int) ->
     """Write the layout's images tagged as `names`' keys (ref.name in index.json) to `out`, each
     loading as its value (`podkit/log-agent:0.1.0`). Blobs shared by images go in once."""
     index = json.loads((layout / "index.json").read_text())
+    refs = {m.get("annotations", {}).get(REF_NAME) for m in index["manifests"]}
+    missing = set(names) - refs
+    if missing:
+        raise ValueError(f"{layout}: no image tagged {', '.join(sorted(missing))}")
     entries: list[dict[str, Any]] = []
     blobs: set[str] = set()
     for descriptor in index["manifests"]:
@@ -37,9 +41,6 @@ def write_archive(layout: Path, names: dict[str, str], out: Path, epoch: int) ->
                 "Layers": [_name(digest) for digest in layers],
             }
         )
-    missing = set(names) - set(_refs(index))
-    if missing:
-        raise ValueError(f"{layout}: no image tagged {', '.join(sorted(missing))}")
     tmp = out.with_name(out.name + ".tmp")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for directory in ("blobs/", "blobs/sha256/"):
@@ -51,10 +52,6 @@ def write_archive(layout: Path, names: dict[str, str], out: Path, epoch: int) ->
         data = json.dumps(entries, sort_keys=True).encode()
         tar.addfile(_info("manifest.json", len(data), epoch), io.BytesIO(data))
     tmp.replace(out)  # never half a tarball under the name asked for
-
-
-def _refs(index: dict[str, Any]) -> list[str]:
-    return [m.get("annotations", {}).get(REF_NAME, "") for m in index["manifests"]]
 
 
 def _name(digest: str) -> str:

@@ -111,13 +111,18 @@ def _epoch(value: object, scale: float) -> datetime | None:
         return None
 
 
+def zone(name: str) -> tzinfo:
+    """The time zone of an IANA name; UTC needs no time zone database (an image may have none:
+    tzdata is a package). Raises ZoneInfoNotFoundError or ValueError for an unknown name."""
+    return UTC if name == "UTC" else ZoneInfo(name)
+
+
 class TimeParser:
     """Callable: a timestamp value -> RFC 3339 UTC text, or None when it does not parse."""
 
     def __init__(self, time_format: str | None = None, timezone: str = "UTC") -> None:
         self.time_format = time_format
-        # UTC needs no time zone database: an image may have none (tzdata is a package).
-        self.zone: tzinfo = UTC if timezone == "UTC" else ZoneInfo(timezone)
+        self.zone: tzinfo = zone(timezone)
         self._cache: dict[str, str | None] = {}
         self._parse_text = self._text_parser(time_format)
 

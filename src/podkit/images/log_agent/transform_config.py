@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from podkit.common.config_section import Section
 from podkit.images.log_agent.parsers import compile_regex
+from podkit.images.log_agent.timestamps import zone
 
 ParseMode = Literal["auto", "raw", "json", "regex", "common_log"]
 Scalar = str | int | float | bool | None
@@ -67,8 +68,7 @@ class TransformConfig(Section):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         try:
-            if value != "UTC":  # the one zone that needs no time zone database
-                ZoneInfo(value)
+            zone(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(
                 f"unknown time zone {value!r}: use an IANA name such as UTC or Europe/Paris"
