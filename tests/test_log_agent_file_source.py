@@ -421,6 +421,40 @@ def test_file_renamed_before_any_scan_saw_it_is_still_read(tmp_path: Path) -> No
     assert {e["file"] for e in sink.events} == {str(log_path)}
 
 
+def test_a_file_rotated_away_between_two_looks_is_read_and_a_copy_of_a_read_one_is_not(
+    tmp_path: Path,
+) -> None:
+    """Polling (no inotify), two rotations between two looks: the second file was never at its
+    name when the source looked. It is read whole, from app.log.1; the first file's compressed
+    copy is not read again."""
+    cfg = config(tmp_path / "*.log", poll_interval=0.2, glob_interval=0.2, rotate_wait=0)
+    log_path = tmp_path / "app.log"
+
+    async def main() -> Sink:
+        sink = Sink()
+        async with running(cfg, sink.ingest, tmp_path / "state", use_inotify=False):
+            append(log_path, "first file\n")
+            await until(lambda: len(sink.events) == 1, "the first file read")
+            # No await from here on: no look in between. logrotate with `compress`.
+            log_path.rename(tmp_path / "app.log.1")
+            append(log_path, "second file, never seen at its name\n")
+            (tmp_path / "app.log.1").rename(tmp_path / "app.log.2")
+            log_path.rename(tmp_path / "app.log.1")
+            with gzip.open(tmp_path / "app.log.2.gz", "wb") as gz:
+                gz.write((tmp_path / "app.log.2").read_bytes())
+            (tmp_path / "app.log.2").unlink()
+            append(log_path, "third file\n")
+            await until(lambda: len(sink.events) >= 3, "the three files read")
+            await until(lambda: len(open_paths(tmp_path)) == 1, "the rotated files let go")
+        return sink
+
+    sink = asyncio.run(main())
+    assert sorted(sink.messages()) == [
+        "first file", "second file, never seen at its name", "third file"
+    ]  # fmt: skip
+    assert {e["file"] for e in sink.events} == {str(log_path)}
+
+
 def test_rotated_file_without_successor_let_go_after_idle_timeout(tmp_path: Path) -> None:
     log_path = tmp_path / "app.log"
     append(log_path, "one\npartial")

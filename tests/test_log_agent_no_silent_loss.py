@@ -449,6 +449,24 @@ ROTATION_SCHEMES = {
 }
 
 
+def rotation_config(tmp_path: Path, log_file: Path, scheme: str) -> Path:
+    conf = tmp_path / "logrotate.conf"
+    how = ROTATION_SCHEMES.get(scheme, f"  {scheme}\n")
+    conf.write_text(f"{log_file} {{\n  rotate 5\n  create\n{how}}}\n")
+    return conf
+
+
+def logrotate(conf: Path) -> None:
+    """Debian's logrotate, forced; its state file next to `conf`. dateext names have seconds:
+    one rotation a second. logrotate reads time(2), the kernel's coarse clock, up to a tick
+    behind time.time(): wait past the tick too."""
+    if "dateext" in conf.read_text():
+        second = int(time.time())
+        wait_for("the next second", lambda: time.time() > second + 1.05, timeout=3)
+    state = conf.with_suffix(".state")
+    subprocess.run(["logrotate", "-f", "-s", str(state), str(conf)], check=True)
+
+
 @pytest.mark.parametrize("scheme", sorted(ROTATION_SCHEMES))
 def test_files_rotated_while_the_agent_was_killed_are_drained(
     start_agent: StartAgent,
@@ -460,17 +478,7 @@ def test_files_rotated_while_the_agent_was_killed_are_drained(
     """Killed mid-file; while it is down, logrotate runs twice: the file it was reading is
     now the second copy, and a whole file it never saw was written and rotated to the first."""
     log_file = logs / "app.log"
-    rotate_conf = tmp_path / "logrotate.conf"
-    rotate_conf.write_text(f"{log_file} {{\n  rotate 5\n  create\n{ROTATION_SCHEMES[scheme]}}}\n")
-    state = tmp_path / "logrotate.state"
-
-    def logrotate() -> None:
-        # dateext names have seconds: one rotation a second. logrotate reads time(2), the
-        # kernel's coarse clock, up to a tick behind time.time(): wait past the tick too.
-        second = int(time.time())
-        wait_for("the next second", lambda: time.time() > second + 1.05, timeout=3)
-        subprocess.run(["logrotate", "-f", "-s", str(state), str(rotate_conf)], check=True)
-
+    rotate_conf = rotation_config(tmp_path, log_file, scheme)
     receiver.delay = 0.3  # requests in flight at the kill, and more to send after it
     # A memory buffer that holds the whole file: its offset is committed only as lines are
     # delivered, so most of it is left to read from the file (its copy) after the kill.
@@ -484,9 +492,9 @@ def test_files_rotated_while_the_agent_was_killed_are_drained(
     agent.proc.wait(10)
     assert len(receiver.events) < 20_000, "the kill came too late to test anything"
 
-    logrotate()
+    logrotate(rotate_conf)
     write_lines(log_file, 20_000, 30_000)  # a file the agent never sees at its name
-    logrotate()
+    logrotate(rotate_conf)
     write_lines(log_file, 50_000, 1_000)
     copies = sorted(p.name for p in logs.iterdir())
     assert len(copies) == 3 and copies[0] == "app.log", copies
@@ -510,6 +518,40 @@ def test_files_rotated_while_the_agent_was_killed_are_drained(
     write_lines(log_file, 51_000, 1)
     wait_for("the new line delivered", lambda: all_arrived(receiver, 51_001), timeout=20)
     assert metric(admin, "log_agent_events_in_total", source="file") == 1
+    assert agent.terminate(10)[0] == 0
+
+
+@pytest.mark.parametrize("scheme", sorted([*ROTATION_SCHEMES, "copytruncate"]))
+def test_rotations_while_the_agent_is_starved_of_cpu_lose_nothing(
+    start_agent: StartAgent,
+    receiver: RecordingReceiver,
+    tmp_path: Path,
+    logs: Path,
+    scheme: str,
+) -> None:
+    """The agent does not run while logrotate rotates three times, as on a node so busy that
+    the agent falls behind (SIGSTOP stands in for the starved CPU; a CI run found it so). Two
+    whole files are written and rotated away before the agent ever sees them at their name:
+    they are read from their copies, once each."""
+    log_file = logs / "app.log"
+    rotate_conf = rotation_config(tmp_path, log_file, scheme)
+    config = write_config(tmp_path, file_source(logs), http_sink(receiver))
+    agent, admin = start(start_agent, config, tmp_path / "data")
+    write_lines(log_file, 0, 1_000)
+    wait_for("the first lines delivered", lambda: all_arrived(receiver, 1_000), timeout=20)
+
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(3):
+            write_lines(log_file, 1_000 + n * 5_000, 5_000)
+            logrotate(rotate_conf)
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    write_lines(log_file, 16_000, 1_000)
+
+    wait_for("every line delivered", lambda: all_arrived(receiver, 17_000), timeout=30)
+    assert lost_and_twice(receiver, 17_000) == ([], 0)  # the copies of what it read: not again
+    assert {e["file"] for e in receiver.events} == {str(log_file)}
     assert agent.terminate(10)[0] == 0
 
 

@@ -11,6 +11,10 @@ Guarantees, and how:
 - Rename rotation loses nothing: the renamed file stays open and is read until it reached EOF
   after its successor (a new file at its path) was written to, or it was deleted and drained;
   `rotate_idle_timeout` only caps the wait for a writer that never moves on.
+- Rotation faster than the agent looks (a node so busy that it falls behind by several
+  rotations): after every rotation it sees, the rotated copies of its files that it never
+  followed are looked at. One with content it has not read (by its first bytes) is read from
+  its start; copies of content it read (copytruncate's copy, a compressed copy) are not.
 - Rotation while the agent was down: a file it had a checkpoint for is found again next to its
   old path by inode (or, compressed since, by its first bytes) and drained from its checkpoint;
   a rotated copy (`rotated` patterns: `app.log.1`, `app.log-20261205`) it never saw is read
@@ -43,7 +47,8 @@ import stat
 import tempfile
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -79,6 +84,7 @@ SCOPE_PREFIX = "file:"  # state scope of a file source: its id follows
 CHUNKS_PER_TURN = 16  # then the next file gets its turn
 # Directory events come in bursts: the first scans at once, the rest at most this often.
 RESCAN_MIN_INTERVAL = 0.02
+GONE_KEPT = 256  # identities of content read and gone, for telling its copies apart
 
 
 class LineCounter(Protocol):
@@ -184,6 +190,11 @@ class FileSource:
         self._owners: dict[FileKey, _Tailed] = {}  # whose checkpoint each key holds
         self._saved: dict[FileKey, dict[str, Any]] = {}  # checkpoints not yet claimed at start
         self._done: dict[FileKey, dict[str, Any]] = {}  # checkpoints of files drained, let go
+        # Rotated copies that are not ours to read: there at start-up and left alone, or holding
+        # content we read (`_read_missed`); by key, pruned to those still there.
+        self._old_copies: set[FileKey] = set()
+        # Content we read that no file of ours holds now (deleted since, truncated).
+        self._gone: deque[Identity] = deque(maxlen=GONE_KEPT)
         self._first_start = False
         self._last_alive: float | None = None  # when the last run was last seen alive
         self._next_alive = 0.0
@@ -231,6 +242,7 @@ class FileSource:
         self._rescan(initial=True)
         self._recover_renamed()
         self._recover_rotated()
+        self._old_copies = {file_key(st.st_dev, st.st_ino) for _, _, st in self._rotated_copies()}
         self._drop_unclaimed()
         self._state.set(self._scope, STARTED, True)
         self._heartbeat(force=True)
@@ -279,7 +291,8 @@ class FileSource:
         ):
             if self._scan_wanted:
                 self._last_event_scan = now
-            self._rescan(initial=False)
+            if self._rescan(initial=False):
+                self._read_missed()
         full = changes.everything or now >= self._next_full
         if full:
             interval = self._cfg.poll_interval if self._watcher.polling else self._cfg.glob_interval
@@ -439,6 +452,8 @@ class FileSource:
             if not any(ino in inodes[d] for d in dirs):
                 del self._done[key]
                 self._state.delete(self._scope, key)
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    self._gone.append(Identity.from_checkpoint(cp))  # its compressed copy
 
     def _heartbeat(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -459,6 +474,7 @@ class FileSource:
         if copy is not None:  # the copy carries on where we were, with our held lines
             self._adopt(t, copy[1], finished=True)
         else:  # the rest is gone: what we hold is all there will be of it
+            self._gone.append(old)  # a copy shorter than what we read: not to be read again
             events = t.held_events(rfc3339_now())
             if events:
                 await self._send(t, events, 0)
@@ -472,6 +488,7 @@ class FileSource:
             self._identify(t, head)
         else:
             self._save(t)
+        self._read_missed()  # truncated more than once since we looked: the older copies
 
     def _find_copy(self, path: str, ident: Identity, offset: int) -> tuple[str, int] | None:
         """The copy copytruncate made: a sibling named after `path`, with our first bytes and at
@@ -503,8 +520,10 @@ class FileSource:
 
     # -- scanning --------------------------------------------------------------------------
 
-    def _rescan(self, *, initial: bool) -> None:
+    def _rescan(self, *, initial: bool) -> bool:
+        """Follow the files the globs match now; True when one is new or rotated away."""
         now = time.monotonic()
+        changed = False
         self._next_scan, self._scan_wanted = now + self._cfg.glob_interval, False
         if not self._watcher.polling:  # watch first, then list: nothing created falls between
             self._watcher.watch_dirs(self._dirs_to_watch())
@@ -513,12 +532,15 @@ class FileSource:
             t = self._files.get(key)
             if t is None:
                 self._open(key, path, initial=initial)
+                changed = True
             elif not t.finished:
                 t.path, t.rotated = path, False
         for key, t in self._files.items():
             if key not in found and not t.rotated:
                 t.rotated, t.last_growth, t.rotated_at = True, now, now
+                changed = True
                 log.info("file rotated away, draining it", extra={"path": t.path})
+        return changed
 
     def _moved(self, old: str, new: str) -> None:
         """A file renamed from a matched name to an unmatched one: follow it (as rotated) even
@@ -623,12 +645,13 @@ class FileSource:
                 os.close(fd)  # read before, nothing written since
                 self._done[key] = cp
                 continue
-            self._drain(key, cp["path"], fd, ident, offset, cp, at=at)
+            why = "renamed while the agent was stopped"
+            self._drain(key, cp["path"], fd, ident, offset, cp, at=at, why=why)
 
-    def _recover_rotated(self) -> None:
-        """Rotated copies of our files that no checkpoint led to: made while we were down."""
-        if self._first_start:
-            return  # read_from decides what is read of what was there before
+    def _rotated_copies(self) -> Iterator[tuple[str, str, os.stat_result]]:
+        """Rotated copies (by the `rotated` patterns) of the files we follow or hold a
+        checkpoint for, that no glob matches and that are no file of ours: (where, the followed
+        path, its stat)."""
         bases: dict[str, dict[str, str]] = {}  # dir -> file name -> the followed path
         known = [t.path for t in self._files.values()]
         known += [str(cp.get("path", "")) for cp in (*self._saved.values(), *self._done.values())]
@@ -636,6 +659,7 @@ class FileSource:
             for d in _dirs_of(path):
                 bases.setdefault(d, {})[os.path.basename(path)] = path
         for d, names in bases.items():
+            found: list[os.DirEntry[str]] = []
             with contextlib.suppress(OSError), os.scandir(d) as entries:
                 found = sorted(entries, key=lambda e: e.name)
             for entry in found:
@@ -644,20 +668,51 @@ class FileSource:
                     continue  # not a rotated copy, or a file the globs follow anyway
                 if is_excluded(entry.path, self._cfg.exclude):
                     continue
-                with contextlib.suppress(OSError):
+                try:
                     st = entry.stat()
-                    key = file_key(st.st_dev, st.st_ino)
-                    if (
-                        stat.S_ISREG(st.st_mode)
-                        and key not in self._owners
-                        and key not in self._done
-                    ):
-                        self._drain_rotated_copy(entry.path, names[base], st)
+                except OSError:
+                    continue  # rotated on meanwhile: the next look finds it
+                key = file_key(st.st_dev, st.st_ino)
+                if stat.S_ISREG(st.st_mode) and key not in self._owners and key not in self._done:
+                    yield entry.path, names[base], st
 
-    def _drain_rotated_copy(self, path: str, followed: str, st: os.stat_result) -> None:
+    def _recover_rotated(self) -> None:
+        """Rotated copies of our files that no checkpoint led to: made while we were down."""
+        if self._first_start:
+            return  # read_from decides what is read of what was there before
+        for path, followed, st in list(self._rotated_copies()):
+            self._drain_rotated_copy(path, followed, st)
+
+    def _read_missed(self) -> None:
+        """Rotated copies no scan saw at their path: created and rotated, maybe several times
+        over, while the agent was busy or starved of CPU. A copy is read from its start unless
+        it was there at start-up or holds content we read (by its first bytes: copytruncate's
+        copy, a compressed copy). A file whose first `fingerprint_bytes` equal those of a file
+        read before is taken for a copy of it."""
+        present: set[FileKey] = set()
+        for path, followed, st in list(self._rotated_copies()):
+            key = file_key(st.st_dev, st.st_ino)
+            present.add(key)
+            if key in self._old_copies or not st.st_size:
+                continue
+            self._drain_rotated_copy(path, followed, st, missed=True)
+        self._old_copies &= present
+
+    def _read_before(self, head: bytes) -> bool:
+        """Whether content starting with `head` is that of a file we follow or have read."""
+        idents = [t.ident for t in self._owners.values() if t.ident is not None]
+        for cp in self._done.values():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                idents.append(Identity.from_checkpoint(cp))
+        return any(i.matches(head) for i in (*idents, *self._gone))
+
+    def _drain_rotated_copy(
+        self, path: str, followed: str, st: os.stat_result, *, missed: bool = False
+    ) -> None:
         """Drain the rotated copy at `path` of the file at `followed`: from the checkpoint with
-        its first bytes, or, without one, from its start if it was written since we last ran.
-        A compressed copy is unpacked only to be read, or to learn whether it grew."""
+        its first bytes, or, without one, from its start if it was written since we last ran
+        (`missed`, while running: if we never read its content). A compressed copy is unpacked
+        only to be read, or to learn whether it grew."""
         compressed = is_compressed(path)
         head = _head(path, compressed, self._cfg.fingerprint_bytes)
         if head is None:
@@ -665,7 +720,11 @@ class FileSource:
         key = file_key(st.st_dev, st.st_ino)
         stamp = [st.st_size, st.st_mtime_ns]  # a compressed copy unchanged since it was drained
         old_key, cp = self._checkpoint_of(key, followed, head)
-        if cp is None:
+        if cp is None and missed:
+            if self._read_before(head):
+                self._old_copies.add(key)
+                return
+        elif cp is None:
             new = self._last_alive is not None and st.st_mtime > self._last_alive
             if not (new and st.st_size):
                 return  # read by an earlier run, or there before we ever ran
@@ -690,13 +749,15 @@ class FileSource:
                 return
         if compressed and self._cfg.rotated_compressed == "skip":
             os.close(fd)
+            self._old_copies.add(key)  # warned once
             log.warning(
                 "a compressed rotated copy holds lines never read: skipped "
                 "(rotated_compressed: read reads it)",
                 extra={"path": path, "unread_bytes": size - offset},
             )
             return
-        self._drain(key, followed, fd, ident, offset, cp, at=path, finished=compressed)
+        why = "rotated before the agent saw it" if missed else "rotated while the agent was stopped"
+        self._drain(key, followed, fd, ident, offset, cp, at=path, why=why, finished=compressed)
         if compressed:
             self._files[key].stamp = stamp
 
@@ -732,18 +793,20 @@ class FileSource:
         cp: dict[str, Any] | None,
         *,
         at: str,
+        why: str,
         finished: bool = False,
     ) -> None:
-        """Follow a rotated file found at start-up (at `at`) from `offset` until drained; its
-        events name the file it was (`path`)."""
+        """Follow a rotated file no scan found at its path (it is at `at`) from `offset` until
+        drained; its events name the file it was (`path`)."""
         t = self._new_tailed(key, path, fd, ident, ident.gen, offset, cp)
         t.rotated, t.finished = True, finished
         self._files[key] = self._owners[key] = t
         self._watcher.watch_file(key, fd, path)
+        self._watcher.mark(key)
         self._save(t)
         log.info(
-            "draining a copy rotated while stopped",
-            extra={"path": at, "offset": offset, "file": path},
+            "draining a rotated copy",
+            extra={"path": at, "offset": offset, "file": path, "why": why},
         )
 
     def _drop_unclaimed(self) -> None:
