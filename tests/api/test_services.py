@@ -114,8 +114,13 @@ def test_the_cluster_ip_spreads_requests_over_the_ready_endpoints(served: Served
     slices = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
     ports = [p["port"] for p in slices["items"][0]["ports"]]
     assert ports == [8080]  # the named targetPort, resolved
-    # The rules follow the API a moment later (as kube-proxy's do): until they hold the ready
-    # endpoints, the cluster IP refuses (CI once connected in that moment).
+    # The readiness probe looks at a file, not at the port: a pod is ready (and an endpoint)
+    # before its webapp listens, as it would be on a cluster. So each must answer first (CI once
+    # sent a request to one in that moment). And the rules follow the API a moment later (as
+    # kube-proxy's do): until they hold the endpoints, the cluster IP refuses.
+    for address in (a for e in slices["items"][0]["endpoints"] for a in e["addresses"]):
+        url = f"http://{address}:8080/api/info"
+        wait_for(f"{address} answering", lambda url=url: http_get(url)[0] == 200, 10)
     wait_for("the cluster IP answering", lambda: http_get(f"http://{ip}/api/info")[0] == 200, 10)
     seen = answers(f"http://{ip}/api/info", 60)
     assert len(seen) == 3 and min(seen.values()) >= 5, seen  # random, each picked
