@@ -531,12 +531,12 @@ def test_rotations_while_the_agent_is_starved_of_cpu_lose_nothing(
 ) -> None:
     """The agent does not run while logrotate rotates three times, as on a node so busy that
     the agent falls behind (SIGSTOP stands in for the starved CPU; a CI run found it so). Two
-    whole files are written and rotated away before the agent ever sees them at their name:
-    they are read from their copies, once each."""
+    whole files (with copytruncate, two contents) are written and rotated away before the agent
+    ever sees them at their name: they are read from their copies, once each."""
     log_file = logs / "app.log"
     rotate_conf = rotation_config(tmp_path, log_file, scheme)
     config = write_config(tmp_path, file_source(logs), http_sink(receiver))
-    agent, admin = start(start_agent, config, tmp_path / "data")
+    agent, _ = start(start_agent, config, tmp_path / "data")
     write_lines(log_file, 0, 1_000)
     wait_for("the first lines delivered", lambda: all_arrived(receiver, 1_000), timeout=20)
 
