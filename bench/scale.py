@@ -6,7 +6,10 @@
    shared pages counted once, plus serve's own growth for the pods; not the containers).
 2. Requests/s and p99 with wrk through a Service's cluster IP against straight to the pod IP
    of its one endpoint: the cost of kube-proxy's nftables DNAT, done by the kernel. ROUNDS
-   rounds of 5 s each way, alternating (the app's own speed drifts); medians.
+   rounds of 5 s each way, alternating which goes first (the app's own speed drifts); medians.
+   From a client pod (wrk in its network namespace): the path a Service serves, pods calling
+   pods. And from the host (`host_*`): there the DNAT is in the output hook, after which the
+   kernel routes every packet again (ip_route_me_harder), as it does under kube-proxy.
 
 No cluster can run here side by side; the ClusterIP/direct ratio is the comparison.
 Targets: 20 Ready < 10 s, < 15 MB per pod, ClusterIP >= 0.95x direct.
@@ -88,14 +91,49 @@ def supervisor_pss_mb(served: Served) -> float:
     return pss_mb(serve_processes(served.proc.pid, served.supervisors()))
 
 
-def wrk(url: str) -> tuple[float, float]:
-    """(requests/s, p99 ms) of 5 s of wrk."""
+def wrk(url: str, netns: str | None) -> tuple[float, float]:
+    """(requests/s, p99 ms) of 5 s of wrk, in that network namespace (None: the host's)."""
+    enter = ["nsenter", f"--net={netns}"] if netns else []
     out = subprocess.run(
-        ["wrk", "-t2", "-c16", "-d5s", "--latency", url], capture_output=True, text=True
+        [*enter, "wrk", "-t2", "-c16", "-d5s", "--latency", url], capture_output=True, text=True
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def netns_of(pod: str) -> str:
+    """The network namespace of a pod, through one of its processes (by the PODKIT_POD_NAME
+    podkit gives them)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # not a process, or gone
+        if f"PODKIT_POD_NAME={pod}".encode() in env:
+            return str(proc / "ns" / "net")
+    raise SystemExit(f"bench/scale.py: no process of pod {pod}")
+
+
+Medians = tuple[float, float]  # requests/s, p99 ms
+
+
+def direct_and_through(pod_ip: str, cluster_ip: str, netns: str | None) -> tuple[Medians, Medians]:
+    """Straight to the pod and through the cluster IP, from that network namespace."""
+    direct: list[Medians] = []
+    through: list[Medians] = []
+    for n in range(ROUNDS):
+        runs = [
+            (direct, f"http://{pod_ip}:8080/healthz"),
+            (through, f"http://{cluster_ip}/healthz"),
+        ]
+        for results, url in runs[:: 1 if n % 2 else -1]:
+            results.append(wrk(url, netns))
+
+    def medians(results: list[Medians]) -> Medians:
+        return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
+
+    return medians(direct), medians(through)
 
 
 def main() -> None:
@@ -114,16 +152,15 @@ def main() -> None:
             # serve's own growth for the pods (the node's state of them: objects, watches).
             node_state = max(0.0, pss_mb([served.proc.pid]) - serve_before) / PODS
             per_pod = supervisor_pss_mb(served) / PODS + node_state
+            # One of the seed pods is the client.
+            client = kubectl(served, "get", "pods", "-l", "app=seed", "-o", "name").split()[0]
+            netns = netns_of(client.removeprefix("pod/"))
             pod_ip = json.loads(kubectl(served, "get", "pods", "-l", "app=solo", "-o", "json"))[
                 "items"][0]["status"]["podIP"]  # fmt: skip
             cluster_ip = json.loads(kubectl(served, "get", "svc", "solo", "-o", "json"))["spec"][
                 "clusterIP"]  # fmt: skip
-            pairs = [
-                (wrk(f"http://{pod_ip}:8080/healthz"), wrk(f"http://{cluster_ip}/healthz"))
-                for _ in range(ROUNDS)
-            ]
-            direct = tuple(statistics.median(p[0][i] for p in pairs) for i in (0, 1))
-            through = tuple(statistics.median(p[1][i] for p in pairs) for i in (0, 1))
+            direct, through = direct_and_through(pod_ip, cluster_ip, netns)
+            host_direct, host_through = direct_and_through(pod_ip, cluster_ip, None)
         finally:
             served.stop()
     # The keys issue 18 names (scale_20_ready_s: 0 -> PODS, 20 unless PODS says otherwise).
@@ -137,14 +174,18 @@ def main() -> None:
         "clusterip_ratio": round(through[0] / direct[0], 2),
         "clusterip_p99_ms": round(through[1], 2),
         "direct_p99_ms": round(direct[1], 2),
+        "host_clusterip_rps": round(host_through[0]),
+        "host_direct_rps": round(host_direct[0]),
+        "host_clusterip_ratio": round(host_through[0] / host_direct[0], 2),
     }
     print(
         f"scale 0 -> {PODS}: all Ready in {figures['scale_20_ready_s']} s (target < 10); "
         f"podkit's own memory {figures['podkit_mb_per_pod']} MB per pod (target < 15); "
         f"through the cluster IP {figures['clusterip_rps']} req/s, p99 "
         f"{figures['clusterip_p99_ms']} ms, against {figures['direct_rps']} req/s, p99 "
-        f"{figures['direct_p99_ms']} ms straight to the pod: ratio "
-        f"{figures['clusterip_ratio']} (target >= 0.95)"
+        f"{figures['direct_p99_ms']} ms straight to the pod, from a pod: ratio "
+        f"{figures['clusterip_ratio']} (target >= 0.95); from the host: ratio "
+        f"{figures['host_clusterip_ratio']}"
     )
     print(json.dumps(figures))
 
