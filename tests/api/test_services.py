@@ -67,8 +67,25 @@ def upstream() -> Iterator[int]:
         proc.wait(5)
 
 
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Iterator[Served]:
+def bridged_traffic_unfiltered() -> Iterator[None]:
+    """The host as a fresh one may be: bridged traffic not passed to netfilter (serve must turn
+    it on: pod to pod through a cluster IP needs it). Put back as it was after the module."""
+    before = BRIDGE_NF.read_text()
+    BRIDGE_NF.write_text("0\n")
+    try:
+        yield
+    finally:
+        BRIDGE_NF.write_text(before)
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, upstream: int, bridged_traffic_unfiltered: None
+) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("services")
     with serving(base, "--dns-upstream", f"127.0.0.1:{upstream}", env=PODKIT_ENV) as s:
         applied = s.kubectl("apply", "-f", "-", stdin=WEB)
@@ -131,6 +148,7 @@ def test_the_cluster_ip_spreads_requests_over_the_ready_endpoints(served: Served
 
 
 def test_pods_reach_services_even_their_own(served: Served) -> None:
+    assert BRIDGE_NF.read_text() == "1\n"  # turned on by serve (the module turned it off)
     ip = service(served)["spec"]["clusterIP"]
     pod = ready_endpoints(served)[0]
     seen = collections.Counter()

@@ -41,6 +41,7 @@ def why_not() -> str | None:
 
 
 OWNERS = Path("/run/podkit/service-tables")  # table name -> the serve that writes it
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
 
 def remove(state_dir: Path) -> None:
@@ -53,9 +54,31 @@ def _delete(table: str) -> None:
     (OWNERS / table).unlink(missing_ok=True)
 
 
+def filter_bridged_traffic() -> str | None:
+    """Have bridged traffic pass the host's netfilter hooks (br_netfilter's
+    bridge-nf-call-iptables, which kubeadm requires for kube-proxy). Without it, the reply of
+    a pod to another pod on its bridge that reached it through a cluster IP goes straight over
+    the bridge, never un-DNATed, and the client drops it. Returns why it could not, or None."""
+    if not BRIDGE_NF.exists() and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
+    try:
+        if BRIDGE_NF.read_text().strip() != "1":
+            BRIDGE_NF.write_text("1\n")
+    except OSError as exc:
+        return (
+            "pods cannot reach Services whose endpoints share their bridge: "
+            f"{BRIDGE_NF}: {exc.strerror} (load the br_netfilter module)"
+        )
+    return None
+
+
 def claim(state_dir: Path) -> None:
     """Note this serve as its table's writer, and delete the tables of serves that died
-    without removing theirs (a kill -9): their rules would catch the same cluster IPs."""
+    without removing theirs (a kill -9): their rules would catch the same cluster IPs. And
+    have bridged traffic filtered, which the rules need."""
+    why = filter_bridged_traffic()
+    if why is not None:
+        print(f"podkit serve: {why}", file=sys.stderr)
     OWNERS.mkdir(parents=True, exist_ok=True)
     mine = table_name(state_dir)
     for owned in OWNERS.iterdir():
