@@ -650,6 +650,61 @@ def test_inode_reuse_reads_the_new_file_from_its_start(
     state.close()
 
 
+def test_a_compressed_copy_whose_inode_the_new_file_took_is_read_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Stopped mid-file; meanwhile logrotate compressed it (app.log.1.gz, another inode) and
+    the new app.log got the old file's inode (ext4 gives the lowest free one; a CI run saw it).
+    The copy is read from its checkpoint, what the last run had handed on as replays; the new
+    file from its start."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_path = logs / "app.log"
+    cfg = config(logs / "*.log")
+
+    async def first_run() -> None:
+        sink = Sink(auto_ack=False)
+        async with running(cfg, sink.ingest, tmp_path / "state"):
+            for b in range(3):
+                append(log_path, "".join(f"old {b}.{i}\n" for i in range(3)))
+                await until(partial(lambda n: len(sink.batches) == n, b + 1), f"batch {b}")
+            assert sink.batches[0].ack is not None
+            sink.batches[0].ack.done()  # 1 and 2 handed on, not delivered (as far as we know)
+
+    asyncio.run(first_run())
+    ino = log_path.stat().st_ino
+    with log_path.open("rb") as src, gzip.open(logs / "app.log.1.gz", "wb") as dst:
+        dst.write(src.read())
+    log_path.unlink()
+    misses: list[Path] = []  # each file created takes the lowest free inode: until ours
+    for attempt in range(5000):
+        candidate = logs / f"candidate-{attempt}.tmp"  # not matched by the glob
+        append(candidate, "".join(f"new {i}\n" for i in range(4)))
+        if candidate.stat().st_ino == ino:
+            candidate.rename(log_path)
+            break
+        misses.append(candidate)
+    else:
+        pytest.fail("the filesystem did not reuse the inode")
+    for miss in misses:
+        miss.unlink()
+
+    async def second_run() -> Sink:
+        sink = Sink()
+        async with running(cfg, sink.ingest, tmp_path / "state"):
+            await until(lambda: len(sink.events) >= 10, "10 lines")
+            await until(lambda: not open_paths(logs)[1:], "the copy let go")
+        return sink
+
+    sink = asyncio.run(second_run())
+    old = [f"old {b}.{i}" for b in (1, 2) for i in range(3)]
+    assert sorted(sink.messages()) == sorted([*old, *(f"new {i}" for i in range(4))])
+    replays = [
+        full_event(e, b.common)["message"] for b in sink.batches if b.replay for e in b.events
+    ]
+    assert sorted(replays) == old
+
+
 def test_long_lines_cut_and_counted_unless_within_the_limit(tmp_path: Path) -> None:
     line = "".join(chr(ord("a") + i % 26) for i in range(1_000_000))
     log_path = tmp_path / "big.log"

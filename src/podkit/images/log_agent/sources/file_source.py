@@ -27,6 +27,8 @@ Guarantees, and how:
   truncate are in neither file: that gap is copytruncate's, unavoidable by any reader. A line
   of the gap we had begun to read is delivered as far as we read it.
 - Inode reuse: a checkpoint whose first bytes do not match is another file: read from its start.
+  Found so at start-up, the checkpoint still leads to its content's compressed copy (by its
+  first bytes), as when logrotate compressed the file and the new one got its inode.
 - Over-long lines are cut into pieces of max_line_bytes, each line cut counted; empty lines and
   lines with invalid UTF-8 are counted too (`counters.lines`).
 - Backpressure: `ingest` waits while the pipeline is full; reading simply stops meanwhile.
@@ -189,6 +191,9 @@ class FileSource:
         self._files: dict[FileKey, _Tailed] = {}  # open files
         self._owners: dict[FileKey, _Tailed] = {}  # whose checkpoint each key holds
         self._saved: dict[FileKey, dict[str, Any]] = {}  # checkpoints not yet claimed at start
+        # Checkpoints at start whose inode holds other content now (a new file on the reused
+        # inode, or truncated): their content may live on in a compressed copy. By that inode.
+        self._displaced: dict[FileKey, dict[str, Any]] = {}
         self._done: dict[FileKey, dict[str, Any]] = {}  # checkpoints of files drained, let go
         # Rotated copies that are not ours to read: there at start-up and left alone, or holding
         # content we read (`_read_missed`); by key, pruned to those still there.
@@ -242,6 +247,7 @@ class FileSource:
         self._rescan(initial=True)
         self._recover_renamed()
         self._recover_rotated()
+        self._displaced.clear()  # the new files' checkpoints are under their keys now
         self._old_copies = {file_key(st.st_dev, st.st_ino) for _, _, st in self._rotated_copies()}
         self._drop_unclaimed()
         self._state.set(self._scope, STARTED, True)
@@ -611,7 +617,8 @@ class FileSource:
                 "checkpoint is for other content (truncated, or inode reused): reading from start",
                 extra={"path": path, "reason": plan.reason, "checkpoint": cp.get("path")},
             )
-            self._recover_copy(t, cp)
+            if not self._recover_copy(t, cp) and initial:
+                self._displaced[key] = cp
         else:
             log.info("following file", extra={"path": path, "offset": plan.offset})
         self._files[key] = self._owners[key] = t
@@ -619,8 +626,9 @@ class FileSource:
         self._watcher.mark(key)  # read it in the next turn, not at the next full pass
         self._save(t)
 
-    def _recover_copy(self, t: _Tailed, cp: dict[str, Any]) -> None:
-        """Truncated while we were down: drain our unread part from its copy, if there is one."""
+    def _recover_copy(self, t: _Tailed, cp: dict[str, Any]) -> bool:
+        """Truncated while we were down: drain our unread part from its copy, if there is one
+        (uncompressed: a compressed one is found by `_recover_rotated`)."""
         with contextlib.suppress(KeyError, TypeError, ValueError):
             old = Identity.from_checkpoint(cp)
             offset = int(cp["offset"])
@@ -628,6 +636,8 @@ class FileSource:
             if copy is not None:
                 src = self._new_tailed(t.key, t.path, -1, old, old.gen, offset, cp)
                 self._adopt(src, copy[1], finished=True)
+                return True
+        return False
 
     def _recover_renamed(self) -> None:
         """Checkpoints no glob matched: files renamed while we were down. Drain what is left of
@@ -729,9 +739,10 @@ class FileSource:
             if not (new and st.st_size):
                 return  # read by an earlier run, or there before we ever ran
         else:
-            self._saved.pop(old_key, None)
-            if old_key != key:  # a compressed copy: its checkpoint is filed under it now
-                self._state.delete(self._scope, old_key)
+            if self._displaced.pop(old_key, None) is None:  # else: a new file's key now
+                self._saved.pop(old_key, None)
+                if old_key != key:  # a compressed copy: its checkpoint is filed under it now
+                    self._state.delete(self._scope, old_key)
             if cp.get("done") and cp.get("stamp") == stamp:
                 self._mark_done(key, cp)
                 return
@@ -769,12 +780,13 @@ class FileSource:
         self, key: FileKey, followed: str, head: bytes
     ) -> tuple[FileKey, dict[str, Any] | None]:
         """The unclaimed checkpoint for the content starting with `head`: by inode, else (a
-        compressed copy is another inode) one of the same file name by its first bytes."""
+        compressed copy is another inode) one of the same file name by its first bytes, among
+        them those whose inode a new file took."""
         name = os.path.basename(followed)
         candidates = [(key, self._saved[key])] if key in self._saved else []
         candidates += [
             (k, cp)
-            for k, cp in self._saved.items()
+            for k, cp in (*self._saved.items(), *self._displaced.items())
             if k != key and os.path.basename(str(cp.get("path", ""))) == name
         ]
         for k, cp in candidates:
