@@ -5,11 +5,14 @@
    pod's supervisor and its sandbox, and of the fork server the supervisors come from,
    shared pages counted once, plus serve's own growth for the pods; not the containers).
 2. Requests/s and p99 with wrk through a Service's cluster IP against straight to the pod IP
-   of its one endpoint: the cost of kube-proxy's nftables DNAT, done by the kernel. ROUNDS
-   rounds of 5 s each way, alternating which goes first (the app's own speed drifts); medians.
-   From a client pod (wrk in its network namespace): the path a Service serves, pods calling
-   pods. And from the host (`host_*`): there the DNAT is in the output hook, after which the
-   kernel routes every packet again (ip_route_me_harder), as it does under kube-proxy.
+   of its one endpoint. ROUNDS rounds of 5 s each way, alternating which goes first (the app's
+   own speed drifts); medians, and as the ratio the median of the rounds' ratios. From a
+   client pod (wrk in its network namespace): the path a Service serves, pods calling pods.
+   And from the host (`host_*`).
+   By default serve's socket load balancer sends each connect() to the cluster IP straight to
+   the endpoint (network/socket_lb.py). SOCKET_LB=0 runs serve with --no-socket-lb: the cluster
+   IP is then kube-proxy's nftables DNAT, whose cost per packet this measures (from the host
+   the DNAT is in the output hook, after which the kernel routes every packet again).
 
 No cluster can run here side by side; the ClusterIP/direct ratio is the comparison.
 Targets: 20 Ready < 10 s, < 15 MB per pod, ClusterIP >= 0.95x direct.
@@ -37,8 +40,10 @@ from memory import pss_mb, serve_processes  # noqa: E402
 
 PODS = int(os.environ.get("PODS", "20"))
 # 10: single 5 s runs swing by +-15% here; with 3 rounds the ratio of medians swung from 0.94
-# to 1.03 between runs of the same code, with 6 from 0.78 to 0.99; 10 gave 0.85 and 0.86.
+# to 1.03 between runs of the same code, with 6 from 0.78 to 0.99; with 10, from the host,
+# 0.91 to 1.05 for the socket load balancer, whose packets are a direct connection's.
 ROUNDS = int(os.environ.get("ROUNDS", "10"))
+SOCKET_LB = os.environ.get("SOCKET_LB", "1") != "0"
 SEED = """apiVersion: apps/v1
 kind: Deployment
 metadata: {name: seed}
@@ -119,8 +124,12 @@ def netns_of(pod: str) -> str:
 Medians = tuple[float, float]  # requests/s, p99 ms
 
 
-def direct_and_through(pod_ip: str, cluster_ip: str, netns: str | None) -> tuple[Medians, Medians]:
-    """Straight to the pod and through the cluster IP, from that network namespace."""
+def direct_and_through(
+    pod_ip: str, cluster_ip: str, netns: str | None
+) -> tuple[Medians, Medians, float]:
+    """Straight to the pod and through the cluster IP, from that network namespace: the
+    medians of each, and the median of the rounds' ratios (a round's two runs are back to
+    back, so the app's own drift between rounds cancels out of it)."""
     direct: list[Medians] = []
     through: list[Medians] = []
     for n in range(ROUNDS):
@@ -134,14 +143,15 @@ def direct_and_through(pod_ip: str, cluster_ip: str, netns: str | None) -> tuple
     def medians(results: list[Medians]) -> Medians:
         return statistics.median(r[0] for r in results), statistics.median(r[1] for r in results)
 
-    return medians(direct), medians(through)
+    ratio = statistics.median(t[0] / d[0] for d, t in zip(direct, through, strict=True))
+    return medians(direct), medians(through), ratio
 
 
 def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("bench/scale.py: cluster IPs need root")
     with tempfile.TemporaryDirectory() as tmp_dir:
-        served = start(Path(tmp_dir))
+        served = start(Path(tmp_dir), *([] if SOCKET_LB else ["--no-socket-lb"]))
         try:
             applied = served.kubectl("apply", "-f", "-", stdin=SEED)
             if applied.returncode != 0:
@@ -160,24 +170,25 @@ def main() -> None:
                 "items"][0]["status"]["podIP"]  # fmt: skip
             cluster_ip = json.loads(kubectl(served, "get", "svc", "solo", "-o", "json"))["spec"][
                 "clusterIP"]  # fmt: skip
-            direct, through = direct_and_through(pod_ip, cluster_ip, netns)
-            host_direct, host_through = direct_and_through(pod_ip, cluster_ip, None)
+            direct, through, ratio = direct_and_through(pod_ip, cluster_ip, netns)
+            host_direct, host_through, host_ratio = direct_and_through(pod_ip, cluster_ip, None)
         finally:
             served.stop()
     # The keys issue 18 names (scale_20_ready_s: 0 -> PODS, 20 unless PODS says otherwise).
     figures = {
         "pods": PODS,
+        "socket_lb": SOCKET_LB,
         "scale_20_ready_s": round(ready_s, 2),
         "podkit_mb_per_pod": round(per_pod, 1),
         "node_state_mb_per_pod": round(node_state, 2),  # serve's part of it
         "clusterip_rps": round(through[0]),
         "direct_rps": round(direct[0]),
-        "clusterip_ratio": round(through[0] / direct[0], 2),
+        "clusterip_ratio": round(ratio, 2),
         "clusterip_p99_ms": round(through[1], 2),
         "direct_p99_ms": round(direct[1], 2),
         "host_clusterip_rps": round(host_through[0]),
         "host_direct_rps": round(host_direct[0]),
-        "host_clusterip_ratio": round(host_through[0] / host_direct[0], 2),
+        "host_clusterip_ratio": round(host_ratio, 2),
     }
     print(
         f"scale 0 -> {PODS}: all Ready in {figures['scale_20_ready_s']} s (target < 10); "

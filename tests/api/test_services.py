@@ -3,7 +3,8 @@ from a pod (its own Service too: hairpin), spread over the ready endpoints, a po
 taken out, a NodePort on 127.0.0.1, a Service without endpoints refusing at once, and the
 apiserver's refusals; cluster DNS from a pod (search list, A, SRV, headless, a pod's
 hostname.subdomain, NXDOMAIN) and forwarding to an upstream (dnsmasq, started here). As root:
-cluster IPs are DNATed by podkit's nftables table."""
+a connect() to a cluster IP goes straight to an endpoint (the socket load balancer), and where
+that is off, cluster IPs are DNATed by podkit's nftables table."""
 
 from __future__ import annotations
 
@@ -161,6 +162,44 @@ def test_pods_reach_services_even_their_own(served: Served) -> None:
         assert got.returncode == 0, got.stderr
         seen[json.loads(got.stdout)["pod_name"]] += 1
     assert pod in seen and len(seen) >= 2, seen
+
+
+def pod_ips(served: Served) -> dict[str, str]:
+    label = "kubernetes.io/service-name=web"
+    found = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
+    return {
+        e["targetRef"]["name"]: e["addresses"][0]
+        for s in found["items"]
+        for e in s.get("endpoints") or []
+    }
+
+
+# curl prints after the body the IP its socket is connected to (getpeername; the port it
+# prints is the one it asked for).
+PEER = ["curl", "-s", "-m", "3", "-w", "\\n%{remote_ip}"]
+
+
+def answered_by(output: str) -> tuple[str, str]:
+    """(the pod that answered, the address the client was connected to)."""
+    body, _, peer = output.rpartition("\n")
+    return json.loads(body)["pod_name"], peer
+
+
+def test_a_connection_to_the_cluster_ip_is_made_straight_to_an_endpoint(served: Served) -> None:
+    """The socket load balancer: connect() to the cluster IP is turned into a connect() to the
+    endpoint, from the host and from a pod (its packets are then a direct connection's, with
+    no NAT). `--no-socket-lb` leaves it to the nftables rules (the second serve below)."""
+    ip = service(served)["spec"]["clusterIP"]
+    ips = pod_ips(served)
+    wait_for("the cluster IP answering", lambda: http_get(f"http://{ip}/api/info")[0] == 200, 10)
+    for _ in range(3):
+        got = subprocess.run([*PEER, f"http://{ip}/api/info"], capture_output=True, text=True)
+        pod, peer = answered_by(got.stdout)
+        assert peer == ips[pod], got.stdout
+        asker = ready_endpoints(served)[0]
+        got = served.kubectl("exec", asker, "--", *PEER, f"http://{ip}/api/info")
+        pod, peer = answered_by(got.stdout)
+        assert peer == ips[pod], got.stdout
 
 
 def test_an_unready_pod_leaves_the_service(served: Served) -> None:
@@ -371,7 +410,8 @@ def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
     """Two podkit serves on one machine: each with its own cluster IPs, DNS and Services (the
     second's DNS on another port of the gateway, behind its own cluster IP). The second
     publishes its NodePorts on 127.0.0.2, as asked, and not on 127.0.0.1."""
-    asked = ("--service-cidr", "10.112.0.0/16", "--node-port-address", "127.0.0.2")
+    asked = ("--service-cidr", "10.112.0.0/16", "--node-port-address", "127.0.0.2",
+             "--no-socket-lb")  # fmt: skip
     with serving(tmp_path, *asked, env=PODKIT_ENV) as second:
         applied = second.kubectl(
             "apply", "-f", "-", stdin=WEB.replace("replicas: 3", "replicas: 1")
@@ -390,11 +430,14 @@ def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
         got = second.kubectl("exec", "asker", "--", "getent", "hosts", "web")
         assert got.stdout.split()[:1] == [ip]
         (theirs,) = ready_endpoints(second)
-        for _ in range(3):  # by name, through the second's DNS and cluster IP
-            got = second.kubectl(
-                "exec", "asker", "--", "curl", "-s", "-m", "3", "http://web/api/info"
-            )
-            assert json.loads(got.stdout)["pod_name"] == theirs, got.stderr
+        for _ in range(3):  # by name, through the second's DNS and cluster IP: NATed
+            got = second.kubectl("exec", "asker", "--", *PEER, "http://web/api/info")
+            assert answered_by(got.stdout) == (theirs, ip), got.stderr
+        # Its own Service, NATed both ways (hairpin); and from the host.
+        got = second.kubectl("exec", theirs, "--", *PEER, f"http://{ip}/api/info")
+        assert answered_by(got.stdout) == (theirs, ip), got.stderr
+        got = subprocess.run([*PEER, f"http://{ip}/api/info"], capture_output=True, text=True)
+        assert answered_by(got.stdout) == (theirs, ip), got.stderr
         node_port = service(second)["spec"]["ports"][0]["nodePort"]
         assert answers(f"http://127.0.0.2:{node_port}/api/info", 2) == {theirs: 2}
         if node_port != service(served)["spec"]["ports"][0]["nodePort"]:

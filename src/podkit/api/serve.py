@@ -76,6 +76,7 @@ def serve(
     service_account_writes: bool = False,
     service_cidr: str | None = None,
     node_port_addresses: list[str] | None = None,
+    socket_lb: bool = True,
 ) -> int:
     base, config_path, db_path = paths(state_dir)
     _lock(base)
@@ -121,6 +122,7 @@ def serve(
                 keep_pods,
                 dns_upstreams,
                 node_port_addresses or service_proxy.NODE_PORT_ADDRESSES,
+                socket_lb,
             )  # fmt: skip
         )
     finally:
@@ -223,6 +225,7 @@ async def _run(
     keep_pods: bool,
     dns_upstreams: list[tuple[str, int]] | None,
     node_port_addresses: list[str],
+    socket_lb: bool,
 ) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -247,7 +250,7 @@ async def _run(
         await _kubernetes_service(runner, agent.rest, listen, ctx)
     node = asyncio.ensure_future(agent.run(stop))
     controllers = asyncio.ensure_future(
-        manager.run(agent.rest, stop, agent.state_dir, say, node_port_addresses)
+        manager.run(agent.rest, stop, agent.state_dir, say, node_port_addresses, socket_lb)
     )
     await stop.wait()
     await node

@@ -62,6 +62,14 @@ def add_commands(commands: Any) -> None:
         "ports; 0.0.0.0 for every interface).",
     )
     cmd.add_argument(
+        "--no-socket-lb",
+        dest="socket_lb",
+        action="store_false",
+        help="Leave Services' cluster IPs to the nftables rules alone, as kube-proxy does. By "
+        "default a TCP connect() to a cluster IP goes straight to an endpoint (a cgroup BPF "
+        "program, as Cilium's socket LB), and so costs no NAT.",
+    )
+    cmd.add_argument(
         "--reset",
         action="store_true",
         help="Do not serve: stop every pod podkit serve started (gracefully) and remove its "
@@ -81,6 +89,7 @@ def serve(
     service_accounts_may_write: bool = False,
     service_cidr: str | None = None,
     node_port_address: list[str] | None = None,
+    socket_lb: bool = True,
     state_dir: Path | None = None,
 ) -> int:
     """Serve the Kubernetes API on HTTPS until Ctrl-C or SIGTERM: kubectl drives it with the
@@ -118,6 +127,7 @@ def serve(
             service_accounts_may_write,
             cidr,
             node_port_address,
+            socket_lb,
         )
     except StoreError as exc:
         raise out.fail(str(exc), 1) from None

@@ -24,6 +24,7 @@ async def run(
     state_dir: Path,
     say: Callable[[str], None],
     node_port_addresses: list[str] = service_proxy.NODE_PORT_ADDRESSES,
+    socket_lb: bool = True,
 ) -> None:
     controllers: list[Controller] = [
         DeploymentController(rest),
@@ -36,7 +37,7 @@ async def run(
     why = service_proxy.why_not()
     if why is None:
         service_proxy.claim(state_dir)
-        proxy = service_proxy.ServiceProxy(rest, state_dir, node_port_addresses)
+        proxy = service_proxy.ServiceProxy(rest, state_dir, node_port_addresses, socket_lb, say)
     elif os.geteuid() != 0:  # no pod IPs: Services on each pod's loopback
         proxy = userspace_proxy.UserspaceProxy(rest, state_dir, node_port_addresses)
     else:

@@ -1,6 +1,8 @@
 """The Service proxy of `podkit serve` (kube-proxy's part): it watches Services and
 EndpointSlices, keeps the nftables table of network/service_rules.py in step with them (one
-atomic `nft -f` per change, none when nothing changed), and publishes each NodePort on
+atomic `nft -f` per change, none when nothing changed) and, unless turned off, the socket load
+balancer's map (network/socket_lb.py: TCP connects go straight to an endpoint, before the
+table sees a packet), and publishes each NodePort on
 127.0.0.1 (or the addresses serve is given), forwarding its connections to the Service's
 cluster IP, where the table takes them.
 As root only: without root there are no pod IPs to route to.
@@ -15,12 +17,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from podkit.api.kinds import ENDPOINT_SLICE, SERVICE
 from podkit.api.rest import Rest
 from podkit.controllers.loop import Key, Singleton
-from podkit.network import relay, service_rules
+from podkit.network import relay, service_rules, socket_lb
+from podkit.network.socket_lb import SocketLb
 from podkit.runtime import statedir
 
 NODE_PORT_ADDRESSES = ["127.0.0.1"]  # as podkit publishes ports: never all interfaces unasked
@@ -93,9 +97,20 @@ class ServiceProxy(Singleton):
     watches = (SERVICE, ENDPOINT_SLICE)
 
     def __init__(
-        self, rest: Rest, state_dir: Path, node_port_addresses: list[str] = NODE_PORT_ADDRESSES
+        self,
+        rest: Rest,
+        state_dir: Path,
+        node_port_addresses: list[str] = NODE_PORT_ADDRESSES,
+        socket_lb: bool = True,
+        say: Callable[[str], None] = print,
     ) -> None:
         super().__init__(rest)
+        self.sockets: SocketLb | None = None
+        if socket_lb:
+            try:
+                self.sockets = SocketLb("podkit_lb")
+            except OSError as exc:  # an old kernel, no cgroup2, no BPF here: nftables alone
+                say(f"podkit serve: Services' cluster IPs through NAT only: {exc.strerror or exc}")
         self.addresses = node_port_addresses
         self.table = table_name(state_dir)
         self.written = ""
@@ -119,6 +134,8 @@ class ServiceProxy(Singleton):
                       file=sys.stderr)  # fmt: skip
                 return 5.0  # a look again: a change may mend it
             self.written = text
+        if self.sockets is not None:
+            self.sockets.sync(socket_lb.entries(services, slices))
         self._publish(service_rules.node_ports(services))
         return None
 
@@ -150,6 +167,9 @@ class ServiceProxy(Singleton):
             self.listeners[port] = await asyncio.start_server(forward, self.addresses, port)
 
     def close(self) -> None:
+        if self.sockets is not None:
+            self.sockets.close()
+            self.sockets = None
         for server in self.listeners.values():
             server.close()
         self.listeners.clear()
