@@ -22,7 +22,7 @@ from podkit_harness import REPO, Podkit, wait_for, write_manifest
 # Run inside the container: one JSON line per attempt, {"case", "ok", "errno" | "detail"}.
 ATTEMPTS = textwrap.dedent(
     r"""
-    import ctypes, errno, json, os, stat, sys
+    import ctypes, errno, json, os, stat, sys, tempfile
     libc = ctypes.CDLL(None, use_errno=True)
     out = sys.argv[1]  # a host directory, shown in the container as a volume and read-through
 
@@ -48,7 +48,7 @@ ATTEMPTS = textwrap.dedent(
             f.write(value)
 
     def device(name, kind, major, minor):
-        path = f"/tmp/{name}"
+        path = f"{tempfile.mkdtemp()}/{name}"  # the view of the host's /tmp may hold the name
         os.mknod(path, 0o600 | kind, os.makedev(major, minor))
         os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
 
