@@ -1,4 +1,4 @@
-"""The socket load balancer (network/socket_lb.py) with the real kernel: its BPF program loaded
+"""The socket load balancer (network/socket_lb.py) with the real kernel: its BPF programs loaded
 and attached to the cgroup2 root, connect()s to a "cluster IP" on 127.99.0.0/16 (no route or
 listener needed: the rewrite happens before any packet) made by this test process, as any
 process on the host or in a pod makes them. And its pure parts: the map's content for Services
@@ -19,6 +19,7 @@ import pytest
 
 from podkit.network import bpf, service_rules, socket_lb
 from podkit_harness import free_port, wait_for
+from socket_peers import kernel_peer
 
 needs_bpf = pytest.mark.skipif(bpf.supported() is not None, reason=str(bpf.supported()))
 CLUSTER_IP = "127.99.0.1"  # nothing listens there: a connect() not rewritten is refused
@@ -139,7 +140,8 @@ def test_a_connect_to_a_cluster_ip_goes_to_a_ready_endpoint_chosen_at_random(
     seen: collections.Counter[str] = collections.Counter()
     for _ in range(300):
         with socket.create_connection((CLUSTER_IP, port), timeout=2) as c:
-            peer = c.getpeername()
+            assert c.getpeername() == (CLUSTER_IP, port)  # as the program asked, as under DNAT
+            peer = kernel_peer(c)  # where the kernel connected it
             assert peer[1] == number
             seen[peer[0]] += 1
         for e in ends:  # accept what came, so the backlogs never fill
@@ -153,7 +155,7 @@ def test_a_connect_to_a_cluster_ip_goes_to_a_ready_endpoint_chosen_at_random(
     point(balancer, port, ends[:1])
     for _ in range(20):
         with socket.create_connection((CLUSTER_IP, port), timeout=2) as c:
-            assert c.getpeername() == ("127.0.0.2", number)
+            assert kernel_peer(c) == ("127.0.0.2", number)
     kept.sendall(b"still here")  # no reset from the change
     # Other ports of the cluster IP, UDP, and a Service without endpoints: untouched.
     with pytest.raises(ConnectionRefusedError):
@@ -181,6 +183,27 @@ sys.stdin.read()
 
 
 @needs_bpf
+def test_a_socket_connected_elsewhere_after_a_refusal_shows_its_real_peer(
+    balancer: socket_lb.SocketLb,
+) -> None:
+    """The peer shown is the cluster IP only while the socket is connected to the endpoint
+    chosen for it: a connect() refused there, then made straight to another address, shows
+    that address (Linux lets a TCP socket connect again after a refusal)."""
+    (end,) = listeners(1)
+    gone = socket.socket()
+    gone.bind(("127.0.0.3", 0))  # an endpoint with nothing listening: refused
+    port = free_port()
+    point(balancer, port, [gone])
+    gone.close()
+    with socket.socket() as s:
+        with pytest.raises(ConnectionRefusedError):
+            s.connect((CLUSTER_IP, port))
+        s.connect(end.getsockname())
+        assert s.getpeername() == end.getsockname() == kernel_peer(s)
+    end.close()
+
+
+@needs_bpf
 def test_the_program_goes_with_the_process_that_attached_it_even_on_kill_9() -> None:
     """As `podkit serve` killed: nothing of it is left to rewrite connections (its nftables
     rules, which a next serve cleans up, go on serving meanwhile)."""
@@ -193,7 +216,7 @@ def test_the_program_goes_with_the_process_that_attached_it_even_on_kill_9() -> 
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
         with socket.create_connection((CLUSTER_IP, port), timeout=2) as c:
-            assert c.getpeername() == end.getsockname()
+            assert kernel_peer(c) == end.getsockname()
     finally:
         holder.kill()
         holder.wait(10)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from serve_harness import KUBECTL, Served, serving
 
+import socket_peers
 from podkit_harness import PODKIT_ENV, free_port, http_get, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cluster IPs need root")
@@ -174,32 +175,33 @@ def pod_ips(served: Served) -> dict[str, str]:
     }
 
 
-# curl prints after the body the IP its socket is connected to (getpeername; the port it
-# prints is the one it asked for).
-PEER = ["curl", "-s", "-m", "3", "-w", "\\n%{remote_ip}"]
-
-
-def answered_by(output: str) -> tuple[str, str]:
-    """(the pod that answered, the address the client was connected to)."""
-    body, _, peer = output.rpartition("\n")
-    return json.loads(body)["pod_name"], peer
+def connected(served: Served, ip: str, asker: str | None = None) -> tuple[str, str, str]:
+    """One request to http://IP/api/info, from the host or from the pod `asker`: (the pod that
+    answered, the client socket's peer as the client sees it, as the kernel holds it)."""
+    if asker is None:
+        body, peer, kernel = socket_peers.request(ip, 80, "/api/info")
+    else:
+        ran = served.kubectl("exec", asker, "--", "python3", socket_peers.__file__, ip, "80",
+                             "/api/info")  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        body, peer, kernel = json.loads(ran.stdout)
+    pod = json.loads(body)["pod_name"]
+    return pod, f"{peer[0]}:{peer[1]}", f"{kernel[0]}:{kernel[1]}"
 
 
 def test_a_connection_to_the_cluster_ip_is_made_straight_to_an_endpoint(served: Served) -> None:
     """The socket load balancer: connect() to the cluster IP is turned into a connect() to the
-    endpoint, from the host and from a pod (its packets are then a direct connection's, with
-    no NAT). `--no-socket-lb` leaves it to the nftables rules (the second serve below)."""
+    endpoint, from the host and from a pod: the kernel's connection is to the endpoint (its
+    packets are a direct connection's, with no NAT), while the client sees the cluster IP as
+    its peer, as under DNAT. `--no-socket-lb` leaves it to nftables (the second serve below)."""
     ip = service(served)["spec"]["clusterIP"]
     ips = pod_ips(served)
     wait_for("the cluster IP answering", lambda: http_get(f"http://{ip}/api/info")[0] == 200, 10)
+    asker = ready_endpoints(served)[0]
     for _ in range(3):
-        got = subprocess.run([*PEER, f"http://{ip}/api/info"], capture_output=True, text=True)
-        pod, peer = answered_by(got.stdout)
-        assert peer == ips[pod], got.stdout
-        asker = ready_endpoints(served)[0]
-        got = served.kubectl("exec", asker, "--", *PEER, f"http://{ip}/api/info")
-        pod, peer = answered_by(got.stdout)
-        assert peer == ips[pod], got.stdout
+        for where in (None, asker):
+            pod, peer, kernel = connected(served, ip, where)
+            assert (peer, kernel) == (f"{ip}:80", f"{ips[pod]}:8080")
 
 
 def test_an_unready_pod_leaves_the_service(served: Served) -> None:
@@ -430,14 +432,15 @@ def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
         got = second.kubectl("exec", "asker", "--", "getent", "hosts", "web")
         assert got.stdout.split()[:1] == [ip]
         (theirs,) = ready_endpoints(second)
-        for _ in range(3):  # by name, through the second's DNS and cluster IP: NATed
-            got = second.kubectl("exec", "asker", "--", *PEER, "http://web/api/info")
-            assert answered_by(got.stdout) == (theirs, ip), got.stderr
-        # Its own Service, NATed both ways (hairpin); and from the host.
-        got = second.kubectl("exec", theirs, "--", *PEER, f"http://{ip}/api/info")
-        assert answered_by(got.stdout) == (theirs, ip), got.stderr
-        got = subprocess.run([*PEER, f"http://{ip}/api/info"], capture_output=True, text=True)
-        assert answered_by(got.stdout) == (theirs, ip), got.stderr
+        for _ in range(3):  # by name, through the second's DNS and cluster IP
+            got = second.kubectl(
+                "exec", "asker", "--", "curl", "-s", "-m", "3", "http://web/api/info"
+            )
+            assert json.loads(got.stdout)["pod_name"] == theirs, got.stderr
+        # NATed, as --no-socket-lb asks: the kernel's connection is to the cluster IP. From a
+        # pod, from the endpoint to its own Service (hairpin), and from the host.
+        for where in ("asker", theirs, None):
+            assert connected(second, ip, where) == (theirs, f"{ip}:80", f"{ip}:80")
         node_port = service(second)["spec"]["ports"][0]["nodePort"]
         assert answers(f"http://127.0.0.2:{node_port}/api/info", 2) == {theirs: 2}
         if node_port != service(served)["spec"]["ports"][0]["nodePort"]:

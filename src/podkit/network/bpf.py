@@ -22,9 +22,9 @@ _SYSCALL = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390
 
 # Commands, map and program types, attach types.
 MAP_CREATE, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, PROG_LOAD, LINK_CREATE = 0, 2, 3, 5, 28
-MAP_TYPE_HASH = 1
+MAP_TYPE_HASH, MAP_TYPE_LRU_HASH = 1, 9
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
-CGROUP_INET4_CONNECT = 10
+CGROUP_INET4_CONNECT, CGROUP_INET4_GETPEERNAME = 10, 29
 F_NO_PREALLOC = 1  # a hash map's elements are allocated as written, not all up front
 PSEUDO_MAP_FD = 1
 
@@ -35,8 +35,9 @@ MEM, IMM = 0x60, 0x00
 K, X = 0x00, 0x08
 ADD, MOD, MOV = 0x00, 0x90, 0xB0
 JEQ, JNE, CALL, EXIT = 0x10, 0x50, 0x80, 0x90
-FUNC_MAP_LOOKUP_ELEM, FUNC_GET_PRANDOM_U32 = 1, 7
-R0, R1, R2, R6, R7, R10 = 0, 1, 2, 6, 7, 10
+FUNC_MAP_LOOKUP_ELEM, FUNC_MAP_UPDATE_ELEM, FUNC_GET_PRANDOM_U32 = 1, 2, 7
+FUNC_GET_SOCKET_COOKIE = 46
+R0, R1, R2, R3, R4, R6, R7, R10 = 0, 1, 2, 3, 4, 6, 7, 10
 
 
 def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -86,9 +87,14 @@ class HashMap:
     value_size: int
 
     @classmethod
-    def create(cls, name: str, key_size: int, value_size: int, max_entries: int) -> HashMap:
+    def create(
+        cls, name: str, key_size: int, value_size: int, max_entries: int, lru: bool = False
+    ) -> HashMap:
+        """A hash map; `lru`: one that drops its least recently used element when full
+        (allocated up front, as the kernel wants an LRU map)."""
+        kind, flags = (MAP_TYPE_LRU_HASH, 0) if lru else (MAP_TYPE_HASH, F_NO_PREALLOC)
         attr = struct.pack(
-            "=IIIIIII16s", MAP_TYPE_HASH, key_size, value_size, max_entries, F_NO_PREALLOC, 0, 0,
+            "=IIIIIII16s", kind, key_size, value_size, max_entries, flags, 0, 0,
             name.encode()[:15],
         )  # fmt: skip
         return cls(_bpf(MAP_CREATE, attr, f"creating the BPF map {name}"), key_size, value_size)

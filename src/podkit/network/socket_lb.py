@@ -9,12 +9,14 @@ It runs for every process under the cgroup2 root it is attached to: pods and the
 What it does not take, the nftables table still does, as kube-proxy's: UDP (cluster DNS),
 connections made before the program was there, IPv6 sockets, a Service with no ready endpoint
 (nftables rejects it), and everything when BPF cannot be used here (serve says why).
-Unlike DNAT, the client sees the endpoint as its socket's peer (getpeername), as under Cilium
-without its getpeername hook.
+As under DNAT, the client sees the cluster IP and port as its socket's peer: a second program,
+on the hook `getpeername4`, shows them for a socket that is still connected to the endpoint
+chosen for it (the connect program notes both by the socket's cookie, as Cilium's does). The
+kernel's own tables (ss, /proc/net/tcp) show the endpoint.
 
-The map (one per serve): key (cluster IP, port, slot), value (IP, port, count). Slot 0 of a
-Service port holds the number of its endpoints, slots 1..n the endpoints. The kernel reads and
-writes the addresses as they are in a sockaddr_in: network byte order.
+The Services' map (one per serve): key (cluster IP, port, slot), value (IP, port, count).
+Slot 0 of a Service port holds the number of its endpoints, slots 1..n the endpoints. The
+kernel reads and writes the addresses as they are in a sockaddr_in: network byte order.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from podkit.network.bpf import (
     ADD,
     ALU64,
     CALL,
+    DW,
     EXIT,
     FUNC_GET_PRANDOM_U32,
+    FUNC_GET_SOCKET_COOKIE,
     FUNC_MAP_LOOKUP_ELEM,
+    FUNC_MAP_UPDATE_ELEM,
     JEQ,
     JMP,
     JNE,
@@ -45,6 +50,8 @@ from podkit.network.bpf import (
     R0,
     R1,
     R2,
+    R3,
+    R4,
     R6,
     R7,
     R10,
@@ -62,69 +69,125 @@ from podkit.runtime.cgroups import parse_mountinfo
 Obj = dict[str, Any]
 KEY_SIZE = VALUE_SIZE = 8
 MAX_ENTRIES = 65536
-# struct bpf_sock_addr: where connect4's context keeps what it may read and write.
+# The peers shown: socket cookie -> (cluster IP, port, 0, endpoint IP, port, 0), for as many
+# connected sockets; beyond that the least recently connected show their endpoint.
+PEERS = 16384
+# struct bpf_sock_addr: where the hooks' context keeps what they may read and write.
 USER_IP4, USER_PORT, PROTOCOL = 4, 24, 36
 IPPROTO_TCP = 6
-LICENSE = "Dual MIT/GPL"  # a GPL-compatible string; the program uses no GPL-only helper
+LICENSE = "Dual MIT/GPL"  # a GPL-compatible string; the programs use no GPL-only helper
+# The connect program's stack: the Service key, the peer to remember, the socket's cookie.
+KEY, PEER, COOKIE = -8, -24, -32
 
 
-def program(map_fd: int) -> bytes:
-    """The connect4 program. It always returns 1 (let the connect go on), rewritten or not."""
-    key = -KEY_SIZE  # the key is built on the stack: ip at -8, port at -4, slot at -2
-    lookup = [
+def _lookup(map_fd: int, at: int) -> list[bytes | _OnlyIf]:
+    """r0 = the element of the map whose key is on the stack at `at`, or 0."""
+    return [
         load_map_fd(R1, map_fd),
         insn(ALU64 | MOV | X, R2, R10),
-        insn(ALU64 | ADD | K, R2, imm=key),
+        insn(ALU64 | ADD | K, R2, imm=at),
         insn(JMP | CALL, imm=FUNC_MAP_LOOKUP_ELEM),
     ]
+
+
+def connect_program(services_fd: int, peers_fd: int) -> bytes:
+    """connect4: a TCP connect() to a Service's ClusterIP:port goes to one of its endpoints,
+    chosen at random, and the socket's cookie is noted with both, for getpeername. It always
+    returns 1 (let the connect go on), rewritten or not."""
     body: list[bytes | _OnlyIf] = [
         insn(ALU64 | MOV | X, R6, R1),
         insn(LDX | MEM | W, R2, R6, PROTOCOL),
         _OnlyIf(JNE, R2, IPPROTO_TCP),
         insn(LDX | MEM | W, R2, R6, USER_IP4),
-        insn(STX | MEM | W, R10, R2, key),
+        insn(STX | MEM | W, R10, R2, KEY),
         insn(LDX | MEM | W, R2, R6, USER_PORT),
-        insn(STX | MEM | H, R10, R2, key + 4),
-        insn(ST | MEM | H, R10, off=key + 6, imm=0),
-        *lookup,
+        insn(STX | MEM | H, R10, R2, KEY + 4),
+        insn(ST | MEM | H, R10, off=KEY + 6, imm=0),
+        *_lookup(services_fd, KEY),
         _OnlyIf(JEQ, R0, 0),
         insn(LDX | MEM | H, R7, R0, 6),  # the count
         _OnlyIf(JEQ, R7, 0),
         insn(JMP | CALL, imm=FUNC_GET_PRANDOM_U32),
         insn(ALU64 | MOD | X, R0, R7),
         insn(ALU64 | ADD | K, R0, imm=1),
-        insn(STX | MEM | H, R10, R0, key + 6),
-        *lookup,
+        insn(STX | MEM | H, R10, R0, KEY + 6),
+        *_lookup(services_fd, KEY),
         _OnlyIf(JEQ, R0, 0),
+        # The peer to remember: the Service's address, then the endpoint's.
+        insn(LDX | MEM | W, R2, R10, KEY),
+        insn(STX | MEM | W, R10, R2, PEER),
+        insn(LDX | MEM | H, R2, R10, KEY + 4),
+        insn(STX | MEM | H, R10, R2, PEER + 4),
+        insn(ST | MEM | H, R10, off=PEER + 6, imm=0),
+        insn(LDX | MEM | W, R2, R0, 0),
+        insn(STX | MEM | W, R6, R2, USER_IP4),
+        insn(STX | MEM | W, R10, R2, PEER + 8),
+        insn(LDX | MEM | H, R2, R0, 4),
+        insn(STX | MEM | W, R6, R2, USER_PORT),
+        insn(STX | MEM | H, R10, R2, PEER + 12),
+        insn(ST | MEM | H, R10, off=PEER + 14, imm=0),
+        insn(ALU64 | MOV | X, R1, R6),
+        insn(JMP | CALL, imm=FUNC_GET_SOCKET_COOKIE),
+        insn(STX | MEM | DW, R10, R0, COOKIE),
+        load_map_fd(R1, peers_fd),
+        insn(ALU64 | MOV | X, R2, R10),
+        insn(ALU64 | ADD | K, R2, imm=COOKIE),
+        insn(ALU64 | MOV | X, R3, R10),
+        insn(ALU64 | ADD | K, R3, imm=PEER),
+        insn(ALU64 | MOV | K, R4, imm=0),  # BPF_ANY: a new connect of the socket replaces it
+        insn(JMP | CALL, imm=FUNC_MAP_UPDATE_ELEM),
+    ]
+    return _link_jumps(body)
+
+
+def getpeername_program(peers_fd: int) -> bytes:
+    """getpeername4: a socket whose connect() was sent to an endpoint, and is still connected
+    there, shows the cluster IP and port it asked for, as under DNAT."""
+    body: list[bytes | _OnlyIf] = [
+        insn(ALU64 | MOV | X, R6, R1),
+        insn(JMP | CALL, imm=FUNC_GET_SOCKET_COOKIE),
+        insn(STX | MEM | DW, R10, R0, -8),
+        *_lookup(peers_fd, -8),
+        _OnlyIf(JEQ, R0, 0),
+        insn(LDX | MEM | W, R2, R0, 8),
+        insn(LDX | MEM | W, R3, R6, USER_IP4),
+        _OnlyIf(JNE, R2, src=R3),  # connected elsewhere since (after a failed connect)
+        insn(LDX | MEM | H, R2, R0, 12),
+        insn(LDX | MEM | W, R3, R6, USER_PORT),
+        _OnlyIf(JNE, R2, src=R3),
         insn(LDX | MEM | W, R2, R0, 0),
         insn(STX | MEM | W, R6, R2, USER_IP4),
         insn(LDX | MEM | H, R2, R0, 4),
         insn(STX | MEM | W, R6, R2, USER_PORT),
     ]
-    return _link_jumps(body, [insn(ALU64 | MOV | K, R0, imm=1), insn(JMP | EXIT)])
+    return _link_jumps(body)
 
 
 @dataclass(frozen=True)
 class _OnlyIf:
-    """A jump to the program's end (no rewrite) if `dst <op> imm`."""
+    """A jump to the program's end (nothing rewritten) if `dst <op> imm` (or `<op> src`)."""
 
     op: int
     dst: int
-    imm: int
+    imm: int = 0
+    src: int | None = None
 
 
-def _link_jumps(body: list[bytes | _OnlyIf], end: list[bytes]) -> bytes:
-    """Assemble `body` then `end`, each _OnlyIf in `body` a jump to `end`."""
+def _link_jumps(body: list[bytes | _OnlyIf]) -> bytes:
+    """Assemble `body`, each _OnlyIf a jump to its end, then `return 1`."""
     slots = sum(1 if isinstance(i, _OnlyIf) else len(i) // 8 for i in body)
     out, at = b"", 0
     for i in body:
         if isinstance(i, _OnlyIf):
             at += 1
-            out += insn(JMP | i.op | K, i.dst, off=slots - at, imm=i.imm)
+            if i.src is None:
+                out += insn(JMP | i.op | K, i.dst, off=slots - at, imm=i.imm)
+            else:
+                out += insn(JMP | i.op | X, i.dst, i.src, off=slots - at)
         else:
             at += len(i) // 8
             out += i
-    return out + b"".join(end)
+    return out + insn(ALU64 | MOV | K, R0, imm=1) + insn(JMP | EXIT)
 
 
 def _port16(port: int) -> bytes:
@@ -188,22 +251,31 @@ def cgroup2_root(mountinfo: str) -> str | None:
 
 
 class SocketLb:
-    """The program attached to the cgroup2 root, and its map kept equal to `entries`."""
+    """The programs linked to the cgroup2 root, and the Services' map kept equal to `entries`."""
 
     def __init__(self, name: str) -> None:
         root = cgroup2_root(Path("/proc/self/mountinfo").read_text())
         if root is None:
             raise bpf.BpfError(errno.ENOENT, "no cgroup2 hierarchy is mounted")
+        self.links: list[int] = []
         self.map = bpf.HashMap.create(name, KEY_SIZE, VALUE_SIZE, MAX_ENTRIES)
         try:
-            prog = bpf.load(bpf.PROG_TYPE_CGROUP_SOCK_ADDR, bpf.CGROUP_INET4_CONNECT,
-                            program(self.map.fd), name, LICENSE)  # fmt: skip
+            peers = bpf.HashMap.create(name + "_peer", 8, 16, PEERS, lru=True)
             try:
-                self.link = bpf.link_cgroup(prog, root, bpf.CGROUP_INET4_CONNECT)
+                hooks = [
+                    (bpf.CGROUP_INET4_CONNECT, connect_program(self.map.fd, peers.fd)),
+                    (bpf.CGROUP_INET4_GETPEERNAME, getpeername_program(peers.fd)),
+                ]
+                for hook, code in hooks:
+                    prog = bpf.load(bpf.PROG_TYPE_CGROUP_SOCK_ADDR, hook, code, name, LICENSE)
+                    try:
+                        self.links.append(bpf.link_cgroup(prog, root, hook))
+                    finally:
+                        os.close(prog)  # the link holds the program, the program its maps
             finally:
-                os.close(prog)  # the link holds the program
+                peers.close()
         except OSError:
-            self.map.close()
+            self.close()
             raise
         self.content: dict[bytes, bytes] = {}
 
@@ -217,5 +289,7 @@ class SocketLb:
                 self.content[k] = v
 
     def close(self) -> None:
-        os.close(self.link)
+        for link in self.links:
+            os.close(link)
+        self.links = []
         self.map.close()
