@@ -9,20 +9,22 @@ which makes one HTTP request and prints [body, peer, kernel] as JSON."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
 
 
 def kernel_peer(sock: socket.socket) -> tuple[str, int]:
-    """The remote address of the kernel's connection for this socket (by its local address)."""
-    ip, port = sock.getsockname()
+    """The remote address of the kernel's connection for this socket (by its inode: a local
+    port may be shared by connections to different places)."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
-            local, remote = line.split()[1:3]
-            if _address(local) == (ip, port):
-                return _address(remote)
-    raise LookupError(f"no connection from {ip}:{port} in /proc/net/tcp")
+            fields = line.split()
+            if fields[9] == inode:
+                return _address(fields[2])
+    raise LookupError(f"no socket with inode {inode} in /proc/net/tcp")
 
 
 def _address(field: str) -> tuple[str, int]:

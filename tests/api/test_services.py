@@ -9,6 +9,7 @@ that is off, cluster IPs are DNATed by podkit's nftables table."""
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import os
 import socket
@@ -449,6 +450,19 @@ def test_a_second_serve_with_a_service_range_of_its_own_runs_beside(
         # The first serve goes on answering for its own Service, with its own pods.
         first = answers(f"http://{service(served)['spec']['clusterIP']}/api/info", 10)
         assert set(first) <= set(ready_endpoints(served)) and theirs not in first
+        # A connection through the rules stays while they change (the table is replaced
+        # whole; conntrack keeps what it has), as kube-proxy's do.
+        kept = http.client.HTTPConnection(ip, 80, timeout=5)
+        kept.request("GET", "/api/info")
+        assert json.loads(kept.getresponse().read())["pod_name"] == theirs
+        before = kept.sock.getsockname()
+        assert second.kubectl("scale", "deployment/web", "--replicas=2").returncode == 0
+        wait_for("the new endpoint behind the cluster IP",
+                 lambda: len(answers(f"http://{ip}/api/info", 10)) == 2, 30)  # fmt: skip
+        kept.request("GET", "/api/info")
+        assert json.loads(kept.getresponse().read())["pod_name"] == theirs
+        assert kept.sock.getsockname() == before  # the same connection, not a new one
+        kept.close()
     moved = subprocess.run(
         [str(KUBECTL.parent / "podkit"), "serve", "--state-dir", str(second.state),
          "--service-cidr", "10.113.0.0/16"], capture_output=True, text=True, timeout=30,
