@@ -609,6 +609,24 @@ def test_copytruncate_under_load_with_logrotate_loses_only_its_gap(tmp_path: Pat
     print(f"copytruncate gap: {writer.count - len(numbers)} of {writer.count} lines, {gaps}")
 
 
+def file_on_inode(ino: int, text: str, name: Path) -> Path:
+    """A new file holding `text` at `name`, on the inode `ino` freed just before. Each file
+    created takes the lowest free inode: make files (not matched by the globs) until one gets
+    it, then rename that one."""
+    misses: list[Path] = []
+    for attempt in range(5000):
+        candidate = name.parent / f"candidate-{attempt}.tmp"
+        append(candidate, text)
+        if candidate.stat().st_ino == ino:
+            break
+        misses.append(candidate)
+    else:
+        pytest.fail("the filesystem did not reuse the inode")
+    for miss in misses:
+        miss.unlink()
+    return candidate.rename(name)
+
+
 def test_inode_reuse_reads_the_new_file_from_its_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -625,19 +643,8 @@ def test_inode_reuse_reads_the_new_file_from_its_start(
     asyncio.run(read_all(Sink(), 50))
     ino = first.stat().st_ino
     first.unlink()
-    # Each file created takes the lowest free inode: keep the misses until ours comes round.
-    misses: list[Path] = []
-    for attempt in range(5000):
-        candidate = logs / f"candidate-{attempt}.tmp"  # not matched by the glob
-        append(candidate, "".join(f"new file line {i}\n" for i in range(80)))
-        if candidate.stat().st_ino == ino:
-            candidate = candidate.rename(logs / "b.log")
-            break
-        misses.append(candidate)
-    else:
-        pytest.fail("the filesystem did not reuse the inode")
-    for miss in misses:
-        miss.unlink()
+    candidate = file_on_inode(ino, "".join(f"new file line {i}\n" for i in range(80)),
+                              logs / "b.log")  # fmt: skip
     sink = Sink()
     asyncio.run(read_all(sink, 80))
     assert sink.messages() == [f"new file line {i}" for i in range(80)]
@@ -676,18 +683,7 @@ def test_a_compressed_copy_whose_inode_the_new_file_took_is_read_from_its_checkp
     with log_path.open("rb") as src, gzip.open(logs / "app.log.1.gz", "wb") as dst:
         dst.write(src.read())
     log_path.unlink()
-    misses: list[Path] = []  # each file created takes the lowest free inode: until ours
-    for attempt in range(5000):
-        candidate = logs / f"candidate-{attempt}.tmp"  # not matched by the glob
-        append(candidate, "".join(f"new {i}\n" for i in range(4)))
-        if candidate.stat().st_ino == ino:
-            candidate.rename(log_path)
-            break
-        misses.append(candidate)
-    else:
-        pytest.fail("the filesystem did not reuse the inode")
-    for miss in misses:
-        miss.unlink()
+    file_on_inode(ino, "".join(f"new {i}\n" for i in range(4)), log_path)
 
     async def second_run() -> Sink:
         sink = Sink()
