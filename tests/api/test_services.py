@@ -108,15 +108,15 @@ def service(served: Served, name: str = "web") -> dict:  # type: ignore[type-arg
     return json.loads(got.stdout)  # type: ignore[no-any-return]
 
 
-def ready_endpoints(served: Served) -> list[str]:
+def endpoints(served: Served) -> list[dict]:  # type: ignore[type-arg]
+    """The endpoints of the `web` Service's EndpointSlices."""
     label = "kubernetes.io/service-name=web"
     found = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
-    return sorted(
-        e["targetRef"]["name"]
-        for s in found["items"]
-        for e in s.get("endpoints") or []
-        if e["conditions"]["ready"]
-    )
+    return [e for s in found["items"] for e in s.get("endpoints") or []]
+
+
+def ready_endpoints(served: Served) -> list[str]:
+    return sorted(e["targetRef"]["name"] for e in endpoints(served) if e["conditions"]["ready"])
 
 
 def answers(url: str, n: int) -> collections.Counter[str]:
@@ -167,13 +167,7 @@ def test_pods_reach_services_even_their_own(served: Served) -> None:
 
 
 def pod_ips(served: Served) -> dict[str, str]:
-    label = "kubernetes.io/service-name=web"
-    found = json.loads(served.kubectl("get", "endpointslices", "-l", label, "-o", "json").stdout)
-    return {
-        e["targetRef"]["name"]: e["addresses"][0]
-        for s in found["items"]
-        for e in s.get("endpoints") or []
-    }
+    return {e["targetRef"]["name"]: e["addresses"][0] for e in endpoints(served)}
 
 
 def connected(served: Served, ip: str, asker: str | None = None) -> tuple[str, str, str]:

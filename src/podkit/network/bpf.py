@@ -10,6 +10,7 @@ kill -9. The descriptors are close-on-exec, so no child keeps them.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import struct
@@ -111,7 +112,7 @@ class HashMap:
             _bpf(MAP_DELETE_ELEM, struct.pack("=IIQ", self.fd, 0, _addr(k)),
                  "deleting a BPF map element")  # fmt: skip
         except BpfError as exc:
-            if exc.errno != 2:  # ENOENT: already gone is what was asked
+            if exc.errno != errno.ENOENT:  # already gone is what was asked
                 raise
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ made, so endpoints that stay keep their connections.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 Obj = dict[str, Any]
@@ -42,14 +43,14 @@ def backends(svc: Obj, slices: list[Obj]) -> dict[tuple[str, str], list[tuple[st
     }
 
 
-def ruleset(table: str, services: list[Obj], slices: list[Obj]) -> str:
-    """The `table ip <table> {...}` text for these Services and EndpointSlices."""
+def cluster_ports(
+    services: list[Obj], slices: list[Obj]
+) -> Iterator[tuple[str, int, str, list[tuple[str, int]]]]:
+    """(cluster IP, port, protocol, the ready endpoints' (ip, port)) for each port of each
+    Service that has a cluster IP, in the order of namespace and name."""
     by_ns: dict[str, list[Obj]] = {}
     for s in slices:
         by_ns.setdefault(s["metadata"].get("namespace", ""), []).append(s)
-    dispatch: list[str] = []
-    chains: list[str] = []
-    rejects: list[str] = []
     for svc in sorted(services, key=lambda s: (s["metadata"].get("namespace", ""),
                                                s["metadata"]["name"])):  # fmt: skip
         spec = svc.get("spec") or {}
@@ -58,29 +59,38 @@ def ruleset(table: str, services: list[Obj], slices: list[Obj]) -> str:
             continue
         found = backends(svc, by_ns.get(svc["metadata"].get("namespace", ""), []))
         for port in spec.get("ports") or []:
-            proto = str(port.get("protocol", "TCP")).lower()
-            if proto not in ("tcp", "udp"):
-                continue
-            match = f"ip daddr {ip} {proto} dport {int(port['port'])}"
-            ends = found.get((port.get("name", ""), port.get("protocol", "TCP")), [])
-            if not ends:
-                rejects.append(f"    {match} reject")
-                continue
-            svc_chain = f"svc-{len(chains)}"
-            dispatch.append(f"    {match} goto {svc_chain}")
-            picks = []
-            for i, (end_ip, end_port) in enumerate(ends):
-                ep_chain = f"{svc_chain}-ep-{i}"
-                picks.append(f"{i} : goto {ep_chain}")
-                chains.append(
-                    f"  chain {ep_chain} {{\n"
-                    f"    ip saddr {end_ip} meta mark set meta mark | {HAIRPIN}\n"
-                    f"    meta l4proto {proto} dnat ip to {end_ip}:{end_port}\n  }}"
-                )
+            protocol = str(port.get("protocol", "TCP"))
+            yield ip, int(port["port"]), protocol, found.get((port.get("name", ""), protocol), [])
+
+
+def ruleset(table: str, services: list[Obj], slices: list[Obj]) -> str:
+    """The `table ip <table> {...}` text for these Services and EndpointSlices."""
+    dispatch: list[str] = []
+    chains: list[str] = []
+    rejects: list[str] = []
+    for ip, number, protocol, ends in cluster_ports(services, slices):
+        proto = protocol.lower()
+        if proto not in ("tcp", "udp"):
+            continue
+        match = f"ip daddr {ip} {proto} dport {number}"
+        if not ends:
+            rejects.append(f"    {match} reject")
+            continue
+        svc_chain = f"svc-{len(chains)}"
+        dispatch.append(f"    {match} goto {svc_chain}")
+        picks = []
+        for i, (end_ip, end_port) in enumerate(ends):
+            ep_chain = f"{svc_chain}-ep-{i}"
+            picks.append(f"{i} : goto {ep_chain}")
             chains.append(
-                f"  chain {svc_chain} {{\n"
-                f"    numgen random mod {len(ends)} vmap {{ {', '.join(picks)} }}\n  }}"
+                f"  chain {ep_chain} {{\n"
+                f"    ip saddr {end_ip} meta mark set meta mark | {HAIRPIN}\n"
+                f"    meta l4proto {proto} dnat ip to {end_ip}:{end_port}\n  }}"
             )
+        chains.append(
+            f"  chain {svc_chain} {{\n"
+            f"    numgen random mod {len(ends)} vmap {{ {', '.join(picks)} }}\n  }}"
+        )
     hooks = [
         "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n"
         "    jump services\n  }",

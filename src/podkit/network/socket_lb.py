@@ -80,7 +80,7 @@ LICENSE = "Dual MIT/GPL"  # a GPL-compatible string; the programs use no GPL-onl
 KEY, PEER, COOKIE = -8, -24, -32
 
 
-def _lookup(map_fd: int, at: int) -> list[bytes | _OnlyIf]:
+def _lookup(map_fd: int, at: int) -> list[bytes]:
     """r0 = the element of the map whose key is on the stack at `at`, or 0."""
     return [
         load_map_fd(R1, map_fd),
@@ -203,27 +203,16 @@ def value(ip: str, port: int, count: int = 0) -> bytes:
 
 
 def entries(services: list[Obj], slices: list[Obj]) -> dict[bytes, bytes]:
-    """The map's content for these Services: their ClusterIP TCP ports with ready endpoints."""
-    by_ns: dict[str, list[Obj]] = {}
-    for s in slices:
-        by_ns.setdefault(s["metadata"].get("namespace", ""), []).append(s)
+    """The map's content for these Services: their IPv4 cluster IPs' TCP ports with ready
+    endpoints (one with none is left to nftables, which rejects it, as kube-proxy does)."""
     out: dict[bytes, bytes] = {}
-    for svc in services:
-        spec = svc.get("spec") or {}
-        ip = spec.get("clusterIP")
-        if not ip or ip == "None" or spec.get("type") == "ExternalName" or ":" in ip:
+    for ip, number, protocol, ends in service_rules.cluster_ports(services, slices):
+        if protocol != "TCP" or ":" in ip or not ends:
             continue
-        found = service_rules.backends(svc, by_ns.get(svc["metadata"].get("namespace", ""), []))
-        for port in spec.get("ports") or []:
-            if port.get("protocol", "TCP") != "TCP":
-                continue
-            ends = found.get((port.get("name", ""), "TCP"), [])[:0xFFFF]
-            if not ends:
-                continue  # nftables rejects it, as kube-proxy does
-            number = int(port["port"])
-            out[key(ip, number, 0)] = value("0.0.0.0", 0, len(ends))
-            for slot, (end_ip, end_port) in enumerate(ends, 1):
-                out[key(ip, number, slot)] = value(end_ip, end_port)
+        ends = ends[:0xFFFF]  # what a slot number holds
+        out[key(ip, number, 0)] = value("0.0.0.0", 0, len(ends))
+        for slot, (end_ip, end_port) in enumerate(ends, 1):
+            out[key(ip, number, slot)] = value(end_ip, end_port)
     return out
 
 
@@ -254,6 +243,9 @@ class SocketLb:
     """The programs linked to the cgroup2 root, and the Services' map kept equal to `entries`."""
 
     def __init__(self, name: str) -> None:
+        why = bpf.supported()
+        if why is not None:
+            raise bpf.BpfError(errno.EPERM, why)
         root = cgroup2_root(Path("/proc/self/mountinfo").read_text())
         if root is None:
             raise bpf.BpfError(errno.ENOENT, "no cgroup2 hierarchy is mounted")
